@@ -1,0 +1,25 @@
+// One cache entry: the compiled kernel plus what it was compiled for.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "jit/kernel_spec.hpp"
+
+namespace flashcore {
+
+enum class CacheTier { memory, disk, compiled };
+std::string_view cache_tier_name(CacheTier tier);
+
+struct CachedKernel {
+  std::string key;
+  KernelSpec spec;
+  RuntimeShape first_shape;  // the run-time shape of the request that compiled it
+  CompiledKernel compiled;
+  int64_t created_unix_ms = 0;
+
+  // Bytes this entry holds in memory (cubin + strings); the LRU's unit.
+  size_t footprint_bytes() const;
+};
+
+}  // namespace flashcore

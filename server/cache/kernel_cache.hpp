@@ -1,0 +1,86 @@
+// memory LRU -> disk -> NVRTC, with single flight: N concurrent requests for
+// one key start exactly one compile and all get its result. Compiles run on
+// the bounded CompilePool; callers get their answer through a callback, so no
+// RPC thread blocks on NVRTC.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/cached_kernel.hpp"
+#include "cache/disk_store.hpp"
+#include "cache/memory_lru.hpp"
+#include "common/result.hpp"
+#include "jit/compile_pool.hpp"
+#include "jit/nvrtc_compiler.hpp"
+
+namespace flashcore {
+
+struct CacheLookup {
+  std::shared_ptr<const CachedKernel> kernel;
+  CacheTier tier = CacheTier::memory;
+};
+
+struct CacheStats {
+  size_t memory_hits = 0;
+  size_t disk_hits = 0;
+  size_t compiles = 0;          // NVRTC compiles started
+  size_t single_flight_joins = 0;  // requests that waited on another's compile
+  size_t corrupt_entries = 0;
+  size_t memory_bytes = 0;
+  size_t memory_entries = 0;
+  size_t evictions = 0;
+};
+
+struct KernelCacheOptions {
+  size_t memory_bytes = size_t{256} << 20;
+  std::filesystem::path disk_dir;  // empty = no disk tier
+};
+
+class KernelCache {
+ public:
+  using Callback = std::function<void(Result<CacheLookup>)>;
+
+  KernelCache(KernelCacheOptions options, std::shared_ptr<const NvrtcCompiler> compiler,
+              std::shared_ptr<CompilePool> pool);
+
+  // The key a spec maps to with this cache's compiler.
+  std::string key_for(const KernelSpec& spec) const;
+
+  // Answers from memory or disk on the calling thread; otherwise compiles on
+  // the pool (or joins the compile already running for this key) and calls
+  // `done` from the pool thread. `done` is called exactly once.
+  void get_or_compile(const KernelSpec& spec, const RuntimeShape& first_shape, Callback done);
+  // Blocking convenience for tests and tools.
+  Result<CacheLookup> get_or_compile_sync(const KernelSpec& spec, const RuntimeShape& first_shape);
+
+  // memory -> disk; not_found when neither has it.
+  Result<CacheLookup> get(const std::string& key);
+  // Entries (cubin omitted) sorted by key, after `after_key`, at most `limit`:
+  // the disk tier's listing merged with memory-only entries.
+  std::vector<CachedKernel> list(const std::string& after_key, size_t limit);
+
+  CacheStats stats() const;
+
+ private:
+  void finish_compile(const std::string& key, Result<CacheLookup> result);
+
+  KernelCacheOptions options_;
+  std::shared_ptr<const NvrtcCompiler> compiler_;
+  std::shared_ptr<CompilePool> pool_;
+  MemoryLru memory_;
+  std::unique_ptr<DiskStore> disk_;
+
+  std::mutex inflight_mutex_;
+  std::unordered_map<std::string, std::vector<Callback>> inflight_;
+
+  std::atomic<size_t> memory_hits_{0}, disk_hits_{0}, compiles_{0}, joins_{0};
+};
+
+}  // namespace flashcore

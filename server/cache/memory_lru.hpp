@@ -1,0 +1,39 @@
+// The memory tier: least-recently-used entries evicted once the entries'
+// footprint passes a byte budget. Thread-safe.
+#pragma once
+
+#include <cstddef>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "cache/cached_kernel.hpp"
+
+namespace flashcore {
+
+class MemoryLru {
+ public:
+  explicit MemoryLru(size_t max_bytes);
+
+  std::shared_ptr<const CachedKernel> get(const std::string& key);  // refreshes recency
+  // An entry larger than the whole budget is not kept.
+  void put(std::shared_ptr<const CachedKernel> entry);
+
+  size_t bytes() const;
+  size_t size() const;
+  size_t evictions() const;
+  size_t max_bytes() const { return max_bytes_; }
+
+ private:
+  using Order = std::list<std::shared_ptr<const CachedKernel>>;
+  mutable std::mutex mutex_;
+  size_t max_bytes_;
+  size_t bytes_ = 0;
+  size_t evictions_ = 0;
+  Order order_;  // front = most recent
+  std::unordered_map<std::string, Order::iterator> index_;
+};
+
+}  // namespace flashcore

@@ -1,0 +1,95 @@
+// The one definition of the attention problem and its tile configuration.
+// The NVRTC template arguments, the launch geometry, the shared-memory budget
+// and (later) the tuning search space are all derived from here, so a config
+// that passes config_error() is one the template can compile.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace flashcore {
+
+enum class DType { fp16, bf16 };
+
+std::string_view dtype_name(DType dtype);                     // "fp16" / "bf16"
+std::optional<DType> parse_dtype(std::string_view name);
+
+// Compile-time part of a problem: it selects the cubin.
+struct ProblemClass {
+  DType dtype = DType::fp16;
+  int head_dim = 64;
+  bool causal = false;
+};
+
+// Run-time part of a problem: kernel arguments, never in the cache key.
+struct RuntimeShape {
+  int64_t batch = 1;
+  int64_t heads = 1;
+  int64_t kv_heads = 0;  // 0 = heads
+  int64_t seq_q = 1;
+  int64_t seq_k = 0;     // 0 = seq_q
+
+  int64_t effective_kv_heads() const { return kv_heads == 0 ? heads : kv_heads; }
+  int64_t effective_seq_k() const { return seq_k == 0 ? seq_q : seq_k; }
+};
+
+struct TileConfig {
+  int block_m = 128;
+  int block_n = 64;
+  int warps = 4;
+  int stages = 2;
+
+  int threads() const { return warps * 32; }
+  int rows_per_warp() const { return block_m / warps; }
+  bool operator==(const TileConfig&) const = default;
+};
+
+struct ArchInfo {
+  std::string_view name;      // as NVRTC spells it: "sm_90a"
+  int compute_capability;     // 90 for sm_90 and sm_90a
+  int max_dynamic_smem_bytes; // opt-in limit per block
+};
+
+// Archs the templates target (mma.sync m16n8k16 and cp.async need sm_80+).
+const std::array<ArchInfo, 5>& supported_archs();
+std::optional<ArchInfo> find_arch(std::string_view name);
+
+inline constexpr std::string_view kAttentionTemplateId = "attention_fwd";
+inline constexpr std::array<int, 4> kSupportedHeadDims = {32, 64, 128, 256};
+
+// Dynamic shared memory the template needs: Q tile plus `stages` K and V tiles.
+int smem_bytes(const TileConfig& config, const ProblemClass& problem);
+
+// Each returns nullopt when valid, else "<field>: <reason>" naming the field
+// as the RPC spells it, so the reason can go straight into INVALID_ARGUMENT.
+std::optional<std::string> problem_class_error(const ProblemClass& problem);
+std::optional<std::string> runtime_shape_error(const RuntimeShape& shape);
+std::optional<std::string> config_error(const TileConfig& config, const ProblemClass& problem,
+                                        const ArchInfo& arch);
+
+// "flashcore::attention_fwd<flashcore::fp16_t, 64, false, 128, 64, 4, 2>"
+std::string name_expression(const ProblemClass& problem, const TileConfig& config);
+
+// Canonical "field=value;" text of the compile-time inputs, fixed field order.
+std::string canonical_problem_class(const ProblemClass& problem);
+std::string canonical_config(const TileConfig& config);
+
+struct Dim3 {
+  uint32_t x = 1, y = 1, z = 1;
+};
+
+struct LaunchGeometry {
+  Dim3 grid;
+  Dim3 block;
+  uint32_t dynamic_smem_bytes = 0;
+};
+
+// One block per (query tile, head, batch); grid.x = ceil(seq_q / block_m).
+LaunchGeometry launch_geometry(const TileConfig& config, const ProblemClass& problem,
+                               const RuntimeShape& shape);
+std::string grid_formula(const TileConfig& config);
+
+}  // namespace flashcore
