@@ -13,3 +13,6 @@ add_custom_command(
     -P ${CMAKE_SOURCE_DIR}/cmake/generate_embedded_templates.cmake
   DEPENDS ${FLASHCORE_TEMPLATE_FILES} ${CMAKE_SOURCE_DIR}/cmake/generate_embedded_templates.cmake
   COMMENT "embedding kernel_templates/")
+# A custom command's output gets a build rule only in the folder that declares
+# it; this target carries the rule to server/'s flashcore_jit.
+add_custom_target(flashcore_embedded_templates DEPENDS ${FLASHCORE_EMBEDDED_TEMPLATES})

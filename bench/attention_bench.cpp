@@ -1,0 +1,292 @@
+// Times FlashCore attention kernels on the GPU, the way DESIGN.md §6 says:
+// kernels compiled by a daemon and fetched over gRPC, launched through the
+// client library; warm-up, then the median over repetitions of a timed loop
+// of launches (CUDA events), input sets rotated so they exceed 2x L2; random
+// inputs, outputs poisoned and checked finite after timing.
+//
+//   attention_bench [--address A] [--dtypes fp16,bf16] [--shapes suite]
+//                   [--configs sweep|default|BMxBNxWxS,...] [--json out.json]
+//
+// For each shape it prints every config's time and the fastest; --json writes
+// all rows for bench/compare_sdpa.py, which times PyTorch SDPA side by side.
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "app/daemon.hpp"
+#include "cuda/driver_api.hpp"
+#include "flashcore/client.hpp"
+#include "search/tile_config.hpp"
+
+namespace {
+
+namespace v1 = flashcore::v1;
+namespace cuda = flashcore::cuda;
+using flashcore::TileConfig;
+
+struct Shape {
+  int batch, heads, seq, head_dim;
+  bool causal;
+};
+
+// The kernel-family issue's suite (B, H, S, D, causal).
+const std::vector<Shape> kSuite = {
+    {1, 8, 512, 64, false},     {16, 8, 512, 64, false},    {4, 16, 2048, 64, false},
+    {4, 16, 2048, 128, false},  {4, 16, 2048, 128, true},   {2, 16, 8192, 128, false},
+    {2, 16, 8192, 128, true},   {1, 16, 16384, 64, false},
+};
+
+std::vector<TileConfig> sweep_configs(int head_dim) {
+  std::vector<TileConfig> configs;
+  const auto arch = *flashcore::find_arch("sm_90a");
+  flashcore::ProblemClass problem;
+  problem.head_dim = head_dim;
+  for (int bm : {64, 128})
+    for (int bn : {32, 64, 128})
+      for (int w : {4, 8})
+        for (int st : {1, 2, 3}) {
+          TileConfig c{bm, bn, w, st};
+          if (!flashcore::config_error(c, problem, arch)) configs.push_back(c);
+        }
+  return configs;
+}
+
+std::string config_label(const TileConfig& c) {
+  return std::to_string(c.block_m) + "x" + std::to_string(c.block_n) + "w" +
+         std::to_string(c.warps) + "s" + std::to_string(c.stages);
+}
+
+std::vector<TileConfig> parse_configs(const std::string& spec, int head_dim) {
+  if (spec == "sweep") return sweep_configs(head_dim);
+  if (spec == "default") return {TileConfig{128, 64, 4, 2}};
+  std::vector<TileConfig> configs;
+  std::stringstream in(spec);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    TileConfig c;
+    if (std::sscanf(item.c_str(), "%dx%dx%dx%d", &c.block_m, &c.block_n, &c.warps, &c.stages) == 4)
+      configs.push_back(c);
+  }
+  return configs;
+}
+
+v1::Problem make_problem(const Shape& s, v1::DType dtype) {
+  v1::Problem p;
+  p.set_dtype(dtype);
+  p.set_head_dim(s.head_dim);
+  p.set_causal(s.causal);
+  p.set_batch(s.batch);
+  p.set_heads(s.heads);
+  p.set_seq_q(s.seq);
+  p.set_layout(v1::LAYOUT_BHSD);  // SDPA's layout, so both sides read the same bytes
+  return p;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "attention_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+template <typename T>
+T must(flashcore::Result<T> result, const char* what) {
+  if (!result.ok()) die(std::string(what) + ": " + result.error().message + "\n" + result.error().detail);
+  return std::move(result.value());
+}
+
+void must(const flashcore::Status& status, const char* what) {
+  if (!status.ok()) die(std::string(what) + ": " + status.error().message);
+}
+
+struct InputSet {
+  cuda::DeviceBuffer q, k, v, o;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Time FlashCore attention kernels on the GPU (median of CUDA-event-timed loops)"};
+  std::string address, dtypes = "fp16,bf16", configs_spec = "sweep", json_path, shapes_spec = "suite";
+  int reps = 15;
+  app.add_option("--address", address, "daemon address; default: an in-process daemon");
+  app.add_option("--dtypes", dtypes, "comma-separated: fp16,bf16");
+  app.add_option("--shapes", shapes_spec, "'suite' or B,H,S,D,causal;... (causal 0/1)");
+  app.add_option("--configs", configs_spec, "sweep | default | BMxBNxWxS,...");
+  app.add_option("--reps", reps, "timed repetitions per config (median reported)");
+  app.add_option("--json", json_path, "write every row here");
+  CLI11_PARSE(app, argc, argv);
+
+  std::vector<Shape> shapes = kSuite;
+  if (shapes_spec != "suite") {
+    shapes.clear();
+    std::stringstream in(shapes_spec);
+    std::string item;
+    while (std::getline(in, item, ';')) {
+      Shape s{};
+      int causal = 0;
+      if (std::sscanf(item.c_str(), "%d,%d,%d,%d,%d", &s.batch, &s.heads, &s.seq, &s.head_dim,
+                      &causal) == 5) {
+        s.causal = causal != 0;
+        shapes.push_back(s);
+      }
+    }
+  }
+
+  const auto devices = must(cuda::probe_devices(), "probe");
+  const auto& device = devices.front();
+  std::unique_ptr<flashcore::Daemon> daemon;
+  if (address.empty()) {
+    flashcore::DaemonConfig config;
+    config.listen_address = "127.0.0.1:0";
+    config.cache_dir = std::filesystem::temp_directory_path() / "flashcore-bench-cache";
+    daemon = must(flashcore::Daemon::start(config), "start daemon");
+    address = daemon->address();
+  }
+  flashcore::client::ConnectOptions options;
+  options.address = address;
+  auto client = must(flashcore::client::Client::connect(options), "connect");
+  auto launcher = must(flashcore::client::KernelLauncher::create(0), "launcher");
+  auto stream = must(cuda::Stream::create(), "stream");
+  auto start = must(cuda::Event::create(), "event");
+  auto stop = must(cuda::Event::create(), "event");
+  std::printf("device %s (%d SMs, L2 %d MB), daemon %s\n", device.name.c_str(), device.sm_count,
+              device.l2_bytes >> 20, address.c_str());
+
+  nlohmann::json rows = nlohmann::json::array();
+  std::mt19937_64 rng(std::random_device{}());
+  std::stringstream dtype_list(dtypes);
+  std::string dtype_name;
+  std::printf("%-6s %-26s %-12s %10s %8s %7s\n", "dtype", "shape (B,H,S,D,causal)", "config", "us",
+              "TF/s", "spread");
+  while (std::getline(dtype_list, dtype_name, ',')) {
+    const v1::DType dtype = dtype_name == "bf16" ? v1::DTYPE_BF16 : v1::DTYPE_FP16;
+    for (const Shape& shape : shapes) {
+      const v1::Problem problem = make_problem(shape, dtype);
+      const auto configs = parse_configs(configs_spec, shape.head_dim);
+
+      // Compile every candidate concurrently: the daemon's pool does the work.
+      std::vector<std::future<flashcore::Result<v1::KernelHandle>>> pending;
+      for (const auto& c : configs) {
+        v1::KernelRequest request;
+        request.set_template_id("attention_fwd");
+        *request.mutable_problem() = problem;
+        request.mutable_config()->set_block_m(c.block_m);
+        request.mutable_config()->set_block_n(c.block_n);
+        request.mutable_config()->set_warps(c.warps);
+        request.mutable_config()->set_stages(c.stages);
+        pending.push_back(std::async(std::launch::async, [&client, request] {
+          return client.compile(request);
+        }));
+      }
+
+      // Input sets: together past 2x L2, so no timed launch reads a warm cache.
+      const size_t q_elems = size_t(shape.batch) * shape.heads * shape.seq * shape.head_dim;
+      const size_t set_bytes = 4 * q_elems * 2;
+      const size_t sets = std::max<size_t>(2, (2 * size_t(device.l2_bytes)) / set_bytes + 1);
+      std::vector<InputSet> inputs;
+      std::vector<uint16_t> host(q_elems);
+      std::normal_distribution<float> normal(0.f, 1.f);
+      for (size_t i = 0; i < sets; ++i) {
+        InputSet set;
+        for (auto* buffer : {&set.q, &set.k, &set.v, &set.o}) {
+          *buffer = must(cuda::DeviceBuffer::allocate(q_elems * 2), "alloc");
+          if (buffer != &set.o) {
+            for (auto& h : host) {  // N(0,1): never time on zeros
+              const float x = normal(rng);
+              if (dtype == v1::DTYPE_BF16) {
+                uint32_t u;
+                std::memcpy(&u, &x, 4);
+                h = uint16_t(u >> 16);  // truncation: still a random normal
+              } else {
+                const _Float16 half = static_cast<_Float16>(x);
+                std::memcpy(&h, &half, 2);
+              }
+            }
+            must(buffer->upload(host.data(), q_elems * 2), "upload");
+          }
+        }
+        inputs.push_back(std::move(set));
+      }
+      const double flops = 4.0 * shape.batch * shape.heads * double(shape.seq) * shape.seq *
+                           shape.head_dim * (shape.causal ? 0.5 : 1.0);
+
+      double best_us = 1e30;
+      std::string best;
+      for (size_t ci = 0; ci < configs.size(); ++ci) {
+        auto compiled = pending[ci].get();
+        if (!compiled.ok()) die("compile " + config_label(configs[ci]) + ": " + compiled.error().message);
+        const v1::KernelHandle& handle = compiled.value();
+        const bool spills = handle.resources().spill_store_bytes() > 0 ||
+                            handle.resources().stack_frame_bytes() > 0;
+        for (auto& set : inputs) must(set.o.fill_bytes(0xff), "poison");
+        auto launch = [&](size_t i) {
+          const auto& set = inputs[i % inputs.size()];
+          const auto params = flashcore::client::make_attention_params(
+              problem, set.q.get(), set.k.get(), set.v.get(), set.o.get());
+          must(launcher.launch(handle, params, stream.get()), "launch");
+        };
+        for (size_t i = 0; i < inputs.size() + 2; ++i) launch(i);  // warm-up; writes every set
+        must(stream.synchronize(), "warm-up");
+        // Size the loop to ~2 ms so event resolution and launch gaps vanish.
+        must(start.record(stream.get()), "record");
+        launch(0);
+        must(stop.record(stream.get()), "record");
+        must(stop.synchronize(), "sync");
+        const float probe_ms = must(stop.elapsed_since(start), "elapsed");
+        const int iters = std::clamp(int(2.0 / std::max(probe_ms, 1e-3f)), 3, 500);
+        std::vector<double> per_launch_us;
+        for (int r = 0; r < reps; ++r) {
+          must(start.record(stream.get()), "record");
+          for (int i = 0; i < iters; ++i) launch(size_t(r) * iters + i);
+          must(stop.record(stream.get()), "record");
+          must(stop.synchronize(), "sync");
+          per_launch_us.push_back(1000.0 * must(stop.elapsed_since(start), "elapsed") / iters);
+        }
+        std::sort(per_launch_us.begin(), per_launch_us.end());
+        const double median = per_launch_us[per_launch_us.size() / 2];
+        const double spread = (per_launch_us.back() - per_launch_us.front()) / median;
+        // Every timed output must have been written (poison gone).
+        std::vector<uint16_t> check(q_elems);
+        must(inputs.front().o.download(check.data(), q_elems * 2), "download");
+        size_t non_finite = 0;
+        for (uint16_t h : check) non_finite += ((h & 0x7fff) >= (dtype == v1::DTYPE_BF16 ? 0x7f80 : 0x7c00));
+        if (non_finite) die(config_label(configs[ci]) + " left " + std::to_string(non_finite) + " outputs unwritten");
+        char shape_label[64];
+        std::snprintf(shape_label, sizeof shape_label, "%d,%d,%d,%d,%s", shape.batch, shape.heads,
+                      shape.seq, shape.head_dim, shape.causal ? "causal" : "full");
+        std::printf("%-6s %-26s %-12s %10.2f %8.1f %6.1f%%%s\n", dtype_name.c_str(), shape_label,
+                    config_label(configs[ci]).c_str(), median, flops / median / 1e6, spread * 100,
+                    spills ? "  SPILLS" : "");
+        rows.push_back({{"dtype", dtype_name}, {"B", shape.batch}, {"H", shape.heads},
+                        {"S", shape.seq}, {"D", shape.head_dim}, {"causal", shape.causal},
+                        {"config", config_label(configs[ci])}, {"us", median},
+                        {"tflops", flops / median / 1e6}, {"spread", spread},
+                        {"registers", handle.resources().registers()},
+                        {"spill_bytes", handle.resources().spill_store_bytes()},
+                        {"stack_bytes", handle.resources().stack_frame_bytes()}, {"iters", iters},
+                        {"reps", reps}, {"input_sets", inputs.size()}});
+        if (!spills && median < best_us) {
+          best_us = median;
+          best = config_label(configs[ci]);
+        }
+      }
+      std::printf("%-6s best %-20s %10.2f us %8.1f TF/s\n", dtype_name.c_str(), best.c_str(),
+                  best_us, flops / best_us / 1e6);
+    }
+  }
+  if (!json_path.empty()) {
+    std::ofstream(json_path) << nlohmann::json{{"device", device.name}, {"rows", rows}}.dump(1);
+  }
+  return 0;
+}

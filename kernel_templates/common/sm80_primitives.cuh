@@ -1,0 +1,87 @@
+// Warp-level data movement shared by the templates: cp.async (global ->
+// shared, 16 bytes, zero-fill past the end), ldmatrix, and the swizzled
+// shared-memory tile layout that keeps both of them free of bank conflicts.
+#pragma once
+
+namespace flashcore {
+
+__device__ __forceinline__ unsigned shared_address(const void* pointer) {
+  unsigned long long address;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(address) : "l"(pointer));
+  return static_cast<unsigned>(address);
+}
+
+// Copies 16 bytes, or writes 16 zero bytes when `valid` is false (tail rows):
+// padding rows must hold finite values, or 0 * garbage in P.V could be NaN.
+__device__ __forceinline__ void cp_async_16(unsigned dst, const void* src, bool valid) {
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int Pending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(Pending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned address) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float negative_infinity() { return __int_as_float(0xff800000); }
+
+// A tile of Rows x HeadDim 16-bit elements in shared memory, stored in
+// 16-byte chunks whose column index is XOR-swizzled by the row. ldmatrix
+// reads 8 rows at one logical chunk and cp.async writes consecutive chunks of
+// a row; the swizzle spreads both over all 32 banks without padding.
+template <int HeadDim>
+struct SwizzledTile {
+  static constexpr int kChunks = HeadDim / 8;  // 16-byte chunks per row
+  static_assert(kChunks >= 4 && (kChunks & (kChunks - 1)) == 0,
+                "swizzle needs a power-of-two number of chunks per row, at least 4");
+  // Rows that share one XOR value: 8 chunks (128 bytes) span all banks once.
+  static constexpr int kRowsPerPhase = kChunks >= 8 ? 1 : 8 / kChunks;
+  static constexpr int kPhaseMask = (kChunks >= 8 ? 8 : kChunks) - 1;
+
+  // Element offset of (row, chunk) within the tile.
+  static __device__ __forceinline__ int offset(int row, int chunk) {
+    return row * HeadDim + ((chunk ^ ((row / kRowsPerPhase) & kPhaseMask)) * 8);
+  }
+};
+
+// Global -> shared copy of `Rows` rows of a [rows, HeadDim] slab whose rows
+// are `row_stride` elements apart; rows at or past `valid_rows` become zeros.
+template <int Rows, int HeadDim, int Threads>
+__device__ __forceinline__ void load_tile_async(unsigned smem_tile, const unsigned short* global,
+                                                long long row_stride, int valid_rows) {
+  using Tile = SwizzledTile<HeadDim>;
+  constexpr int kTotal = Rows * Tile::kChunks;
+  constexpr int kIterations = (kTotal + Threads - 1) / Threads;
+#pragma unroll
+  for (int it = 0; it < kIterations; ++it) {
+    const int i = it * Threads + static_cast<int>(threadIdx.x);
+    if (kTotal % Threads != 0 && i >= kTotal) break;
+    const int row = i / Tile::kChunks;
+    const int chunk = i % Tile::kChunks;
+    const bool valid = row < valid_rows;
+    const unsigned short* src = valid ? global + row * row_stride + chunk * 8 : global;
+    cp_async_16(smem_tile + Tile::offset(row, chunk) * 2, src, valid);
+  }
+}
+
+}  // namespace flashcore

@@ -1,0 +1,48 @@
+// Host-side truth for the GPU tests: 16-bit float conversions, random inputs
+// and an fp64 attention reference computed from the exact (rounded) inputs
+// the kernel sees.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+namespace flashcore::testing {
+
+uint16_t float_to_fp16(float value);  // round to nearest even
+float fp16_to_float(uint16_t bits);
+uint16_t float_to_bf16(float value);  // round to nearest even
+float bf16_to_float(uint16_t bits);
+
+// Logical problem: Q [batch, heads, seq_q, dim], K/V [batch, kv_heads, seq_k, dim].
+struct AttentionShape {
+  int batch = 1, heads = 1, kv_heads = 1, seq_q = 1, seq_k = 1, head_dim = 64;
+  bool causal = false;
+  bool bhsd = false;  // memory layout of all four tensors; BSHD when false
+};
+
+// Element offset of (b, h, s, d) in a tensor with `num_heads` heads of `seq` rows.
+int64_t tensor_offset(const AttentionShape& shape, int num_heads, int seq, int b, int h, int s,
+                      int d);
+
+struct AttentionReference {
+  std::vector<double> out;  // [batch, heads, seq_q, dim], logical order
+  std::vector<double> lse;  // [batch, heads, seq_q], natural log
+};
+
+// `q`, `k`, `v` are the dequantized inputs in the shape's memory layout.
+AttentionReference reference_attention(const AttentionShape& shape, const std::vector<float>& q,
+                                       const std::vector<float>& k, const std::vector<float>& v,
+                                       double softmax_scale, unsigned threads);
+
+struct ErrorStats {
+  double rel_error = 0;      // ||out - ref|| / ||ref||
+  double max_abs_error = 0;
+  int64_t non_finite = 0;    // unwritten (poisoned) or NaN/Inf outputs
+};
+
+// `out` is in the shape's memory layout, `ref` in logical order.
+ErrorStats compare_output(const AttentionShape& shape, const std::vector<float>& out,
+                          const std::vector<double>& ref);
+
+}  // namespace flashcore::testing

@@ -1,0 +1,310 @@
+// End-to-end on a GPU: kernels are compiled by a flashcored daemon, fetched
+// over gRPC by key, launched in this process through the client library, and
+// compared with an fp64 reference on fresh random inputs and poisoned outputs.
+//
+// The daemon is the one at $FLASHCORE_ADDRESS when set (the device script
+// starts it from the bundle), else an in-process one on a loopback port.
+// Every test skips with the reason where there is no CUDA driver or device.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/daemon.hpp"
+#include "attention_reference.hpp"
+#include "cuda/driver_api.hpp"
+#include "flashcore/client.hpp"
+
+namespace flashcore {
+namespace {
+
+namespace v1 = ::flashcore::v1;
+using testing::AttentionShape;
+
+struct GpuEnvironment {
+  std::string skip_reason;
+  std::unique_ptr<Daemon> daemon;  // only when no external address is given
+  std::filesystem::path cache_dir;
+  std::unique_ptr<client::Client> client;
+  std::unique_ptr<client::KernelLauncher> launcher;
+  std::unique_ptr<cuda::Stream> stream;
+};
+
+GpuEnvironment& environment() {
+  static GpuEnvironment* env = [] {
+    auto* e = new GpuEnvironment;
+    auto devices = cuda::probe_devices();
+    if (!devices.ok()) {
+      e->skip_reason = "no CUDA device: " + devices.error().message;
+      return e;
+    }
+    std::string address;
+    if (const char* external = std::getenv("FLASHCORE_ADDRESS"); external && *external) {
+      address = external;
+    } else {
+      e->cache_dir = std::filesystem::temp_directory_path() /
+                     ("flashcore-gpu-test-" + std::to_string(::getpid()));
+      DaemonConfig config;
+      config.listen_address = "127.0.0.1:0";
+      config.cache_dir = e->cache_dir;
+      auto daemon = Daemon::start(config);
+      if (!daemon.ok()) {
+        e->skip_reason = "cannot start daemon: " + daemon.error().message;
+        return e;
+      }
+      e->daemon = std::move(daemon.value());
+      address = e->daemon->address();
+    }
+    client::ConnectOptions options;
+    options.address = address;
+    auto connected = client::Client::connect(options);
+    if (!connected.ok()) {
+      e->skip_reason = "cannot reach daemon: " + connected.error().message;
+      return e;
+    }
+    e->client = std::make_unique<client::Client>(std::move(connected.value()));
+    auto launcher = client::KernelLauncher::create(0);
+    if (!launcher.ok()) {
+      e->skip_reason = "no launcher: " + launcher.error().message;
+      return e;
+    }
+    e->launcher = std::make_unique<client::KernelLauncher>(std::move(launcher.value()));
+    auto stream = cuda::Stream::create();
+    if (!stream.ok()) {
+      e->skip_reason = "no stream: " + stream.error().message;
+      return e;
+    }
+    e->stream = std::make_unique<cuda::Stream>(std::move(stream.value()));
+    std::printf("[ gpu      ] device %s (%s), daemon at %s\n", devices->front().name.c_str(),
+                devices->front().arch.c_str(), address.c_str());
+    return e;
+  }();
+  return *env;
+}
+
+struct AttentionCase {
+  v1::DType dtype = v1::DTYPE_FP16;
+  int head_dim = 64;
+  bool causal = false;
+  int batch = 1, heads = 2, kv_heads = 0, seq_q = 128, seq_k = 0;
+  bool bhsd = false;
+  v1::TileConfig config;  // empty = {128, 64, 4, 2}; 8 warps for D 128 (no spills)
+
+  std::string name() const {
+    std::ostringstream out;
+    out << (dtype == v1::DTYPE_FP16 ? "fp16" : "bf16") << "_D" << head_dim
+        << (causal ? "_causal" : "_full") << "_B" << batch << "H" << heads;
+    if (kv_heads) out << "KV" << kv_heads;
+    out << "_S" << seq_q;
+    if (seq_k) out << "x" << seq_k;
+    if (bhsd) out << "_bhsd";
+    if (config.block_m())
+      out << "_cfg" << config.block_m() << "x" << config.block_n() << "w" << config.warps()
+          << "s" << config.stages();
+    return out.str();
+  }
+};
+
+std::ostream& operator<<(std::ostream& out, const AttentionCase& c) { return out << c.name(); }
+
+class SM90_Attention : public ::testing::TestWithParam<AttentionCase> {
+ protected:
+  void SetUp() override {
+    if (!environment().skip_reason.empty()) GTEST_SKIP() << environment().skip_reason;
+  }
+};
+
+// Fills `bits` with N(0, 1) samples rounded to the dtype and `values` with
+// what those bits mean, so the reference sees exactly the kernel's inputs.
+void random_tensor(size_t count, v1::DType dtype, std::mt19937_64& rng,
+                   std::vector<uint16_t>& bits, std::vector<float>& values) {
+  std::normal_distribution<float> normal(0.f, 1.f);
+  bits.resize(count);
+  values.resize(count);
+  for (size_t i = 0; i < count; ++i) {
+    const float x = normal(rng);
+    bits[i] = dtype == v1::DTYPE_FP16 ? testing::float_to_fp16(x) : testing::float_to_bf16(x);
+    values[i] = dtype == v1::DTYPE_FP16 ? testing::fp16_to_float(bits[i])
+                                        : testing::bf16_to_float(bits[i]);
+  }
+}
+
+template <typename T>
+cuda::DeviceBuffer upload(const std::vector<T>& host) {
+  auto buffer = cuda::DeviceBuffer::allocate(host.size() * sizeof(T));
+  EXPECT_TRUE(buffer.ok()) << buffer.error().message;
+  auto status = buffer->upload(host.data(), host.size() * sizeof(T));
+  EXPECT_TRUE(status.ok()) << status.error().message;
+  return std::move(buffer.value());
+}
+
+TEST_P(SM90_Attention, MatchesFp64Reference) {
+  const AttentionCase& c = GetParam();
+  auto& env = environment();
+
+  v1::KernelRequest request;
+  request.set_template_id("attention_fwd");
+  v1::Problem* problem = request.mutable_problem();
+  problem->set_dtype(c.dtype);
+  problem->set_head_dim(c.head_dim);
+  problem->set_causal(c.causal);
+  problem->set_batch(c.batch);
+  problem->set_heads(c.heads);
+  problem->set_kv_heads(c.kv_heads);
+  problem->set_seq_q(c.seq_q);
+  problem->set_seq_k(c.seq_k);
+  problem->set_layout(c.bhsd ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
+  if (c.config.block_m()) {
+    *request.mutable_config() = c.config;
+  } else {
+    request.mutable_config()->set_block_m(128);
+    request.mutable_config()->set_block_n(64);
+    request.mutable_config()->set_warps(c.head_dim >= 128 ? 8 : 4);
+    request.mutable_config()->set_stages(2);
+  }
+  request.set_omit_cubin(true);
+
+  // Compile (metadata only), then fetch the cubin by key: the served path.
+  auto compiled = env.client->compile(request);
+  ASSERT_TRUE(compiled.ok()) << compiled.error().message << "\n" << compiled.error().detail;
+  auto handle = env.client->get_kernel(compiled->key(), false, problem);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  ASSERT_FALSE(handle->cubin().empty());
+  EXPECT_EQ(handle->resources().spill_store_bytes(), 0) << "kernel spills registers";
+
+  AttentionShape shape;
+  shape.batch = c.batch;
+  shape.heads = c.heads;
+  shape.kv_heads = c.kv_heads ? c.kv_heads : c.heads;
+  shape.seq_q = c.seq_q;
+  shape.seq_k = c.seq_k ? c.seq_k : c.seq_q;
+  shape.head_dim = c.head_dim;
+  shape.causal = c.causal;
+  shape.bhsd = c.bhsd;
+
+  std::mt19937_64 rng(std::random_device{}());  // fresh inputs every run
+  std::vector<uint16_t> q_bits, k_bits, v_bits;
+  std::vector<float> q, k, v;
+  const size_t q_count = size_t(shape.batch) * shape.heads * shape.seq_q * shape.head_dim;
+  const size_t kv_count = size_t(shape.batch) * shape.kv_heads * shape.seq_k * shape.head_dim;
+  random_tensor(q_count, c.dtype, rng, q_bits, q);
+  random_tensor(kv_count, c.dtype, rng, k_bits, k);
+  random_tensor(kv_count, c.dtype, rng, v_bits, v);
+
+  auto q_dev = upload(q_bits), k_dev = upload(k_bits), v_dev = upload(v_bits);
+  auto o_dev = cuda::DeviceBuffer::allocate(q_count * 2);
+  auto lse_dev = cuda::DeviceBuffer::allocate(size_t(shape.batch) * shape.heads * shape.seq_q * 4);
+  ASSERT_TRUE(o_dev.ok() && lse_dev.ok());
+  // Poison: 0xFFFF is NaN in fp16 and bf16, 0xFFFFFFFF in fp32. Any output
+  // the kernel fails to write stays non-finite and is counted below.
+  ASSERT_TRUE(o_dev->fill_bytes(0xff).ok());
+  ASSERT_TRUE(lse_dev->fill_bytes(0xff).ok());
+
+  const AttentionParams params = client::make_attention_params(
+      *problem, q_dev.get(), k_dev.get(), v_dev.get(), o_dev->get(),
+      reinterpret_cast<float*>(lse_dev->get()));
+  auto launched = env.launcher->launch(handle.value(), params, env.stream->get());
+  ASSERT_TRUE(launched.ok()) << launched.error().message;
+  auto synced = env.stream->synchronize();
+  ASSERT_TRUE(synced.ok()) << synced.error().message;
+
+  std::vector<uint16_t> o_bits(q_count);
+  std::vector<float> lse_out(size_t(shape.batch) * shape.heads * shape.seq_q);
+  ASSERT_TRUE(o_dev->download(o_bits.data(), o_bits.size() * 2).ok());
+  ASSERT_TRUE(lse_dev->download(lse_out.data(), lse_out.size() * 4).ok());
+  std::vector<float> out(q_count);
+  for (size_t i = 0; i < q_count; ++i)
+    out[i] = c.dtype == v1::DTYPE_FP16 ? testing::fp16_to_float(o_bits[i])
+                                       : testing::bf16_to_float(o_bits[i]);
+
+  const auto ref = testing::reference_attention(shape, q, k, v, 1.0 / std::sqrt(double(c.head_dim)),
+                                                std::max(1u, std::thread::hardware_concurrency()));
+  const auto stats = testing::compare_output(shape, out, ref.out);
+  double lse_max_error = 0;
+  int64_t lse_non_finite = 0;
+  for (size_t i = 0; i < lse_out.size(); ++i) {
+    if (!std::isfinite(lse_out[i])) {
+      ++lse_non_finite;
+      continue;
+    }
+    lse_max_error = std::max(lse_max_error, std::abs(double(lse_out[i]) - ref.lse[i]));
+  }
+  const double tolerance = c.dtype == v1::DTYPE_FP16 ? 2e-3 : 1e-2;
+  std::printf("[ result   ] %-44s rel %.3e  max_abs %.3e  lse_max %.2e  regs %d\n",
+              c.name().c_str(), stats.rel_error, stats.max_abs_error, lse_max_error,
+              handle->resources().registers());
+  RecordProperty("rel_error", std::to_string(stats.rel_error));
+  RecordProperty("max_abs_error", std::to_string(stats.max_abs_error));
+  EXPECT_EQ(stats.non_finite, 0) << "outputs left unwritten (still poisoned) or non-finite";
+  EXPECT_LE(stats.rel_error, tolerance);
+  EXPECT_EQ(lse_non_finite, 0);
+  EXPECT_LE(lse_max_error, 1e-2);
+}
+
+std::vector<AttentionCase> cases() {
+  std::vector<AttentionCase> all;
+  // The matrix the serving slice promises: both dtypes, D 64/128, causal and
+  // not, ragged and tile-aligned sequence lengths from 1 to 2048.
+  for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})
+    for (int d : {64, 128})
+      for (bool causal : {false, true})
+        for (int s : {1, 17, 128, 500, 2048}) {
+          AttentionCase c;
+          c.dtype = dtype;
+          c.head_dim = d;
+          c.causal = causal;
+          c.seq_q = s;
+          c.batch = s >= 2048 ? 1 : 2;
+          all.push_back(c);
+        }
+  // Run-time shape variety on one cubin class: GQA, BHSD layout, seq_k != seq_q.
+  AttentionCase gqa;
+  gqa.heads = 8;
+  gqa.kv_heads = 2;
+  gqa.seq_q = 300;
+  all.push_back(gqa);
+  AttentionCase bhsd;
+  bhsd.bhsd = true;
+  bhsd.seq_q = 257;
+  bhsd.causal = true;
+  all.push_back(bhsd);
+  AttentionCase cross;
+  cross.seq_q = 100;
+  cross.seq_k = 333;
+  all.push_back(cross);
+  AttentionCase cross_causal = cross;
+  cross_causal.causal = true;
+  cross_causal.seq_q = 333;
+  cross_causal.seq_k = 100;
+  all.push_back(cross_causal);
+  // Other tile configs: small tiles, one stage, three stages, 8 warps.
+  for (auto [bm, bn, w, st] : {std::array{64, 32, 4, 1}, std::array{64, 64, 4, 3},
+                               std::array{128, 128, 8, 2}, std::array{128, 32, 8, 3}}) {
+    for (int d : {64, 128}) {
+      AttentionCase c;
+      c.head_dim = d;
+      c.causal = true;
+      c.seq_q = 777;
+      c.dtype = d == 64 ? v1::DTYPE_FP16 : v1::DTYPE_BF16;
+      c.config.set_block_m(bm);
+      c.config.set_block_n(bn);
+      c.config.set_warps(w);
+      c.config.set_stages(st);
+      all.push_back(c);
+    }
+  }
+  return all;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SM90_Attention, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param.name(); });
+
+}  // namespace
+}  // namespace flashcore
