@@ -37,6 +37,7 @@ class CompilePool {
   std::condition_variable wake_;
   std::deque<std::function<void()>> queue_;
   size_t max_queued_;
+  size_t busy_ = 0;  // workers running a task
   bool stopping_ = false;
   std::vector<std::thread> workers_;
 };
