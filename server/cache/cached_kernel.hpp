@@ -1,8 +1,10 @@
 // One cache entry: the compiled kernel plus what it was compiled for.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "jit/kernel_spec.hpp"
 
@@ -17,6 +19,9 @@ struct CachedKernel {
   RuntimeShape first_shape;  // the run-time shape of the request that compiled it
   CompiledKernel compiled;
   int64_t created_unix_ms = 0;
+  // Size of the cubin even where `compiled.cubin` is left empty (listings
+  // read only the metadata).
+  size_t cubin_size = 0;
 
   // Bytes this entry holds in memory (cubin + strings); the LRU's unit.
   size_t footprint_bytes() const;

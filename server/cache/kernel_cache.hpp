@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -49,6 +50,11 @@ class KernelCache {
 
   KernelCache(KernelCacheOptions options, std::shared_ptr<const NvrtcCompiler> compiler,
               std::shared_ptr<CompilePool> pool);
+  // Waits for this cache's compiles (and their callbacks) to finish: the
+  // pool's tasks point at this object.
+  ~KernelCache();
+  KernelCache(const KernelCache&) = delete;
+  KernelCache& operator=(const KernelCache&) = delete;
 
   // The key a spec maps to with this cache's compiler.
   std::string key_for(const KernelSpec& spec) const;
@@ -57,7 +63,7 @@ class KernelCache {
   // the pool (or joins the compile already running for this key) and calls
   // `done` from the pool thread. `done` is called exactly once.
   void get_or_compile(const KernelSpec& spec, const RuntimeShape& first_shape, Callback done);
-  // Blocking convenience for tests and tools.
+  // Blocking convenience for tests and tools; never call it from a pool thread.
   Result<CacheLookup> get_or_compile_sync(const KernelSpec& spec, const RuntimeShape& first_shape);
 
   // memory -> disk; not_found when neither has it.
@@ -69,7 +75,9 @@ class KernelCache {
   CacheStats stats() const;
 
  private:
+  void compile_task(const std::string& key, const KernelSpec& spec, const RuntimeShape& first_shape);
   void finish_compile(const std::string& key, Result<CacheLookup> result);
+  void task_done();
 
   KernelCacheOptions options_;
   std::shared_ptr<const NvrtcCompiler> compiler_;
@@ -79,6 +87,8 @@ class KernelCache {
 
   std::mutex inflight_mutex_;
   std::unordered_map<std::string, std::vector<Callback>> inflight_;
+  size_t tasks_running_ = 0;  // submitted compile tasks not yet returned
+  std::condition_variable tasks_idle_;
 
   std::atomic<size_t> memory_hits_{0}, disk_hits_{0}, compiles_{0}, joins_{0};
 };

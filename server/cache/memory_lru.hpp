@@ -8,6 +8,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "cache/cached_kernel.hpp"
 
@@ -20,6 +21,9 @@ class MemoryLru {
   std::shared_ptr<const CachedKernel> get(const std::string& key);  // refreshes recency
   // An entry larger than the whole budget is not kept.
   void put(std::shared_ptr<const CachedKernel> entry);
+
+  // Every entry held now, most recent first (for listings).
+  std::vector<std::shared_ptr<const CachedKernel>> snapshot() const;
 
   size_t bytes() const;
   size_t size() const;

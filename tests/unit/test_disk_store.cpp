@@ -1,0 +1,242 @@
+#include "cache/disk_store.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "cache/cache_key.hpp"
+#include "cache_test_util.hpp"
+
+namespace flashcore {
+namespace {
+
+namespace fs = std::filesystem;
+using cache_testing::read_file;
+using cache_testing::sample_cubin;
+using cache_testing::sample_entry;
+using cache_testing::ScratchDir;
+using cache_testing::test_key;
+using cache_testing::write_file;
+
+void expect_same_entry(const CachedKernel& got, const CachedKernel& want, bool with_cubin) {
+  EXPECT_EQ(got.key, want.key);
+  EXPECT_EQ(got.spec.template_id, want.spec.template_id);
+  EXPECT_EQ(got.spec.problem.dtype, want.spec.problem.dtype);
+  EXPECT_EQ(got.spec.problem.head_dim, want.spec.problem.head_dim);
+  EXPECT_EQ(got.spec.problem.causal, want.spec.problem.causal);
+  EXPECT_EQ(got.spec.config, want.spec.config);
+  EXPECT_EQ(got.spec.arch, want.spec.arch);
+  EXPECT_EQ(got.first_shape.batch, want.first_shape.batch);
+  EXPECT_EQ(got.first_shape.heads, want.first_shape.heads);
+  EXPECT_EQ(got.first_shape.kv_heads, want.first_shape.kv_heads);
+  EXPECT_EQ(got.first_shape.seq_q, want.first_shape.seq_q);
+  EXPECT_EQ(got.first_shape.seq_k, want.first_shape.seq_k);
+  EXPECT_EQ(got.compiled.name_expression, want.compiled.name_expression);
+  EXPECT_EQ(got.compiled.lowered_name, want.compiled.lowered_name);
+  if (with_cubin) {
+    EXPECT_EQ(got.compiled.cubin, want.compiled.cubin);
+  } else {
+    EXPECT_TRUE(got.compiled.cubin.empty());
+  }
+  EXPECT_EQ(got.cubin_size, want.compiled.cubin.size());
+  const auto& gr = got.compiled.resources;
+  const auto& wr = want.compiled.resources;
+  EXPECT_EQ(gr.registers, wr.registers);
+  EXPECT_EQ(gr.static_smem_bytes, wr.static_smem_bytes);
+  EXPECT_EQ(gr.spill_store_bytes, wr.spill_store_bytes);
+  EXPECT_EQ(gr.spill_load_bytes, wr.spill_load_bytes);
+  EXPECT_EQ(gr.stack_frame_bytes, wr.stack_frame_bytes);
+  EXPECT_EQ(gr.constant_bytes, wr.constant_bytes);
+  EXPECT_EQ(gr.ptxas_log, wr.ptxas_log);
+  EXPECT_DOUBLE_EQ(got.compiled.compile_ms, want.compiled.compile_ms);
+  EXPECT_EQ(got.compiled.toolchain.nvrtc_version, want.compiled.toolchain.nvrtc_version);
+  EXPECT_EQ(got.compiled.toolchain.template_source_hash,
+            want.compiled.toolchain.template_source_hash);
+  EXPECT_EQ(got.compiled.toolchain.options, want.compiled.toolchain.options);
+  EXPECT_EQ(got.created_unix_ms, want.created_unix_ms);
+}
+
+TEST(DiskStore, EncodeDecodeRoundTrip) {
+  const CachedKernel entry = sample_entry(test_key("a"), sample_cubin(3000, 7));
+  const std::string bytes = DiskStore::encode(entry);
+  EXPECT_EQ(bytes.substr(0, 8), "FCKERNEL");
+  std::string why;
+  auto decoded = DiskStore::decode(bytes, &why);
+  ASSERT_TRUE(decoded.has_value()) << why;
+  expect_same_entry(*decoded, entry, /*with_cubin=*/true);
+}
+
+TEST(DiskStore, DecodeRejectsDamage) {
+  const CachedKernel entry = sample_entry(test_key("a"), sample_cubin(3000, 7));
+  const std::string good = DiskStore::encode(entry);
+  std::string why;
+
+  std::string bad_magic = good;
+  bad_magic[0] = 'X';
+  EXPECT_FALSE(DiskStore::decode(bad_magic, &why));
+  EXPECT_NE(why.find("magic"), std::string::npos) << why;
+
+  std::string bad_version = good;
+  bad_version[8] = static_cast<char>(kCacheFormatVersion + 1);
+  EXPECT_FALSE(DiskStore::decode(bad_version, &why));
+  EXPECT_NE(why.find("version"), std::string::npos) << why;
+
+  std::string flipped = good;
+  flipped[flipped.size() - 100] ^= 0x01;  // inside the cubin
+  EXPECT_FALSE(DiskStore::decode(flipped, &why));
+  EXPECT_NE(why.find("checksum"), std::string::npos) << why;
+
+  EXPECT_FALSE(DiskStore::decode(good.substr(0, good.size() - 1), &why));
+  EXPECT_FALSE(DiskStore::decode(good + "x", &why));
+  EXPECT_FALSE(DiskStore::decode(good.substr(0, 20), &why));
+  EXPECT_FALSE(DiskStore::decode("", &why));
+
+  // Lengths far past the file: rejected without reading out of bounds.
+  std::string huge = good;
+  for (int i = 16; i < 24; ++i) huge[i] = '\xff';
+  EXPECT_FALSE(DiskStore::decode(huge, &why));
+  EXPECT_FALSE(DiskStore::decode(huge, nullptr));
+}
+
+TEST(DiskStore, StoreThenLoadAcrossInstances) {
+  ScratchDir dir;
+  const CachedKernel entry = sample_entry(test_key("a"), sample_cubin(5000, 3));
+  {
+    DiskStore store(dir.path() / "cache");
+    EXPECT_FALSE(store.load(entry.key).has_value());
+    ASSERT_TRUE(store.store(entry).ok());
+    const fs::path path = store.path_for(entry.key);
+    EXPECT_EQ(path, dir.path() / "cache" / entry.key.substr(0, 2) / (entry.key + ".fck"));
+    EXPECT_TRUE(fs::exists(path));
+    auto loaded = store.load(entry.key);
+    ASSERT_TRUE(loaded.has_value());
+    expect_same_entry(*loaded, entry, /*with_cubin=*/true);
+  }
+  DiskStore reopened(dir.path() / "cache");
+  auto loaded = reopened.load(entry.key);
+  ASSERT_TRUE(loaded.has_value());
+  expect_same_entry(*loaded, entry, /*with_cubin=*/true);
+  EXPECT_EQ(reopened.corrupt_entries(), 0u);
+  EXPECT_FALSE(reopened.load(test_key("never stored")).has_value());
+  EXPECT_FALSE(reopened.load("not-a-key").has_value());
+}
+
+class DiskStoreCorruption : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(store_.store(entry_).ok());
+    path_ = store_.path_for(entry_.key);
+    ASSERT_TRUE(fs::exists(path_));
+  }
+
+  void expect_miss_and_removed() {
+    EXPECT_FALSE(store_.load(entry_.key).has_value());
+    EXPECT_FALSE(fs::exists(path_)) << "corrupt file was left in place";
+    EXPECT_EQ(store_.corrupt_entries(), 1u);
+    // Gone means a plain miss from now on, not a second corruption.
+    EXPECT_FALSE(store_.load(entry_.key).has_value());
+    EXPECT_EQ(store_.corrupt_entries(), 1u);
+  }
+
+  ScratchDir dir_;
+  DiskStore store_{dir_.path()};
+  CachedKernel entry_ = sample_entry(test_key("victim"), sample_cubin(4000, 5));
+  fs::path path_;
+};
+
+TEST_F(DiskStoreCorruption, FlippedCubinByte) {
+  std::string bytes = read_file(path_);
+  bytes[bytes.size() - 10] ^= 0x40;
+  write_file(path_, bytes);
+  expect_miss_and_removed();
+}
+
+TEST_F(DiskStoreCorruption, TruncatedFile) {
+  fs::resize_file(path_, fs::file_size(path_) / 2);
+  expect_miss_and_removed();
+}
+
+TEST_F(DiskStoreCorruption, GarbageFile) {
+  write_file(path_, "this is not a cache entry at all");
+  expect_miss_and_removed();
+}
+
+TEST_F(DiskStoreCorruption, EntryFiledUnderAnotherKey) {
+  // A valid entry, but under the wrong name: serving it would hand out the
+  // wrong kernel.
+  const std::string other = test_key("other");
+  fs::create_directories(store_.path_for(other).parent_path());
+  fs::rename(path_, store_.path_for(other));
+  EXPECT_FALSE(store_.load(other).has_value());
+  EXPECT_FALSE(fs::exists(store_.path_for(other)));
+  EXPECT_EQ(store_.corrupt_entries(), 1u);
+}
+
+TEST(DiskStore, StoreIntoAnUnusableFolderFailsEveryTime) {
+  ScratchDir dir;
+  write_file(dir.path() / "file", "a regular file where the cache folder should be");
+  DiskStore store(dir.path() / "file");
+  const CachedKernel entry = sample_entry(test_key("a"), sample_cubin(100, 1));
+  EXPECT_FALSE(store.store(entry).ok());
+  EXPECT_FALSE(store.store(entry).ok());  // logged once, still reported
+  EXPECT_FALSE(store.load(entry.key).has_value());
+  EXPECT_TRUE(store.list("", 10).empty());
+}
+
+TEST(DiskStore, StoreRejectsAMalformedKey) {
+  ScratchDir dir;
+  DiskStore store(dir.path());
+  Status stored = store.store(sample_entry("../../escape", sample_cubin(10, 1)));
+  ASSERT_FALSE(stored.ok());
+  EXPECT_EQ(stored.error().code, ErrorCode::invalid_argument);
+}
+
+TEST(DiskStore, ListIsSortedPaginatedAndSkipsCorruptFiles) {
+  ScratchDir dir;
+  DiskStore store(dir.path());
+  std::vector<CachedKernel> entries;
+  for (int i = 0; i < 7; ++i) {
+    entries.push_back(sample_entry(test_key("list" + std::to_string(i)),
+                                   sample_cubin(100 + 10 * i, i)));
+    ASSERT_TRUE(store.store(entries.back()).ok());
+  }
+  // Debris that is not an entry: ignored, not deleted.
+  write_file(dir.path() / "ab" / "notes.txt", "hello");
+  write_file(dir.path() / "ab" / (test_key("x") + ".fck.tmp.1.2"), "partial");
+  // A corrupt entry (bad metadata): removed and skipped.
+  const std::string bad_key = test_key("corrupt");
+  write_file(store.path_for(bad_key), "FCKERNEL garbage");
+
+  std::sort(entries.begin(), entries.end(),
+            [](const auto& a, const auto& b) { return a.key < b.key; });
+
+  std::vector<CachedKernel> seen;
+  std::string after;
+  int pages = 0;
+  for (;;) {
+    auto page = store.list(after, 3);
+    if (page.empty()) break;
+    ASSERT_LE(page.size(), 3u);
+    ++pages;
+    for (auto& entry : page) seen.push_back(std::move(entry));
+    after = seen.back().key;
+    ASSERT_LT(pages, 10) << "pagination does not advance";
+  }
+  EXPECT_EQ(pages, 3);
+  ASSERT_EQ(seen.size(), entries.size());
+  for (size_t i = 0; i < seen.size(); ++i) expect_same_entry(seen[i], entries[i], false);
+
+  EXPECT_FALSE(fs::exists(store.path_for(bad_key)));
+  EXPECT_EQ(store.corrupt_entries(), 1u);
+  EXPECT_TRUE(fs::exists(dir.path() / "ab" / "notes.txt"));
+  EXPECT_EQ(store.list("", 0).size(), 0u);
+  EXPECT_EQ(store.list(entries.back().key, 10).size(), 0u);
+  EXPECT_TRUE(DiskStore(dir.path() / "absent").list("", 10).empty());
+}
+
+}  // namespace
+}  // namespace flashcore
