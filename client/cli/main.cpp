@@ -1,1 +1,304 @@
-int main() { return 0; }  // being written
+// `flashcore`: the command-line client of flashcored. Every failure prints one
+// line "flashcore: <message>" on stderr (the server's detail, e.g. the NVRTC
+// log, follows with --verbose) and exits 1; usage errors exit 2.
+#include <google/protobuf/util/json_util.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "flashcore/client.hpp"
+
+namespace fc = flashcore;
+namespace v1 = flashcore::v1;
+
+namespace {
+
+struct Globals {
+  std::string address = "127.0.0.1:50051";
+  bool json = false;
+  bool verbose = false;
+  int64_t timeout_ms = 300000;
+};
+
+// The message stays on one line whatever the server sent; anything after the
+// first line moves to the detail.
+int fail(const Globals& globals, const fc::Error& error) {
+  std::string message = error.message;
+  std::string detail = error.detail;
+  if (auto newline = message.find('\n'); newline != std::string::npos) {
+    std::string rest = message.substr(newline + 1);
+    message.resize(newline);
+    detail = detail.empty() ? rest : rest + "\n" + detail;
+  }
+  std::cerr << "flashcore: " << message << "\n";
+  if (globals.verbose && !detail.empty()) {
+    std::cerr << detail;
+    if (detail.back() != '\n') std::cerr << "\n";
+  }
+  return 1;
+}
+
+int fail(const Globals& globals, const std::string& message) {
+  return fail(globals, fc::make_error(fc::ErrorCode::internal, message));
+}
+
+fc::Result<fc::client::Client> connect(const Globals& globals) {
+  fc::client::ConnectOptions options;
+  options.address = globals.address;
+  options.call_timeout = std::chrono::milliseconds(globals.timeout_ms);
+  options.connect_timeout = std::min(options.connect_timeout, options.call_timeout);
+  return fc::client::Client::connect(options);
+}
+
+std::string to_json(const google::protobuf::Message& message) {
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  options.always_print_primitive_fields = true;  // a 0 (no spills) is information too
+  std::string out;
+  if (!google::protobuf::util::MessageToJsonString(message, &out, options).ok())
+    return "{}\n";
+  return out;
+}
+
+fc::Status write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (out) out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (out) out.close();
+  if (!out)
+    return fc::make_error(fc::ErrorCode::internal,
+                          "cannot write " + path + ": " + std::strerror(errno));
+  return fc::ok_status();
+}
+
+// Prints a handle (text or JSON) and writes its cubin to `output` if given.
+int print_handle(const Globals& globals, v1::KernelHandle handle, const std::string& output,
+                 bool include_cubin) {
+  if (!output.empty()) {
+    if (handle.cubin().empty())
+      return fail(globals, "the server sent no cubin for " + handle.key());
+    if (auto s = write_file(output, handle.cubin()); !s) return fail(globals, s.error());
+  }
+  if (globals.json) {
+    if (!include_cubin) handle.clear_cubin();
+    std::cout << to_json(handle);
+  } else {
+    std::cout << fc::client::describe(handle);
+  }
+  if (!output.empty()) {
+    // In JSON mode stdout carries the document only.
+    (globals.json ? std::cerr : std::cout)
+        << "wrote " << handle.cubin_size() << " bytes to " << output << "\n";
+  }
+  return 0;
+}
+
+std::string config_label(const v1::TileConfig& c) {
+  return std::to_string(c.block_m()) + "x" + std::to_string(c.block_n()) + " w" +
+         std::to_string(c.warps()) + " s" + std::to_string(c.stages());
+}
+
+void print_table(const std::vector<v1::KernelSummary>& kernels) {
+  std::printf("%-16s  %-5s  %4s  %-6s  %-14s  %-7s  %4s  %6s  %8s\n", "KEY", "DTYPE", "D",
+              "CAUSAL", "CONFIG", "ARCH", "REGS", "SPILLS", "CUBIN_KB");
+  for (const auto& k : kernels) {
+    std::printf("%-16s  %-5s  %4d  %-6s  %-14s  %-7s  %4d  %6d  %8.1f\n",
+                k.key().substr(0, 16).c_str(),
+                fc::client::dtype_label(k.problem().dtype()).c_str(), k.problem().head_dim(),
+                k.problem().causal() ? "yes" : "no", config_label(k.config()).c_str(),
+                k.arch().c_str(), k.registers(), k.spill_store_bytes(),
+                static_cast<double>(k.cubin_size()) / 1024.0);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Globals globals;
+  CLI::App app{"flashcore: client of the flashcored kernel service (compile, fetch and list "
+               "FlashAttention-style kernels)"};
+  app.require_subcommand(1);
+  app.fallthrough();  // global options may follow the subcommand too
+  app.add_option("--address", globals.address,
+                 "daemon address host:port")
+      ->envname("FLASHCORE_ADDRESS")
+      ->capture_default_str();
+  app.add_flag("--json", globals.json, "print results as JSON (protobuf field names)");
+  app.add_flag("-v,--verbose", globals.verbose,
+               "on errors, also print the server's detail (e.g. the NVRTC log)");
+  app.add_option("--timeout-ms", globals.timeout_ms,
+                 "deadline of each call in milliseconds (connecting waits at most 5000)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+
+  // compile
+  auto* compile = app.add_subcommand(
+      "compile", "compile (or fetch from the daemon's cache) one kernel specialization");
+  std::string template_id = "attention_fwd", dtype, layout = "bshd", arch, compile_output;
+  int head_dim = 0, block_m = 128, block_n = 64, warps = 4, stages = 2;
+  bool causal = false, compile_include_cubin = false;
+  int64_t batch = 1, heads = 1, kv_heads = 0, seq_q = 0, seq_k = 0;
+  compile->add_option("--template", template_id, "kernel template id")->capture_default_str();
+  compile->add_option("--dtype", dtype, "element type of Q, K, V, O")
+      ->required()
+      ->check(CLI::IsMember({"fp16", "bf16"}));
+  compile->add_option("--head-dim", head_dim, "head dimension D (compile-time)")->required();
+  compile->add_flag("--causal", causal, "causal (top-left aligned) masking");
+  compile->add_option("--batch", batch, "batch size (run-time shape)")->capture_default_str();
+  compile->add_option("--heads", heads, "query heads (run-time shape)")->capture_default_str();
+  compile->add_option("--kv-heads", kv_heads, "K/V heads, must divide --heads; 0 = --heads")
+      ->capture_default_str();
+  compile->add_option("--seq-q", seq_q, "query sequence length (run-time shape)")->required();
+  compile->add_option("--seq-k", seq_k, "key sequence length; 0 = --seq-q")
+      ->capture_default_str();
+  compile->add_option("--layout", layout, "memory layout of Q, K, V, O")
+      ->check(CLI::IsMember({"bshd", "bhsd"}))
+      ->capture_default_str();
+  compile->add_option("--block-m", block_m, "query rows per thread block")->capture_default_str();
+  compile->add_option("--block-n", block_n, "key rows per inner-loop tile")->capture_default_str();
+  compile->add_option("--warps", warps, "warps per thread block")->capture_default_str();
+  compile->add_option("--stages", stages, "K/V pipeline depth")->capture_default_str();
+  compile->add_option("--arch", arch, "target, e.g. sm_90a; empty = the daemon's default");
+  compile->add_option("-o,--output", compile_output, "write the cubin to FILE")->type_name("FILE");
+  compile->add_flag("--include-cubin", compile_include_cubin,
+                    "with --json, keep the cubin (base64) in the output");
+
+  // get
+  auto* get = app.add_subcommand("get", "fetch a cached kernel by key");
+  std::string key, get_output;
+  bool omit_cubin = false, get_include_cubin = false;
+  get->add_option("KEY", key, "kernel key (64 hex characters)")->required();
+  auto* get_output_opt = get->add_option("-o,--output", get_output, "write the cubin to FILE")
+                            ->type_name("FILE");
+  get->add_flag("--omit-cubin", omit_cubin, "fetch metadata only")->excludes(get_output_opt);
+  get->add_flag("--include-cubin", get_include_cubin,
+                "with --json, keep the cubin (base64) in the output");
+
+  // list
+  auto* list = app.add_subcommand("list", "list cached kernels in key order");
+  int page_size = 0;
+  std::string page_token;
+  bool all_pages = false;
+  list->add_option("--page-size", page_size, "kernels per page; 0 = the daemon's default (50)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  list->add_option("--page-token", page_token, "continue from a previous page")
+      ->type_name("TOKEN");
+  list->add_flag("--all", all_pages, "follow next-page tokens to the end");
+
+  // health
+  auto* health = app.add_subcommand(
+      "health", "check the daemon's grpc.health.v1 status; exits 0 only when SERVING");
+  std::string service;
+  health->add_option("--service", service, "service name; empty = the whole server");
+
+  // info
+  auto* info = app.add_subcommand("info", "show the daemon's version, NVRTC, GPU and templates");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+
+  auto client = connect(globals);
+  if (!client) return fail(globals, client.error());
+
+  if (*compile) {
+    v1::KernelRequest request;
+    request.set_template_id(template_id);
+    auto* problem = request.mutable_problem();
+    problem->set_dtype(dtype == "bf16" ? v1::DTYPE_BF16 : v1::DTYPE_FP16);
+    problem->set_head_dim(head_dim);
+    problem->set_causal(causal);
+    problem->set_batch(batch);
+    problem->set_heads(heads);
+    problem->set_kv_heads(kv_heads);
+    problem->set_seq_q(seq_q);
+    problem->set_seq_k(seq_k);
+    problem->set_layout(layout == "bhsd" ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
+    auto* config = request.mutable_config();
+    config->set_block_m(block_m);
+    config->set_block_n(block_n);
+    config->set_warps(warps);
+    config->set_stages(stages);
+    request.set_arch(arch);
+    // Skip the cubin transfer when nothing will use it.
+    request.set_omit_cubin(compile_output.empty() && !(globals.json && compile_include_cubin));
+    auto handle = client->compile(request);
+    if (!handle) return fail(globals, handle.error());
+    return print_handle(globals, std::move(handle).value(), compile_output,
+                        compile_include_cubin);
+  }
+
+  if (*get) {
+    const bool want_cubin = !get_output.empty() || (globals.json && get_include_cubin);
+    auto handle = client->get_kernel(key, omit_cubin || !want_cubin);
+    if (!handle) return fail(globals, handle.error());
+    return print_handle(globals, std::move(handle).value(), get_output, get_include_cubin);
+  }
+
+  if (*list) {
+    v1::ListKernelsResponse all;
+    std::string token = page_token;
+    do {
+      auto page = client->list_kernels(page_size, token);
+      if (!page) return fail(globals, page.error());
+      for (auto& kernel : *page->mutable_kernels()) *all.add_kernels() = std::move(kernel);
+      token = page->next_page_token();
+    } while (all_pages && !token.empty());
+    all.set_next_page_token(token);
+    if (globals.json) {
+      std::cout << to_json(all);
+    } else {
+      print_table({all.kernels().begin(), all.kernels().end()});
+      if (!token.empty()) std::cout << "more: --page-token " << token << " (or --all)\n";
+    }
+    return 0;
+  }
+
+  if (*health) {
+    auto status = client->health(service);
+    if (!status) return fail(globals, status.error());
+    if (globals.json)
+      std::cout << "{\n \"status\": \"" << *status << "\"\n}\n";
+    else
+      std::cout << *status << "\n";
+    return *status == "SERVING" ? 0 : 1;
+  }
+
+  if (*info) {
+    auto server = client->server_info();
+    if (!server) return fail(globals, server.error());
+    if (globals.json) {
+      std::cout << to_json(*server);
+      return 0;
+    }
+    const auto join = [](const auto& items) {
+      std::string out;
+      for (const auto& item : items) out += (out.empty() ? "" : ", ") + item;
+      return out.empty() ? std::string("-") : out;
+    };
+    std::cout << "version          " << server->version() << "\n"
+              << "nvrtc            " << server->nvrtc_version() << "\n"
+              << "default arch     " << server->default_arch() << "\n"
+              << "gpu              "
+              << (server->gpu_available()
+                      ? server->gpu_name()
+                      : "none (" + server->gpu_unavailable_reason() + ")")
+              << "\n"
+              << "supported archs  " << join(server->supported_archs()) << "\n"
+              << "templates        " << join(server->templates()) << "\n";
+    return 0;
+  }
+  return 2;  // unreachable: require_subcommand(1)
+}

@@ -1,1 +1,224 @@
-// being written
+#include "flashcore/client.hpp"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <sstream>
+#include <utility>
+
+#include "flashcore/v1/flashcore.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace flashcore::client {
+namespace {
+
+ErrorCode code_for(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return ErrorCode::invalid_argument;
+    case grpc::StatusCode::NOT_FOUND:
+      return ErrorCode::not_found;
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return ErrorCode::failed_precondition;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return ErrorCode::resource_exhausted;
+    case grpc::StatusCode::UNAVAILABLE:
+      return ErrorCode::unavailable;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return ErrorCode::deadline_exceeded;
+    case grpc::StatusCode::CANCELLED:
+      return ErrorCode::cancelled;
+    default:
+      return ErrorCode::internal;
+  }
+}
+
+// The server appends its detail (an NVRTC log, say) to the status message
+// for clients that only show the message; here the message keeps its first
+// line and the detail travels separately.
+Error rpc_error(const char* rpc, const grpc::Status& status) {
+  std::string message = status.error_message();
+  std::string detail = status.error_details();
+  if (const auto newline = message.find('\n'); newline != std::string::npos) {
+    if (detail.empty()) detail = message.substr(newline + 1);
+    message.resize(newline);
+  }
+  return make_error(code_for(status.error_code()), std::string(rpc) + ": " + message,
+                    std::move(detail));
+}
+
+}  // namespace
+
+struct Client::Impl {
+  ConnectOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::FlashCore::Stub> stub;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health;
+
+  // Every call gets the same deadline budget; a cold compile is the slowest.
+  void prepare(grpc::ClientContext& context) const {
+    context.set_deadline(std::chrono::system_clock::now() + options.call_timeout);
+  }
+};
+
+Result<Client> Client::connect(const ConnectOptions& options) {
+  grpc::ChannelArguments args;
+  const int max_bytes = static_cast<int>(
+      std::min<size_t>(options.max_message_bytes, static_cast<size_t>(INT32_MAX)));
+  args.SetMaxReceiveMessageSize(max_bytes);
+  args.SetMaxSendMessageSize(max_bytes);
+  auto channel =
+      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
+    return make_error(ErrorCode::unavailable,
+                      "cannot reach flashcored at " + options.address + " within " +
+                          std::to_string(options.connect_timeout.count()) + " ms");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->stub = v1::FlashCore::NewStub(channel);
+  impl->health = grpc::health::v1::Health::NewStub(channel);
+  impl->channel = std::move(channel);
+  return Client(std::move(impl));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+const ConnectOptions& Client::options() const { return impl_->options; }
+
+Result<v1::KernelHandle> Client::compile(const v1::KernelRequest& request) {
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::KernelHandle handle;
+  const grpc::Status status = impl_->stub->Compile(&context, request, &handle);
+  if (!status.ok()) return rpc_error("Compile", status);
+  return handle;
+}
+
+Result<v1::KernelHandle> Client::get_kernel(const std::string& key, bool omit_cubin,
+                                            const v1::Problem* shape) {
+  v1::GetKernelRequest request;
+  request.set_key(key);
+  request.set_omit_cubin(omit_cubin);
+  if (shape != nullptr) *request.mutable_problem() = *shape;
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::KernelHandle handle;
+  const grpc::Status status = impl_->stub->GetKernel(&context, request, &handle);
+  if (!status.ok()) return rpc_error("GetKernel", status);
+  return handle;
+}
+
+Result<v1::ListKernelsResponse> Client::list_kernels(int page_size,
+                                                     const std::string& page_token) {
+  v1::ListKernelsRequest request;
+  request.set_page_size(page_size);
+  request.set_page_token(page_token);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::ListKernelsResponse response;
+  const grpc::Status status = impl_->stub->ListKernels(&context, request, &response);
+  if (!status.ok()) return rpc_error("ListKernels", status);
+  return response;
+}
+
+Result<v1::ServerInfo> Client::server_info() {
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::ServerInfo info;
+  const grpc::Status status =
+      impl_->stub->GetServerInfo(&context, v1::GetServerInfoRequest(), &info);
+  if (!status.ok()) return rpc_error("GetServerInfo", status);
+  return info;
+}
+
+Result<std::string> Client::health(const std::string& service) {
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = impl_->health->Check(&context, request, &response);
+  if (!status.ok()) return rpc_error("Health.Check", status);
+  return grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status());
+}
+
+std::string dtype_label(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_FP16:
+      return "fp16";
+    case v1::DTYPE_BF16:
+      return "bf16";
+    default:
+      return "unspecified";
+  }
+}
+
+std::string layout_label(v1::Layout layout) {
+  return layout == v1::LAYOUT_BHSD ? "bhsd" : "bshd";
+}
+
+namespace {
+
+std::string tier_label(v1::CacheTier tier) {
+  switch (tier) {
+    case v1::CACHE_TIER_MEMORY:
+      return "memory cache";
+    case v1::CACHE_TIER_DISK:
+      return "disk cache";
+    case v1::CACHE_TIER_COMPILED:
+      return "compiled now";
+    default:
+      return "unspecified";
+  }
+}
+
+std::string fixed(double value, int decimals) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
+  return buffer;
+}
+
+}  // namespace
+
+std::string describe(const v1::KernelHandle& h) {
+  std::ostringstream out;
+  const auto& p = h.problem();
+  const auto& c = h.config();
+  const auto& l = h.launch();
+  const auto& r = h.resources();
+  out << "key          " << h.key() << "\n";
+  out << "kernel       " << h.name_expression() << "\n";
+  out << "symbol       " << h.lowered_name() << "\n";
+  out << "template     " << h.template_id() << " (ABI " << h.abi().params_struct() << " v"
+      << h.abi().abi_version() << ", " << h.abi().params_size() << " bytes)\n";
+  out << "problem      " << dtype_label(p.dtype()) << " head_dim=" << p.head_dim()
+      << (p.causal() ? " causal" : " non-causal") << "; shape batch=" << p.batch()
+      << " heads=" << p.heads() << " kv_heads=" << (p.kv_heads() == 0 ? p.heads() : p.kv_heads())
+      << " seq_q=" << p.seq_q() << " seq_k=" << (p.seq_k() == 0 ? p.seq_q() : p.seq_k()) << " "
+      << layout_label(p.layout()) << "\n";
+  out << "config       block_m=" << c.block_m() << " block_n=" << c.block_n()
+      << " warps=" << c.warps() << " stages=" << c.stages() << "\n";
+  out << "arch         " << h.arch() << "\n";
+  out << "source       " << tier_label(h.tier()) << ", compile " << fixed(h.compile_ms(), 1)
+      << " ms, NVRTC " << h.toolchain().nvrtc_version() << "\n";
+  out << "launch       grid (" << l.grid().x() << ", " << l.grid().y() << ", " << l.grid().z()
+      << ")  block (" << l.block().x() << ", " << l.block().y() << ", " << l.block().z()
+      << ")  dynamic smem " << l.dynamic_smem_bytes() << " B\n";
+  out << "grid         " << l.grid_formula() << "\n";
+  out << "resources    " << r.registers() << " registers, " << r.spill_store_bytes()
+      << " B spill stores, " << r.spill_load_bytes() << " B spill loads, "
+      << r.stack_frame_bytes() << " B stack, " << r.static_smem_bytes() << " B static smem\n";
+  out << "cubin        " << fixed(static_cast<double>(h.cubin_size()) / 1024.0, 1) << " KB"
+      << (h.cubin().empty() ? " (not transferred)" : "") << ", sha256 " << h.cubin_sha256()
+      << "\n";
+  return out.str();
+}
+
+}  // namespace flashcore::client

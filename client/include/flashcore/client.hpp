@@ -1,0 +1,62 @@
+// The FlashCore client library: asks a flashcored daemon for compiled kernels
+// over gRPC, and (launcher.hpp) launches them in the caller's process.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "common/result.hpp"
+#include "flashcore/launcher.hpp"
+#include "flashcore/v1/flashcore.pb.h"
+
+namespace flashcore::client {
+
+struct ConnectOptions {
+  std::string address = "127.0.0.1:50051";
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds call_timeout{300000};  // a cold compile takes seconds
+  size_t max_message_bytes = size_t{64} << 20;     // cubins are a few hundred KB
+};
+
+// One channel to the daemon; calls are thread-safe. Errors keep the server's
+// code (mapped to ErrorCode), "<RPC>: <server message>" as message and the
+// server's detail (an NVRTC log, say) as detail.
+class Client {
+ public:
+  // unavailable naming the address if the daemon does not answer within
+  // connect_timeout.
+  static Result<Client> connect(const ConnectOptions& options);
+
+  Client(Client&&) noexcept;
+  Client& operator=(Client&&) noexcept;
+  ~Client();
+
+  Result<v1::KernelHandle> compile(const v1::KernelRequest& request);
+  // `shape`: run-time shape to compute the handle's launch geometry for.
+  Result<v1::KernelHandle> get_kernel(const std::string& key, bool omit_cubin = false,
+                                      const v1::Problem* shape = nullptr);
+  Result<v1::ListKernelsResponse> list_kernels(int page_size, const std::string& page_token);
+  Result<v1::ServerInfo> server_info();
+  // grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN", ...
+  Result<std::string> health(const std::string& service = "");
+
+  const ConnectOptions& options() const;
+
+  struct Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Multi-line human summary of a handle: key, kernel name, cache tier, compile
+// time, arch, launch geometry, resources and cubin size.
+std::string describe(const v1::KernelHandle& handle);
+
+// "fp16" / "bf16" / "unspecified"; "bshd" / "bhsd".
+std::string dtype_label(v1::DType dtype);
+std::string layout_label(v1::Layout layout);
+
+}  // namespace flashcore::client

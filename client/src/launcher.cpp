@@ -1,0 +1,112 @@
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+
+#include "cuda/attention_launch.hpp"
+#include "cuda/driver_api.hpp"
+#include "flashcore/launcher.hpp"
+
+namespace flashcore::client {
+
+AttentionParams make_attention_params(const v1::Problem& problem, CUdeviceptr q, CUdeviceptr k,
+                                      CUdeviceptr v, CUdeviceptr o, float* lse) {
+  cuda::AttentionShape shape;
+  shape.batch = problem.batch();
+  shape.heads = problem.heads();
+  shape.kv_heads = problem.kv_heads();
+  shape.seq_q = problem.seq_q();
+  shape.seq_k = problem.seq_k();
+  shape.head_dim = problem.head_dim();
+  shape.layout = problem.layout() == v1::LAYOUT_BHSD ? cuda::TensorLayout::bhsd
+                                                     : cuda::TensorLayout::bshd;
+  return cuda::make_attention_params(shape, q, k, v, o, lse);
+}
+
+namespace {
+struct LoadedKernel {
+  cuda::Module module;
+  CUfunction function = nullptr;
+};
+}  // namespace
+
+struct KernelLauncher::State {
+  // Declared first so it is destroyed last: modules unload into a live context.
+  cuda::Context context;
+  std::mutex mutex;
+  std::unordered_map<std::string, LoadedKernel> kernels;  // by handle key
+
+  explicit State(cuda::Context ctx) : context(std::move(ctx)) {}
+
+  // The function for `handle`, loading its module on first use.
+  Result<CUfunction> function_for(const v1::KernelHandle& handle) {
+    std::lock_guard lock(mutex);
+    if (auto it = kernels.find(handle.key()); it != kernels.end()) return it->second.function;
+
+    auto module = cuda::Module::load(handle.cubin());
+    if (!module) return module.error();
+    auto function = module->function(handle.lowered_name());
+    if (!function) return function.error();
+    // The default limit is 48 KB; the tile configs mostly need more.
+    if (auto s = cuda::set_max_dynamic_smem(*function, handle.launch().dynamic_smem_bytes()); !s)
+      return s.error();
+    kernels.emplace(handle.key(), LoadedKernel{std::move(module).value(), *function});
+    return *function;
+  }
+};
+
+Result<KernelLauncher> KernelLauncher::create(int device) {
+  auto context = cuda::Context::retain_primary(device);
+  if (!context) return context.error();
+  return KernelLauncher(std::make_unique<State>(std::move(context).value()));
+}
+
+KernelLauncher::KernelLauncher(std::unique_ptr<State> state) : state_(std::move(state)) {}
+KernelLauncher::KernelLauncher(KernelLauncher&&) noexcept = default;
+KernelLauncher& KernelLauncher::operator=(KernelLauncher&&) noexcept = default;
+KernelLauncher::~KernelLauncher() = default;
+
+size_t KernelLauncher::loaded_modules() const {
+  if (!state_) return 0;
+  std::lock_guard lock(state_->mutex);
+  return state_->kernels.size();
+}
+
+Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionParams& params,
+                              CUstream stream) {
+  if (!state_)
+    return make_error(ErrorCode::failed_precondition, "launch: launcher was moved from");
+  if (auto s = cuda::attention_params_error(params); !s) return s;
+  if (handle.cubin().empty())
+    return make_error(ErrorCode::failed_precondition,
+                      "launch: handle " + handle.key() + " carries no cubin (fetched with "
+                      "omit_cubin?)");
+  if (handle.abi().abi_version() != FLASHCORE_ATTENTION_ABI_VERSION)
+    return make_error(ErrorCode::failed_precondition,
+                      "launch: kernel ABI version " + std::to_string(handle.abi().abi_version()) +
+                          " does not match this client's " +
+                          std::to_string(FLASHCORE_ATTENTION_ABI_VERSION));
+  if (handle.abi().params_size() != 0 && handle.abi().params_size() != sizeof(AttentionParams))
+    return make_error(ErrorCode::failed_precondition,
+                      "launch: kernel params struct is " +
+                          std::to_string(handle.abi().params_size()) + " bytes, this client's " +
+                          std::to_string(sizeof(AttentionParams)));
+  if (handle.config().block_m() <= 0 || handle.launch().block().x() == 0)
+    return make_error(ErrorCode::failed_precondition,
+                      "launch: handle " + handle.key() + " has no tile config or block size");
+
+  // The calling thread may not be the one that created the launcher.
+  if (auto s = state_->context.make_current(); !s) return s;
+  auto function = state_->function_for(handle);
+  if (!function) return function.error();
+
+  cuda::AttentionLaunchConfig config;
+  config.block_m = static_cast<unsigned>(handle.config().block_m());
+  config.block_x = handle.launch().block().x();
+  config.block_y = handle.launch().block().y();
+  config.block_z = handle.launch().block().z();
+  config.dynamic_smem_bytes = handle.launch().dynamic_smem_bytes();
+  return cuda::launch_attention(*function, config, params, stream);
+}
+
+}  // namespace flashcore::client

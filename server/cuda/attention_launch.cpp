@@ -1,0 +1,135 @@
+#include "cuda/attention_launch.hpp"
+
+#include <cmath>
+#include <string>
+
+#include "cuda/driver_api.hpp"
+
+namespace flashcore::cuda {
+namespace {
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr long long kStrideGranule = 8;  // elements per 16-byte vector load of fp16/bf16
+constexpr long long kMaxGridYZ = 65535;
+
+Error invalid(const std::string& message) {
+  return make_error(ErrorCode::invalid_argument, message);
+}
+
+struct Strides {
+  long long batch, head, row;
+};
+
+// Dense strides of a [batch, heads, seq, head_dim] tensor stored in `layout`.
+Strides dense_strides(TensorLayout layout, long long heads, long long seq, long long head_dim) {
+  if (layout == TensorLayout::bhsd) return {heads * seq * head_dim, seq * head_dim, head_dim};
+  return {seq * heads * head_dim, head_dim, heads * head_dim};
+}
+
+}  // namespace
+
+AttentionParams make_attention_params(const AttentionShape& shape, CUdeviceptr q, CUdeviceptr k,
+                                      CUdeviceptr v, CUdeviceptr o, float* lse) {
+  const long long heads = shape.heads;
+  const long long kv_heads = shape.kv_heads == 0 ? shape.heads : shape.kv_heads;
+  const long long seq_q = shape.seq_q;
+  const long long seq_k = shape.seq_k == 0 ? shape.seq_q : shape.seq_k;
+  const long long d = shape.head_dim;
+
+  AttentionParams p{};
+  p.q = reinterpret_cast<const void*>(static_cast<uintptr_t>(q));
+  p.k = reinterpret_cast<const void*>(static_cast<uintptr_t>(k));
+  p.v = reinterpret_cast<const void*>(static_cast<uintptr_t>(v));
+  p.o = reinterpret_cast<void*>(static_cast<uintptr_t>(o));
+  p.lse = lse;
+
+  const Strides qo = dense_strides(shape.layout, heads, seq_q, d);
+  const Strides kv = dense_strides(shape.layout, kv_heads, seq_k, d);
+  p.q_batch_stride = p.o_batch_stride = qo.batch;
+  p.q_head_stride = p.o_head_stride = qo.head;
+  p.q_row_stride = p.o_row_stride = qo.row;
+  p.k_batch_stride = p.v_batch_stride = kv.batch;
+  p.k_head_stride = p.v_head_stride = kv.head;
+  p.k_row_stride = p.v_row_stride = kv.row;
+
+  p.batch = static_cast<int>(shape.batch);
+  p.heads = static_cast<int>(heads);
+  p.kv_heads = static_cast<int>(kv_heads);
+  p.seq_q = static_cast<int>(seq_q);
+  p.seq_k = static_cast<int>(seq_k);
+
+  const double scale = d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 0.0;
+  p.softmax_scale = static_cast<float>(scale);
+  p.softmax_scale_log2 = static_cast<float>(scale * kLog2e);
+  return p;
+}
+
+Status attention_params_error(const AttentionParams& p) {
+  const std::pair<const void*, const char*> pointers[] = {
+      {p.q, "q"}, {p.k, "k"}, {p.v, "v"}, {p.o, "o"}};
+  for (const auto& [ptr, name] : pointers)
+    if (ptr == nullptr) return invalid(std::string("params.") + name + ": null pointer");
+
+  const std::pair<int, const char*> counts[] = {{p.batch, "batch"}, {p.heads, "heads"},
+                                                {p.kv_heads, "kv_heads"}, {p.seq_q, "seq_q"},
+                                                {p.seq_k, "seq_k"}};
+  for (const auto& [value, name] : counts)
+    if (value < 1)
+      return invalid(std::string("params.") + name + ": " + std::to_string(value) +
+                     " must be >= 1");
+  if (p.heads % p.kv_heads != 0)
+    return invalid("params.kv_heads: " + std::to_string(p.kv_heads) + " does not divide heads " +
+                   std::to_string(p.heads));
+  if (p.heads > kMaxGridYZ)
+    return invalid("params.heads: " + std::to_string(p.heads) + " exceeds the grid limit 65535");
+  if (p.batch > kMaxGridYZ)
+    return invalid("params.batch: " + std::to_string(p.batch) + " exceeds the grid limit 65535");
+
+  const std::pair<long long, const char*> strides[] = {
+      {p.q_batch_stride, "q_batch_stride"}, {p.q_head_stride, "q_head_stride"},
+      {p.q_row_stride, "q_row_stride"},     {p.k_batch_stride, "k_batch_stride"},
+      {p.k_head_stride, "k_head_stride"},   {p.k_row_stride, "k_row_stride"},
+      {p.v_batch_stride, "v_batch_stride"}, {p.v_head_stride, "v_head_stride"},
+      {p.v_row_stride, "v_row_stride"},     {p.o_batch_stride, "o_batch_stride"},
+      {p.o_head_stride, "o_head_stride"},   {p.o_row_stride, "o_row_stride"}};
+  for (const auto& [value, name] : strides)
+    if (value % kStrideGranule != 0)
+      return invalid(std::string("params.") + name + ": " + std::to_string(value) +
+                     " is not a multiple of 8 elements");
+  return ok_status();
+}
+
+Status set_max_dynamic_smem(CUfunction function, unsigned bytes) {
+  auto api = driver();
+  if (!api) return api.error();
+  return check((*api)->cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                          static_cast<int>(bytes)),
+               "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)");
+}
+
+Status launch_attention(CUfunction function, const AttentionLaunchConfig& config,
+                        const AttentionParams& params, CUstream stream) {
+  if (auto s = attention_params_error(params); !s) return s;
+  if (config.block_m == 0 || config.block_x == 0)
+    return make_error(ErrorCode::failed_precondition,
+                      "launch config: block_m and block size must be set (from the handle)");
+  if (function == nullptr)
+    return make_error(ErrorCode::failed_precondition, "launch: no kernel function");
+
+  const unsigned grid_x =
+      static_cast<unsigned>((static_cast<long long>(params.seq_q) + config.block_m - 1) /
+                            config.block_m);
+  auto api = driver();
+  if (!api) return api.error();
+  // The kernel takes the struct by value (__grid_constant__): one argument,
+  // whose address the driver copies the bytes from.
+  void* args[] = {const_cast<AttentionParams*>(&params)};
+  return check((*api)->cuLaunchKernel(function, grid_x, static_cast<unsigned>(params.heads),
+                                      static_cast<unsigned>(params.batch), config.block_x,
+                                      config.block_y == 0 ? 1 : config.block_y,
+                                      config.block_z == 0 ? 1 : config.block_z,
+                                      config.dynamic_smem_bytes, stream, args, nullptr),
+               "cuLaunchKernel");
+}
+
+}  // namespace flashcore::cuda

@@ -1,0 +1,58 @@
+// Filling and launching the attention kernels' one params struct
+// (kernel_templates/common/attention_params.cuh). Shared by the client
+// library (KernelLauncher) and the daemon's evaluation worker, so both
+// compute strides, scales and the grid the same way.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "common/attention_params.cuh"
+#include "common/result.hpp"
+
+namespace flashcore::cuda {
+
+enum class TensorLayout { bshd, bhsd };
+
+// The run-time shape of one attention call, as a client describes it.
+struct AttentionShape {
+  int64_t batch = 1;
+  int64_t heads = 1;
+  int64_t kv_heads = 0;  // 0 = heads
+  int64_t seq_q = 1;
+  int64_t seq_k = 0;     // 0 = seq_q
+  int head_dim = 64;
+  TensorLayout layout = TensorLayout::bshd;
+};
+
+// Strides for densely packed tensors in `shape.layout` (K and V with kv_heads
+// and seq_k), softmax_scale = 1/sqrt(head_dim), softmax_scale_log2 =
+// softmax_scale * log2(e). Does not validate; see attention_params_error().
+AttentionParams make_attention_params(const AttentionShape& shape, CUdeviceptr q, CUdeviceptr k,
+                                      CUdeviceptr v, CUdeviceptr o, float* lse = nullptr);
+
+// invalid_argument naming the first bad field: null q/k/v/o, a count below 1,
+// kv_heads not dividing heads, a stride that is not a multiple of 8 elements
+// (the kernel's 16-byte vector loads), or a grid dimension over its limit.
+Status attention_params_error(const AttentionParams& params);
+
+// How a compiled attention kernel is launched; comes from its handle.
+struct AttentionLaunchConfig {
+  unsigned block_m = 0;  // query rows per block: grid.x = ceil(seq_q / block_m)
+  unsigned block_x = 0, block_y = 1, block_z = 1;
+  unsigned dynamic_smem_bytes = 0;
+};
+
+// Raises the function's dynamic shared memory limit to `bytes` (the default
+// limit is 48 KB; most tile configs need more). Once per loaded function.
+Status set_max_dynamic_smem(CUfunction function, unsigned bytes);
+
+// grid = (ceil(seq_q / block_m), heads, batch); validates params first, then
+// calls cuLaunchKernel with the struct as the single kernel argument. The
+// function's dynamic shared memory limit must already be raised
+// (set_max_dynamic_smem) and a context must be current.
+Status launch_attention(CUfunction function, const AttentionLaunchConfig& config,
+                        const AttentionParams& params, CUstream stream);
+
+}  // namespace flashcore::cuda
