@@ -1,1 +1,179 @@
-// being written
+#include "app/daemon.hpp"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <thread>
+
+#include "cache/atomic_file.hpp"
+#include "cache/kernel_cache.hpp"
+#include "cuda/driver_api.hpp"
+#include "jit/compile_pool.hpp"
+#include "jit/nvrtc_compiler.hpp"
+#include "jit/template_registry.hpp"
+#include "rpc/flashcore_service.hpp"
+
+namespace flashcore {
+namespace {
+
+constexpr std::string_view kFallbackArch = "sm_90a";
+
+// Never fails: a daemon without a GPU still compiles and serves kernels.
+rpc::GpuStatus probe_gpu() {
+  rpc::GpuStatus gpu;
+  auto devices = cuda::probe_devices();
+  if (!devices) {
+    gpu.unavailable_reason = devices.error().message;
+  } else if (devices->empty()) {
+    gpu.unavailable_reason = "no CUDA device found";
+  } else {
+    const cuda::DeviceInfo& device = devices->front();
+    gpu.available = true;
+    gpu.name = device.name;
+    gpu.arch = device.arch;
+  }
+  if (gpu.available) spdlog::info("GPU 0: {} ({})", gpu.name, gpu.arch);
+  else spdlog::info("no GPU ({}): compiling and serving only", gpu.unavailable_reason);
+  return gpu;
+}
+
+Result<std::string> pick_default_arch(const DaemonConfig& config, const rpc::GpuStatus& gpu) {
+  if (!config.default_arch.empty()) {
+    if (!find_arch(config.default_arch))
+      return make_error(ErrorCode::invalid_argument,
+                        "default_arch: '" + config.default_arch + "' is not supported");
+    return config.default_arch;
+  }
+  if (gpu.available) {
+    if (find_arch(gpu.arch)) return gpu.arch;
+    spdlog::warn("GPU arch {} is not a template target; default arch is {}", gpu.arch,
+                 kFallbackArch);
+  }
+  return std::string(kFallbackArch);
+}
+
+int message_limit(size_t bytes) { return static_cast<int>(std::min<size_t>(bytes, INT_MAX)); }
+
+bool is_unix_address(const std::string& address) { return address.rfind("unix:", 0) == 0; }
+
+}  // namespace
+
+struct Daemon::Impl {
+  DaemonConfig config;
+  // Declaration order is teardown order reversed: the server goes first (it
+  // drains calls that point into the service), then the service, then the
+  // cache (which waits for compiles still running on the pool).
+  std::shared_ptr<CompilePool> pool;
+  std::shared_ptr<const NvrtcCompiler> compiler;
+  std::shared_ptr<KernelCache> cache;
+  std::unique_ptr<rpc::FlashCoreService> service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+
+  std::mutex shutdown_mutex;
+  bool shut_down = false;
+};
+
+Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  if (impl->config.cache_dir.empty()) impl->config.cache_dir = default_cache_dir();
+
+  std::shared_ptr<const TemplateRegistry> templates;
+  if (config.templates_dir.empty()) {
+    templates = TemplateRegistry::embedded();
+  } else {
+    auto from_dir = TemplateRegistry::from_directory(config.templates_dir);
+    if (!from_dir)
+      return make_error(ErrorCode::failed_precondition,
+                        "templates_dir: " + from_dir.error().message);
+    templates = std::move(from_dir).value();
+  }
+
+  const size_t threads = config.compile_threads > 0
+                             ? config.compile_threads
+                             : std::max<size_t>(1, std::thread::hardware_concurrency());
+  impl->pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
+  impl->compiler = std::make_shared<const NvrtcCompiler>(templates);
+  impl->cache = std::make_shared<KernelCache>(
+      KernelCacheOptions{config.memory_cache_bytes, impl->config.cache_dir}, impl->compiler,
+      impl->pool);
+
+  rpc::ServiceOptions options;
+  options.gpu = probe_gpu();
+  auto arch = pick_default_arch(config, options.gpu);
+  if (!arch) return arch.error();
+  options.default_arch = *arch;
+  options.max_concurrent_rpcs = config.max_concurrent_rpcs;
+  impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options);
+
+  // Both must be in place before the builder is made: they hook into it.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  // gRPC sets SO_REUSEPORT by default: a second daemon on a busy port would
+  // then bind "successfully" and silently split the traffic.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddListeningPort(config.listen_address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
+  builder.RegisterService(impl->service.get());
+  impl->server = builder.BuildAndStart();
+  if (!impl->server || (impl->port == 0 && !is_unix_address(config.listen_address)))
+    return make_error(ErrorCode::unavailable, "cannot listen on " + config.listen_address);
+
+  if (!config.port_file.empty()) {
+    // Atomic, so a supervisor polling for the file never reads half a number.
+    if (Status written = write_file_atomically(config.port_file, std::to_string(impl->port) + "\n");
+        !written)
+      return make_error(
+          ErrorCode::unavailable,
+          "cannot write port file " + config.port_file.string() + ": " + written.error().message);
+  }
+
+  spdlog::info("templates: {}; cache: {} ({} MiB in memory); {} compile threads; default arch {}",
+               config.templates_dir.empty() ? "embedded" : config.templates_dir.string(),
+               impl->config.cache_dir.string(), config.memory_cache_bytes >> 20, threads,
+               options.default_arch);
+  return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
+}
+
+Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Daemon::~Daemon() {
+  shutdown(impl_->config.drain_timeout);
+  impl_->server->Wait();
+}
+
+int Daemon::port() const { return impl_->port; }
+
+std::string Daemon::address() const {
+  const std::string& listen = impl_->config.listen_address;
+  if (is_unix_address(listen)) return listen;
+  const auto colon = listen.rfind(':');
+  const std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+  return host + ":" + std::to_string(impl_->port);
+}
+
+void Daemon::shutdown(std::chrono::milliseconds drain) {
+  std::lock_guard lock(impl_->shutdown_mutex);
+  if (impl_->shut_down) return;
+  impl_->shut_down = true;
+  spdlog::info("shutting down: {} calls in flight get {} ms to finish", impl_->service->in_flight(),
+               drain.count());
+  // Load balancers polling health stop sending before the port closes.
+  if (auto* health = impl_->server->GetHealthCheckService()) health->Shutdown();
+  // Refuses new calls at once; calls still running at the deadline are
+  // cancelled (a Compile then answers CANCELLED and its NVRTC run finishes
+  // in the background).
+  impl_->server->Shutdown(std::chrono::system_clock::now() + drain);
+}
+
+void Daemon::wait() { impl_->server->Wait(); }
+
+}  // namespace flashcore

@@ -1,1 +1,218 @@
-// being written
+#include "rpc/flashcore_service.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <mutex>
+
+#include "cache/cache_key.hpp"
+#include "jit/template_catalog.hpp"
+#include "rpc/translate.hpp"
+
+#ifndef FLASHCORE_VERSION
+#define FLASHCORE_VERSION "0.1.0"
+#endif
+
+namespace flashcore::rpc {
+
+// A Compile in flight. The cache answers from its pool thread, possibly after
+// the call was cancelled (client gone, or the drain deadline passed), so the
+// answer and the cancellation race for one finish through shared state; the
+// loser touches nothing the call owns. The winner gives the in-flight slot
+// back before Finish, so a client that has its answer never finds the slot
+// still taken.
+class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
+ public:
+  CompileReactor(FlashCoreService* service, v1::KernelHandle* response, CompileRequest request,
+                 bool omit_cubin)
+      : state_(std::make_shared<State>()) {
+    state_->service = service;
+    state_->reactor = this;
+    state_->response = response;
+    state_->request = std::move(request);
+    state_->omit_cubin = omit_cubin;
+  }
+
+  // Asks the cache; the reply may come back before this returns (a hit).
+  void start(KernelCache& cache) {
+    const CompileRequest& request = state_->request;
+    cache.get_or_compile(request.spec, request.shape, [state = state_](Result<CacheLookup> result) {
+      answer(*state, std::move(result));
+    });
+  }
+
+  void OnCancel() override {
+    std::lock_guard lock(state_->mutex);
+    finish(*state_, grpc::Status(grpc::StatusCode::CANCELLED, "compile cancelled"));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  struct State {
+    std::mutex mutex;
+    bool finished = false;
+    // Valid until finished: the call (and so the server and the service)
+    // lives at least that long.
+    FlashCoreService* service = nullptr;
+    CompileReactor* reactor = nullptr;
+    v1::KernelHandle* response = nullptr;
+    CompileRequest request;
+    bool omit_cubin = false;
+  };
+
+  // Caller holds state.mutex.
+  static void finish(State& state, const grpc::Status& status) {
+    if (state.finished) return;
+    state.finished = true;
+    state.service->release();
+    state.reactor->Finish(status);
+  }
+
+  static void answer(State& state, Result<CacheLookup> result) {
+    std::lock_guard lock(state.mutex);
+    if (state.finished) return;
+    if (!result.ok()) {
+      const Error& error = result.error();
+      spdlog::info("Compile {} for {} failed: {}", state.request.spec.template_id,
+                   state.request.spec.arch, error.message);
+      finish(state, to_grpc_status(error));
+      return;
+    }
+    const CacheLookup& lookup = *result;
+    spdlog::debug("Compile {} -> {} ({})", lookup.kernel->compiled.name_expression,
+                  lookup.kernel->key, cache_tier_name(lookup.tier));
+    fill_handle(*lookup.kernel, lookup.tier, state.request.shape, state.request.layout,
+                state.omit_cubin, state.response);
+    finish(state, grpc::Status::OK);
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+FlashCoreService::FlashCoreService(std::shared_ptr<KernelCache> cache,
+                                   std::shared_ptr<const NvrtcCompiler> compiler,
+                                   ServiceOptions options)
+    : cache_(std::move(cache)), compiler_(std::move(compiler)), options_(std::move(options)) {}
+
+Status FlashCoreService::admit() {
+  const size_t before = in_flight_.fetch_add(1);
+  if (before >= options_.max_concurrent_rpcs) {
+    in_flight_.fetch_sub(1);
+    return make_error(ErrorCode::resource_exhausted,
+                      "server busy: " + std::to_string(before) + " calls in flight");
+  }
+  return ok_status();
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::finish_now(grpc::CallbackServerContext* context,
+                                                       const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+Status FlashCoreService::require_gpu() const {
+  if (options_.gpu.available) return ok_status();
+  return make_error(
+      ErrorCode::failed_precondition,
+      "this request needs a GPU and the daemon has none: " + options_.gpu.unavailable_reason);
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext* context,
+                                                    const v1::KernelRequest* request,
+                                                    v1::KernelHandle* response) {
+  if (Status admitted = admit(); !admitted)
+    return finish_now(context, to_grpc_status(admitted.error()));
+  auto parsed = parse_kernel_request(*request, options_.default_arch);
+  if (!parsed) {
+    release();
+    return finish_now(context, to_grpc_status(parsed.error()));
+  }
+  auto* reactor =
+      new CompileReactor(this, response, std::move(parsed).value(), request->omit_cubin());
+  reactor->start(*cache_);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContext* context,
+                                                      const v1::GetKernelRequest* request,
+                                                      v1::KernelHandle* response) {
+  if (Status admitted = admit(); !admitted)
+    return finish_now(context, to_grpc_status(admitted.error()));
+  const grpc::Status status = [&]() -> grpc::Status {
+    if (request->key().empty())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "key: must be set");
+    if (!is_well_formed_key(request->key()))
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "key: '" + request->key() + "' is not 64 lowercase hex characters");
+    auto lookup = cache_->get(request->key());
+    if (!lookup) return to_grpc_status(lookup.error());
+    const CachedKernel& kernel = *lookup->kernel;
+
+    RuntimeShape shape = kernel.first_shape;
+    v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
+    if (request->has_problem()) {
+      auto requested = parse_shape_for(request->problem(), kernel.spec);
+      if (!requested) return to_grpc_status(requested.error());
+      shape = *requested;
+      layout = request->problem().layout();
+    }
+    fill_handle(kernel, lookup->tier, shape, layout, request->omit_cubin(), response);
+    return grpc::Status::OK;
+  }();
+  release();
+  return finish_now(context, status);
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::ListKernels(grpc::CallbackServerContext* context,
+                                                        const v1::ListKernelsRequest* request,
+                                                        v1::ListKernelsResponse* response) {
+  if (Status admitted = admit(); !admitted)
+    return finish_now(context, to_grpc_status(admitted.error()));
+  const grpc::Status status = [&]() -> grpc::Status {
+    int page_size = request->page_size();
+    if (page_size < 0 || page_size > kMaxPageSize)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "page_size: " + std::to_string(page_size) + " must be in [0, " +
+                              std::to_string(kMaxPageSize) +
+                              "] (0 = " + std::to_string(kDefaultPageSize) + ")");
+    if (page_size == 0) page_size = kDefaultPageSize;
+    // The token is the last key of the previous page: listing resumes after it.
+    const std::string& token = request->page_token();
+    if (!token.empty() && !is_well_formed_key(token))
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "page_token: '" + token + "' is not a token from ListKernels");
+
+    // One extra entry tells whether another page follows.
+    std::vector<CachedKernel> entries = cache_->list(token, static_cast<size_t>(page_size) + 1);
+    const bool more = entries.size() > static_cast<size_t>(page_size);
+    if (more) entries.resize(static_cast<size_t>(page_size));
+    for (const auto& entry : entries) fill_summary(entry, response->add_kernels());
+    if (more) response->set_next_page_token(entries.back().key);
+    return grpc::Status::OK;
+  }();
+  release();
+  return finish_now(context, status);
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::GetServerInfo(grpc::CallbackServerContext* context,
+                                                          const v1::GetServerInfoRequest*,
+                                                          v1::ServerInfo* response) {
+  if (Status admitted = admit(); !admitted)
+    return finish_now(context, to_grpc_status(admitted.error()));
+  response->set_version(FLASHCORE_VERSION);
+  response->set_nvrtc_version(NvrtcCompiler::nvrtc_version());
+  response->set_default_arch(options_.default_arch);
+  response->set_gpu_available(options_.gpu.available);
+  if (options_.gpu.available) response->set_gpu_name(options_.gpu.name);
+  else response->set_gpu_unavailable_reason(options_.gpu.unavailable_reason);
+  for (const auto& arch : supported_archs()) response->add_supported_archs(std::string(arch.name));
+  // Only templates this daemon's sources can build (a templates_dir may lack some).
+  for (const auto& info : template_catalog())
+    if (compiler_->templates().entry_header(std::string(info.id)).ok())
+      response->add_templates(std::string(info.id));
+  release();
+  return finish_now(context, grpc::Status::OK);
+}
+
+}  // namespace flashcore::rpc

@@ -1,0 +1,263 @@
+#include "app/config.hpp"
+
+#include <spdlog/common.h>
+#include <toml++/toml.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+
+#include "search/tile_config.hpp"
+
+namespace flashcore {
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+// gRPC takes message limits as int.
+constexpr size_t kMaxMessageMb = 2047;
+
+Error bad_setting(std::string message) {
+  return make_error(ErrorCode::invalid_argument, std::move(message));
+}
+
+std::optional<std::string> env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  return std::string(value);
+}
+
+// Settings as they come from any layer: every field optional, in the units
+// the user writes (MB, ms), so the layers merge field by field.
+struct Layer {
+  std::optional<std::string> listen_address;
+  std::optional<std::string> cache_dir;
+  std::optional<int64_t> memory_cache_mb;
+  std::optional<int64_t> compile_threads;
+  std::optional<int64_t> max_queued_compiles;
+  std::optional<int64_t> max_concurrent_rpcs;
+  std::optional<int64_t> max_message_mb;
+  std::optional<std::string> templates_dir;
+  std::optional<std::string> default_arch;
+  std::optional<int64_t> drain_timeout_ms;
+  std::optional<std::string> log_level;
+  std::optional<std::string> port_file;
+};
+
+template <typename T>
+void over(std::optional<T>& base, const std::optional<T>& top) {
+  if (top) base = top;
+}
+
+void apply(Layer& base, const Layer& top) {
+  over(base.listen_address, top.listen_address);
+  over(base.cache_dir, top.cache_dir);
+  over(base.memory_cache_mb, top.memory_cache_mb);
+  over(base.compile_threads, top.compile_threads);
+  over(base.max_queued_compiles, top.max_queued_compiles);
+  over(base.max_concurrent_rpcs, top.max_concurrent_rpcs);
+  over(base.max_message_mb, top.max_message_mb);
+  over(base.templates_dir, top.templates_dir);
+  over(base.default_arch, top.default_arch);
+  over(base.drain_timeout_ms, top.drain_timeout_ms);
+  over(base.log_level, top.log_level);
+  over(base.port_file, top.port_file);
+}
+
+Result<Layer> read_toml(const std::string& path) {
+  toml::table table;
+  try {
+    table = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    return bad_setting("config file " + path + ":" + std::to_string(where.line) + ":" +
+                       std::to_string(where.column) + ": " + std::string(e.description()));
+  }
+
+  Layer layer;
+  const auto string_key = [&](std::string_view key, const toml::node& node,
+                              std::optional<std::string>& out) -> Status {
+    if (!node.is_string())
+      return bad_setting("config file " + path + ": " + std::string(key) + " must be a string");
+    out = node.value<std::string>();
+    return ok_status();
+  };
+  const auto int_key = [&](std::string_view key, const toml::node& node,
+                           std::optional<int64_t>& out) -> Status {
+    if (!node.is_integer())
+      return bad_setting("config file " + path + ": " + std::string(key) + " must be an integer");
+    out = node.value<int64_t>();
+    return ok_status();
+  };
+
+  for (const auto& [key, node] : table) {
+    const std::string_view k = key.str();
+    Status status = ok_status();
+    if (k == "listen_address") status = string_key(k, node, layer.listen_address);
+    else if (k == "cache_dir") status = string_key(k, node, layer.cache_dir);
+    else if (k == "memory_cache_mb") status = int_key(k, node, layer.memory_cache_mb);
+    else if (k == "compile_threads") status = int_key(k, node, layer.compile_threads);
+    else if (k == "max_queued_compiles") status = int_key(k, node, layer.max_queued_compiles);
+    else if (k == "max_concurrent_rpcs") status = int_key(k, node, layer.max_concurrent_rpcs);
+    else if (k == "max_message_mb") status = int_key(k, node, layer.max_message_mb);
+    else if (k == "templates_dir") status = string_key(k, node, layer.templates_dir);
+    else if (k == "default_arch") status = string_key(k, node, layer.default_arch);
+    else if (k == "drain_timeout_ms") status = int_key(k, node, layer.drain_timeout_ms);
+    else if (k == "log_level") status = string_key(k, node, layer.log_level);
+    else if (k == "port_file") status = string_key(k, node, layer.port_file);
+    else
+      // A misspelt key silently ignored would leave a setting at its default.
+      return bad_setting("config file " + path + ": unknown key '" + std::string(k) + "'");
+    if (!status) return status.error();
+  }
+  return layer;
+}
+
+Layer read_env() {
+  Layer layer;
+  layer.listen_address = env("FLASHCORE_LISTEN");
+  layer.cache_dir = env("FLASHCORE_CACHE_DIR");
+  layer.log_level = env("FLASHCORE_LOG_LEVEL");
+  layer.templates_dir = env("FLASHCORE_TEMPLATES_DIR");
+  layer.default_arch = env("FLASHCORE_DEFAULT_ARCH");
+  return layer;
+}
+
+// Checks a count against [min, max] and names the setting when it is not.
+Result<size_t> count(std::string_view name, int64_t value, int64_t min, int64_t max) {
+  if (value < min || value > max)
+    return bad_setting(std::string(name) + ": " + std::to_string(value) + " must be in [" +
+                       std::to_string(min) + ", " + std::to_string(max) + "]");
+  return static_cast<size_t>(value);
+}
+
+Result<DaemonConfig> resolve(const Layer& layer) {
+  DaemonConfig config;
+  if (layer.listen_address) {
+    if (layer.listen_address->empty()) return bad_setting("listen_address: must not be empty");
+    config.listen_address = *layer.listen_address;
+  }
+  config.cache_dir =
+      layer.cache_dir ? std::filesystem::path(*layer.cache_dir) : default_cache_dir();
+
+  constexpr int64_t kMaxCount = int64_t{1} << 30;
+  if (layer.memory_cache_mb) {
+    auto mb = count("memory_cache_mb", *layer.memory_cache_mb, 1, int64_t{1} << 24);
+    if (!mb) return mb.error();
+    config.memory_cache_bytes = *mb * kMiB;
+  }
+  if (layer.compile_threads) {
+    auto n = count("compile_threads", *layer.compile_threads, 0, 1024);
+    if (!n) return n.error();
+    config.compile_threads = *n;
+  }
+  if (layer.max_queued_compiles) {
+    auto n = count("max_queued_compiles", *layer.max_queued_compiles, 1, kMaxCount);
+    if (!n) return n.error();
+    config.max_queued_compiles = *n;
+  }
+  if (layer.max_concurrent_rpcs) {
+    auto n = count("max_concurrent_rpcs", *layer.max_concurrent_rpcs, 1, kMaxCount);
+    if (!n) return n.error();
+    config.max_concurrent_rpcs = *n;
+  }
+  if (layer.max_message_mb) {
+    auto mb = count("max_message_mb", *layer.max_message_mb, 1, kMaxMessageMb);
+    if (!mb) return mb.error();
+    config.max_message_bytes = *mb * kMiB;
+  }
+  if (layer.templates_dir) config.templates_dir = *layer.templates_dir;
+  if (layer.default_arch && !layer.default_arch->empty()) {
+    if (!find_arch(*layer.default_arch)) {
+      std::string known;
+      for (const auto& arch : supported_archs())
+        known += (known.empty() ? "" : ", ") + std::string(arch.name);
+      return bad_setting("default_arch: '" + *layer.default_arch + "' is not supported (" + known +
+                         ")");
+    }
+    config.default_arch = *layer.default_arch;
+  }
+  if (layer.drain_timeout_ms) {
+    auto ms = count("drain_timeout_ms", *layer.drain_timeout_ms, 0, int64_t{24} * 3600 * 1000);
+    if (!ms) return ms.error();
+    config.drain_timeout = std::chrono::milliseconds(*ms);
+  }
+  if (layer.log_level) {
+    // spdlog maps unknown names to "off"; only "off" itself may mean off.
+    if (*layer.log_level != "off" &&
+        spdlog::level::from_str(*layer.log_level) == spdlog::level::off)
+      return bad_setting("log_level: '" + *layer.log_level +
+                         "' is not one of trace, debug, info, warn, error, critical, off");
+    config.log_level = *layer.log_level;
+  }
+  if (layer.port_file) config.port_file = *layer.port_file;
+  return config;
+}
+
+}  // namespace
+
+std::filesystem::path default_cache_dir() {
+  if (auto xdg = env("XDG_CACHE_HOME")) return std::filesystem::path(*xdg) / "flashcore";
+  if (auto home = env("HOME")) return std::filesystem::path(*home) / ".cache" / "flashcore";
+  // No home (a bare service account): somewhere writable rather than nowhere.
+  return std::filesystem::temp_directory_path() / "flashcore-cache";
+}
+
+Result<DaemonConfig> load_config(int argc, const char* const* argv) {
+  CLI::App app{"flashcored: compiles attention kernel templates with NVRTC and serves the cubins",
+               argc > 0 ? argv[0] : "flashcored"};
+  Layer flags;
+  std::string config_file;
+  const auto str = [&](const char* name, std::optional<std::string>& out, const char* help) {
+    return app.add_option_function<std::string>(
+        name, [&out](const std::string& v) { out = v; }, help);
+  };
+  const auto num = [&](const char* name, std::optional<int64_t>& out, const char* help) {
+    return app.add_option_function<int64_t>(
+        name, [&out](const int64_t& v) { out = v; }, help);
+  };
+  app.add_option("--config", config_file,
+                 "TOML file whose keys are the long option names with '_' (or FLASHCORE_CONFIG)");
+  str("--listen", flags.listen_address,
+      "host:port to listen on, port 0 picks one (FLASHCORE_LISTEN)");
+  str("--cache-dir", flags.cache_dir,
+      "on-disk kernel cache (FLASHCORE_CACHE_DIR; default $XDG_CACHE_HOME/flashcore)");
+  num("--memory-cache-mb", flags.memory_cache_mb, "memory tier budget in MiB");
+  num("--compile-threads", flags.compile_threads, "NVRTC threads, 0 = one per core");
+  num("--max-queued-compiles", flags.max_queued_compiles,
+      "compiles waiting for a thread before RESOURCE_EXHAUSTED");
+  num("--max-concurrent-rpcs", flags.max_concurrent_rpcs,
+      "calls in flight before RESOURCE_EXHAUSTED");
+  num("--max-message-mb", flags.max_message_mb, "gRPC send/receive message limit in MiB");
+  str("--templates-dir", flags.templates_dir,
+      "read kernel templates from here instead of the embedded ones (FLASHCORE_TEMPLATES_DIR)");
+  str("--default-arch", flags.default_arch,
+      "arch for requests that name none (FLASHCORE_DEFAULT_ARCH; default: the GPU's, else sm_90a)");
+  num("--drain-timeout-ms", flags.drain_timeout_ms,
+      "on SIGTERM, time given to in-flight calls before they are cancelled");
+  str("--log-level", flags.log_level,
+      "trace, debug, info, warn, error, critical or off (FLASHCORE_LOG_LEVEL)");
+  str("--port-file", flags.port_file, "write the bound port here once listening");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success))
+      return make_error(ErrorCode::cancelled, app.help());
+    return bad_setting(e.what());
+  }
+
+  Layer merged;
+  if (config_file.empty())
+    if (auto from_env = env("FLASHCORE_CONFIG")) config_file = *from_env;
+  if (!config_file.empty()) {
+    auto file = read_toml(config_file);
+    if (!file) return file.error();
+    apply(merged, *file);
+  }
+  apply(merged, read_env());
+  apply(merged, flags);
+  return resolve(merged);
+}
+
+}  // namespace flashcore

@@ -1,0 +1,37 @@
+// Daemon configuration: embedded defaults, then a TOML file, then FLASHCORE_*
+// environment variables, then command-line flags (flags win).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <filesystem>
+#include <string>
+
+#include "common/result.hpp"
+
+namespace flashcore {
+
+struct DaemonConfig {
+  std::string listen_address = "127.0.0.1:50051";  // loopback by default: a shared box
+  std::filesystem::path cache_dir;                 // default: $XDG_CACHE_HOME/flashcore or ~/.cache/flashcore
+  size_t memory_cache_bytes = size_t{256} << 20;
+  size_t compile_threads = 0;                      // 0 = hardware concurrency
+  size_t max_queued_compiles = 64;                 // beyond: RESOURCE_EXHAUSTED
+  size_t max_concurrent_rpcs = 256;                // beyond: RESOURCE_EXHAUSTED
+  size_t max_message_bytes = size_t{64} << 20;     // gRPC send/receive limit
+  std::filesystem::path templates_dir;             // empty = embedded templates
+  std::string default_arch;                        // empty = the GPU's, else sm_90a
+  std::chrono::milliseconds drain_timeout{10000};  // SIGTERM: time given to in-flight calls
+  std::string log_level = "info";
+  std::filesystem::path port_file;                 // if set, the bound port is written here
+};
+
+// Parses argv (CLI11) over env over the TOML file named by --config or
+// FLASHCORE_CONFIG over defaults. `--help` output is returned as an error with
+// code cancelled and the help text as message (the caller prints it, exits 0).
+Result<DaemonConfig> load_config(int argc, const char* const* argv);
+
+// The default cache folder from the environment (XDG_CACHE_HOME, HOME).
+std::filesystem::path default_cache_dir();
+
+}  // namespace flashcore

@@ -1,0 +1,34 @@
+// The daemon's lifecycle, usable in-process (tests, benchmarks) as well as
+// from main(): build the cache, compiler and gRPC server from a config, bind,
+// serve, and drain in-flight calls on shutdown.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "app/config.hpp"
+#include "common/result.hpp"
+
+namespace flashcore {
+
+class Daemon {
+ public:
+  // Binds config.listen_address (port 0 picks a free port) and starts serving.
+  static Result<std::unique_ptr<Daemon>> start(const DaemonConfig& config);
+  ~Daemon();  // shuts down with the configured drain deadline if still running
+
+  int port() const;                  // the bound port
+  std::string address() const;       // "127.0.0.1:<port>"
+  // Stops accepting calls; in-flight calls get until `drain` to finish,
+  // then are cancelled. Idempotent.
+  void shutdown(std::chrono::milliseconds drain);
+  void wait();  // blocks until the server has shut down
+
+  struct Impl;
+ private:
+  explicit Daemon(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flashcore

@@ -1,0 +1,77 @@
+// The flashcore.v1.FlashCore service: validates requests, hands them to the
+// kernel cache and turns its answers into messages. Nothing else lives here.
+// Compiles never block a gRPC thread: the cache calls back from its pool and
+// the reactor finishes from there.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "cache/kernel_cache.hpp"
+#include "common/result.hpp"
+#include "flashcore/v1/flashcore.grpc.pb.h"
+#include "jit/nvrtc_compiler.hpp"
+
+namespace flashcore::rpc {
+
+// What the daemon learnt about the GPU at startup (cuda::probe_devices()).
+struct GpuStatus {
+  bool available = false;
+  std::string name;                // device 0's name
+  std::string arch;                // device 0's NVRTC target
+  std::string unavailable_reason;  // why not, when !available
+};
+
+struct ServiceOptions {
+  std::string default_arch = "sm_90a";  // for requests that leave arch empty
+  size_t max_concurrent_rpcs = 256;     // beyond: RESOURCE_EXHAUSTED
+  GpuStatus gpu;
+};
+
+class FlashCoreService final : public v1::FlashCore::CallbackService {
+ public:
+  FlashCoreService(std::shared_ptr<KernelCache> cache,
+                   std::shared_ptr<const NvrtcCompiler> compiler, ServiceOptions options);
+
+  grpc::ServerUnaryReactor* Compile(grpc::CallbackServerContext* context,
+                                    const v1::KernelRequest* request,
+                                    v1::KernelHandle* response) override;
+  grpc::ServerUnaryReactor* GetKernel(grpc::CallbackServerContext* context,
+                                      const v1::GetKernelRequest* request,
+                                      v1::KernelHandle* response) override;
+  grpc::ServerUnaryReactor* ListKernels(grpc::CallbackServerContext* context,
+                                        const v1::ListKernelsRequest* request,
+                                        v1::ListKernelsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
+                                          const v1::GetServerInfoRequest* request,
+                                          v1::ServerInfo* response) override;
+
+  // For requests that need a device (validation, tuning): FAILED_PRECONDITION
+  // with the probe's reason when the daemon has none.
+  Status require_gpu() const;
+
+  size_t in_flight() const { return in_flight_.load(); }
+  const ServiceOptions& options() const { return options_; }
+
+  static constexpr int kDefaultPageSize = 50;
+  static constexpr int kMaxPageSize = 1000;
+
+ private:
+  class CompileReactor;
+
+  // Takes an in-flight slot, or returns RESOURCE_EXHAUSTED when all are taken.
+  Status admit();
+  void release() { in_flight_.fetch_sub(1); }
+  // Finishes a call answered on the spot.
+  grpc::ServerUnaryReactor* finish_now(grpc::CallbackServerContext* context,
+                                       const grpc::Status& status);
+
+  std::shared_ptr<KernelCache> cache_;
+  std::shared_ptr<const NvrtcCompiler> compiler_;
+  ServiceOptions options_;
+  std::atomic<size_t> in_flight_{0};
+};
+
+}  // namespace flashcore::rpc

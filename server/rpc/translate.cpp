@@ -1,0 +1,301 @@
+#include "rpc/translate.hpp"
+
+#include <cstddef>
+#include <type_traits>
+
+#include "cache/cache_key.hpp"
+#include "common/attention_params.cuh"
+#include "common/digest.hpp"
+#include "jit/template_catalog.hpp"
+
+namespace flashcore::rpc {
+namespace {
+
+Error invalid(std::string message) {
+  return make_error(ErrorCode::invalid_argument, std::move(message));
+}
+
+std::string supported_arch_list() {
+  std::string list;
+  for (const auto& arch : supported_archs()) {
+    if (!list.empty()) list += ", ";
+    list += arch.name;
+  }
+  return list;
+}
+
+std::string template_list() {
+  std::string list;
+  for (const auto& info : template_catalog()) {
+    if (!list.empty()) list += ", ";
+    list += info.id;
+  }
+  return list;
+}
+
+Result<DType> parse_proto_dtype(v1::DType dtype) {
+  switch (dtype) {
+    case v1::DTYPE_FP16: return DType::fp16;
+    case v1::DTYPE_BF16: return DType::bf16;
+    case v1::DTYPE_UNSPECIFIED:
+      return invalid("problem.dtype: must be set (DTYPE_FP16 or DTYPE_BF16)");
+    default:
+      return invalid("problem.dtype: unknown enum value " +
+                     std::to_string(static_cast<int>(dtype)));
+  }
+}
+
+RuntimeShape shape_of(const v1::Problem& problem) {
+  RuntimeShape shape;
+  shape.batch = problem.batch();
+  shape.heads = problem.heads();
+  shape.kv_heads = problem.kv_heads();
+  shape.seq_q = problem.seq_q();
+  shape.seq_k = problem.seq_k();
+  return shape;
+}
+
+Status check_layout(v1::Layout layout) {
+  if (!v1::Layout_IsValid(layout))
+    return invalid("problem.layout: unknown enum value " +
+                   std::to_string(static_cast<int>(layout)));
+  return ok_status();
+}
+
+void fill_problem(const ProblemClass& problem, const RuntimeShape& shape, v1::Layout layout,
+                  v1::Problem* out) {
+  out->set_dtype(to_proto(problem.dtype));
+  out->set_head_dim(problem.head_dim);
+  out->set_causal(problem.causal);
+  out->set_batch(shape.batch);
+  out->set_heads(shape.heads);
+  out->set_kv_heads(shape.kv_heads);
+  out->set_seq_q(shape.seq_q);
+  out->set_seq_k(shape.seq_k);
+  out->set_layout(layout);
+}
+
+void fill_config(const TileConfig& config, v1::TileConfig* out) {
+  out->set_block_m(config.block_m);
+  out->set_block_n(config.block_n);
+  out->set_warps(config.warps);
+  out->set_stages(config.stages);
+}
+
+void fill_dim3(const Dim3& dim, v1::Dim3* out) {
+  out->set_x(dim.x);
+  out->set_y(dim.y);
+  out->set_z(dim.z);
+}
+
+// The ABI type name of a params member, derived from its C++ type so the
+// table below cannot say "i32" for a long long.
+template <typename T>
+constexpr const char* abi_type() {
+  if constexpr (std::is_pointer_v<T>) return "ptr";
+  else if constexpr (std::is_same_v<T, long long>) return "i64";
+  else if constexpr (std::is_same_v<T, int>) return "i32";
+  else if constexpr (std::is_same_v<T, float>) return "f32";
+  else static_assert(!sizeof(T), "AttentionParams member of a type the ABI cannot name");
+}
+
+std::string truncated(const std::string& detail) {
+  if (detail.size() <= kMaxStatusDetailBytes) return detail;
+  return detail.substr(0, kMaxStatusDetailBytes) + "\n... (" +
+         std::to_string(detail.size() - kMaxStatusDetailBytes) + " more bytes)";
+}
+
+}  // namespace
+
+v1::DType to_proto(DType dtype) { return dtype == DType::fp16 ? v1::DTYPE_FP16 : v1::DTYPE_BF16; }
+
+v1::CacheTier to_proto(CacheTier tier) {
+  switch (tier) {
+    case CacheTier::memory: return v1::CACHE_TIER_MEMORY;
+    case CacheTier::disk: return v1::CACHE_TIER_DISK;
+    case CacheTier::compiled: return v1::CACHE_TIER_COMPILED;
+  }
+  return v1::CACHE_TIER_UNSPECIFIED;
+}
+
+Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
+                                            std::string_view default_arch) {
+  if (request.template_id().empty())
+    return invalid("template_id: must be set (known: " + template_list() + ")");
+  if (find_template(request.template_id()) == nullptr)
+    return invalid("template_id: unknown template '" + request.template_id() +
+                   "' (known: " + template_list() + ")");
+
+  CompileRequest parsed;
+  parsed.spec.template_id = request.template_id();
+
+  const v1::Problem& problem = request.problem();
+  auto dtype = parse_proto_dtype(problem.dtype());
+  if (!dtype) return dtype.error();
+  parsed.spec.problem.dtype = *dtype;
+  parsed.spec.problem.head_dim = problem.head_dim();
+  parsed.spec.problem.causal = problem.causal();
+  if (auto error = problem_class_error(parsed.spec.problem)) return invalid(*error);
+
+  parsed.shape = shape_of(problem);
+  if (auto error = runtime_shape_error(parsed.shape)) return invalid(*error);
+  if (auto layout = check_layout(problem.layout()); !layout) return layout.error();
+  parsed.layout = problem.layout();
+
+  parsed.spec.arch = request.arch().empty() ? std::string(default_arch) : request.arch();
+  const auto arch = find_arch(parsed.spec.arch);
+  if (!arch)
+    return invalid("arch: '" + parsed.spec.arch + "' is not supported (" + supported_arch_list() +
+                   ")");
+
+  // An absent config is the default tile; a present one is taken field by
+  // field, so a forgotten field shows up as an error rather than a guess.
+  if (request.has_config()) {
+    parsed.spec.config.block_m = request.config().block_m();
+    parsed.spec.config.block_n = request.config().block_n();
+    parsed.spec.config.warps = request.config().warps();
+    parsed.spec.config.stages = request.config().stages();
+  }
+  if (auto error = config_error(parsed.spec.config, parsed.spec.problem, *arch))
+    return invalid(*error);
+  return parsed;
+}
+
+Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpec& spec) {
+  auto dtype = parse_proto_dtype(problem.dtype());
+  if (!dtype) return dtype.error();
+  if (*dtype != spec.problem.dtype)
+    return invalid("problem.dtype: " + std::string(dtype_name(*dtype)) + " does not match the " +
+                   std::string(dtype_name(spec.problem.dtype)) + " kernel");
+  if (problem.head_dim() != spec.problem.head_dim)
+    return invalid("problem.head_dim: " + std::to_string(problem.head_dim()) +
+                   " does not match the kernel's " + std::to_string(spec.problem.head_dim));
+  if (problem.causal() != spec.problem.causal)
+    return invalid(std::string("problem.causal: ") + (problem.causal() ? "true" : "false") +
+                   " does not match the kernel's " + (spec.problem.causal ? "true" : "false"));
+  RuntimeShape shape = shape_of(problem);
+  if (auto error = runtime_shape_error(shape)) return invalid(*error);
+  if (auto layout = check_layout(problem.layout()); !layout) return layout.error();
+  return shape;
+}
+
+void fill_abi(v1::KernelAbi* abi) {
+  abi->set_params_struct("flashcore::AttentionParams");
+  abi->set_abi_version(FLASHCORE_ATTENTION_ABI_VERSION);
+  abi->set_params_size(sizeof(AttentionParams));
+  auto add = [abi](const char* name, size_t offset, size_t size, const char* type) {
+    v1::AbiField* field = abi->add_fields();
+    field->set_name(name);
+    field->set_offset(static_cast<uint32_t>(offset));
+    field->set_size(static_cast<uint32_t>(size));
+    field->set_type(type);
+  };
+#define FLASHCORE_ABI_FIELD(member)                                                \
+  add(#member, offsetof(AttentionParams, member), sizeof(AttentionParams::member), \
+      abi_type<decltype(AttentionParams::member)>())
+  FLASHCORE_ABI_FIELD(q);
+  FLASHCORE_ABI_FIELD(k);
+  FLASHCORE_ABI_FIELD(v);
+  FLASHCORE_ABI_FIELD(o);
+  FLASHCORE_ABI_FIELD(lse);
+  FLASHCORE_ABI_FIELD(q_batch_stride);
+  FLASHCORE_ABI_FIELD(q_head_stride);
+  FLASHCORE_ABI_FIELD(q_row_stride);
+  FLASHCORE_ABI_FIELD(k_batch_stride);
+  FLASHCORE_ABI_FIELD(k_head_stride);
+  FLASHCORE_ABI_FIELD(k_row_stride);
+  FLASHCORE_ABI_FIELD(v_batch_stride);
+  FLASHCORE_ABI_FIELD(v_head_stride);
+  FLASHCORE_ABI_FIELD(v_row_stride);
+  FLASHCORE_ABI_FIELD(o_batch_stride);
+  FLASHCORE_ABI_FIELD(o_head_stride);
+  FLASHCORE_ABI_FIELD(o_row_stride);
+  FLASHCORE_ABI_FIELD(batch);
+  FLASHCORE_ABI_FIELD(heads);
+  FLASHCORE_ABI_FIELD(kv_heads);
+  FLASHCORE_ABI_FIELD(seq_q);
+  FLASHCORE_ABI_FIELD(seq_k);
+  FLASHCORE_ABI_FIELD(softmax_scale);
+  FLASHCORE_ABI_FIELD(softmax_scale_log2);
+#undef FLASHCORE_ABI_FIELD
+}
+
+void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape& shape,
+                 v1::Layout layout, bool omit_cubin, v1::KernelHandle* handle) {
+  const CompiledKernel& compiled = kernel.compiled;
+  handle->set_key(kernel.key);
+  handle->set_template_id(kernel.spec.template_id);
+  handle->set_name_expression(compiled.name_expression);
+  handle->set_lowered_name(compiled.lowered_name);
+  if (!omit_cubin) handle->set_cubin(compiled.cubin);
+  handle->set_cubin_size(compiled.cubin.empty() ? kernel.cubin_size : compiled.cubin.size());
+  if (!compiled.cubin.empty()) handle->set_cubin_sha256(sha256_hex(compiled.cubin));
+  handle->set_arch(kernel.spec.arch);
+  fill_problem(kernel.spec.problem, shape, layout, handle->mutable_problem());
+  fill_config(kernel.spec.config, handle->mutable_config());
+
+  const LaunchGeometry geometry = launch_geometry(kernel.spec.config, kernel.spec.problem, shape);
+  v1::LaunchGeometry* launch = handle->mutable_launch();
+  fill_dim3(geometry.grid, launch->mutable_grid());
+  fill_dim3(geometry.block, launch->mutable_block());
+  launch->set_dynamic_smem_bytes(geometry.dynamic_smem_bytes);
+  launch->set_grid_formula(grid_formula(kernel.spec.config));
+
+  const ResourceReport& r = compiled.resources;
+  v1::ResourceReport* resources = handle->mutable_resources();
+  resources->set_registers(r.registers);
+  resources->set_static_smem_bytes(r.static_smem_bytes);
+  resources->set_spill_store_bytes(r.spill_store_bytes);
+  resources->set_spill_load_bytes(r.spill_load_bytes);
+  resources->set_stack_frame_bytes(r.stack_frame_bytes);
+  resources->set_constant_bytes(r.constant_bytes);
+  resources->set_ptxas_log(r.ptxas_log);
+
+  fill_abi(handle->mutable_abi());
+
+  v1::Toolchain* toolchain = handle->mutable_toolchain();
+  toolchain->set_nvrtc_version(compiled.toolchain.nvrtc_version);
+  toolchain->set_template_source_hash(compiled.toolchain.template_source_hash);
+  toolchain->set_cache_format_version(kCacheFormatVersion);
+  for (const auto& option : compiled.toolchain.options) toolchain->add_options(option);
+
+  handle->set_compile_ms(compiled.compile_ms);
+  handle->set_tier(to_proto(tier));
+}
+
+void fill_summary(const CachedKernel& kernel, v1::KernelSummary* summary) {
+  summary->set_key(kernel.key);
+  summary->set_template_id(kernel.spec.template_id);
+  summary->set_arch(kernel.spec.arch);
+  fill_problem(kernel.spec.problem, kernel.first_shape, v1::LAYOUT_UNSPECIFIED,
+               summary->mutable_problem());
+  fill_config(kernel.spec.config, summary->mutable_config());
+  summary->set_cubin_size(kernel.compiled.cubin.empty() ? kernel.cubin_size
+                                                        : kernel.compiled.cubin.size());
+  summary->set_registers(kernel.compiled.resources.registers);
+  summary->set_spill_store_bytes(kernel.compiled.resources.spill_store_bytes);
+  summary->set_compile_ms(kernel.compiled.compile_ms);
+  summary->set_created_unix_ms(kernel.created_unix_ms);
+}
+
+grpc::StatusCode to_grpc_code(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid_argument: return grpc::StatusCode::INVALID_ARGUMENT;
+    case ErrorCode::not_found: return grpc::StatusCode::NOT_FOUND;
+    case ErrorCode::failed_precondition: return grpc::StatusCode::FAILED_PRECONDITION;
+    case ErrorCode::resource_exhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case ErrorCode::internal: return grpc::StatusCode::INTERNAL;
+    case ErrorCode::unavailable: return grpc::StatusCode::UNAVAILABLE;
+    case ErrorCode::deadline_exceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case ErrorCode::cancelled: return grpc::StatusCode::CANCELLED;
+  }
+  return grpc::StatusCode::UNKNOWN;
+}
+
+grpc::Status to_grpc_status(const Error& error) {
+  if (error.detail.empty()) return grpc::Status(to_grpc_code(error.code), error.message);
+  const std::string detail = truncated(error.detail);
+  return grpc::Status(to_grpc_code(error.code), error.message + "\n" + detail, detail);
+}
+
+}  // namespace flashcore::rpc

@@ -1,0 +1,52 @@
+// Translation between flashcore.v1 messages and the core's types: request
+// validation (each failure names the field as the proto spells it), the
+// handle a client launches from, and ErrorCode -> grpc::Status.
+#pragma once
+
+#include <grpcpp/support/status.h>
+
+#include <string>
+#include <string_view>
+
+#include "cache/kernel_cache.hpp"
+#include "common/result.hpp"
+#include "flashcore/v1/flashcore.pb.h"
+#include "jit/kernel_spec.hpp"
+
+namespace flashcore::rpc {
+
+// A validated Compile request: what selects the cubin plus the run-time
+// shape the launch geometry is computed for.
+struct CompileRequest {
+  KernelSpec spec;
+  RuntimeShape shape;
+  v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
+};
+
+// INVALID_ARGUMENT naming the field for anything the template cannot take.
+// An empty arch means `default_arch`; an absent config means TileConfig{}.
+Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
+                                            std::string_view default_arch);
+
+// The run-time shape of a GetKernel problem, which must belong to the
+// kernel's compile-time class (dtype, head_dim, causal).
+Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpec& spec);
+
+// Fills every handle field; the launch geometry is for `shape`.
+void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape& shape,
+                 v1::Layout layout, bool omit_cubin, v1::KernelHandle* handle);
+void fill_summary(const CachedKernel& kernel, v1::KernelSummary* summary);
+// The params struct's layout, from offsetof over the one ABI header.
+void fill_abi(v1::KernelAbi* abi);
+
+v1::DType to_proto(DType dtype);
+v1::CacheTier to_proto(CacheTier tier);
+grpc::StatusCode to_grpc_code(ErrorCode code);
+
+// The detail (an NVRTC log, say) goes both into error_details and after the
+// message on a new line, so a plain CLI shows it. Capped: gRPC carries both
+// in trailers, which peers limit to 8 KiB by default.
+grpc::Status to_grpc_status(const Error& error);
+inline constexpr size_t kMaxStatusDetailBytes = 2048;
+
+}  // namespace flashcore::rpc

@@ -1,0 +1,170 @@
+// Bad input answered with the exact status code and a message naming the
+// field. None of these may reach NVRTC: the suite ends by checking that the
+// daemon's cache is still empty.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "rpc_test_support.hpp"
+
+namespace flashcore {
+namespace {
+
+using namespace rpc_testing;
+
+struct BadCompile {
+  const char* name;
+  void (*change)(v1::KernelRequest&);
+  const char* field;   // the message starts with it
+  const char* reason;  // and says this somewhere
+};
+
+const BadCompile kBadCompiles[] = {
+    {"HeadDimZero", [](v1::KernelRequest& r) { r.mutable_problem()->set_head_dim(0); },
+     "problem.head_dim", "not supported"},
+    {"HeadDimSeven", [](v1::KernelRequest& r) { r.mutable_problem()->set_head_dim(7); },
+     "problem.head_dim", "7"},
+    {"SeqQZero", [](v1::KernelRequest& r) { r.mutable_problem()->set_seq_q(0); }, "problem.seq_q",
+     ">= 1"},
+    {"BatchNegative", [](v1::KernelRequest& r) { r.mutable_problem()->set_batch(-1); },
+     "problem.batch", "-1"},
+    {"HeadsZero", [](v1::KernelRequest& r) { r.mutable_problem()->set_heads(0); }, "problem.heads",
+     ">= 1"},
+    {"KvHeadsNotDividingHeads",
+     [](v1::KernelRequest& r) {
+       r.mutable_problem()->set_heads(8);
+       r.mutable_problem()->set_kv_heads(3);
+     },
+     "problem.kv_heads", "divide"},
+    {"BlockMNotMultipleOf16", [](v1::KernelRequest& r) { r.mutable_config()->set_block_m(100); },
+     "config.block_m", "multiple of 16"},
+    {"BlockMTooSmallForWarps",
+     [](v1::KernelRequest& r) {
+       r.mutable_config()->set_block_m(16);
+       r.mutable_config()->set_warps(4);
+     },
+     "config.block_m", "4 warps"},
+    {"WarpsThree", [](v1::KernelRequest& r) { r.mutable_config()->set_warps(3); }, "config.warps",
+     "3"},
+    {"StagesZero", [](v1::KernelRequest& r) { r.mutable_config()->set_stages(0); }, "config.stages",
+     "0"},
+    {"UnknownTemplate", [](v1::KernelRequest& r) { r.set_template_id("nope"); }, "template_id",
+     "nope"},
+    {"EmptyTemplate", [](v1::KernelRequest& r) { r.clear_template_id(); }, "template_id",
+     "must be set"},
+    {"DtypeUnspecified",
+     [](v1::KernelRequest& r) { r.mutable_problem()->set_dtype(v1::DTYPE_UNSPECIFIED); },
+     "problem.dtype", "must be set"},
+    {"DtypeUnknownValue",
+     [](v1::KernelRequest& r) { r.mutable_problem()->set_dtype(static_cast<v1::DType>(9)); },
+     "problem.dtype", "9"},
+    {"NoProblemAtAll", [](v1::KernelRequest& r) { r.clear_problem(); }, "problem.dtype",
+     "must be set"},
+    {"LayoutUnknownValue",
+     [](v1::KernelRequest& r) { r.mutable_problem()->set_layout(static_cast<v1::Layout>(7)); },
+     "problem.layout", "7"},
+    {"ArchSm70", [](v1::KernelRequest& r) { r.set_arch("sm_70"); }, "arch", "sm_70"},
+    {"SharedMemoryOverTheSm86Limit",
+     [](v1::KernelRequest& r) {
+       r.mutable_problem()->set_head_dim(256);
+       r.mutable_config()->set_block_n(256);
+       r.mutable_config()->set_stages(4);
+       r.set_arch("sm_86");
+     },
+     "config", "shared memory"},
+};
+
+class InvalidRequestTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    templates_ = new ScratchDir;
+    cache_ = new ScratchDir;
+    write_templates(*templates_, kQuickAttentionTemplate);
+    DaemonConfig config = loopback_config(cache_->path());
+    config.templates_dir = templates_->path();
+    daemon_ = start_daemon(config).release();
+    ASSERT_NE(daemon_, nullptr);
+    stub_ = v1::FlashCore::NewStub(channel_to(*daemon_)).release();
+  }
+  static void TearDownTestSuite() {
+    delete stub_;
+    delete daemon_;
+    delete cache_;
+    delete templates_;
+  }
+
+  static void expect_invalid(const grpc::Status& status, const std::string& field,
+                             const std::string& reason) {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+    EXPECT_EQ(status.error_message().rfind(field + ":", 0), 0u)
+        << "message does not start with '" << field << ":': " << status.error_message();
+    EXPECT_NE(status.error_message().find(reason), std::string::npos)
+        << "message lacks '" << reason << "': " << status.error_message();
+  }
+
+  static ScratchDir* templates_;
+  static ScratchDir* cache_;
+  static Daemon* daemon_;
+  static v1::FlashCore::Stub* stub_;
+};
+
+ScratchDir* InvalidRequestTest::templates_ = nullptr;
+ScratchDir* InvalidRequestTest::cache_ = nullptr;
+Daemon* InvalidRequestTest::daemon_ = nullptr;
+v1::FlashCore::Stub* InvalidRequestTest::stub_ = nullptr;
+
+TEST_F(InvalidRequestTest, CompileRejectsEachBadFieldByName) {
+  for (const BadCompile& bad : kBadCompiles) {
+    SCOPED_TRACE(bad.name);
+    v1::KernelRequest request = quick_request();
+    bad.change(request);
+    v1::KernelHandle handle;
+    const grpc::Status status = compile(*stub_, request, &handle, 10);
+    expect_invalid(status, bad.field, bad.reason);
+  }
+}
+
+TEST_F(InvalidRequestTest, GetKernelOfAnUnknownKeyIsNotFound) {
+  v1::GetKernelRequest request;
+  request.set_key(std::string(64, 'a'));
+  v1::KernelHandle handle;
+  const grpc::Status status = get_kernel(*stub_, request, &handle);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_NE(status.error_message().find(std::string(64, 'a')), std::string::npos);
+}
+
+TEST_F(InvalidRequestTest, GetKernelOfAMalformedKeyIsInvalid) {
+  for (const std::string& key :
+       {std::string("not-a-key"), std::string(63, 'a'), std::string(64, 'A'),
+        std::string("../") + std::string(61, 'a'), std::string()}) {
+    SCOPED_TRACE(key);
+    v1::GetKernelRequest request;
+    request.set_key(key);
+    v1::KernelHandle handle;
+    expect_invalid(get_kernel(*stub_, request, &handle), "key", key.empty() ? "must be set" : key);
+  }
+}
+
+TEST_F(InvalidRequestTest, ListKernelsRejectsBadPaging) {
+  v1::ListKernelsResponse response;
+  expect_invalid(list_kernels(*stub_, -1, "", &response), "page_size", "-1");
+  expect_invalid(list_kernels(*stub_, 1001, "", &response), "page_size", "1001");
+  expect_invalid(list_kernels(*stub_, 10, "garbage", &response), "page_token", "garbage");
+  // The largest page is allowed.
+  EXPECT_TRUE(list_kernels(*stub_, 1000, "", &response).ok());
+}
+
+// Runs last in this suite (gtest keeps declaration order): nothing above
+// compiled anything.
+TEST_F(InvalidRequestTest, NoBadRequestReachedTheCompiler) {
+  v1::ListKernelsResponse response;
+  ASSERT_TRUE(list_kernels(*stub_, 0, "", &response).ok());
+  EXPECT_EQ(response.kernels_size(), 0);
+  std::error_code ec;
+  for (auto it = std::filesystem::recursive_directory_iterator(cache_->path(), ec);
+       it != std::filesystem::recursive_directory_iterator(); ++it)
+    EXPECT_FALSE(it->is_regular_file()) << "cache file " << it->path();
+}
+
+}  // namespace
+}  // namespace flashcore

@@ -1,0 +1,124 @@
+// The real flashcored binary: SIGTERM while a compile is in flight lets the
+// call finish, then the process exits 0 within the drain deadline.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "rpc_test_support.hpp"
+
+extern char** environ;
+
+namespace flashcore {
+namespace {
+
+using namespace rpc_testing;
+using Clock = std::chrono::steady_clock;
+
+// Kills the child if a failed assertion leaves it running.
+class Child {
+ public:
+  explicit Child(const std::vector<std::string>& argv) {
+    std::vector<char*> args;
+    for (const auto& arg : argv) args.push_back(const_cast<char*>(arg.c_str()));
+    args.push_back(nullptr);
+    if (posix_spawn(&pid_, args[0], nullptr, nullptr, args.data(), environ) != 0) pid_ = -1;
+  }
+  ~Child() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+
+  // The exit status, or nullopt if the child is still running at `deadline`.
+  std::optional<int> wait_until(Clock::time_point deadline) {
+    while (Clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+int wait_for_port(const std::filesystem::path& file, Clock::time_point deadline) {
+  while (Clock::now() < deadline) {
+    std::ifstream in(file);
+    int port = 0;
+    if (in >> port && port > 0) return port;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return 0;
+}
+
+TEST(SigtermDrainTest, InFlightCompileCompletesAndTheDaemonExitsZero) {
+  ScratchDir dir, templates;
+  // A compile that takes a second or two, so SIGTERM surely lands mid-way.
+  write_templates(templates, slow_attention_template(500));
+  constexpr int kDrainMs = 60000;
+  Child daemon({FLASHCORE_DAEMON_PATH, "--listen", "127.0.0.1:0", "--port-file",
+                (dir / "port").string(), "--cache-dir", (dir / "cache").string(), "--templates-dir",
+                templates.path().string(), "--drain-timeout-ms", std::to_string(kDrainMs),
+                "--log-level", "warn"});
+  ASSERT_GT(daemon.pid(), 0) << "cannot start " << FLASHCORE_DAEMON_PATH;
+  const int port = wait_for_port(dir / "port", Clock::now() + std::chrono::seconds(20));
+  ASSERT_GT(port, 0) << "no port file from flashcored";
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  auto stub = v1::FlashCore::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  v1::ServerInfo info;
+  ASSERT_TRUE(server_info(*stub, &info).ok());  // connected: the Compile goes out at once
+
+  auto call = std::async(std::launch::async, [&stub] {
+    v1::KernelHandle handle;
+    grpc::Status status = compile(*stub, quick_request(), &handle);
+    return std::make_pair(status, handle);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  ASSERT_EQ(call.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "the compile finished before SIGTERM; nothing was in flight";
+
+  const auto sent = Clock::now();
+  ASSERT_EQ(kill(daemon.pid(), SIGTERM), 0);
+
+  // New calls are refused while the old one drains.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  {
+    auto late =
+        v1::FlashCore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ServerInfo info;
+    EXPECT_FALSE(late->GetServerInfo(&context, v1::GetServerInfoRequest{}, &info).ok());
+  }
+
+  const auto [status, handle] = call.get();
+  EXPECT_TRUE(status.ok()) << status.error_code() << ": " << status.error_message();
+  EXPECT_EQ(handle.tier(), v1::CACHE_TIER_COMPILED);
+  EXPECT_FALSE(handle.cubin().empty());
+
+  const auto exit_status = daemon.wait_until(sent + std::chrono::milliseconds(kDrainMs));
+  ASSERT_TRUE(exit_status.has_value()) << "flashcored still running past the drain deadline";
+  ASSERT_TRUE(WIFEXITED(*exit_status)) << "flashcored died of signal " << WTERMSIG(*exit_status);
+  EXPECT_EQ(WEXITSTATUS(*exit_status), 0);
+}
+
+}  // namespace
+}  // namespace flashcore
