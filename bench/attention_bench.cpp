@@ -54,7 +54,7 @@ std::vector<TileConfig> sweep_configs(int head_dim) {
   flashcore::ProblemClass problem;
   problem.head_dim = head_dim;
   for (int bm : {64, 128})
-    for (int bn : {32, 64, 128})
+    for (int bn : {32, 48, 64, 96, 128})
       for (int w : {4, 8})
         for (int st : {1, 2, 3}) {
           TileConfig c{bm, bn, w, st};

@@ -39,7 +39,9 @@ __global__ void __launch_bounds__(Warps * 32)
   const unsigned smem_v = smem_k + Stages * BlockN * HeadDim * 2;
   constexpr unsigned kKvTileBytes = BlockN * HeadDim * 2;
 
-  const int m_block = blockIdx.x;
+  // Causal blocks with more query rows see more key tiles: launch the
+  // heaviest first so the short ones fill the tail of the grid.
+  const int m_block = Causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int head = blockIdx.y;
   const int batch = blockIdx.z;
   const int kv_head = head / (p.heads / p.kv_heads);
@@ -97,6 +99,11 @@ __global__ void __launch_bounds__(Warps * 32)
     }
 
   const int warp_row0 = warp * kRowsPerWarp;  // within the block
+  // Q's A fragments stay in registers across key tiles when they cost at most
+  // 32 registers (saves one ldmatrix per k-step per tile); otherwise they are
+  // re-read from shared memory, which keeps 128-row tiles at D 128 unspilled.
+  constexpr bool kQInRegisters = kMTiles * (HeadDim / 16) * 4 <= 32;
+  unsigned q_frag[kQInRegisters ? kMTiles : 1][kQInRegisters ? HeadDim / 16 : 1][4];
   const int group = lane / 4;                 // mma accumulator row
   const int quad_lane = lane % 4;             // mma accumulator column pair
   const float scale_log2 = p.softmax_scale_log2;
@@ -125,9 +132,17 @@ __global__ void __launch_bounds__(Warps * 32)
       unsigned a[kMTiles][4];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
-        const int row = warp_row0 + mt * 16 + (lane % 16);
-        const int chunk = kk * 2 + lane / 16;
-        ldmatrix_x4(a[mt], smem_q + Tile::offset(row, chunk) * 2);
+        if (!kQInRegisters || tile == 0) {
+          const int row = warp_row0 + mt * 16 + (lane % 16);
+          const int chunk = kk * 2 + lane / 16;
+          ldmatrix_x4(a[mt], smem_q + Tile::offset(row, chunk) * 2);
+          if constexpr (kQInRegisters)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) q_frag[mt][kk][e] = a[mt][e];
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[kQInRegisters ? mt : 0][kQInRegisters ? kk : 0][e];
+        }
       }
 #pragma unroll
       for (int np = 0; np < kNTiles / 2; ++np) {

@@ -66,21 +66,31 @@ struct SwizzledTile {
 
 // Global -> shared copy of `Rows` rows of a [rows, HeadDim] slab whose rows
 // are `row_stride` elements apart; rows at or past `valid_rows` become zeros.
+// Each thread keeps one chunk column and steps down the rows, so every copy is
+// a base pointer plus a multiple of one stride: no per-chunk index math and
+// no per-chunk addresses held in registers across the main loop.
 template <int Rows, int HeadDim, int Threads>
 __device__ __forceinline__ void load_tile_async(unsigned smem_tile, const unsigned short* global,
                                                 long long row_stride, int valid_rows) {
   using Tile = SwizzledTile<HeadDim>;
-  constexpr int kTotal = Rows * Tile::kChunks;
-  constexpr int kIterations = (kTotal + Threads - 1) / Threads;
+  static_assert(Threads % Tile::kChunks == 0, "threads must cover whole rows");
+  constexpr int kRowStep = Threads / Tile::kChunks;
+  // A step of whole swizzle periods (8 rows) keeps each thread's XOR fixed.
+  constexpr bool kFixedPhase = kRowStep % 8 == 0 || Rows <= kRowStep;
+  const int row0 = static_cast<int>(threadIdx.x) / Tile::kChunks;
+  const int chunk = static_cast<int>(threadIdx.x) % Tile::kChunks;
+  const unsigned short* src = global + row0 * row_stride + chunk * 8;
+  const long long src_step = kRowStep * row_stride;
+  const unsigned dst = smem_tile + Tile::offset(row0, chunk) * 2;
 #pragma unroll
-  for (int it = 0; it < kIterations; ++it) {
-    const int i = it * Threads + static_cast<int>(threadIdx.x);
-    if (kTotal % Threads != 0 && i >= kTotal) break;
-    const int row = i / Tile::kChunks;
-    const int chunk = i % Tile::kChunks;
+  for (int it = 0; it < (Rows + kRowStep - 1) / kRowStep; ++it) {
+    const int row = row0 + it * kRowStep;
+    if (Rows % kRowStep != 0 && row >= Rows) break;
     const bool valid = row < valid_rows;
-    const unsigned short* src = valid ? global + row * row_stride + chunk * 8 : global;
-    cp_async_16(smem_tile + Tile::offset(row, chunk) * 2, src, valid);
+    const unsigned row_dst = kFixedPhase ? dst + it * kRowStep * HeadDim * 2
+                                         : smem_tile + Tile::offset(row, chunk) * 2;
+    cp_async_16(row_dst, valid ? src : global, valid);
+    src += src_step;  // a chain of adds, not one live address per row
   }
 }
 
