@@ -17,77 +17,14 @@
 #include <thread>
 #include <vector>
 
-#include "app/daemon.hpp"
 #include "attention_reference.hpp"
-#include "cuda/driver_api.hpp"
-#include "flashcore/client.hpp"
+#include "gpu_environment.hpp"
 
 namespace flashcore {
 namespace {
 
 namespace v1 = ::flashcore::v1;
 using testing::AttentionShape;
-
-struct GpuEnvironment {
-  std::string skip_reason;
-  std::unique_ptr<Daemon> daemon;  // only when no external address is given
-  std::filesystem::path cache_dir;
-  std::unique_ptr<client::Client> client;
-  std::unique_ptr<client::KernelLauncher> launcher;
-  std::unique_ptr<cuda::Stream> stream;
-};
-
-GpuEnvironment& environment() {
-  static GpuEnvironment* env = [] {
-    auto* e = new GpuEnvironment;
-    auto devices = cuda::probe_devices();
-    if (!devices.ok()) {
-      e->skip_reason = "no CUDA device: " + devices.error().message;
-      return e;
-    }
-    std::string address;
-    if (const char* external = std::getenv("FLASHCORE_ADDRESS"); external && *external) {
-      address = external;
-    } else {
-      e->cache_dir = std::filesystem::temp_directory_path() /
-                     ("flashcore-gpu-test-" + std::to_string(::getpid()));
-      DaemonConfig config;
-      config.listen_address = "127.0.0.1:0";
-      config.cache_dir = e->cache_dir;
-      auto daemon = Daemon::start(config);
-      if (!daemon.ok()) {
-        e->skip_reason = "cannot start daemon: " + daemon.error().message;
-        return e;
-      }
-      e->daemon = std::move(daemon.value());
-      address = e->daemon->address();
-    }
-    client::ConnectOptions options;
-    options.address = address;
-    auto connected = client::Client::connect(options);
-    if (!connected.ok()) {
-      e->skip_reason = "cannot reach daemon: " + connected.error().message;
-      return e;
-    }
-    e->client = std::make_unique<client::Client>(std::move(connected.value()));
-    auto launcher = client::KernelLauncher::create(0);
-    if (!launcher.ok()) {
-      e->skip_reason = "no launcher: " + launcher.error().message;
-      return e;
-    }
-    e->launcher = std::make_unique<client::KernelLauncher>(std::move(launcher.value()));
-    auto stream = cuda::Stream::create();
-    if (!stream.ok()) {
-      e->skip_reason = "no stream: " + stream.error().message;
-      return e;
-    }
-    e->stream = std::make_unique<cuda::Stream>(std::move(stream.value()));
-    std::printf("[ gpu      ] device %s (%s), daemon at %s\n", devices->front().name.c_str(),
-                devices->front().arch.c_str(), address.c_str());
-    return e;
-  }();
-  return *env;
-}
 
 struct AttentionCase {
   v1::DType dtype = v1::DTYPE_FP16;
@@ -117,37 +54,14 @@ std::ostream& operator<<(std::ostream& out, const AttentionCase& c) { return out
 class SM90_Attention : public ::testing::TestWithParam<AttentionCase> {
  protected:
   void SetUp() override {
-    if (!environment().skip_reason.empty()) GTEST_SKIP() << environment().skip_reason;
+    if (!testing::gpu_environment().skip_reason.empty())
+      GTEST_SKIP() << testing::gpu_environment().skip_reason;
   }
 };
 
-// Fills `bits` with N(0, 1) samples rounded to the dtype and `values` with
-// what those bits mean, so the reference sees exactly the kernel's inputs.
-void random_tensor(size_t count, v1::DType dtype, std::mt19937_64& rng,
-                   std::vector<uint16_t>& bits, std::vector<float>& values) {
-  std::normal_distribution<float> normal(0.f, 1.f);
-  bits.resize(count);
-  values.resize(count);
-  for (size_t i = 0; i < count; ++i) {
-    const float x = normal(rng);
-    bits[i] = dtype == v1::DTYPE_FP16 ? testing::float_to_fp16(x) : testing::float_to_bf16(x);
-    values[i] = dtype == v1::DTYPE_FP16 ? testing::fp16_to_float(bits[i])
-                                        : testing::bf16_to_float(bits[i]);
-  }
-}
-
-template <typename T>
-cuda::DeviceBuffer upload(const std::vector<T>& host) {
-  auto buffer = cuda::DeviceBuffer::allocate(host.size() * sizeof(T));
-  EXPECT_TRUE(buffer.ok()) << buffer.error().message;
-  auto status = buffer->upload(host.data(), host.size() * sizeof(T));
-  EXPECT_TRUE(status.ok()) << status.error().message;
-  return std::move(buffer.value());
-}
-
 TEST_P(SM90_Attention, MatchesFp64Reference) {
   const AttentionCase& c = GetParam();
-  auto& env = environment();
+  auto& env = testing::gpu_environment();
 
   v1::KernelRequest request;
   request.set_template_id("attention_fwd");
@@ -194,11 +108,12 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   std::vector<float> q, k, v;
   const size_t q_count = size_t(shape.batch) * shape.heads * shape.seq_q * shape.head_dim;
   const size_t kv_count = size_t(shape.batch) * shape.kv_heads * shape.seq_k * shape.head_dim;
-  random_tensor(q_count, c.dtype, rng, q_bits, q);
-  random_tensor(kv_count, c.dtype, rng, k_bits, k);
-  random_tensor(kv_count, c.dtype, rng, v_bits, v);
+  testing::random_tensor(q_count, c.dtype, rng, q_bits, q);
+  testing::random_tensor(kv_count, c.dtype, rng, k_bits, k);
+  testing::random_tensor(kv_count, c.dtype, rng, v_bits, v);
 
-  auto q_dev = upload(q_bits), k_dev = upload(k_bits), v_dev = upload(v_bits);
+  auto q_dev = testing::upload_bits(q_bits), k_dev = testing::upload_bits(k_bits),
+       v_dev = testing::upload_bits(v_bits);
   auto o_dev = cuda::DeviceBuffer::allocate(q_count * 2);
   auto lse_dev = cuda::DeviceBuffer::allocate(size_t(shape.batch) * shape.heads * shape.seq_q * 4);
   ASSERT_TRUE(o_dev.ok() && lse_dev.ok());
