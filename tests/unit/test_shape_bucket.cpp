@@ -1,0 +1,103 @@
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "search/shape_bucket.hpp"
+
+namespace flashcore {
+namespace {
+
+RuntimeShape shape(int64_t batch, int64_t heads, int64_t seq_q, int64_t seq_k = 0) {
+  RuntimeShape s;
+  s.batch = batch;
+  s.heads = heads;
+  s.seq_q = seq_q;
+  s.seq_k = seq_k;
+  return s;
+}
+
+TEST(ShapeBucket, SequenceRoundsUpToThePowerOfTwo) {
+  EXPECT_EQ(bucket_of(shape(1, 1, 1000)).seq_q, 1024);
+  EXPECT_EQ(bucket_of(shape(1, 1, 1024)).seq_q, 1024);
+  EXPECT_EQ(bucket_of(shape(1, 1, 1025)).seq_q, 2048);
+  EXPECT_EQ(bucket_of(shape(1, 1, 4097)).seq_q, 8192);
+  EXPECT_EQ(bucket_of(shape(1, 1, int64_t{1} << 30)).seq_q, int64_t{1} << 30);
+}
+
+TEST(ShapeBucket, ShortSequencesShareTheSmallestBucket) {
+  for (int64_t s : {1, 2, 17, 63, 64}) EXPECT_EQ(bucket_of(shape(1, 1, s)).seq_q, 64) << s;
+  EXPECT_EQ(bucket_of(shape(1, 1, 65)).seq_q, 128);
+}
+
+TEST(ShapeBucket, SeqKIsBucketedSeparatelyAndDefaultsToSeqQ) {
+  const ShapeBucket cross = bucket_of(shape(1, 1, 100, 5000));
+  EXPECT_EQ(cross.seq_q, 128);
+  EXPECT_EQ(cross.seq_k, 8192);
+  const ShapeBucket self = bucket_of(shape(1, 1, 3000, 0));  // 0 = seq_q
+  EXPECT_EQ(self.seq_q, 4096);
+  EXPECT_EQ(self.seq_k, 4096);
+}
+
+TEST(ShapeBucket, BatchTimesHeadsHasItsOwnBucket) {
+  EXPECT_EQ(bucket_of(shape(1, 1, 128)).batch_heads, 1);
+  EXPECT_EQ(bucket_of(shape(3, 5, 128)).batch_heads, 16);   // 15
+  EXPECT_EQ(bucket_of(shape(2, 8, 128)).batch_heads, 16);   // 16
+  EXPECT_EQ(bucket_of(shape(17, 1, 128)).batch_heads, 32);  // 17
+  // Only the product counts: 4 x 8 and 8 x 4 and 1 x 32 are one bucket.
+  EXPECT_EQ(bucket_of(shape(4, 8, 512)), bucket_of(shape(8, 4, 512)));
+  EXPECT_EQ(bucket_of(shape(4, 8, 512)), bucket_of(shape(1, 32, 512)));
+  // kv_heads (GQA) does not split buckets.
+  RuntimeShape gqa = shape(2, 16, 512);
+  gqa.kv_heads = 4;
+  EXPECT_EQ(bucket_of(gqa), bucket_of(shape(2, 16, 512)));
+}
+
+TEST(ShapeBucket, CanonicalTextRoundTripsAndDistinguishesDimensions) {
+  const ShapeBucket b = bucket_of(shape(2, 16, 1000, 3000));
+  const std::string text = canonical_bucket(b);
+  EXPECT_EQ(text, "seq_q=1024;seq_k=4096;batch_heads=32;");
+  EXPECT_EQ(parse_bucket(text), b);
+  // Swapping seq_q and seq_k must give another key.
+  EXPECT_NE(canonical_bucket(ShapeBucket{1024, 4096, 32}),
+            canonical_bucket(ShapeBucket{4096, 1024, 32}));
+}
+
+TEST(ShapeBucket, ParseRejectsTextCanonicalBucketWouldNotProduce) {
+  for (const char* bad :
+       {"", "seq_q=1024;seq_k=1024;", "seq_q=1000;seq_k=1024;batch_heads=32;",
+        "seq_q=32;seq_k=1024;batch_heads=32;", "seq_q=1024;seq_k=1024;batch_heads=0;",
+        "seq_q=1024;seq_k=1024;batch_heads=3;", "seq_k=1024;seq_q=1024;batch_heads=32;",
+        "seq_q=1024;seq_k=1024;batch_heads=32;x=1;", "seq_q=1024;seq_k=1024;batch_heads=32"}) {
+    EXPECT_EQ(parse_bucket(bad), std::nullopt) << bad;
+  }
+}
+
+TEST(ShapeBucket, DistanceIsZeroForEqualBucketsAndSymmetric) {
+  const std::vector<ShapeBucket> buckets = {
+      {64, 64, 1}, {1024, 1024, 16}, {2048, 1024, 16}, {1024, 4096, 16}, {4096, 4096, 256}};
+  for (const auto& a : buckets) {
+    EXPECT_EQ(bucket_distance(a, a), 0);
+    for (const auto& b : buckets) {
+      EXPECT_EQ(bucket_distance(a, b), bucket_distance(b, a));
+      if (!(a == b)) {
+        EXPECT_GT(bucket_distance(a, b), 0);
+      }
+      // Triangle inequality: the distance is a metric, so "nearest" is well defined.
+      for (const auto& c : buckets)
+        EXPECT_LE(bucket_distance(a, c), bucket_distance(a, b) + bucket_distance(b, c));
+    }
+  }
+}
+
+TEST(ShapeBucket, DistanceCountsDoublings) {
+  const ShapeBucket base{1024, 1024, 16};
+  EXPECT_EQ(bucket_distance(base, {2048, 1024, 16}), 1);
+  EXPECT_EQ(bucket_distance(base, {512, 1024, 16}), 1);
+  EXPECT_EQ(bucket_distance(base, {1024, 1024, 64}), 2);
+  EXPECT_EQ(bucket_distance(base, {4096, 256, 32}), 2 + 2 + 1);
+  // A doubled sequence is nearer than a sequence four times as long.
+  EXPECT_LT(bucket_distance(base, {2048, 2048, 16}), bucket_distance(base, {8192, 8192, 16}));
+}
+
+}  // namespace
+}  // namespace flashcore

@@ -1,0 +1,696 @@
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "search/tuning_db.hpp"
+
+namespace flashcore {
+namespace {
+
+namespace fs = std::filesystem;
+
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = (fs::temp_directory_path() / "flashcore-tuningdb-XXXXXX").string();
+    if (mkdtemp(pattern.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed for " << pattern;
+    path_ = pattern;
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  fs::path path_;
+};
+
+std::string read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+
+// Opens the file with plain SQLite, to look at it the way another tool would.
+class RawDb {
+ public:
+  explicit RawDb(const std::string& path) {
+    EXPECT_EQ(
+        sqlite3_open_v2(path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr),
+        SQLITE_OK);
+  }
+  ~RawDb() { sqlite3_close_v2(db_); }
+  void exec(const std::string& sql) {
+    char* message = nullptr;
+    EXPECT_EQ(sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &message), SQLITE_OK)
+        << sql << ": " << (message ? message : "");
+    sqlite3_free(message);
+  }
+  // First column of the first row, as text ("" when there is none).
+  std::string scalar(const std::string& sql) {
+    sqlite3_stmt* st = nullptr;
+    std::string out;
+    EXPECT_EQ(sqlite3_prepare_v2(db_, sql.c_str(), -1, &st, nullptr), SQLITE_OK) << sql;
+    if (st && sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+      out = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    return out;
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+std::unique_ptr<TuningDb> open_ok(const std::string& path) {
+  auto db = TuningDb::open(path);
+  EXPECT_TRUE(db.ok()) << (db.ok() ? "" : db.error().message + " | " + db.error().detail);
+  return db.ok() ? std::move(db).value() : nullptr;
+}
+
+TuningScope scope_at(ShapeBucket bucket, std::string device = "NVIDIA H100 80GB HBM3",
+                     std::string arch = "sm_90a") {
+  TuningScope scope;
+  scope.problem = ProblemClass{DType::fp16, 128, true};
+  scope.bucket = bucket;
+  scope.device_name = std::move(device);
+  scope.arch = std::move(arch);
+  return scope;
+}
+
+const ToolchainRecord kToolchain{"13.0", std::string(64, 'a'), "580.65.06"};
+
+TrialRecord trial_for(const TuningScope& scope, int64_t job_id, TileConfig config, double median_us,
+                      int gpu = 0) {
+  TrialRecord t;
+  t.job_id = job_id;
+  t.scope = scope;
+  t.shape.batch = 2;
+  t.shape.heads = 8;
+  t.shape.seq_q = scope.bucket.seq_q - 24;
+  t.shape.seq_k = scope.bucket.seq_k;
+  t.config = config;
+  t.cache_key = std::string(64, 'c');
+  t.median_us = median_us;
+  t.p10_us = median_us * 0.98;
+  t.p90_us = median_us * 1.03;
+  t.samples = 50;
+  t.tflops = 1e3 / median_us;
+  t.gpu_index = gpu;
+  t.toolchain = kToolchain;
+  return t;
+}
+
+BestRecord best_for_scope(const TuningScope& scope, TileConfig config, double median_us,
+                          int64_t trial_id = 0) {
+  BestRecord b;
+  b.scope = scope;
+  b.config = config;
+  b.cache_key = std::string(64, 'b');
+  b.median_us = median_us;
+  b.tflops = 1e3 / median_us;
+  b.trial_id = trial_id;
+  b.evaluations = 10;
+  b.wall_seconds = 1.5;
+  b.searcher = "evolutionary";
+  b.toolchain = kToolchain;
+  return b;
+}
+
+const ShapeBucket kBucket{1024, 1024, 16};
+
+TEST(TuningDb, MigratesAnEmptyFileToTheCurrentSchemaInWalMode) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  ASSERT_NE(open_ok(path), nullptr);
+  ASSERT_GE(TuningDb::schema_version(), 1);
+  RawDb raw(path);
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), std::to_string(TuningDb::schema_version()));
+  EXPECT_EQ(raw.scalar("PRAGMA journal_mode"), "wal");
+  for (const char* table : {"jobs", "trials", "best"}) {
+    EXPECT_EQ(raw.scalar(std::string("SELECT name FROM sqlite_master WHERE type = 'table' AND "
+                                     "name = '") +
+                         table + "'"),
+              table);
+  }
+}
+
+TEST(TuningDb, FailedMigrationRollsBackEntirely) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  {
+    // A version-0 file whose `best` table clashes with the schema's.
+    RawDb raw(path);
+    raw.exec("CREATE TABLE best (x INTEGER)");
+  }
+  auto db = TuningDb::open(path);
+  ASSERT_FALSE(db.ok());
+  EXPECT_NE(db.error().message.find("migration to schema version 1"), std::string::npos)
+      << db.error().message;
+  RawDb raw(path);
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "0");
+  // The steps before the failing statement were undone with it.
+  EXPECT_EQ(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name IN ('jobs', 'trials')"), "0");
+}
+
+TEST(TuningDb, ReopeningKeepsDataAcrossObjectsAndRestarts) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  const TuningScope scope = scope_at(kBucket);
+  int64_t job_id = 0, trial_id = 0;
+  {
+    auto first = open_ok(path);
+    ASSERT_NE(first, nullptr);
+    auto job = first->begin_job(scope, "exhaustive", kToolchain);
+    ASSERT_TRUE(job.ok()) << job.error().message;
+    job_id = *job;
+    auto trial = first->record_trial(trial_for(scope, job_id, TileConfig{128, 64, 4, 2}, 80.0));
+    ASSERT_TRUE(trial.ok()) << trial.error().message;
+    trial_id = *trial;
+    ASSERT_TRUE(*first->update_best_if_better(
+        best_for_scope(scope, TileConfig{128, 64, 4, 2}, 80.0, trial_id)));
+
+    // A second object over the same file, while the first is open, sees it all.
+    auto second = open_ok(path);
+    ASSERT_NE(second, nullptr);
+    auto best = second->best_for(scope);
+    ASSERT_TRUE(best.ok() && best->has_value());
+    EXPECT_EQ((*best)->trial_id, trial_id);
+    ASSERT_TRUE(second->finish_job(job_id, JobStatus::succeeded).ok());
+    // ... and the first sees the second's write.
+    auto job_row = first->job(job_id);
+    ASSERT_TRUE(job_row.ok() && job_row->has_value());
+    EXPECT_EQ((*job_row)->status, JobStatus::succeeded);
+  }
+  // After both are closed (a daemon restart), everything is still there.
+  auto reopened = open_ok(path);
+  ASSERT_NE(reopened, nullptr);
+  auto trials = reopened->trials_for_job(job_id);
+  ASSERT_TRUE(trials.ok());
+  ASSERT_EQ(trials->size(), 1u);
+  EXPECT_EQ((*trials)[0].id, trial_id);
+  auto best = reopened->best_for(scope);
+  ASSERT_TRUE(best.ok() && best->has_value());
+  EXPECT_EQ((*best)->config, (TileConfig{128, 64, 4, 2}));
+  EXPECT_DOUBLE_EQ((*best)->median_us, 80.0);
+  auto job_row = reopened->job(job_id);
+  ASSERT_TRUE(job_row.ok() && job_row->has_value());
+  EXPECT_EQ((*job_row)->best_trial_id, trial_id);
+  EXPECT_EQ((*job_row)->evaluations, 1);
+  EXPECT_GT((*job_row)->finished_unix_ms, 0);
+}
+
+TEST(TuningDb, NewerSchemaOnDiskIsRefusedAndLeftUntouched) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  const int future = TuningDb::schema_version() + 1;
+  {
+    RawDb raw(path);
+    raw.exec("CREATE TABLE from_the_future (x INTEGER)");
+    raw.exec("PRAGMA user_version = " + std::to_string(future));
+  }
+  const std::string before = read_bytes(path);
+  auto db = TuningDb::open(path);
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(db.error().message.find(path), std::string::npos) << db.error().message;
+  EXPECT_NE(db.error().message.find("schema version " + std::to_string(future)), std::string::npos)
+      << db.error().message;
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_FALSE(fs::exists(path + "-wal"));
+}
+
+TEST(TuningDb, FileThatIsNotADatabaseIsAClearError) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  std::string junk;
+  for (int i = 0; i < 200; ++i) junk += "this is not a sqlite database; ";
+  write_bytes(path, junk);
+  auto db = TuningDb::open(path);
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(db.error().message.find(path), std::string::npos) << db.error().message;
+  EXPECT_NE(db.error().message.find("not a SQLite database"), std::string::npos)
+      << db.error().message;
+  EXPECT_EQ(read_bytes(path), junk);  // refused, not overwritten
+}
+
+TEST(TuningDb, DamagedPagesAreAClearErrorAtOpen) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  {
+    auto db = open_ok(path);
+    ASSERT_NE(db, nullptr);
+    auto job = db->begin_job(scope_at(kBucket), "exhaustive", kToolchain);
+    ASSERT_TRUE(job.ok());
+    for (int i = 0; i < 40; ++i)
+      ASSERT_TRUE(
+          db->record_trial(trial_for(scope_at(kBucket), *job, TileConfig{}, 50.0 + i)).ok());
+  }
+  // Keep the header page (so SQLite recognises the file), scribble over the rest.
+  std::string bytes = read_bytes(path);
+  const size_t page_size = std::stoul(RawDb(path).scalar("PRAGMA page_size"));
+  ASSERT_GT(bytes.size(), 2 * page_size);
+  std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(page_size), bytes.end(), '\xA5');
+  write_bytes(path, bytes);
+
+  auto db = TuningDb::open(path);
+  ASSERT_FALSE(db.ok()) << "a damaged database opened";
+  EXPECT_EQ(db.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(db.error().message.find(path), std::string::npos) << db.error().message;
+  EXPECT_NE(db.error().message.find("damaged"), std::string::npos) << db.error().message;
+}
+
+TEST(TuningDb, TrialsRoundTripAndJobsCountAndPickTheirBest) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope scope = scope_at(kBucket);
+  auto job = db->begin_job(scope, "exhaustive", kToolchain);
+  ASSERT_TRUE(job.ok());
+
+  TrialRecord full = trial_for(scope, *job, TileConfig{64, 128, 4, 3}, 42.5, 3);
+  full.shape.kv_heads = 2;
+  full.rel_error = 1.5e-3;
+  full.max_abs_error = 2.5e-3;
+  full.registers = 168;
+  full.spill_store_bytes = 8;
+  full.spill_load_bytes = 12;
+  full.smem_bytes = 81920;
+  full.created_unix_ms = 1700000000123;
+  auto full_id = db->record_trial(full);
+  ASSERT_TRUE(full_id.ok()) << full_id.error().message;
+
+  // A faster but wrong candidate must not become the job's best.
+  TrialRecord wrong = trial_for(scope, *job, TileConfig{128, 128, 8, 2}, 10.0, 1);
+  wrong.status = TrialStatus::wrong;
+  wrong.rel_error = 0.5;
+  wrong.failure_reason = "rel_error 0.5 over 1e-2";
+  TrialRecord failed = trial_for(scope, *job, TileConfig{256, 128, 8, 4}, 0.0, 1);
+  failed.status = TrialStatus::failed;
+  failed.failure_reason = "ptxas: too much shared data";
+  TrialRecord skipped = trial_for(scope, *job, TileConfig{64, 128, 4, 3}, 0.0, 0);
+  skipped.status = TrialStatus::skipped;
+  TrialRecord slower = trial_for(scope, *job, TileConfig{128, 64, 4, 2}, 55.0, 0);
+  std::vector<int64_t> ids = {*full_id};
+  for (const auto& t : {wrong, failed, skipped, slower}) {
+    auto id = db->record_trial(t);
+    ASSERT_TRUE(id.ok()) << id.error().message;
+    ids.push_back(*id);
+  }
+
+  auto trials = db->trials_for_job(*job);
+  ASSERT_TRUE(trials.ok());
+  ASSERT_EQ(trials->size(), 5u);
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ((*trials)[i].id, ids[i]);
+  const TrialRecord& got = (*trials)[0];
+  EXPECT_EQ(got.job_id, *job);
+  EXPECT_EQ(got.scope.template_id, scope.template_id);
+  EXPECT_EQ(got.scope.problem.dtype, DType::fp16);
+  EXPECT_EQ(got.scope.problem.head_dim, 128);
+  EXPECT_TRUE(got.scope.problem.causal);
+  EXPECT_EQ(got.scope.bucket, kBucket);
+  EXPECT_EQ(got.scope.device_name, scope.device_name);
+  EXPECT_EQ(got.scope.arch, "sm_90a");
+  EXPECT_EQ(got.shape.batch, full.shape.batch);
+  EXPECT_EQ(got.shape.heads, full.shape.heads);
+  EXPECT_EQ(got.shape.kv_heads, 2);
+  EXPECT_EQ(got.shape.seq_q, full.shape.seq_q);
+  EXPECT_EQ(got.shape.seq_k, full.shape.seq_k);
+  EXPECT_EQ(got.config, full.config);
+  EXPECT_EQ(got.cache_key, full.cache_key);
+  EXPECT_EQ(got.status, TrialStatus::ok);
+  EXPECT_DOUBLE_EQ(got.median_us, 42.5);
+  EXPECT_DOUBLE_EQ(got.p10_us, full.p10_us);
+  EXPECT_DOUBLE_EQ(got.p90_us, full.p90_us);
+  EXPECT_EQ(got.samples, 50);
+  EXPECT_DOUBLE_EQ(got.tflops, full.tflops);
+  EXPECT_DOUBLE_EQ(got.rel_error, 1.5e-3);
+  EXPECT_DOUBLE_EQ(got.max_abs_error, 2.5e-3);
+  EXPECT_EQ(got.registers, 168);
+  EXPECT_EQ(got.spill_store_bytes, 8);
+  EXPECT_EQ(got.spill_load_bytes, 12);
+  EXPECT_EQ(got.smem_bytes, 81920);
+  EXPECT_EQ(got.gpu_index, 3);
+  EXPECT_EQ(got.toolchain.nvrtc_version, kToolchain.nvrtc_version);
+  EXPECT_EQ(got.toolchain.template_source_hash, kToolchain.template_source_hash);
+  EXPECT_EQ(got.toolchain.driver_version, kToolchain.driver_version);
+  EXPECT_EQ(got.created_unix_ms, 1700000000123);
+  EXPECT_EQ((*trials)[1].status, TrialStatus::wrong);
+  EXPECT_EQ((*trials)[1].failure_reason, wrong.failure_reason);
+  EXPECT_EQ((*trials)[2].status, TrialStatus::failed);
+  EXPECT_EQ((*trials)[3].status, TrialStatus::skipped);
+  EXPECT_GT((*trials)[4].created_unix_ms, 0);  // 0 means "now"
+
+  ASSERT_TRUE(db->finish_job(*job, JobStatus::succeeded).ok());
+  auto row = db->job(*job);
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->searcher, "exhaustive");
+  EXPECT_EQ((*row)->scope.bucket, kBucket);
+  EXPECT_EQ((*row)->evaluations, 4);           // the skipped one was not evaluated
+  EXPECT_EQ((*row)->best_trial_id, *full_id);  // fastest *ok* trial
+  EXPECT_EQ((*row)->toolchain.template_source_hash, kToolchain.template_source_hash);
+
+  // A finished job takes no more trials and cannot finish again.
+  auto late = db->record_trial(trial_for(scope, *job, TileConfig{}, 1.0));
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().code, ErrorCode::failed_precondition);
+  auto again = db->finish_job(*job, JobStatus::failed);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, ErrorCode::failed_precondition);
+  auto missing = db->finish_job(*job + 100, JobStatus::succeeded);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::not_found);
+  auto orphan = db->record_trial(trial_for(scope, *job + 100, TileConfig{}, 1.0));
+  ASSERT_FALSE(orphan.ok());
+  EXPECT_EQ(orphan.error().code, ErrorCode::not_found);
+  auto no_job = db->job(*job + 100);
+  ASSERT_TRUE(no_job.ok());
+  EXPECT_FALSE(no_job->has_value());
+}
+
+TEST(TuningDb, ListBestPagesThroughEveryRowOnce) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  std::set<std::string> want;
+  for (int i = 0; i < 7; ++i) {
+    const ShapeBucket bucket{int64_t{64} << i, 1024, 16};
+    want.insert(canonical_bucket(bucket));
+    ASSERT_TRUE(
+        *db->update_best_if_better(best_for_scope(scope_at(bucket), TileConfig{}, 10.0 + i)));
+  }
+  std::vector<std::string> seen;
+  std::vector<size_t> page_sizes;
+  std::string token;
+  for (int pages = 0; pages < 10; ++pages) {
+    auto page = db->list_best(3, token);
+    ASSERT_TRUE(page.ok()) << page.error().message;
+    page_sizes.push_back(page->items.size());
+    for (const auto& b : page->items) seen.push_back(canonical_bucket(b.scope.bucket));
+    // An improvement between pages must not move a row or repeat it.
+    if (pages == 0) {
+      ASSERT_TRUE(*db->update_best_if_better(
+          best_for_scope(page->items.front().scope, TileConfig{64, 64, 4, 2}, 1.0)));
+    }
+    token = page->next_page_token;
+    if (token.empty()) break;
+  }
+  EXPECT_EQ(page_sizes, (std::vector<size_t>{3, 3, 1}));
+  EXPECT_EQ(seen.size(), want.size());
+  EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()), want);
+
+  auto all = db->list_best(0);  // default page size holds all seven
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->items.size(), 7u);
+  EXPECT_TRUE(all->next_page_token.empty());
+
+  auto bad = db->list_best(3, "not-a-token");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::invalid_argument);
+}
+
+TEST(TuningDb, UpdateBestKeepsTheFasterUnlessForcedOrStale) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope scope = scope_at(kBucket);
+  auto none = db->best_for(scope);
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+
+  auto stored_median = [&] { return (*db->best_for(scope))->median_us; };
+  EXPECT_TRUE(*db->update_best_if_better(best_for_scope(scope, TileConfig{128, 64, 4, 2}, 50.0)));
+  EXPECT_FALSE(*db->update_best_if_better(best_for_scope(scope, TileConfig{64, 64, 4, 2}, 60.0)));
+  EXPECT_FALSE(*db->update_best_if_better(best_for_scope(scope, TileConfig{64, 64, 4, 2}, 50.0)));
+  EXPECT_DOUBLE_EQ(stored_median(), 50.0);
+  EXPECT_TRUE(*db->update_best_if_better(best_for_scope(scope, TileConfig{64, 128, 4, 3}, 40.0)));
+  auto best = db->best_for(scope);
+  ASSERT_TRUE(best.ok() && best->has_value());
+  EXPECT_EQ((*best)->config, (TileConfig{64, 128, 4, 3}));
+  EXPECT_DOUBLE_EQ((*best)->median_us, 40.0);
+  EXPECT_EQ((*best)->searcher, "evolutionary");
+  EXPECT_EQ((*best)->evaluations, 10);
+  EXPECT_DOUBLE_EQ((*best)->wall_seconds, 1.5);
+  EXPECT_GT((*best)->updated_unix_ms, 0);
+
+  EXPECT_TRUE(*db->update_best_if_better(best_for_scope(scope, TileConfig{128, 128, 8, 2}, 90.0),
+                                         BestUpdate::force));
+  EXPECT_DOUBLE_EQ(stored_median(), 90.0);
+
+  // A best measured with another template source is stale: its cubin is no
+  // longer served, so a slower current result replaces it.
+  BestRecord current = best_for_scope(scope, TileConfig{128, 64, 4, 2}, 95.0);
+  current.toolchain.template_source_hash = std::string(64, 'f');
+  EXPECT_TRUE(*db->update_best_if_better(current));
+  EXPECT_EQ((*db->best_for(scope))->toolchain.template_source_hash, std::string(64, 'f'));
+  BestRecord newer_nvrtc = current;
+  newer_nvrtc.median_us = 99.0;
+  newer_nvrtc.toolchain.nvrtc_version = "13.1";
+  EXPECT_TRUE(*db->update_best_if_better(newer_nvrtc));
+  EXPECT_EQ((*db->best_for(scope))->toolchain.nvrtc_version, "13.1");
+
+  // Another bucket, device or arch is another row.
+  EXPECT_TRUE(
+      *db->update_best_if_better(best_for_scope(scope_at({2048, 1024, 16}), TileConfig{}, 500.0)));
+  EXPECT_TRUE(*db->update_best_if_better(
+      best_for_scope(scope_at(kBucket, "NVIDIA A100-SXM4-80GB", "sm_80"), TileConfig{}, 500.0)));
+  EXPECT_DOUBLE_EQ(stored_median(), 99.0);
+
+  for (double bad : {0.0, -1.0, std::nan("")}) {
+    auto r = db->update_best_if_better(best_for_scope(scope, TileConfig{}, bad));
+    ASSERT_FALSE(r.ok()) << bad;
+    EXPECT_EQ(r.error().code, ErrorCode::invalid_argument);
+  }
+}
+
+TEST(TuningDb, ConcurrentWritersOnSeparateConnectionsKeepTheTrueMinimum) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  constexpr int kWriters = 8;
+  constexpr int kPerWriter = 12;
+  std::vector<std::unique_ptr<TuningDb>> dbs;
+  for (int i = 0; i < kWriters; ++i) {
+    dbs.push_back(open_ok(path));
+    ASSERT_NE(dbs.back(), nullptr);
+  }
+  const TuningScope scope = scope_at(kBucket);
+  auto job = dbs[0]->begin_job(scope, "random", kToolchain);
+  ASSERT_TRUE(job.ok());
+
+  // Distinct medians dealt out in a shuffled order, so the minimum arrives at
+  // an unpredictable point in an unpredictable thread.
+  std::vector<double> medians(kWriters * kPerWriter);
+  std::iota(medians.begin(), medians.end(), 0.0);
+  for (auto& m : medians) m = 20.0 + m * 0.25;
+  std::mt19937 rng(12345);
+  std::shuffle(medians.begin(), medians.end(), rng);
+
+  std::vector<std::string> errors(kWriters);
+  std::vector<std::thread> threads;
+  for (int w = 0; w < kWriters; ++w) {
+    threads.emplace_back([&, w] {
+      for (int i = 0; i < kPerWriter; ++i) {
+        const double median = medians[static_cast<size_t>(w * kPerWriter + i)];
+        const TileConfig config{64 + 16 * (i % 4), 64, 4, 1 + w % 4};
+        auto trial =
+            dbs[static_cast<size_t>(w)]->record_trial(trial_for(scope, *job, config, median, w));
+        if (!trial.ok()) {
+          errors[static_cast<size_t>(w)] = trial.error().message;
+          return;
+        }
+        auto stored = dbs[static_cast<size_t>(w)]->update_best_if_better(
+            best_for_scope(scope, config, median, *trial));
+        if (!stored.ok()) {
+          errors[static_cast<size_t>(w)] = stored.error().message;
+          return;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int w = 0; w < kWriters; ++w)
+    EXPECT_EQ(errors[static_cast<size_t>(w)], "") << "writer " << w;
+
+  auto best = dbs[3]->best_for(scope);
+  ASSERT_TRUE(best.ok() && best->has_value());
+  const double minimum = *std::min_element(medians.begin(), medians.end());
+  EXPECT_DOUBLE_EQ((*best)->median_us, minimum);
+  // The stored trial id is the trial that measured the minimum.
+  auto trials = dbs[5]->trials_for_job(*job);
+  ASSERT_TRUE(trials.ok());
+  ASSERT_EQ(trials->size(), static_cast<size_t>(kWriters * kPerWriter));
+  auto fastest = std::min_element(trials->begin(), trials->end(), [](const auto& a, const auto& b) {
+    return a.median_us < b.median_us;
+  });
+  EXPECT_EQ((*best)->trial_id, fastest->id);
+  EXPECT_EQ((*best)->config, fastest->config);
+  auto page = dbs[1]->list_best(10);
+  ASSERT_TRUE(page.ok());
+  EXPECT_EQ(page->items.size(), 1u);
+  // The job's counter saw every increment.
+  auto row = dbs[7]->job(*job);
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->evaluations, kWriters * kPerWriter);
+}
+
+TEST(TuningDb, CountsTrialsPerGpuUnderAFilter) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope here = scope_at(kBucket);
+  const TuningScope there = scope_at({4096, 4096, 64});
+  auto job_a = db->begin_job(here, "random", kToolchain);
+  auto job_b = db->begin_job(there, "random", kToolchain);
+  ASSERT_TRUE(job_a.ok() && job_b.ok());
+  // Job a: gpu 0 x3, gpu 1 x2 (one of them failed), gpu 3 x1. Job b: gpu 1 x4.
+  for (int gpu : {0, 0, 0, 1, 3})
+    ASSERT_TRUE(db->record_trial(trial_for(here, *job_a, TileConfig{}, 30.0, gpu)).ok());
+  TrialRecord failed = trial_for(here, *job_a, TileConfig{}, 0.0, 1);
+  failed.status = TrialStatus::failed;
+  ASSERT_TRUE(db->record_trial(failed).ok());
+  for (int i = 0; i < 4; ++i)
+    ASSERT_TRUE(db->record_trial(trial_for(there, *job_b, TileConfig{}, 30.0, 1)).ok());
+
+  TrialFilter by_job;
+  by_job.job_id = *job_a;
+  auto a = db->count_trials_by_gpu(by_job);
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  EXPECT_EQ(*a, (std::map<int, int64_t>{{0, 3}, {1, 2}, {3, 1}}));
+
+  TrialFilter ok_only = by_job;
+  ok_only.status = TrialStatus::ok;
+  EXPECT_EQ(*db->count_trials_by_gpu(ok_only), (std::map<int, int64_t>{{0, 3}, {1, 1}, {3, 1}}));
+
+  TrialFilter by_scope;
+  by_scope.scope = there;
+  EXPECT_EQ(*db->count_trials_by_gpu(by_scope), (std::map<int, int64_t>{{1, 4}}));
+
+  EXPECT_EQ(*db->count_trials_by_gpu(TrialFilter{}),
+            (std::map<int, int64_t>{{0, 3}, {1, 6}, {3, 1}}));
+}
+
+TEST(TuningDb, NearestBestOrdersByDistanceWithinClassDeviceAndArch) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const ShapeBucket target{2048, 2048, 32};
+  // Same class, device and arch at known distances from target.
+  const std::vector<std::pair<ShapeBucket, int>> tuned = {
+      {{8192, 8192, 32}, 4}, {{2048, 1024, 32}, 1}, {{512, 2048, 8}, 4},
+      {{2048, 2048, 64}, 1}, {{4096, 4096, 64}, 3}, {{64, 64, 1}, 15}};
+  for (const auto& [bucket, distance] : tuned) {
+    ASSERT_EQ(bucket_distance(target, bucket), distance);
+    ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope_at(bucket), TileConfig{}, 10.0)));
+  }
+  // Decoys exactly at the target bucket, each differing in one part of the key.
+  std::vector<TuningScope> decoys(6, scope_at(target));
+  decoys[0].problem.dtype = DType::bf16;
+  decoys[1].problem.head_dim = 64;
+  decoys[2].problem.causal = false;
+  decoys[3].device_name = "NVIDIA H200";
+  decoys[4].arch = "sm_90";
+  decoys[5].template_id = "attention_fwd_other";
+  for (const auto& d : decoys)
+    ASSERT_TRUE(*db->update_best_if_better(best_for_scope(d, TileConfig{16, 16, 1, 1}, 1.0)));
+
+  auto near = db->nearest_best(scope_at(target), 4);
+  ASSERT_TRUE(near.ok()) << near.error().message;
+  ASSERT_EQ(near->size(), 4u);
+  std::vector<int> distances;
+  for (const auto& n : *near) {
+    distances.push_back(n.distance);
+    EXPECT_EQ(n.distance, bucket_distance(target, n.best.scope.bucket));
+    EXPECT_EQ(n.best.config, TileConfig{}) << "a decoy leaked in";
+  }
+  EXPECT_EQ(distances, (std::vector<int>{1, 1, 3, 4}));
+
+  auto everything = db->nearest_best(scope_at(target), 100);
+  ASSERT_TRUE(everything.ok());
+  EXPECT_EQ(everything->size(), tuned.size());
+  EXPECT_TRUE(std::is_sorted(everything->begin(), everything->end(),
+                             [](const auto& a, const auto& b) { return a.distance < b.distance; }));
+
+  // Once the target bucket itself is tuned, it comes first at distance 0.
+  ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope_at(target), TileConfig{}, 9.0)));
+  auto with_own = db->nearest_best(scope_at(target), 1);
+  ASSERT_TRUE(with_own.ok());
+  ASSERT_EQ(with_own->size(), 1u);
+  EXPECT_EQ(with_own->front().distance, 0);
+  EXPECT_EQ(with_own->front().best.scope.bucket, target);
+
+  // A device nothing was tuned on has no neighbours.
+  auto other = db->nearest_best(scope_at(target, "NVIDIA L4", "sm_89"), 5);
+  ASSERT_TRUE(other.ok());
+  EXPECT_TRUE(other->empty());
+}
+
+TEST(TuningDb, TriedConfigsAreDistinctPerScopeAndToolchain) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope scope = scope_at(kBucket);
+  const TileConfig a{128, 64, 4, 2}, b{64, 64, 4, 2}, c{128, 128, 8, 2};
+  auto job1 = db->begin_job(scope, "random", kToolchain);
+  ASSERT_TRUE(job1.ok());
+  ASSERT_TRUE(db->record_trial(trial_for(scope, *job1, a, 30.0)).ok());
+  ASSERT_TRUE(db->record_trial(trial_for(scope, *job1, b, 31.0)).ok());
+  ASSERT_TRUE(db->finish_job(*job1, JobStatus::cancelled).ok());
+  // A later job, with a new template source, measures a again and c.
+  ToolchainRecord edited = kToolchain;
+  edited.template_source_hash = std::string(64, 'e');
+  auto job2 = db->begin_job(scope, "random", edited);
+  ASSERT_TRUE(job2.ok());
+  TrialRecord again = trial_for(scope, *job2, a, 29.0);
+  again.toolchain = edited;
+  ASSERT_TRUE(db->record_trial(again).ok());
+  TrialRecord third = trial_for(scope, *job2, c, 35.0);
+  third.toolchain = edited;
+  third.status = TrialStatus::failed;
+  ASSERT_TRUE(db->record_trial(third).ok());
+  // Another bucket's trials do not count.
+  ASSERT_TRUE(
+      db->record_trial(trial_for(scope_at({2048, 2048, 16}), 0, TileConfig{32, 32, 2, 1}, 9.0))
+          .ok());
+
+  auto all = db->tried_configs(scope);
+  ASSERT_TRUE(all.ok()) << all.error().message;
+  EXPECT_EQ(all->size(), 3u);
+  for (const auto& want : {a, b, c})
+    EXPECT_NE(std::find(all->begin(), all->end(), want), all->end()) << canonical_config(want);
+
+  auto current = db->tried_configs(scope, edited);
+  ASSERT_TRUE(current.ok());
+  EXPECT_EQ(current->size(), 2u);
+  EXPECT_NE(std::find(current->begin(), current->end(), a), current->end());
+  EXPECT_NE(std::find(current->begin(), current->end(), c), current->end());
+}
+
+TEST(TuningDb, RejectsScopesThatNameNoProblem) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  TuningScope bad_head = scope_at(kBucket);
+  bad_head.problem.head_dim = 96;
+  TuningScope no_device = scope_at(kBucket);
+  no_device.device_name.clear();
+  TuningScope odd_bucket = scope_at({1000, 1024, 16});
+  for (const auto& scope : {bad_head, no_device, odd_bucket}) {
+    auto job = db->begin_job(scope, "random", kToolchain);
+    ASSERT_FALSE(job.ok());
+    EXPECT_EQ(job.error().code, ErrorCode::invalid_argument);
+  }
+}
+
+}  // namespace
+}  // namespace flashcore
