@@ -1,0 +1,205 @@
+#include "search/search_space.hpp"
+
+#include <algorithm>
+
+namespace flashcore {
+namespace {
+
+std::array<int, 4> key_of(const TileConfig& c) { return {c.block_m, c.block_n, c.warps, c.stages}; }
+
+// The axis of `field`, const or not, without a cast.
+template <typename Axes>
+auto& axis_of(Axes& axes, TileField field) {
+  switch (field) {
+    case TileField::block_n: return axes.block_n;
+    case TileField::warps: return axes.warps;
+    case TileField::stages: return axes.stages;
+    case TileField::block_m: break;
+  }
+  return axes.block_m;
+}
+
+void normalise(std::vector<int>& axis) {
+  std::sort(axis.begin(), axis.end());
+  axis.erase(std::unique(axis.begin(), axis.end()), axis.end());
+}
+
+}  // namespace
+
+std::string_view tile_field_name(TileField field) {
+  switch (field) {
+    case TileField::block_m: return "block_m";
+    case TileField::block_n: return "block_n";
+    case TileField::warps: return "warps";
+    case TileField::stages: return "stages";
+  }
+  return "?";
+}
+
+int field_value(const TileConfig& config, TileField field) {
+  switch (field) {
+    case TileField::block_m: return config.block_m;
+    case TileField::block_n: return config.block_n;
+    case TileField::warps: return config.warps;
+    case TileField::stages: return config.stages;
+  }
+  return 0;
+}
+
+void set_field_value(TileConfig& config, TileField field, int value) {
+  switch (field) {
+    case TileField::block_m: config.block_m = value; break;
+    case TileField::block_n: config.block_n = value; break;
+    case TileField::warps: config.warps = value; break;
+    case TileField::stages: config.stages = value; break;
+  }
+}
+
+uint64_t uniform_index(std::mt19937_64& rng, uint64_t n) {
+  // Rejection sampling: accept only the top 2^64 - (2^64 mod n) outputs, a
+  // whole number of copies of [0, n), so no index is favoured.
+  const uint64_t threshold = (0 - n) % n;
+  for (;;) {
+    const uint64_t r = rng();
+    if (r >= threshold) return r % n;
+  }
+}
+
+double unit_interval(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
+bool bernoulli(std::mt19937_64& rng, double p) { return unit_interval(rng) < p; }
+
+Result<SearchSpace> SearchSpace::create(const ProblemClass& problem, const ArchInfo& arch,
+                                        const SearchSpaceAxes& axes) {
+  if (auto error = problem_class_error(problem))
+    return make_error(ErrorCode::invalid_argument, *error);
+
+  SearchSpace space;
+  space.problem_ = problem;
+  space.arch_ = arch;
+  space.axes_ = axes;
+  for (TileField field : kTileFields) {
+    auto& values = axis_of(space.axes_, field);
+    normalise(values);
+    if (values.empty())
+      return make_error(ErrorCode::invalid_argument,
+                        "search space axis " + std::string(tile_field_name(field)) + " is empty");
+  }
+
+  const SearchSpaceAxes& a = space.axes_;
+  for (int block_m : a.block_m)
+    for (int block_n : a.block_n)
+      for (int warps : a.warps)
+        for (int stages : a.stages) {
+          const TileConfig config{block_m, block_n, warps, stages};
+          if (auto error = config_error(config, problem, arch))
+            space.rejected_.push_back({config, *error});
+          else
+            space.configs_.push_back(config);
+        }
+
+  if (space.configs_.empty()) {
+    return make_error(ErrorCode::invalid_argument,
+                      "no tile config in the search space is valid for " +
+                          canonical_problem_class(problem) + " on " + std::string(arch.name) +
+                          " (first rejection: " + canonical_config(space.rejected_.front().config) +
+                          " " + space.rejected_.front().reason + ")");
+  }
+  space.rebuild_index();
+  return space;
+}
+
+size_t SearchSpace::prune(const KeepPredicate& keep) {
+  std::vector<TileConfig> kept;
+  kept.reserve(configs_.size());
+  size_t dropped = 0;
+  for (const auto& config : configs_) {
+    std::string why;
+    if (keep(config, &why)) {
+      kept.push_back(config);
+    } else {
+      rejected_.push_back({config, why.empty() ? "pruned" : std::move(why)});
+      ++dropped;
+    }
+  }
+  configs_ = std::move(kept);
+  rebuild_index();
+  return dropped;
+}
+
+std::optional<size_t> SearchSpace::index_of(const TileConfig& config) const {
+  auto it = index_.find(key_of(config));
+  if (it == index_.end()) return std::nullopt;
+  return it->second;
+}
+
+void SearchSpace::rebuild_index() {
+  index_.clear();
+  for (size_t i = 0; i < configs_.size(); ++i) index_.emplace(key_of(configs_[i]), i);
+}
+
+const std::vector<int>& SearchSpace::axis(TileField field) const { return axis_of(axes_, field); }
+
+std::optional<TileConfig> SearchSpace::neighbour(const TileConfig& config, TileField field,
+                                                 int direction) const {
+  const auto& values = axis(field);
+  const int value = field_value(config, field);
+  // Position of the value on its axis; a value between axis points (a seed
+  // from another space, say) still has a well-defined below and above.
+  const auto pos = static_cast<std::ptrdiff_t>(
+      std::lower_bound(values.begin(), values.end(), value) - values.begin());
+  const auto n = static_cast<std::ptrdiff_t>(values.size());
+  std::ptrdiff_t i;
+  if (direction < 0) {
+    i = pos - 1;
+  } else {
+    i = (pos < n && values[pos] == value) ? pos + 1 : pos;
+  }
+  const std::ptrdiff_t step = direction < 0 ? -1 : 1;
+  for (; i >= 0 && i < n; i += step) {
+    TileConfig candidate = config;
+    set_field_value(candidate, field, values[i]);
+    if (contains(candidate)) return candidate;
+  }
+  return std::nullopt;
+}
+
+std::vector<TileConfig> SearchSpace::neighbours(const TileConfig& config) const {
+  std::vector<TileConfig> result;
+  for (TileField field : kTileFields)
+    for (int direction : {-1, 1})
+      if (auto n = neighbour(config, field, direction);
+          n && std::find(result.begin(), result.end(), *n) == result.end())
+        result.push_back(*n);
+  return result;
+}
+
+TileConfig SearchSpace::mutate(const TileConfig& config, std::mt19937_64& rng, double rate,
+                               bool at_least_one) const {
+  // One move along `field` to a neighbour chosen uniformly among those that exist.
+  auto move = [&](TileConfig& c, TileField field) {
+    std::optional<TileConfig> options[2] = {neighbour(c, field, -1), neighbour(c, field, 1)};
+    const int count = (options[0] ? 1 : 0) + (options[1] ? 1 : 0);
+    if (count == 0) return false;
+    if (count == 2)
+      c = *options[uniform_index(rng, 2)];
+    else
+      c = options[0] ? *options[0] : *options[1];
+    return true;
+  };
+
+  TileConfig result = config;
+  bool moved = false;
+  for (TileField field : kTileFields)
+    if (bernoulli(rng, rate)) moved = move(result, field) || moved;
+
+  if (at_least_one && !moved) {
+    std::vector<TileField> movable;
+    for (TileField field : kTileFields)
+      if (neighbour(result, field, -1) || neighbour(result, field, 1)) movable.push_back(field);
+    if (!movable.empty()) move(result, movable[uniform_index(rng, movable.size())]);
+  }
+  return result;
+}
+
+}  // namespace flashcore

@@ -1,0 +1,111 @@
+// The tuning search space: every TileConfig built from per-field value sets
+// (SearchSpaceAxes) that config_error() accepts for one problem class and
+// arch, in a fixed order, optionally pruned further (say, by the ptxas
+// resource report) before any GPU time is spent.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/result.hpp"
+#include "search/tile_config.hpp"
+
+namespace flashcore {
+
+// The candidate values of each TileConfig field, in one place. Axes are kept
+// sorted ascending and free of duplicates, so "adjacent value" is well defined.
+struct SearchSpaceAxes {
+  std::vector<int> block_m{64, 128};
+  std::vector<int> block_n{32, 48, 64, 96, 128};
+  std::vector<int> warps{4, 8};
+  std::vector<int> stages{1, 2, 3};
+};
+
+// The fields of a TileConfig as search dimensions, in canonical_config() order.
+enum class TileField { block_m, block_n, warps, stages };
+inline constexpr std::array<TileField, 4> kTileFields = {TileField::block_m, TileField::block_n,
+                                                         TileField::warps, TileField::stages};
+
+std::string_view tile_field_name(TileField field);  // "block_m", ...
+int field_value(const TileConfig& config, TileField field);
+void set_field_value(TileConfig& config, TileField field, int value);
+
+// A config left out of the space, with the reason (config_error's text or the
+// prune predicate's), for progress messages and tuning reports.
+struct RejectedConfig {
+  TileConfig config;
+  std::string reason;
+};
+
+// Portable random draws. std::uniform_int_distribution and friends are
+// implementation-defined, so the same seed would propose different configs
+// under another standard library; these use only the engine's raw output.
+uint64_t uniform_index(std::mt19937_64& rng, uint64_t n);  // in [0, n), n > 0
+double unit_interval(std::mt19937_64& rng);                // in [0, 1)
+bool bernoulli(std::mt19937_64& rng, double p);
+
+class SearchSpace {
+ public:
+  // Every combination of the axes' values, ordered lexicographically by
+  // (block_m, block_n, warps, stages) with each axis ascending, filtered by
+  // config_error(). Fails on an invalid problem class, an empty axis, or when
+  // no combination is valid (the error names the first rejection's reason).
+  static Result<SearchSpace> create(const ProblemClass& problem, const ArchInfo& arch,
+                                    const SearchSpaceAxes& axes = {});
+
+  using KeepPredicate = std::function<bool(const TileConfig&, std::string* why)>;
+  // Drops every config for which keep() returns false, recording `why` (or a
+  // generic reason when keep leaves it empty) in rejected(). Order is kept.
+  // Returns how many were dropped. Prune before handing the space to a
+  // searcher: searchers take a copy at initialize().
+  size_t prune(const KeepPredicate& keep);
+
+  size_t size() const { return configs_.size(); }
+  bool empty() const { return configs_.empty(); }
+  const TileConfig& at(size_t index) const { return configs_.at(index); }
+  const std::vector<TileConfig>& configs() const { return configs_; }
+  std::optional<size_t> index_of(const TileConfig& config) const;
+  bool contains(const TileConfig& config) const { return index_of(config).has_value(); }
+
+  const ProblemClass& problem() const { return problem_; }
+  const ArchInfo& arch() const { return arch_; }
+  const SearchSpaceAxes& axes() const { return axes_; }
+  const std::vector<RejectedConfig>& rejected() const { return rejected_; }
+
+  // The nearest config in the space reached by moving `field` along its axis
+  // in `direction` (-1 or +1), the other fields unchanged. Values whose
+  // combination is not in the space are stepped over, so a gap (an invalid
+  // warps value for this block_m, say) does not cut the axis in two.
+  std::optional<TileConfig> neighbour(const TileConfig& config, TileField field,
+                                      int direction) const;
+  // All configs one neighbour() step away, per field (-1 before +1), no duplicates.
+  std::vector<TileConfig> neighbours(const TileConfig& config) const;
+
+  // Moves each field, with probability `rate`, to a random neighbour along it;
+  // the moves are chained, so every intermediate config is in the space too.
+  // With at_least_one, a field is always moved when any can be. Returns the
+  // config unchanged when no field can move.
+  TileConfig mutate(const TileConfig& config, std::mt19937_64& rng, double rate,
+                    bool at_least_one) const;
+
+ private:
+  SearchSpace() = default;
+  void rebuild_index();
+  const std::vector<int>& axis(TileField field) const;
+
+  ProblemClass problem_;
+  ArchInfo arch_;
+  SearchSpaceAxes axes_;
+  std::vector<TileConfig> configs_;
+  std::vector<RejectedConfig> rejected_;
+  std::map<std::array<int, 4>, size_t> index_;
+};
+
+}  // namespace flashcore

@@ -1,0 +1,77 @@
+// A SYNTHETIC TEST OBJECTIVE for the searcher tests: a stand-in for measured
+// kernel time so searchers can be tested without a GPU. It is not a model of
+// real performance. It depends on every TileConfig field: a tilted bowl in
+// log2(block_m), log2(block_n), log2(warps) and stages with interaction
+// terms, a ripple that penalises some block_n values, and a few configs that
+// "fail", one of them a trap whose time is the lowest of all (a fast kernel
+// that gives wrong results, which the correctness gate exists to catch).
+#pragma once
+
+#include <cmath>
+#include <optional>
+#include <string>
+
+#include "search/search_space.hpp"
+#include "search/searcher.hpp"
+#include "search/tile_config.hpp"
+
+namespace flashcore::test {
+
+inline constexpr TileConfig kTestObjectiveTrap{64, 64, 4, 3};
+
+// Time in microseconds the synthetic objective gives `config`, ignoring failure.
+inline double test_objective_time_us(const TileConfig& c) {
+  const double m = std::log2(static_cast<double>(c.block_m)) - 6.3;
+  const double n = std::log2(static_cast<double>(c.block_n)) - 6.15;
+  const double w = std::log2(static_cast<double>(c.warps)) - 2.1;
+  const double s = static_cast<double>(c.stages) - 2.6;
+  double t = 1.0 + 0.30 * m * m + 0.25 * n * n + 0.20 * w * w + 0.15 * s * s + 0.10 * m * n -
+             0.06 * w * s + 0.04 * m * w;
+  if ((c.block_n / 16) % 3 == 0) t += 0.07;  // block_n 48, 96, 144, ...: a ripple
+  return 50.0 * t;
+}
+
+// The synthetic objective as a trial outcome, failures included.
+inline TrialOutcome test_objective(const TileConfig& c) {
+  TrialOutcome outcome;
+  outcome.time_us = test_objective_time_us(c);
+  if (c == kTestObjectiveTrap) {
+    outcome.time_us = 1.0;  // faster than anything, and wrong
+    outcome.failure = "test objective: wrong result";
+    return outcome;
+  }
+  if (c.warps == 1 && c.block_m >= 128) {
+    outcome.failure = "test objective: register spill";
+    return outcome;
+  }
+  if (c.stages == 4 && c.block_n >= 192) {
+    outcome.failure = "test objective: launch failure";
+    return outcome;
+  }
+  outcome.ok = true;
+  return outcome;
+}
+
+// The best succeeded config of `space` by brute force, and whether it is the
+// only config with that time.
+struct TestOptimum {
+  TileConfig config;
+  double time_us = 0.0;
+  bool unique = true;
+};
+
+inline std::optional<TestOptimum> test_objective_optimum(const SearchSpace& space) {
+  std::optional<TestOptimum> best;
+  for (const auto& config : space.configs()) {
+    const TrialOutcome outcome = test_objective(config);
+    if (!outcome.succeeded()) continue;
+    if (!best || outcome.time_us < best->time_us) {
+      best = TestOptimum{config, outcome.time_us, true};
+    } else if (outcome.time_us == best->time_us) {
+      best->unique = false;
+    }
+  }
+  return best;
+}
+
+}  // namespace flashcore::test

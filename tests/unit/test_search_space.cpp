@@ -1,0 +1,299 @@
+#include "search/search_space.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace flashcore {
+namespace {
+
+ArchInfo arch(std::string_view name) {
+  auto info = find_arch(name);
+  EXPECT_TRUE(info.has_value()) << name;
+  return info.value_or(ArchInfo{});
+}
+
+SearchSpace make_space(const ProblemClass& problem, std::string_view arch_name,
+                       const SearchSpaceAxes& axes = {}) {
+  auto space = SearchSpace::create(problem, arch(arch_name), axes);
+  EXPECT_TRUE(space.ok()) << (space.ok() ? "" : space.error().message);
+  return std::move(space).value();
+}
+
+std::array<int, 4> key(const TileConfig& c) { return {c.block_m, c.block_n, c.warps, c.stages}; }
+
+int differing_fields(const TileConfig& a, const TileConfig& b) {
+  int count = 0;
+  for (TileField field : kTileFields) count += field_value(a, field) != field_value(b, field);
+  return count;
+}
+
+// A wider space than the default, with gaps: block_m 48 cannot be split for
+// 2+ warps, and 8 warps need block_m 128.
+SearchSpaceAxes wide_axes() {
+  SearchSpaceAxes axes;
+  axes.block_m = {16, 32, 48, 64, 128};
+  axes.block_n = {16, 32, 48, 64, 96, 128};
+  axes.warps = {1, 2, 4, 8};
+  axes.stages = {1, 2, 3, 4};
+  return axes;
+}
+
+TEST(SearchSpace, DefaultAxesHoldExactlyTheValidCombinationsInOrder) {
+  const ProblemClass problem{DType::fp16, 64, false};
+  const SearchSpaceAxes axes;
+  const SearchSpace space = make_space(problem, "sm_90a");
+
+  // Every config is valid, and every valid combination of the axes is present.
+  for (const auto& config : space.configs())
+    EXPECT_EQ(config_error(config, problem, arch("sm_90a")), std::nullopt)
+        << canonical_config(config);
+  size_t combinations = 0, valid = 0;
+  for (int m : axes.block_m)
+    for (int n : axes.block_n)
+      for (int w : axes.warps)
+        for (int s : axes.stages) {
+          ++combinations;
+          const TileConfig config{m, n, w, s};
+          const bool ok = !config_error(config, problem, arch("sm_90a")).has_value();
+          valid += ok;
+          EXPECT_EQ(space.contains(config), ok) << canonical_config(config);
+        }
+  EXPECT_EQ(space.size(), valid);
+  EXPECT_EQ(space.size() + space.rejected().size(), combinations);
+  // 2*5*2*3 = 60 combinations; block_m 64 over 8 warps (15 of them) leaves
+  // 8 rows a warp, below one mma tile; head_dim 64 fits sm_90a's shared memory.
+  EXPECT_EQ(combinations, 60u);
+  EXPECT_EQ(space.size(), 45u);
+
+  // Deterministic order: strictly increasing in (block_m, block_n, warps, stages).
+  for (size_t i = 1; i < space.size(); ++i)
+    EXPECT_LT(key(space.at(i - 1)), key(space.at(i))) << i;
+  EXPECT_EQ(space.at(0), (TileConfig{64, 32, 4, 1}));
+  EXPECT_EQ(space.at(space.size() - 1), (TileConfig{128, 128, 8, 3}));
+}
+
+TEST(SearchSpace, IndexOfAndAtAgree) {
+  const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
+  for (size_t i = 0; i < space.size(); ++i) EXPECT_EQ(space.index_of(space.at(i)), i);
+  EXPECT_EQ(space.index_of(TileConfig{64, 64, 8, 2}), std::nullopt);   // invalid
+  EXPECT_EQ(space.index_of(TileConfig{128, 80, 4, 2}), std::nullopt);  // valid, off the axes
+  EXPECT_THROW((void)space.at(space.size()), std::out_of_range);
+}
+
+TEST(SearchSpace, SharedMemoryLimitExcludesOnSm86ButNotSm90a) {
+  // head_dim 128, 128x128 tiles, 3 stages: 32 KiB of Q + 6 * 32 KiB of K/V =
+  // 224 KiB: over sm_86's 99 KiB, under sm_90a's 227 KiB.
+  const ProblemClass problem{DType::bf16, 128, true};
+  const TileConfig big{128, 128, 4, 3};
+  const SearchSpace sm86 = make_space(problem, "sm_86");
+  const SearchSpace sm90a = make_space(problem, "sm_90a");
+  EXPECT_FALSE(sm86.contains(big));
+  EXPECT_TRUE(sm90a.contains(big));
+  EXPECT_LT(sm86.size(), sm90a.size());
+
+  auto rejected = std::find_if(sm86.rejected().begin(), sm86.rejected().end(),
+                               [&](const RejectedConfig& r) { return r.config == big; });
+  ASSERT_NE(rejected, sm86.rejected().end());
+  EXPECT_NE(rejected->reason.find("shared memory"), std::string::npos) << rejected->reason;
+  EXPECT_NE(rejected->reason.find("sm_86"), std::string::npos) << rejected->reason;
+  for (const auto& config : sm86.configs())
+    EXPECT_LE(smem_bytes(config, problem), arch("sm_86").max_dynamic_smem_bytes);
+}
+
+TEST(SearchSpace, PruneRemovesExactlyWhatThePredicateRejects) {
+  SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
+  const std::vector<TileConfig> before = space.configs();
+  const size_t rejected_before = space.rejected().size();
+
+  // Stand-in for a ptxas report: "spills" when a thread holds too much of the tile.
+  auto keep = [](const TileConfig& c, std::string* why) {
+    if (c.block_m * c.block_n / c.threads() > 96) {
+      *why = "spills: " + canonical_config(c);
+      return false;
+    }
+    return true;
+  };
+  const size_t dropped = space.prune(keep);
+
+  std::vector<TileConfig> expected_kept, expected_dropped;
+  for (const auto& c : before) {
+    std::string why;
+    (keep(c, &why) ? expected_kept : expected_dropped).push_back(c);
+  }
+  ASSERT_GT(expected_dropped.size(), 0u);
+  ASSERT_GT(expected_kept.size(), 0u);
+  EXPECT_EQ(dropped, expected_dropped.size());
+  EXPECT_EQ(space.configs(), expected_kept);  // same order, nothing else lost
+  for (size_t i = 0; i < space.size(); ++i) EXPECT_EQ(space.index_of(space.at(i)), i);
+  for (const auto& c : expected_dropped) EXPECT_FALSE(space.contains(c));
+
+  ASSERT_EQ(space.rejected().size(), rejected_before + dropped);
+  for (size_t i = 0; i < dropped; ++i) {
+    const auto& r = space.rejected()[rejected_before + i];
+    EXPECT_EQ(r.config, expected_dropped[i]);
+    EXPECT_EQ(r.reason, "spills: " + canonical_config(r.config));
+  }
+
+  // A predicate that gives no reason still leaves one.
+  const size_t more = space.prune([](const TileConfig& c, std::string*) { return c.stages != 1; });
+  EXPECT_GT(more, 0u);
+  EXPECT_EQ(space.rejected().back().reason, "pruned");
+}
+
+TEST(SearchSpace, AxesAreSortedAndDeduplicated) {
+  SearchSpaceAxes messy;
+  messy.block_m = {128, 64, 128};
+  messy.block_n = {128, 32, 96, 48, 64, 32};
+  messy.warps = {8, 4};
+  messy.stages = {3, 1, 2, 2};
+  const SearchSpace a = make_space(ProblemClass{}, "sm_80", messy);
+  const SearchSpace b = make_space(ProblemClass{}, "sm_80");
+  EXPECT_EQ(a.configs(), b.configs());
+}
+
+TEST(SearchSpace, CreateRejectsBadProblemsAndEmptySpaces) {
+  auto bad_head_dim = SearchSpace::create(ProblemClass{DType::fp16, 48, false}, arch("sm_90a"));
+  ASSERT_FALSE(bad_head_dim.ok());
+  EXPECT_EQ(bad_head_dim.error().code, ErrorCode::invalid_argument);
+  EXPECT_NE(bad_head_dim.error().message.find("problem.head_dim"), std::string::npos);
+
+  SearchSpaceAxes no_stages;
+  no_stages.stages.clear();
+  auto empty_axis = SearchSpace::create(ProblemClass{}, arch("sm_90a"), no_stages);
+  ASSERT_FALSE(empty_axis.ok());
+  EXPECT_NE(empty_axis.error().message.find("stages"), std::string::npos);
+
+  // head_dim 256 with 256x256 tiles and 4 stages fits no arch.
+  SearchSpaceAxes huge;
+  huge.block_m = {256};
+  huge.block_n = {256};
+  huge.warps = {4};
+  huge.stages = {4};
+  auto nothing_fits = SearchSpace::create(ProblemClass{DType::fp16, 256, false}, arch("sm_86"), huge);
+  ASSERT_FALSE(nothing_fits.ok());
+  EXPECT_NE(nothing_fits.error().message.find("sm_86"), std::string::npos)
+      << nothing_fits.error().message;
+}
+
+TEST(SearchSpace, NeighboursChangeOneFieldToTheNearestValueInTheSpace) {
+  const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
+  const SearchSpaceAxes& axes = space.axes();
+  auto axis = [&](TileField f) -> const std::vector<int>& {
+    switch (f) {
+      case TileField::block_m: return axes.block_m;
+      case TileField::block_n: return axes.block_n;
+      case TileField::warps: return axes.warps;
+      case TileField::stages: return axes.stages;
+    }
+    return axes.block_m;
+  };
+
+  for (const auto& config : space.configs()) {
+    for (TileField field : kTileFields) {
+      for (int direction : {-1, 1}) {
+        const auto n = space.neighbour(config, field, direction);
+        // Every axis value strictly between config and the neighbour (or, when
+        // there is none, beyond config) must give a config outside the space.
+        const int from = field_value(config, field);
+        const int to = n ? field_value(*n, field) : (direction < 0 ? -1 : 1 << 20);
+        for (int v : axis(field)) {
+          const bool between = direction < 0 ? (v < from && v > to) : (v > from && v < to);
+          if (!between) continue;
+          TileConfig skipped = config;
+          set_field_value(skipped, field, v);
+          EXPECT_FALSE(space.contains(skipped)) << canonical_config(skipped);
+        }
+        if (!n) continue;
+        EXPECT_TRUE(space.contains(*n));
+        EXPECT_EQ(differing_fields(config, *n), 1);
+        EXPECT_EQ(direction < 0, field_value(*n, field) < from);
+      }
+    }
+    const auto all = space.neighbours(config);
+    const std::set<std::array<int, 4>> unique_keys = [&] {
+      std::set<std::array<int, 4>> keys;
+      for (const auto& n : all) keys.insert(key(n));
+      return keys;
+    }();
+    EXPECT_EQ(unique_keys.size(), all.size());
+    EXPECT_LE(all.size(), 8u);
+  }
+}
+
+TEST(SearchSpace, NeighboursStepOverGapsAndStopAtTheEdges) {
+  const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
+  // Two warps cannot split block_m 48 into 16-row slices: the step from 32 goes to 64.
+  EXPECT_EQ(space.neighbour(TileConfig{32, 64, 2, 2}, TileField::block_m, 1),
+            (TileConfig{64, 64, 2, 2}));
+  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2}, TileField::block_m, -1),
+            (TileConfig{32, 64, 2, 2}));
+  // No smaller block_m holds 8 warps; nothing past the axis ends.
+  EXPECT_EQ(space.neighbour(TileConfig{128, 64, 8, 2}, TileField::block_m, -1), std::nullopt);
+  EXPECT_EQ(space.neighbour(TileConfig{128, 128, 8, 4}, TileField::block_n, 1), std::nullopt);
+  EXPECT_EQ(space.neighbour(TileConfig{16, 16, 1, 1}, TileField::stages, -1), std::nullopt);
+
+  // In the default space, 8 warps are out of reach from block_m 64.
+  const SearchSpace defaults = make_space(ProblemClass{}, "sm_90a");
+  const std::vector<TileConfig> expected = {
+      {128, 64, 4, 2}, {64, 48, 4, 2}, {64, 96, 4, 2}, {64, 64, 4, 1}, {64, 64, 4, 3}};
+  EXPECT_EQ(defaults.neighbours(TileConfig{64, 64, 4, 2}), expected);
+}
+
+TEST(SearchSpace, MutationStaysInTheSpaceAndMovesWhenAsked) {
+  const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
+  std::mt19937_64 rng(7);
+  std::set<std::array<int, 4>> reached;
+  for (int round = 0; round < 2000; ++round) {
+    const TileConfig& from = space.at(uniform_index(rng, space.size()));
+    const TileConfig forced = space.mutate(from, rng, 0.0, /*at_least_one=*/true);
+    EXPECT_TRUE(space.contains(forced));
+    if (!space.neighbours(from).empty()) {
+      EXPECT_NE(forced, from);
+      EXPECT_EQ(differing_fields(forced, from), 1);  // rate 0: only the forced move
+    }
+    const TileConfig free = space.mutate(from, rng, 0.5, /*at_least_one=*/false);
+    EXPECT_TRUE(space.contains(free));
+    reached.insert(key(free));
+    EXPECT_EQ(space.mutate(from, rng, 0.0, /*at_least_one=*/false), from);
+  }
+  // Chained moves with rate 1 reach beyond the one-step neighbours.
+  const TileConfig start{64, 64, 2, 2};
+  bool moved_several = false;
+  for (int round = 0; round < 200; ++round)
+    moved_several |= differing_fields(space.mutate(start, rng, 1.0, false), start) >= 3;
+  EXPECT_TRUE(moved_several);
+  EXPECT_GT(reached.size(), space.size() / 2);
+}
+
+TEST(SearchSpace, RandomDrawsAreInRangeRoughlyUniformAndReplay) {
+  std::mt19937_64 a(42), b(42);
+  constexpr uint64_t kBins = 7;
+  constexpr int kDraws = 70000;
+  std::array<int, kBins> counts{};
+  for (int i = 0; i < kDraws; ++i) {
+    const uint64_t x = uniform_index(a, kBins);
+    ASSERT_LT(x, kBins);
+    ++counts[x];
+    ASSERT_EQ(x, uniform_index(b, kBins));
+  }
+  // 10000 expected per bin, standard deviation about 93: 5% is over 5 sigma.
+  for (int c : counts) EXPECT_NEAR(c, kDraws / kBins, 500);
+
+  double sum = 0;
+  for (int i = 0; i < 10000; ++i) {
+    const double u = unit_interval(a);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    sum += u;
+  }
+  EXPECT_NEAR(sum / 10000, 0.5, 0.02);
+  EXPECT_EQ(uniform_index(a, 1), 0u);
+}
+
+}  // namespace
+}  // namespace flashcore
