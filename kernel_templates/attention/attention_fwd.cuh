@@ -176,6 +176,8 @@ __global__ void __launch_bounds__(Warps * 32)
     }
 
     // Online softmax in base 2: x = s * scale * log2(e).
+    float correction[kMTiles][2];
+    bool max_moved = false;
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -187,10 +189,11 @@ __global__ void __launch_bounds__(Warps * 32)
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
         const float new_max = fmaxf(row_max[mt][h], tile_max * scale_log2);
+        max_moved |= new_max != row_max[mt][h];
         // A row with no valid column yet keeps max -inf; subtract 0 then so
         // exp2 sees -inf - 0 = -inf (-> 0), never -inf - -inf (NaN).
         const float safe_max = new_max == negative_infinity() ? 0.f : new_max;
-        const float correction = exp2_approx(row_max[mt][h] - safe_max);
+        correction[mt][h] = exp2_approx(row_max[mt][h] - safe_max);
         row_max[mt][h] = new_max;
         float partial = 0.f;
 #pragma unroll
@@ -201,13 +204,22 @@ __global__ void __launch_bounds__(Warps * 32)
             s_acc[mt][nt][e] = pe;
             partial += pe;
           }
-        row_sum[mt][h] = row_sum[mt][h] * correction + partial;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          o_acc[mt][dt][2 * h] *= correction;
-          o_acc[mt][dt][2 * h + 1] *= correction;
-        }
+        row_sum[mt][h] = row_sum[mt][h] * correction[mt][h] + partial;
       }
+    }
+    // Rescaling O costs one FMUL per accumulator; once the running maxima
+    // settle most tiles move none of a warp's rows, and a vote can skip it.
+    // Measured on the H100 (bench/RESULTS.md): with 128+ accumulators per
+    // thread (D 128, 32 rows a warp) skipping gains 7-9%; with 64 the vote
+    // costs more than it saves (2-7% slower at D 64), so it is not used there.
+    constexpr bool kVoteRescale = kMTiles * kDTiles * 4 >= 128;
+    if (!kVoteRescale || __any_sync(0xffffffffu, max_moved)) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o_acc[mt][dt][e] *= correction[mt][e / 2];
     }
 
     // O += P V. The S accumulator layout of two adjacent n-tiles is exactly

@@ -17,14 +17,14 @@
 #include <thread>
 #include <vector>
 
-#include "attention_reference.hpp"
+#include "eval/attention_reference.hpp"
 #include "gpu_environment.hpp"
 
 namespace flashcore {
 namespace {
 
 namespace v1 = ::flashcore::v1;
-using testing::AttentionShape;
+using eval::AttentionShape;
 
 struct AttentionCase {
   v1::DType dtype = v1::DTYPE_FP16;
@@ -32,7 +32,7 @@ struct AttentionCase {
   bool causal = false;
   int batch = 1, heads = 2, kv_heads = 0, seq_q = 128, seq_k = 0;
   bool bhsd = false;
-  v1::TileConfig config;  // empty = {128, 64, 4, 2}; 8 warps for D 128 (no spills)
+  v1::TileConfig config;  // empty = {128, 64, 4, 2}; 8 warps for D 128, 64x32 for D 256 (no spills)
 
   std::string name() const {
     std::ostringstream out;
@@ -78,9 +78,10 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   if (c.config.block_m()) {
     *request.mutable_config() = c.config;
   } else {
-    request.mutable_config()->set_block_m(128);
-    request.mutable_config()->set_block_n(64);
-    request.mutable_config()->set_warps(c.head_dim >= 128 ? 8 : 4);
+    // D 256 needs small tiles to fit registers and shared memory.
+    request.mutable_config()->set_block_m(c.head_dim >= 256 ? 64 : 128);
+    request.mutable_config()->set_block_n(c.head_dim >= 256 ? 32 : 64);
+    request.mutable_config()->set_warps(c.head_dim == 128 ? 8 : 4);
     request.mutable_config()->set_stages(2);
   }
   request.set_omit_cubin(true);
@@ -136,12 +137,12 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   ASSERT_TRUE(lse_dev->download(lse_out.data(), lse_out.size() * 4).ok());
   std::vector<float> out(q_count);
   for (size_t i = 0; i < q_count; ++i)
-    out[i] = c.dtype == v1::DTYPE_FP16 ? testing::fp16_to_float(o_bits[i])
-                                       : testing::bf16_to_float(o_bits[i]);
+    out[i] = c.dtype == v1::DTYPE_FP16 ? eval::fp16_to_float(o_bits[i])
+                                       : eval::bf16_to_float(o_bits[i]);
 
-  const auto ref = testing::reference_attention(shape, q, k, v, 1.0 / std::sqrt(double(c.head_dim)),
+  const auto ref = eval::reference_attention(shape, q, k, v, 1.0 / std::sqrt(double(c.head_dim)),
                                                 std::max(1u, std::thread::hardware_concurrency()));
-  const auto stats = testing::compare_output(shape, out, ref.out);
+  const auto stats = eval::compare_output(shape, out, ref.out);
   double lse_max_error = 0;
   int64_t lse_non_finite = 0;
   for (size_t i = 0; i < lse_out.size(); ++i) {
@@ -177,6 +178,19 @@ std::vector<AttentionCase> cases() {
           c.causal = causal;
           c.seq_q = s;
           c.batch = s >= 2048 ? 1 : 2;
+          all.push_back(c);
+        }
+  // The other head dims the template takes, ragged and multi-tile.
+  for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})
+    for (int d : {32, 256})
+      for (bool causal : {false, true})
+        for (int s : {17, 500}) {
+          AttentionCase c;
+          c.dtype = dtype;
+          c.head_dim = d;
+          c.causal = causal;
+          c.seq_q = s;
+          c.batch = 2;
           all.push_back(c);
         }
   // Run-time shape variety on one cubin class: GQA, BHSD layout, seq_k != seq_q.
