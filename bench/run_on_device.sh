@@ -9,6 +9,7 @@
 #      SDPA's flash and cuDNN backends side by side (compare_sdpa.py).
 #
 #   bench/run_on_device.sh BUNDLE_DIR OUT_DIR [steps...]   steps: tests sanitize cache perf (default all)
+#   environment: FLASHCORE_DAEMON_ARGS (extra daemon flags), FLASHCORE_BENCH_ARGS (attention_bench flags)
 #
 # Logs and tables land in OUT_DIR; the last lines printed are the summary.
 set -uo pipefail
@@ -23,8 +24,11 @@ note() { summary+=("$*"); echo "== $*"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 
 work=$(mktemp -d)
+# FLASHCORE_DAEMON_ARGS: extra daemon flags, e.g. --templates-dir DIR to check
+# a template edit with an existing bundle.
+# shellcheck disable=SC2086
 "$bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
-  --log-level warn >"$out/daemon.log" 2>&1 &
+  --log-level warn ${FLASHCORE_DAEMON_ARGS:-} >"$out/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done
 [[ -s $work/port ]] || { cat "$out/daemon.log"; echo "daemon did not start"; exit 1; }
