@@ -58,6 +58,7 @@ fi
 
 binaries=(
   "$BUILD_DIR/server/flashcored"
+  "$BUILD_DIR/server/flashcore_worker"
   "$BUILD_DIR/client/flashcore"
   "$BUILD_DIR/tests/flashcore_gpu_tests"
 )

@@ -42,6 +42,8 @@ struct Layer {
   std::optional<int64_t> drain_timeout_ms;
   std::optional<std::string> log_level;
   std::optional<std::string> port_file;
+  std::optional<std::string> worker_binary;
+  std::optional<int64_t> evaluation_timeout_ms;
 };
 
 template <typename T>
@@ -62,6 +64,8 @@ void apply(Layer& base, const Layer& top) {
   over(base.drain_timeout_ms, top.drain_timeout_ms);
   over(base.log_level, top.log_level);
   over(base.port_file, top.port_file);
+  over(base.worker_binary, top.worker_binary);
+  over(base.evaluation_timeout_ms, top.evaluation_timeout_ms);
 }
 
 Result<Layer> read_toml(const std::string& path) {
@@ -105,6 +109,8 @@ Result<Layer> read_toml(const std::string& path) {
     else if (k == "drain_timeout_ms") status = int_key(k, node, layer.drain_timeout_ms);
     else if (k == "log_level") status = string_key(k, node, layer.log_level);
     else if (k == "port_file") status = string_key(k, node, layer.port_file);
+    else if (k == "worker_binary") status = string_key(k, node, layer.worker_binary);
+    else if (k == "evaluation_timeout_ms") status = int_key(k, node, layer.evaluation_timeout_ms);
     else
       // A misspelt key silently ignored would leave a setting at its default.
       return bad_setting("config file " + path + ": unknown key '" + std::string(k) + "'");
@@ -120,6 +126,7 @@ Layer read_env() {
   layer.log_level = env("FLASHCORE_LOG_LEVEL");
   layer.templates_dir = env("FLASHCORE_TEMPLATES_DIR");
   layer.default_arch = env("FLASHCORE_DEFAULT_ARCH");
+  layer.worker_binary = env("FLASHCORE_WORKER_BINARY");
   return layer;
 }
 
@@ -191,6 +198,13 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     config.log_level = *layer.log_level;
   }
   if (layer.port_file) config.port_file = *layer.port_file;
+  if (layer.worker_binary) config.worker_binary = *layer.worker_binary;
+  if (layer.evaluation_timeout_ms) {
+    auto ms = count("evaluation_timeout_ms", *layer.evaluation_timeout_ms, 1,
+                    int64_t{24} * 3600 * 1000);
+    if (!ms) return ms.error();
+    config.evaluation_timeout = std::chrono::milliseconds(*ms);
+  }
   return config;
 }
 
@@ -238,6 +252,11 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
   str("--log-level", flags.log_level,
       "trace, debug, info, warn, error, critical or off (FLASHCORE_LOG_LEVEL)");
   str("--port-file", flags.port_file, "write the bound port here once listening");
+  str("--worker-binary", flags.worker_binary,
+      "GPU evaluation worker executable (FLASHCORE_WORKER_BINARY; default: flashcore_worker "
+      "beside flashcored)");
+  num("--evaluation-timeout-ms", flags.evaluation_timeout_ms,
+      "longest one evaluation may run on a GPU worker before the worker is killed and restarted");
 
   try {
     app.parse(argc, argv);

@@ -24,6 +24,8 @@ struct DaemonConfig {
   std::chrono::milliseconds drain_timeout{10000};  // SIGTERM: time given to in-flight calls
   std::string log_level = "info";
   std::filesystem::path port_file;                 // if set, the bound port is written here
+  std::filesystem::path worker_binary;             // empty = flashcore_worker beside the daemon
+  std::chrono::milliseconds evaluation_timeout{120000};  // one evaluation on a GPU worker
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or

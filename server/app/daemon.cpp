@@ -13,6 +13,7 @@
 #include "cache/atomic_file.hpp"
 #include "cache/kernel_cache.hpp"
 #include "cuda/driver_api.hpp"
+#include "eval/worker_pool.hpp"
 #include "jit/compile_pool.hpp"
 #include "jit/nvrtc_compiler.hpp"
 #include "jit/template_registry.hpp"
@@ -24,8 +25,9 @@ namespace {
 constexpr std::string_view kFallbackArch = "sm_90a";
 
 // Never fails: a daemon without a GPU still compiles and serves kernels.
-rpc::GpuStatus probe_gpu() {
+rpc::GpuStatus probe_gpu(int& device_count) {
   rpc::GpuStatus gpu;
+  device_count = 0;
   auto devices = cuda::probe_devices();
   if (!devices) {
     gpu.unavailable_reason = devices.error().message;
@@ -33,6 +35,7 @@ rpc::GpuStatus probe_gpu() {
     gpu.unavailable_reason = "no CUDA device found";
   } else {
     const cuda::DeviceInfo& device = devices->front();
+    device_count = static_cast<int>(devices->size());
     gpu.available = true;
     gpu.name = device.name;
     gpu.arch = device.arch;
@@ -61,6 +64,45 @@ int message_limit(size_t bytes) { return static_cast<int>(std::min<size_t>(bytes
 
 bool is_unix_address(const std::string& address) { return address.rfind("unix:", 0) == 0; }
 
+// One evaluation worker per GPU. Null, with the reason, when there is no GPU
+// or no worker starts: the daemon then compiles and serves, and Validate
+// answers FAILED_PRECONDITION with that reason.
+std::shared_ptr<eval::WorkerPool> start_workers(const DaemonConfig& config, int device_count,
+                                                rpc::GpuStatus& gpu, std::string& reason) {
+  if (!gpu.available) {
+    reason = "no GPU: " + gpu.unavailable_reason;
+    return nullptr;
+  }
+  eval::WorkerPoolOptions options;
+  options.worker_binary = config.worker_binary;
+  options.gpu_count = device_count;
+  options.call_timeout = config.evaluation_timeout;
+  options.log_level = config.log_level;
+  auto pool = eval::WorkerPool::start(options);
+  if (!pool) {
+    reason = pool.error().message;
+    spdlog::warn("no evaluation workers ({}); Validate is unavailable", reason);
+    // The GPU is there but the daemon cannot use it: report it as unusable.
+    gpu.available = false;
+    gpu.unavailable_reason = "GPU 0 (" + gpu.name + ") found, but no evaluation worker runs: " + reason;
+    return nullptr;
+  }
+  // GetServerInfo names the GPUs the workers hold.
+  const auto infos = (*pool)->workers();
+  std::string names;
+  bool same = true;
+  for (const auto& info : infos) {
+    if (info.device().empty()) continue;
+    if (!names.empty() && info.device() != infos.front().device()) same = false;
+    names += (names.empty() ? "" : ", ") + info.device();
+  }
+  if (infos.size() > 1 && same && !infos.front().device().empty())
+    names = std::to_string(infos.size()) + " x " + infos.front().device();
+  if (!names.empty()) gpu.name = names;
+  spdlog::info("{} evaluation worker(s) in {}", infos.size(), (*pool)->runtime_dir().string());
+  return std::shared_ptr<eval::WorkerPool>(std::move(pool).value());
+}
+
 }  // namespace
 
 struct Daemon::Impl {
@@ -71,6 +113,9 @@ struct Daemon::Impl {
   std::shared_ptr<CompilePool> pool;
   std::shared_ptr<const NvrtcCompiler> compiler;
   std::shared_ptr<KernelCache> cache;
+  // Shut down (workers stopped) once the server has drained, before the
+  // service waits for evaluations still running.
+  std::shared_ptr<eval::WorkerPool> workers;
   std::unique_ptr<rpc::FlashCoreService> service;
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -105,12 +150,16 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
       impl->pool);
 
   rpc::ServiceOptions options;
-  options.gpu = probe_gpu();
+  int device_count = 0;
+  options.gpu = probe_gpu(device_count);
   auto arch = pick_default_arch(config, options.gpu);
   if (!arch) return arch.error();
   options.default_arch = *arch;
   options.max_concurrent_rpcs = config.max_concurrent_rpcs;
-  impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options);
+  impl->workers =
+      start_workers(config, device_count, options.gpu, options.evaluation_unavailable_reason);
+  impl->service =
+      std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options, impl->workers);
 
   // Both must be in place before the builder is made: they hook into it.
   grpc::EnableDefaultHealthCheckService(true);
@@ -172,6 +221,8 @@ void Daemon::shutdown(std::chrono::milliseconds drain) {
   // cancelled (a Compile then answers CANCELLED and its NVRTC run finishes
   // in the background).
   impl_->server->Shutdown(std::chrono::system_clock::now() + drain);
+  // Evaluations of calls cancelled at the deadline end with their workers.
+  if (impl_->workers) impl_->workers->shutdown();
 }
 
 void Daemon::wait() { impl_->server->Wait(); }

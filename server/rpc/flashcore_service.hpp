@@ -1,7 +1,8 @@
 // The flashcore.v1.FlashCore service: validates requests, hands them to the
 // kernel cache and turns its answers into messages. Nothing else lives here.
 // Compiles never block a gRPC thread: the cache calls back from its pool and
-// the reactor finishes from there.
+// the reactor finishes from there. Validate runs its evaluation (which waits
+// on a GPU worker process) on a thread of its own.
 #pragma once
 
 #include <atomic>
@@ -11,8 +12,10 @@
 
 #include "cache/kernel_cache.hpp"
 #include "common/result.hpp"
+#include "eval/worker_pool.hpp"
 #include "flashcore/v1/flashcore.grpc.pb.h"
 #include "jit/nvrtc_compiler.hpp"
+#include "rpc/validation_store.hpp"
 
 namespace flashcore::rpc {
 
@@ -28,12 +31,19 @@ struct ServiceOptions {
   std::string default_arch = "sm_90a";  // for requests that leave arch empty
   size_t max_concurrent_rpcs = 256;     // beyond: RESOURCE_EXHAUSTED
   GpuStatus gpu;
+  // Why Validate is refused when the service has no worker pool.
+  std::string evaluation_unavailable_reason = "the daemon has no evaluation workers";
 };
 
 class FlashCoreService final : public v1::FlashCore::CallbackService {
  public:
+  // `workers` may be null (no GPU, no worker binary): Validate then answers
+  // FAILED_PRECONDITION with options.evaluation_unavailable_reason.
   FlashCoreService(std::shared_ptr<KernelCache> cache,
-                   std::shared_ptr<const NvrtcCompiler> compiler, ServiceOptions options);
+                   std::shared_ptr<const NvrtcCompiler> compiler, ServiceOptions options,
+                   std::shared_ptr<eval::WorkerPool> workers = nullptr);
+  // Waits for running evaluations (shut the worker pool down first to end them).
+  ~FlashCoreService() override;
 
   grpc::ServerUnaryReactor* Compile(grpc::CallbackServerContext* context,
                                     const v1::KernelRequest* request,
@@ -47,23 +57,34 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::ServerInfo* response) override;
+  grpc::ServerUnaryReactor* Validate(grpc::CallbackServerContext* context,
+                                     const v1::ValidateRequest* request,
+                                     v1::KernelHandle* response) override;
 
   // For requests that need a device (validation, tuning): FAILED_PRECONDITION
   // with the probe's reason when the daemon has none.
   Status require_gpu() const;
 
+  // FAILED_PRECONDITION with the reason when there is no worker pool.
+  Status require_workers() const;
+
   size_t in_flight() const { return in_flight_.load(); }
   const ServiceOptions& options() const { return options_; }
+  const ValidationStore& validations() const { return validations_; }
 
   static constexpr int kDefaultPageSize = 50;
   static constexpr int kMaxPageSize = 1000;
 
  private:
   class CompileReactor;
+  class ValidateReactor;
+  class EvaluationThreads;
 
   // Takes an in-flight slot, or returns RESOURCE_EXHAUSTED when all are taken.
   Status admit();
   void release() { in_flight_.fetch_sub(1); }
+  // The latest validation record of the handle's kernel, if any.
+  void attach_validation(v1::KernelHandle* handle) const;
   // Finishes a call answered on the spot.
   grpc::ServerUnaryReactor* finish_now(grpc::CallbackServerContext* context,
                                        const grpc::Status& status);
@@ -71,7 +92,12 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   std::shared_ptr<KernelCache> cache_;
   std::shared_ptr<const NvrtcCompiler> compiler_;
   ServiceOptions options_;
+  std::shared_ptr<eval::WorkerPool> workers_;
+  ValidationStore validations_;
   std::atomic<size_t> in_flight_{0};
+  // Last: destroyed first, so evaluations still running finish while the
+  // members above they use are alive.
+  std::unique_ptr<EvaluationThreads> evaluations_;
 };
 
 }  // namespace flashcore::rpc

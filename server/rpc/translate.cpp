@@ -1,5 +1,6 @@
 #include "rpc/translate.hpp"
 
+#include <cmath>
 #include <cstddef>
 #include <type_traits>
 
@@ -159,6 +160,45 @@ Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
   if (auto error = config_error(parsed.spec.config, parsed.spec.problem, *arch))
     return invalid(*error);
   return parsed;
+}
+
+Result<CompileRequest> parse_validate_request(const v1::ValidateRequest& request,
+                                              std::string_view default_arch) {
+  auto parsed = parse_kernel_request(request.kernel(), default_arch);
+  if (!parsed) {
+    Error error = parsed.error();
+    error.message = "kernel." + error.message;
+    return error;
+  }
+  const v1::ValidationOptions& options = request.options();
+  const auto repeats = [](const char* field, int value) -> Status {
+    if (value < 0 || value > kMaxValidationRepeats)
+      return invalid(std::string("options.") + field + ": " + std::to_string(value) +
+                     " must be in [0, " + std::to_string(kMaxValidationRepeats) + "] (0 = default)");
+    return ok_status();
+  };
+  if (Status s = repeats("determinism_runs", options.determinism_runs()); !s) return s.error();
+  if (Status s = repeats("stability_trials", options.stability_trials()); !s) return s.error();
+  if (options.reference_rows() < 0)
+    return invalid("options.reference_rows: " + std::to_string(options.reference_rows()) +
+                   " must be >= 0 (0 = every row)");
+  const double tolerance = options.rel_tolerance();
+  if (!std::isfinite(tolerance) || tolerance < 0.0 || tolerance >= 1.0)
+    return invalid("options.rel_tolerance: " + std::to_string(tolerance) +
+                   " must be in [0, 1) (0 = the dtype's default)");
+  return parsed;
+}
+
+void fill_eval_kernel(const v1::KernelHandle& handle, v1::EvalKernel* kernel) {
+  kernel->set_key(handle.key());
+  kernel->set_lowered_name(handle.lowered_name());
+  kernel->set_cubin(handle.cubin());
+  *kernel->mutable_config() = handle.config();
+  kernel->set_block_threads(handle.launch().block().x() * handle.launch().block().y() *
+                            handle.launch().block().z());
+  kernel->set_dynamic_smem_bytes(handle.launch().dynamic_smem_bytes());
+  kernel->set_abi_version(handle.abi().abi_version());
+  *kernel->mutable_resources() = handle.resources();
 }
 
 Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpec& spec) {

@@ -11,6 +11,7 @@
 #include "cache/kernel_cache.hpp"
 #include "common/result.hpp"
 #include "flashcore/v1/flashcore.pb.h"
+#include "flashcore/v1/worker.pb.h"
 #include "jit/kernel_spec.hpp"
 
 namespace flashcore::rpc {
@@ -27,6 +28,16 @@ struct CompileRequest {
 // An empty arch means `default_arch`; an absent config means TileConfig{}.
 Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
                                             std::string_view default_arch);
+
+// A Validate request: the kernel as parse_kernel_request takes it (each
+// rejection names the field under "kernel.") and the options in range.
+Result<CompileRequest> parse_validate_request(const v1::ValidateRequest& request,
+                                              std::string_view default_arch);
+inline constexpr int kMaxValidationRepeats = 100000;
+
+// What an evaluation worker needs to launch the handle's kernel (the handle
+// must carry its cubin).
+void fill_eval_kernel(const v1::KernelHandle& handle, v1::EvalKernel* kernel);
 
 // The run-time shape of a GetKernel problem, which must belong to the
 // kernel's compile-time class (dtype, head_dim, causal).

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "attention_reference.hpp"
+#include "eval/attention_reference.hpp"
 
 namespace flashcore::testing {
 
@@ -62,19 +62,12 @@ GpuEnvironment& gpu_environment() {
   return *env;
 }
 
-// Fills `bits` with N(0, 1) samples rounded to the dtype and `values` with
-// what those bits mean, so the reference sees exactly the kernel's inputs.
+// The worker's own input generator (eval/attention_reference), so the GPU
+// tests and the evaluation worker draw inputs the same way.
 void random_tensor(size_t count, v1::DType dtype, std::mt19937_64& rng,
                    std::vector<uint16_t>& bits, std::vector<float>& values) {
-  std::normal_distribution<float> normal(0.f, 1.f);
-  bits.resize(count);
-  values.resize(count);
-  for (size_t i = 0; i < count; ++i) {
-    const float x = normal(rng);
-    bits[i] = dtype == v1::DTYPE_FP16 ? float_to_fp16(x) : float_to_bf16(x);
-    values[i] = dtype == v1::DTYPE_FP16 ? fp16_to_float(bits[i])
-                                        : bf16_to_float(bits[i]);
-  }
+  eval::random_tensor(count, dtype == v1::DTYPE_FP16 ? DType::fp16 : DType::bf16, rng, bits,
+                      values);
 }
 
 cuda::DeviceBuffer upload_bits(const std::vector<uint16_t>& host) {

@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "attention_reference.hpp"
+#include "eval/attention_reference.hpp"
 #include "gpu_environment.hpp"
 #include "search/tile_config.hpp"
 
@@ -68,7 +68,7 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
   problem.set_heads(2);
   problem.set_seq_q(300);
   problem.set_layout(v1::LAYOUT_BSHD);
-  testing::AttentionShape shape;
+  eval::AttentionShape shape;
   shape.heads = shape.kv_heads = 2;
   shape.seq_q = shape.seq_k = 300;
   shape.head_dim = cls.head_dim;
@@ -81,7 +81,7 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
   testing::random_tensor(count, cls.dtype, rng, q_bits, q);
   testing::random_tensor(count, cls.dtype, rng, k_bits, k);
   testing::random_tensor(count, cls.dtype, rng, v_bits, v);
-  const auto ref = testing::reference_attention(shape, q, k, v, 1.0 / std::sqrt(double(cls.head_dim)),
+  const auto ref = eval::reference_attention(shape, q, k, v, 1.0 / std::sqrt(double(cls.head_dim)),
                                                 std::max(1u, std::thread::hardware_concurrency()));
   auto q_dev = testing::upload_bits(q_bits), k_dev = testing::upload_bits(k_bits),
        v_dev = testing::upload_bits(v_bits);
@@ -121,9 +121,9 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
     ASSERT_TRUE(env.stream->synchronize().ok()) << label;
     ASSERT_TRUE(o_dev->download(o_bits.data(), count * 2).ok());
     for (size_t j = 0; j < count; ++j)
-      out[j] = cls.dtype == v1::DTYPE_FP16 ? testing::fp16_to_float(o_bits[j])
-                                           : testing::bf16_to_float(o_bits[j]);
-    const auto stats = testing::compare_output(shape, out, ref.out);
+      out[j] = cls.dtype == v1::DTYPE_FP16 ? eval::fp16_to_float(o_bits[j])
+                                           : eval::bf16_to_float(o_bits[j]);
+    const auto stats = eval::compare_output(shape, out, ref.out);
     EXPECT_EQ(stats.non_finite, 0) << label << " left outputs unwritten";
     EXPECT_LE(stats.rel_error, tolerance) << label;
     worst = std::max(worst, stats.rel_error);

@@ -12,10 +12,8 @@
 #include <algorithm>
 #include <cstring>
 #include <dlfcn.h>
-#include <fstream>
 #include <memory>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,7 +28,8 @@ namespace flashcore {
 namespace {
 
 namespace v1 = ::flashcore::v1;
-using rpc_testing::ScratchDir;
+using test_support::read_file;
+using test_support::ScratchDir;
 
 // One daemon for the whole file: starting one is cheap, but the kernels it
 // compiles are not, and they live in its cache.
@@ -84,19 +83,7 @@ bool is_key(const std::string& key) {
 
 // Kernel A: fp16, D=64, non-causal, default tile, sm_90a, 2 x 8 heads x 500 rows.
 v1::KernelRequest request_a() {
-  v1::KernelRequest request;
-  request.set_template_id("attention_fwd");
-  v1::Problem* problem = request.mutable_problem();
-  problem->set_dtype(v1::DTYPE_FP16);
-  problem->set_head_dim(64);
-  problem->set_batch(2);
-  problem->set_heads(8);
-  problem->set_seq_q(500);
-  v1::TileConfig* config = request.mutable_config();
-  config->set_block_m(128);
-  config->set_block_n(64);
-  config->set_warps(4);
-  config->set_stages(2);
+  v1::KernelRequest request = rpc_testing::quick_request();
   request.set_arch("sm_90a");
   return request;
 }
@@ -112,13 +99,6 @@ struct CliRun {
   int exit_code = -1;
   std::string out, err;
 };
-
-std::string slurp(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  return contents.str();
-}
 
 // Runs the built CLI with `args`, stdout and stderr captured separately.
 CliRun run_cli(const std::vector<std::string>& args) {
@@ -148,8 +128,8 @@ CliRun run_cli(const std::vector<std::string>& args) {
   int status = 0;
   waitpid(pid, &status, 0);
   run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  run.out = slurp(out_path);
-  run.err = slurp(err_path);
+  run.out = read_file(out_path);
+  run.err = read_file(err_path);
   return run;
 }
 
@@ -400,7 +380,7 @@ TEST(Cli, GetWritesTheCubin) {
   const auto file = env().scratch / "a.cubin";
   const CliRun run = run_cli({"--address", address_arg(), "get", a->key(), "-o", file.string()});
   ASSERT_EQ(run.exit_code, 0) << describe_run(run);
-  const std::string cubin = slurp(file);
+  const std::string cubin = read_file(file);
   EXPECT_TRUE(is_elf(cubin));
   EXPECT_EQ(cubin, a->cubin());
   EXPECT_NE(run.out.find(a->key()), std::string::npos) << run.out;  // describe() output

@@ -1,5 +1,5 @@
 // The service's happy paths over real gRPC: one daemon for the suite, with
-// the quick template, and two kernels compiled once in SetUpTestSuite.
+// the small template, and two kernels compiled once in SetUpTestSuite.
 #include <grpcpp/generic/generic_stub.h>
 #include <gtest/gtest.h>
 
@@ -20,51 +20,36 @@ using namespace rpc_testing;
 class FlashCoreServiceTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    templates_ = new ScratchDir;
-    cache_ = new ScratchDir;
-    write_templates(*templates_, kQuickAttentionTemplate);
-    DaemonConfig config = loopback_config(cache_->path());
-    config.templates_dir = templates_->path();
-    config.default_arch = "sm_80";
-    daemon_ = start_daemon(config).release();
-    ASSERT_NE(daemon_, nullptr);
-    stub_ = v1::FlashCore::NewStub(channel_to(*daemon_)).release();
+    const auto default_arch_sm80 = [](DaemonConfig& config) { config.default_arch = "sm_80"; };
+    server_ = start_small_template_daemon(default_arch_sm80).release();
+    ASSERT_NE(server_, nullptr);
 
     // Kernel A leaves arch empty: the daemon's default (sm_80) applies.
     v1::KernelRequest a = quick_request();
     a.clear_arch();
     first_ = new v1::KernelHandle;
-    const grpc::Status status_a = compile(*stub_, a, first_);
+    const grpc::Status status_a = compile(*server_->stub, a, first_);
     ASSERT_TRUE(status_a.ok()) << status_a.error_message();
     // Kernel B: another tile, so the cache holds two keys.
     v1::KernelRequest b = quick_request();
     b.mutable_config()->set_block_m(64);
     second_ = new v1::KernelHandle;
-    const grpc::Status status_b = compile(*stub_, b, second_);
+    const grpc::Status status_b = compile(*server_->stub, b, second_);
     ASSERT_TRUE(status_b.ok()) << status_b.error_message();
   }
 
   static void TearDownTestSuite() {
-    delete stub_;
-    delete daemon_;  // drains, then stops
+    delete server_;
     delete first_;
     delete second_;
-    delete cache_;
-    delete templates_;
   }
 
-  static ScratchDir* templates_;
-  static ScratchDir* cache_;
-  static Daemon* daemon_;
-  static v1::FlashCore::Stub* stub_;
+  static SmallTemplateDaemon* server_;
   static v1::KernelHandle* first_;
   static v1::KernelHandle* second_;
 };
 
-ScratchDir* FlashCoreServiceTest::templates_ = nullptr;
-ScratchDir* FlashCoreServiceTest::cache_ = nullptr;
-Daemon* FlashCoreServiceTest::daemon_ = nullptr;
-v1::FlashCore::Stub* FlashCoreServiceTest::stub_ = nullptr;
+SmallTemplateDaemon* FlashCoreServiceTest::server_ = nullptr;
 v1::KernelHandle* FlashCoreServiceTest::first_ = nullptr;
 v1::KernelHandle* FlashCoreServiceTest::second_ = nullptr;
 
@@ -75,7 +60,7 @@ TEST_F(FlashCoreServiceTest, CompileCompilesOnceThenAnswersFromMemory) {
   v1::KernelRequest again = quick_request();
   again.clear_arch();
   v1::KernelHandle handle;
-  const grpc::Status status = compile(*stub_, again, &handle);
+  const grpc::Status status = compile(*server_->stub, again, &handle);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(handle.tier(), v1::CACHE_TIER_MEMORY);
   EXPECT_EQ(handle.key(), first_->key());
@@ -168,7 +153,7 @@ TEST_F(FlashCoreServiceTest, OmitCubinKeepsItsSizeAndDigest) {
   request.clear_arch();
   request.set_omit_cubin(true);
   v1::KernelHandle handle;
-  ASSERT_TRUE(compile(*stub_, request, &handle).ok());
+  ASSERT_TRUE(compile(*server_->stub, request, &handle).ok());
   EXPECT_TRUE(handle.cubin().empty());
   EXPECT_EQ(handle.cubin_size(), first_->cubin().size());
   EXPECT_EQ(handle.cubin_sha256(), first_->cubin_sha256());
@@ -179,7 +164,7 @@ TEST_F(FlashCoreServiceTest, GetKernelByKeyGivesTheGeometryOfTheFirstShape) {
   v1::GetKernelRequest request;
   request.set_key(first_->key());
   v1::KernelHandle handle;
-  const grpc::Status status = get_kernel(*stub_, request, &handle);
+  const grpc::Status status = get_kernel(*server_->stub, request, &handle);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_EQ(handle.tier(), v1::CACHE_TIER_MEMORY);
   EXPECT_EQ(handle.cubin_sha256(), first_->cubin_sha256());
@@ -203,7 +188,7 @@ TEST_F(FlashCoreServiceTest, GetKernelWithAProblemGivesItsGeometry) {
   problem->set_seq_q(1000);
   problem->set_seq_k(4096);
   v1::KernelHandle handle;
-  const grpc::Status status = get_kernel(*stub_, request, &handle);
+  const grpc::Status status = get_kernel(*server_->stub, request, &handle);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_TRUE(handle.cubin().empty());
   EXPECT_EQ(handle.launch().grid().x(), 8u);  // ceil(1000 / 128)
@@ -233,7 +218,7 @@ TEST_F(FlashCoreServiceTest, GetKernelRejectsAProblemOfAnotherClass) {
     *request.mutable_problem() = quick_request().problem();
     c.change(request.mutable_problem());
     v1::KernelHandle handle;
-    const grpc::Status status = get_kernel(*stub_, request, &handle);
+    const grpc::Status status = get_kernel(*server_->stub, request, &handle);
     EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.field;
     EXPECT_NE(status.error_message().find(c.field), std::string::npos)
         << c.field << ": " << status.error_message();
@@ -242,17 +227,17 @@ TEST_F(FlashCoreServiceTest, GetKernelRejectsAProblemOfAnotherClass) {
 
 TEST_F(FlashCoreServiceTest, ListKernelsPagesInKeyOrder) {
   v1::ListKernelsResponse all;
-  ASSERT_TRUE(list_kernels(*stub_, 0, "", &all).ok());
+  ASSERT_TRUE(list_kernels(*server_->stub, 0, "", &all).ok());
   ASSERT_EQ(all.kernels_size(), 2);
   EXPECT_TRUE(all.next_page_token().empty());
 
   v1::ListKernelsResponse page1;
-  ASSERT_TRUE(list_kernels(*stub_, 1, "", &page1).ok());
+  ASSERT_TRUE(list_kernels(*server_->stub, 1, "", &page1).ok());
   ASSERT_EQ(page1.kernels_size(), 1);
   ASSERT_FALSE(page1.next_page_token().empty());
 
   v1::ListKernelsResponse page2;
-  ASSERT_TRUE(list_kernels(*stub_, 1, page1.next_page_token(), &page2).ok());
+  ASSERT_TRUE(list_kernels(*server_->stub, 1, page1.next_page_token(), &page2).ok());
   ASSERT_EQ(page2.kernels_size(), 1);
   EXPECT_TRUE(page2.next_page_token().empty());
 
@@ -274,7 +259,7 @@ TEST_F(FlashCoreServiceTest, ListKernelsPagesInKeyOrder) {
 
 TEST_F(FlashCoreServiceTest, ServerInfoDescribesTheDaemon) {
   v1::ServerInfo info;
-  const grpc::Status status = server_info(*stub_, &info);
+  const grpc::Status status = server_info(*server_->stub, &info);
   ASSERT_TRUE(status.ok()) << status.error_message();
   EXPECT_FALSE(info.version().empty());
   EXPECT_NE(info.nvrtc_version().find('.'), std::string::npos) << info.nvrtc_version();
@@ -293,7 +278,7 @@ TEST_F(FlashCoreServiceTest, ServerInfoDescribesTheDaemon) {
 }
 
 TEST_F(FlashCoreServiceTest, HealthCheckServes) {
-  auto health = grpc::health::v1::Health::NewStub(channel_to(*daemon_));
+  auto health = grpc::health::v1::Health::NewStub(channel_to(*server_->daemon));
   grpc::health::v1::HealthCheckRequest request;  // "" = the server as a whole
   grpc::health::v1::HealthCheckResponse response;
   grpc::ClientContext context;
@@ -307,7 +292,7 @@ TEST_F(FlashCoreServiceTest, HealthCheckServes) {
 // request is {list_services: ""} (field 7, length 0); the answer names every
 // service, so the bytes hold "flashcore.v1.FlashCore".
 TEST_F(FlashCoreServiceTest, ReflectionListsTheService) {
-  grpc::GenericStub stub(channel_to(*daemon_));
+  grpc::GenericStub stub(channel_to(*server_->daemon));
   grpc::CompletionQueue cq;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

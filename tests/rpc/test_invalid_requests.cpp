@@ -77,21 +77,10 @@ const BadCompile kBadCompiles[] = {
 class InvalidRequestTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    templates_ = new ScratchDir;
-    cache_ = new ScratchDir;
-    write_templates(*templates_, kQuickAttentionTemplate);
-    DaemonConfig config = loopback_config(cache_->path());
-    config.templates_dir = templates_->path();
-    daemon_ = start_daemon(config).release();
-    ASSERT_NE(daemon_, nullptr);
-    stub_ = v1::FlashCore::NewStub(channel_to(*daemon_)).release();
+    server_ = start_small_template_daemon().release();
+    ASSERT_NE(server_, nullptr);
   }
-  static void TearDownTestSuite() {
-    delete stub_;
-    delete daemon_;
-    delete cache_;
-    delete templates_;
-  }
+  static void TearDownTestSuite() { delete server_; }
 
   static void expect_invalid(const grpc::Status& status, const std::string& field,
                              const std::string& reason) {
@@ -102,16 +91,10 @@ class InvalidRequestTest : public ::testing::Test {
         << "message lacks '" << reason << "': " << status.error_message();
   }
 
-  static ScratchDir* templates_;
-  static ScratchDir* cache_;
-  static Daemon* daemon_;
-  static v1::FlashCore::Stub* stub_;
+  static SmallTemplateDaemon* server_;
 };
 
-ScratchDir* InvalidRequestTest::templates_ = nullptr;
-ScratchDir* InvalidRequestTest::cache_ = nullptr;
-Daemon* InvalidRequestTest::daemon_ = nullptr;
-v1::FlashCore::Stub* InvalidRequestTest::stub_ = nullptr;
+SmallTemplateDaemon* InvalidRequestTest::server_ = nullptr;
 
 TEST_F(InvalidRequestTest, CompileRejectsEachBadFieldByName) {
   for (const BadCompile& bad : kBadCompiles) {
@@ -119,7 +102,7 @@ TEST_F(InvalidRequestTest, CompileRejectsEachBadFieldByName) {
     v1::KernelRequest request = quick_request();
     bad.change(request);
     v1::KernelHandle handle;
-    const grpc::Status status = compile(*stub_, request, &handle, 10);
+    const grpc::Status status = compile(*server_->stub, request, &handle, 10);
     expect_invalid(status, bad.field, bad.reason);
   }
 }
@@ -128,7 +111,7 @@ TEST_F(InvalidRequestTest, GetKernelOfAnUnknownKeyIsNotFound) {
   v1::GetKernelRequest request;
   request.set_key(std::string(64, 'a'));
   v1::KernelHandle handle;
-  const grpc::Status status = get_kernel(*stub_, request, &handle);
+  const grpc::Status status = get_kernel(*server_->stub, request, &handle);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
   EXPECT_NE(status.error_message().find(std::string(64, 'a')), std::string::npos);
 }
@@ -141,27 +124,27 @@ TEST_F(InvalidRequestTest, GetKernelOfAMalformedKeyIsInvalid) {
     v1::GetKernelRequest request;
     request.set_key(key);
     v1::KernelHandle handle;
-    expect_invalid(get_kernel(*stub_, request, &handle), "key", key.empty() ? "must be set" : key);
+    expect_invalid(get_kernel(*server_->stub, request, &handle), "key", key.empty() ? "must be set" : key);
   }
 }
 
 TEST_F(InvalidRequestTest, ListKernelsRejectsBadPaging) {
   v1::ListKernelsResponse response;
-  expect_invalid(list_kernels(*stub_, -1, "", &response), "page_size", "-1");
-  expect_invalid(list_kernels(*stub_, 1001, "", &response), "page_size", "1001");
-  expect_invalid(list_kernels(*stub_, 10, "garbage", &response), "page_token", "garbage");
+  expect_invalid(list_kernels(*server_->stub, -1, "", &response), "page_size", "-1");
+  expect_invalid(list_kernels(*server_->stub, 1001, "", &response), "page_size", "1001");
+  expect_invalid(list_kernels(*server_->stub, 10, "garbage", &response), "page_token", "garbage");
   // The largest page is allowed.
-  EXPECT_TRUE(list_kernels(*stub_, 1000, "", &response).ok());
+  EXPECT_TRUE(list_kernels(*server_->stub, 1000, "", &response).ok());
 }
 
 // Runs last in this suite (gtest keeps declaration order): nothing above
 // compiled anything.
 TEST_F(InvalidRequestTest, NoBadRequestReachedTheCompiler) {
   v1::ListKernelsResponse response;
-  ASSERT_TRUE(list_kernels(*stub_, 0, "", &response).ok());
+  ASSERT_TRUE(list_kernels(*server_->stub, 0, "", &response).ok());
   EXPECT_EQ(response.kernels_size(), 0);
   std::error_code ec;
-  for (auto it = std::filesystem::recursive_directory_iterator(cache_->path(), ec);
+  for (auto it = std::filesystem::recursive_directory_iterator(server_->cache.path(), ec);
        it != std::filesystem::recursive_directory_iterator(); ++it)
     EXPECT_FALSE(it->is_regular_file()) << "cache file " << it->path();
 }

@@ -9,10 +9,11 @@ namespace flashcore {
 namespace {
 
 using namespace rpc_testing;
+using namespace test_support;
 
 TEST(RestartTest, ANewDaemonServesKernelsFromDisk) {
   ScratchDir templates, cache;
-  write_templates(templates, kQuickAttentionTemplate);
+  write_attention_templates(templates, kSmallAttentionTemplate);
   DaemonConfig config = loopback_config(cache.path());
   config.templates_dir = templates.path();
 

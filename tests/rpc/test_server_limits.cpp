@@ -14,10 +14,11 @@ namespace flashcore {
 namespace {
 
 using namespace rpc_testing;
+using namespace test_support;
 
 class ServerLimitsTest : public ::testing::Test {
  protected:
-  void SetUp() override { write_templates(templates_, kQuickAttentionTemplate); }
+  void SetUp() override { write_attention_templates(templates_, kSmallAttentionTemplate); }
 
   DaemonConfig config() const {
     DaemonConfig config = loopback_config(cache_.path());
@@ -50,7 +51,7 @@ TEST_F(ServerLimitsTest, OversizedRequestIsResourceExhausted) {
 TEST_F(ServerLimitsTest, CallsPastTheConcurrencyLimitAreRefused) {
   // Each compile takes a good fraction of a second: the calls overlap
   // however the threads get scheduled.
-  write_templates(templates_, slow_attention_template(300));
+  write_attention_templates(templates_, slow_attention_template(300));
   DaemonConfig one = config();
   one.max_concurrent_rpcs = 1;
   auto daemon = start_daemon(one);
@@ -89,7 +90,7 @@ TEST_F(ServerLimitsTest, CallsPastTheConcurrencyLimitAreRefused) {
 }
 
 TEST_F(ServerLimitsTest, CompilesPastTheQueueLimitAreRefused) {
-  write_templates(templates_, slow_attention_template(300));
+  write_attention_templates(templates_, slow_attention_template(300));
   DaemonConfig narrow = config();
   narrow.compile_threads = 1;
   narrow.max_queued_compiles = 1;
@@ -123,8 +124,8 @@ TEST_F(ServerLimitsTest, CompilesPastTheQueueLimitAreRefused) {
 }
 
 TEST_F(ServerLimitsTest, NvrtcFailureIsInternalWithTheLog) {
-  write_templates(templates_, std::string(kQuickAttentionTemplate) +
-                                  "\nstatic_assert(flashcore_undeclared_thing_ > 0, \"\");\n");
+  write_attention_templates(templates_, kSmallAttentionTemplate +
+                                            "\nstatic_assert(flashcore_undeclared_thing_ > 0, \"\");\n");
   auto daemon = start_daemon(config());
   ASSERT_NE(daemon, nullptr);
   auto stub = v1::FlashCore::NewStub(channel_to(*daemon));
@@ -149,10 +150,10 @@ TEST_F(ServerLimitsTest, NvrtcFailureIsInternalWithTheLog) {
 // Peers take at most 8 KiB of trailers by default; a long log must still
 // arrive as INTERNAL (cut short), not as a transport error.
 TEST_F(ServerLimitsTest, LongNvrtcLogIsCutToFitTheTrailers) {
-  std::string broken = kQuickAttentionTemplate;
+  std::string broken = kSmallAttentionTemplate;
   for (int i = 0; i < 300; ++i)
     broken += "static_assert(undeclared_name_number_" + std::to_string(i) + " > 0, \"\");\n";
-  write_templates(templates_, broken);
+  write_attention_templates(templates_, broken);
   auto daemon = start_daemon(config());
   ASSERT_NE(daemon, nullptr);
   auto stub = v1::FlashCore::NewStub(channel_to(*daemon));
@@ -185,7 +186,7 @@ TEST_F(ServerLimitsTest, TemplatesDirWithoutTheTemplateIsAPreconditionFailure) {
 // client hears back at once, and the compile finishing later (its callback
 // outliving the call) touches nothing of the call's.
 TEST_F(ServerLimitsTest, DrainDeadlineCancelsACompileStillRunning) {
-  write_templates(templates_, slow_attention_template(500));
+  write_attention_templates(templates_, slow_attention_template(500));
   auto daemon = start_daemon(config());
   ASSERT_NE(daemon, nullptr);
   auto stub = v1::FlashCore::NewStub(channel_to(*daemon));

@@ -19,6 +19,7 @@ namespace flashcore {
 namespace {
 
 using namespace rpc_testing;
+using namespace test_support;
 using Clock = std::chrono::steady_clock;
 
 // Kills the child if a failed assertion leaves it running.
@@ -68,7 +69,7 @@ int wait_for_port(const std::filesystem::path& file, Clock::time_point deadline)
 TEST(SigtermDrainTest, InFlightCompileCompletesAndTheDaemonExitsZero) {
   ScratchDir dir, templates;
   // A compile that takes a second or two, so SIGTERM surely lands mid-way.
-  write_templates(templates, slow_attention_template(500));
+  write_attention_templates(templates, slow_attention_template(500));
   constexpr int kDrainMs = 60000;
   Child daemon({FLASHCORE_DAEMON_PATH, "--listen", "127.0.0.1:0", "--port-file",
                 (dir / "port").string(), "--cache-dir", (dir / "cache").string(), "--templates-dir",

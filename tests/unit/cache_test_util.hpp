@@ -1,68 +1,14 @@
-// Shared by the cache tests: scratch folders, synthetic entries, a file
-// helper, and a registry with a tiny real kernel so NVRTC compiles stay fast.
+// Shared by the cache tests: synthetic keys, entries and cubins. Scratch
+// folders, file helpers and the small template are in tests/common.
 #pragma once
 
-#include <gtest/gtest.h>
-#include <stdlib.h>
-
-#include <filesystem>
-#include <fstream>
-#include <iterator>
-#include <map>
-#include <memory>
 #include <string>
+#include <utility>
 
 #include "cache/cached_kernel.hpp"
 #include "common/digest.hpp"
-#include "jit/template_registry.hpp"
-
-#ifndef FLASHCORE_TEMPLATE_DIR
-#error "tests need FLASHCORE_TEMPLATE_DIR (set by tests/CMakeLists.txt)"
-#endif
 
 namespace flashcore::cache_testing {
-
-// A fresh /tmp/flashcore-test-XXXXXX, removed with its contents.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern =
-        (std::filesystem::temp_directory_path() / "flashcore-test-XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) ADD_FAILURE() << "mkdtemp failed for " << pattern;
-    path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    // Tests chmod folders read-only; give write access back so removal works.
-    std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
-                                 std::filesystem::perm_options::add, ec);
-    for (auto it = std::filesystem::recursive_directory_iterator(path_, ec);
-         !ec && it != std::filesystem::recursive_directory_iterator(); it.increment(ec)) {
-      std::error_code ignored;
-      if (it->is_directory(ignored))
-        std::filesystem::permissions(it->path(), std::filesystem::perms::owner_all,
-                                     std::filesystem::perm_options::add, ignored);
-    }
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
-
-inline std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-inline void write_file(const std::filesystem::path& path, const std::string& contents) {
-  std::filesystem::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::binary | std::ios::trunc) << contents;
-}
 
 // A well-formed key that no real spec produces.
 inline std::string test_key(const std::string& seed) { return sha256_hex("test-key:" + seed); }
@@ -95,48 +41,6 @@ inline std::string sample_cubin(size_t size, unsigned seed) {
   std::string bytes(size, '\0');
   for (size_t i = 0; i < size; ++i) bytes[i] = static_cast<char>((i * 131 + seed * 17) % 256);
   return bytes;
-}
-
-// A stand-in for the real attention kernel with the same name, template
-// parameters and params struct: real device code that NVRTC compiles in a
-// fraction of a second.
-inline constexpr const char* kTinyAttentionTemplate = R"(#pragma once
-#include "common/attention_params.cuh"
-
-namespace flashcore {
-
-struct fp16_t { unsigned short bits; };
-struct bf16_t { unsigned short bits; };
-
-template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages>
-__global__ void attention_fwd(const __grid_constant__ AttentionParams p) {
-  const int row = blockIdx.x * BlockM + threadIdx.x;
-  if (threadIdx.x >= BlockM || row >= p.seq_q) return;
-  const Element* q = static_cast<const Element*>(p.q) + blockIdx.z * p.q_batch_stride +
-                     blockIdx.y * p.q_head_stride + row * p.q_row_stride;
-  Element* o = static_cast<Element*>(p.o) + blockIdx.z * p.o_batch_stride +
-               blockIdx.y * p.o_head_stride + row * p.o_row_stride;
-  unsigned sum = 0;
-  for (int d = 0; d < HeadDim; ++d) sum += q[d].bits;
-  const int visible = Causal ? (row + 1 < p.seq_k ? row + 1 : p.seq_k) : p.seq_k;
-  const unsigned salt = static_cast<unsigned>(visible * (BlockN + Warps * 8 + Stages));
-  for (int d = 0; d < HeadDim; ++d) o[d].bits = static_cast<unsigned short>(sum + salt + d);
-  if (p.lse != nullptr)
-    p.lse[(blockIdx.z * p.heads + blockIdx.y) * p.seq_q + row] = p.softmax_scale * visible;
-}
-
-}  // namespace flashcore
-)";
-
-// The tiny kernel plus the real ABI header from the source tree.
-inline std::shared_ptr<const TemplateRegistry> tiny_registry() {
-  const std::string params =
-      read_file(std::filesystem::path(FLASHCORE_TEMPLATE_DIR) / "common/attention_params.cuh");
-  EXPECT_FALSE(params.empty()) << "cannot read " FLASHCORE_TEMPLATE_DIR "/common/attention_params.cuh";
-  return std::make_shared<const TemplateRegistry>(std::map<std::string, std::string>{
-      {"attention/attention_fwd.cuh", kTinyAttentionTemplate},
-      {"common/attention_params.cuh", params},
-  });
 }
 
 }  // namespace flashcore::cache_testing

@@ -9,14 +9,14 @@
 #include <thread>
 #include <vector>
 
-#include "cache_test_util.hpp"
+#include "scratch_dir.hpp"
 
 namespace flashcore {
 namespace {
 
 namespace fs = std::filesystem;
-using cache_testing::read_file;
-using cache_testing::ScratchDir;
+using test_support::read_file;
+using test_support::ScratchDir;
 
 std::vector<std::string> names_in(const fs::path& dir) {
   std::vector<std::string> names;

@@ -10,17 +10,14 @@
 
 #include "cache/cache_key.hpp"
 #include "cache_test_util.hpp"
+#include "scratch_dir.hpp"
 
 namespace flashcore {
 namespace {
 
 namespace fs = std::filesystem;
-using cache_testing::read_file;
-using cache_testing::sample_cubin;
-using cache_testing::sample_entry;
-using cache_testing::ScratchDir;
-using cache_testing::test_key;
-using cache_testing::write_file;
+using namespace cache_testing;  // sample keys, entries and cubins
+using namespace test_support;   // ScratchDir, read_file, write_file
 
 void expect_same_entry(const CachedKernel& got, const CachedKernel& want, bool with_cubin) {
   EXPECT_EQ(got.key, want.key);

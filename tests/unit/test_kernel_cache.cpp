@@ -13,17 +13,15 @@
 
 #include "cache/cache_key.hpp"
 #include "cache_test_util.hpp"
+#include "scratch_dir.hpp"
+#include "test_templates.hpp"
 
 namespace flashcore {
 namespace {
 
 namespace fs = std::filesystem;
-using cache_testing::read_file;
-using cache_testing::sample_cubin;
-using cache_testing::sample_entry;
-using cache_testing::ScratchDir;
-using cache_testing::test_key;
-using cache_testing::write_file;
+using namespace cache_testing;  // sample keys, entries and cubins
+using namespace test_support;   // ScratchDir, file helpers, the small template registry
 
 KernelSpec spec_with(bool causal, DType dtype = DType::fp16) {
   KernelSpec spec;
@@ -79,7 +77,7 @@ class KernelCacheTest : public ::testing::Test {
 
   ScratchDir dir_;
   std::shared_ptr<const NvrtcCompiler> compiler_ =
-      std::make_shared<const NvrtcCompiler>(cache_testing::tiny_registry());
+      std::make_shared<const NvrtcCompiler>(small_template_registry());
   std::shared_ptr<CompilePool> pool_;
 };
 

@@ -9,17 +9,19 @@
 #include <thread>
 #include <vector>
 
-#include "jit_test_templates.hpp"
+#include "scratch_dir.hpp"
+#include "test_templates.hpp"
 
 namespace flashcore {
 namespace {
 
-using flashcore::testing::TempDir;
-using flashcore::testing::write_attention_templates;
+using test_support::kSmallAttentionTemplate;
+using test_support::ScratchDir;
+using test_support::write_attention_templates;
 
 bool is_elf(const std::string& bytes) { return bytes.size() > 4 && bytes.compare(0, 4, "\x7f" "ELF") == 0; }
 
-std::shared_ptr<const TemplateRegistry> registry_from(const TempDir& dir) {
+std::shared_ptr<const TemplateRegistry> registry_from(const ScratchDir& dir) {
   auto registry = TemplateRegistry::from_directory(dir.path());
   EXPECT_TRUE(registry.ok()) << registry.error().message;
   return registry.ok() ? registry.value() : nullptr;
@@ -28,11 +30,11 @@ std::shared_ptr<const TemplateRegistry> registry_from(const TempDir& dir) {
 class NvrtcCompilerSmall : public ::testing::Test {
  protected:
   void SetUp() override {
-    write_attention_templates(dir_, flashcore::testing::kSmallAttentionTemplate);
+    write_attention_templates(dir_, kSmallAttentionTemplate);
     registry_ = registry_from(dir_);
     ASSERT_NE(registry_, nullptr);
   }
-  TempDir dir_;
+  ScratchDir dir_;
   std::shared_ptr<const TemplateRegistry> registry_;
 };
 
@@ -77,9 +79,9 @@ TEST_F(NvrtcCompilerSmall, DifferentArgumentsGiveDifferentKernels) {
 }
 
 TEST_F(NvrtcCompilerSmall, SyntaxErrorIsInternalWithTheNvrtcLog) {
-  TempDir broken;
-  std::string source = flashcore::testing::kSmallAttentionTemplate;
-  source.replace(source.find("Element e = q[d];"), 17, "Element e = q[d]");  // drop the ';'
+  ScratchDir broken;
+  std::string source = kSmallAttentionTemplate;
+  source.replace(source.find("unsigned sum = 0;"), 17, "unsigned sum = 0");  // drop the ';'
   write_attention_templates(broken, source);
   NvrtcCompiler compiler(registry_from(broken));
   KernelSpec spec;

@@ -3,12 +3,12 @@
 #include <gtest/gtest.h>
 
 #include "jit/template_catalog.hpp"
-#include "jit_test_templates.hpp"
+#include "scratch_dir.hpp"
 
 namespace flashcore {
 namespace {
 
-using flashcore::testing::TempDir;
+using test_support::ScratchDir;
 using Sources = std::map<std::string, std::string>;
 
 TEST(TemplateRegistry, EmbeddedHoldsTheAbiHeader) {
@@ -30,7 +30,7 @@ TEST(TemplateRegistry, EmbeddedMatchesTheSourceTree) {
 }
 
 TEST(TemplateRegistry, FromDirectoryReadsTemplateFilesRecursively) {
-  TempDir dir;
+  ScratchDir dir;
   dir.write("common/a.cuh", "// a\n");
   dir.write("attention/deep/b.cu", "// b\n");
   dir.write("c.h", "// c\n");
@@ -47,7 +47,7 @@ TEST(TemplateRegistry, FromDirectoryReadsTemplateFilesRecursively) {
 }
 
 TEST(TemplateRegistry, HashChangesWhenOneByteChanges) {
-  TempDir dir;
+  ScratchDir dir;
   dir.write("common/a.cuh", "int a = 1;\n");
   dir.write("attention/b.cuh", "int b = 2;\n");
   auto before = TemplateRegistry::from_directory(dir.path());
@@ -69,7 +69,7 @@ TEST(TemplateRegistry, HashCoversPathsNotOnlyContents) {
 }
 
 TEST(TemplateRegistry, MissingOrEmptyDirectoryIsAnError) {
-  TempDir dir;
+  ScratchDir dir;
   auto missing = TemplateRegistry::from_directory(dir.path() / "nope");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().code, ErrorCode::not_found);

@@ -1,18 +1,27 @@
-// Host-side truth for the GPU tests: 16-bit float conversions, random inputs
-// and an fp64 attention reference computed from the exact (rounded) inputs
-// the kernel sees.
+// Host-side truth for the evaluation worker and the GPU tests: 16-bit float
+// conversions, random inputs and an fp64 attention reference computed from
+// the exact (rounded) inputs the kernel sees.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
 
-namespace flashcore::testing {
+#include "search/tile_config.hpp"
+
+namespace flashcore::eval {
 
 uint16_t float_to_fp16(float value);  // round to nearest even
 float fp16_to_float(uint16_t bits);
 uint16_t float_to_bf16(float value);  // round to nearest even
 float bf16_to_float(uint16_t bits);
+float element_to_float(DType dtype, uint16_t bits);
+
+// N(0, 1) samples rounded to the dtype (`bits`) and the exact values those
+// bits hold (`values`), so a reference sees exactly the kernel's inputs.
+void random_tensor(size_t count, DType dtype, std::mt19937_64& rng, std::vector<uint16_t>& bits,
+                   std::vector<float>& values);
 
 // Logical problem: Q [batch, heads, seq_q, dim], K/V [batch, kv_heads, seq_k, dim].
 struct AttentionShape {
@@ -45,4 +54,21 @@ struct ErrorStats {
 ErrorStats compare_output(const AttentionShape& shape, const std::vector<float>& out,
                           const std::vector<double>& ref);
 
-}  // namespace flashcore::testing
+// One query row of one (batch, head): the unit of a sampled reference.
+struct QueryRow {
+  int batch = 0, head = 0, row = 0;
+};
+
+// The reference for `rows` only (large shapes, where every row would cost
+// minutes on the CPU): out is [rows.size(), dim], lse [rows.size()].
+AttentionReference reference_attention_rows(const AttentionShape& shape,
+                                            const std::vector<float>& q,
+                                            const std::vector<float>& k,
+                                            const std::vector<float>& v, double softmax_scale,
+                                            const std::vector<QueryRow>& rows, unsigned threads);
+
+// compare_output over `rows` only; `ref` is reference_attention_rows' out.
+ErrorStats compare_rows(const AttentionShape& shape, const std::vector<float>& out,
+                        const std::vector<QueryRow>& rows, const std::vector<double>& ref);
+
+}  // namespace flashcore::eval

@@ -1,0 +1,867 @@
+#include "eval/evaluator.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "common/attention_params.cuh"
+#include "common/digest.hpp"
+#include "cuda/attention_launch.hpp"
+#include "cuda/driver_api.hpp"
+#include "eval/attention_reference.hpp"
+
+namespace flashcore::eval {
+namespace {
+
+// Loaded modules kept per worker; a tuning run evaluates hundreds of
+// candidates once each, so old ones are unloaded rather than kept forever.
+constexpr size_t kMaxLoadedKernels = 64;
+// 4 GiB of fp16 per tensor; beyond that neither the device copy nor the
+// host-side reference is sensible.
+constexpr int64_t kMaxTensorElements = int64_t{1} << 31;
+constexpr int kMaxLaunchesPerLoop = 1 << 20;
+constexpr double kMaxTargetLoopMs = 10000;
+constexpr size_t kRandomChunk = size_t{1} << 20;
+// Poison written over every output before every launch: 0xFFFF is NaN in
+// fp16 and bf16, 0xFFFFFFFF in fp32, so an unwritten element is recognised
+// by its exact bits.
+constexpr unsigned char kPoisonByte = 0xff;
+constexpr uint16_t kOutputPoison = 0xffff;
+constexpr uint32_t kLsePoison = 0xffffffffu;
+
+Error invalid(std::string message) {
+  return make_error(ErrorCode::invalid_argument, std::move(message));
+}
+
+std::string sci(double value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof(buffer), "%.3e", value);
+  return buffer;
+}
+
+DType dtype_of(const v1::Problem& problem) {
+  return problem.dtype() == v1::DTYPE_BF16 ? DType::bf16 : DType::fp16;
+}
+
+int64_t kv_heads_of(const v1::Problem& p) { return p.kv_heads() == 0 ? p.heads() : p.kv_heads(); }
+int64_t seq_k_of(const v1::Problem& p) { return p.seq_k() == 0 ? p.seq_q() : p.seq_k(); }
+
+struct Counts {
+  size_t q = 0, kv = 0, o = 0, lse = 0;  // elements per tensor
+};
+
+Counts counts_of(const v1::Problem& p) {
+  Counts c;
+  c.q = static_cast<size_t>(p.batch() * p.heads() * p.seq_q() * p.head_dim());
+  c.kv = static_cast<size_t>(p.batch() * kv_heads_of(p) * seq_k_of(p) * p.head_dim());
+  c.o = c.q;
+  c.lse = static_cast<size_t>(p.batch() * p.heads() * p.seq_q());
+  return c;
+}
+
+AttentionShape reference_shape(const v1::Problem& p) {
+  AttentionShape shape;
+  shape.batch = static_cast<int>(p.batch());
+  shape.heads = static_cast<int>(p.heads());
+  shape.kv_heads = static_cast<int>(kv_heads_of(p));
+  shape.seq_q = static_cast<int>(p.seq_q());
+  shape.seq_k = static_cast<int>(seq_k_of(p));
+  shape.head_dim = p.head_dim();
+  shape.causal = p.causal();
+  shape.bhsd = p.layout() == v1::LAYOUT_BHSD;
+  return shape;
+}
+
+cuda::AttentionShape launch_shape(const v1::Problem& p) {
+  cuda::AttentionShape shape;
+  shape.batch = p.batch();
+  shape.heads = p.heads();
+  shape.kv_heads = p.kv_heads();
+  shape.seq_q = p.seq_q();
+  shape.seq_k = p.seq_k();
+  shape.head_dim = p.head_dim();
+  shape.layout = p.layout() == v1::LAYOUT_BHSD ? cuda::TensorLayout::bhsd : cuda::TensorLayout::bshd;
+  return shape;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+unsigned cpu_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+// N(0, 1) inputs rounded to the dtype, drawn in fixed chunks on every core:
+// chunk c comes from its own generator seeded from (seed, c), so a seed gives
+// the same inputs whatever the core count.
+void random_inputs(size_t count, DType dtype, uint64_t seed, std::vector<uint16_t>& bits,
+                   std::vector<float>& values) {
+  bits.resize(count);
+  values.resize(count);
+  const size_t chunks = (count + kRandomChunk - 1) / kRandomChunk;
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    std::vector<uint16_t> chunk_bits;
+    std::vector<float> chunk_values;
+    for (size_t c = next++; c < chunks; c = next++) {
+      const size_t begin = c * kRandomChunk, n = std::min(kRandomChunk, count - begin);
+      std::mt19937_64 rng(splitmix64(seed + c));
+      random_tensor(n, dtype, rng, chunk_bits, chunk_values);
+      std::copy(chunk_bits.begin(), chunk_bits.end(), bits.begin() + begin);
+      std::copy(chunk_values.begin(), chunk_values.end(), values.begin() + begin);
+    }
+  };
+  const unsigned threads = static_cast<unsigned>(std::min<size_t>(cpu_threads(), chunks));
+  std::vector<std::thread> pool;
+  for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+  work();
+  for (auto& thread : pool) thread.join();
+}
+
+std::optional<std::string> kernel_error(const v1::EvalKernel& kernel, const std::string& field) {
+  if (kernel.cubin().empty()) return field + ".cubin: empty";
+  if (kernel.lowered_name().empty()) return field + ".lowered_name: empty";
+  if (kernel.config().block_m() < 1)
+    return field + ".config.block_m: " + std::to_string(kernel.config().block_m()) +
+           " must be >= 1 (it decides grid.x)";
+  if (kernel.block_threads() < 1 || kernel.block_threads() > 1024)
+    return field + ".block_threads: " + std::to_string(kernel.block_threads()) +
+           " must be in [1, 1024]";
+  if (kernel.abi_version() != FLASHCORE_ATTENTION_ABI_VERSION)
+    return field + ".abi_version: " + std::to_string(kernel.abi_version()) +
+           ", but this worker fills AttentionParams version " +
+           std::to_string(FLASHCORE_ATTENTION_ABI_VERSION);
+  return std::nullopt;
+}
+
+}  // namespace
+
+// ---- Pure CPU parts ----
+
+double default_tolerance(DType dtype) { return dtype == DType::fp16 ? kFp16Tolerance : kBf16Tolerance; }
+
+std::vector<int> sample_rows(int seq_q, int count, int block_m, std::mt19937_64& rng) {
+  std::vector<int> rows;
+  if (seq_q < 1) return rows;
+  if (count <= 0 || count >= seq_q) {
+    rows.resize(static_cast<size_t>(seq_q));
+    for (int i = 0; i < seq_q; ++i) rows[i] = i;
+    return rows;
+  }
+  // The rows where kernels go wrong: the first, the last, and the first of
+  // the last (usually partial) tile, whose masking differs from full tiles.
+  const int tile = std::max(1, block_m);
+  std::set<int> picked = {0, seq_q - 1, ((seq_q - 1) / tile) * tile};
+  std::uniform_int_distribution<int> any_row(0, seq_q - 1);
+  while (static_cast<int>(picked.size()) < count) picked.insert(any_row(rng));
+  return {picked.begin(), picked.end()};
+}
+
+double attention_flops(const v1::Problem& p) {
+  const double flops = 4.0 * static_cast<double>(p.batch()) * static_cast<double>(p.heads()) *
+                       static_cast<double>(p.seq_q()) * static_cast<double>(seq_k_of(p)) *
+                       static_cast<double>(p.head_dim());
+  return p.causal() ? flops * 0.5 : flops;
+}
+
+double percentile(const std::vector<double>& sorted, double fraction) {
+  if (sorted.empty()) return 0;
+  fraction = std::clamp(fraction, 0.0, 1.0);
+  const double position = fraction * static_cast<double>(sorted.size() - 1);
+  const size_t lower = static_cast<size_t>(std::floor(position));
+  const size_t upper = std::min(lower + 1, sorted.size() - 1);
+  return sorted[lower] + (position - static_cast<double>(lower)) * (sorted[upper] - sorted[lower]);
+}
+
+v1::TimingResult summarize_timing(std::vector<double> samples_us, const v1::Problem& problem) {
+  v1::TimingResult result;
+  if (samples_us.empty()) return result;
+  std::sort(samples_us.begin(), samples_us.end());
+  result.set_median_us(percentile(samples_us, 0.5));
+  result.set_min_us(samples_us.front());
+  result.set_max_us(samples_us.back());
+  result.set_p10_us(percentile(samples_us, 0.1));
+  result.set_p90_us(percentile(samples_us, 0.9));
+  result.set_samples(static_cast<int>(samples_us.size()));
+  if (result.median_us() > 0)
+    result.set_tflops(attention_flops(problem) / (result.median_us() * 1e-6) / 1e12);
+  return result;
+}
+
+int64_t input_set_bytes(const v1::Problem& problem) {
+  const Counts c = counts_of(problem);
+  return static_cast<int64_t>((c.q + 2 * c.kv + c.o) * sizeof(uint16_t) + c.lse * sizeof(float));
+}
+
+int input_sets_for(int64_t set_bytes, int64_t l2_bytes, int64_t memory_budget_bytes) {
+  if (set_bytes < 1) return 1;
+  // Strictly more than 2x L2 together, and never the same set twice in a row.
+  int64_t sets = std::max<int64_t>(2, (2 * l2_bytes) / set_bytes + 1);
+  if (memory_budget_bytes > 0)
+    sets = std::min(sets, std::max<int64_t>(1, memory_budget_bytes / set_bytes));
+  return static_cast<int>(std::min<int64_t>(sets, INT_MAX));
+}
+
+std::string output_digest(std::string_view bytes) { return sha256_hex(bytes); }
+
+std::optional<std::string> request_error(const v1::EvaluateRequest& request) {
+  if (!request.validate() && !request.time())
+    return std::string("request: neither validate nor time is set");
+  if (!request.has_kernel()) return std::string("kernel: missing");
+  if (auto e = kernel_error(request.kernel(), "kernel")) return e;
+  if (request.has_reference())
+    if (auto e = kernel_error(request.reference(), "reference")) return e;
+
+  const v1::Problem& p = request.problem();
+  if (p.dtype() != v1::DTYPE_FP16 && p.dtype() != v1::DTYPE_BF16)
+    return std::string("problem.dtype: must be DTYPE_FP16 or DTYPE_BF16");
+  if (!v1::Layout_IsValid(p.layout()))
+    return "problem.layout: unknown value " + std::to_string(p.layout());
+  if (auto e = problem_class_error({dtype_of(p), p.head_dim(), p.causal()})) return e;
+  if (auto e = runtime_shape_error({p.batch(), p.heads(), p.kv_heads(), p.seq_q(), p.seq_k()}))
+    return e;
+  // Products of in-range fields stay far below 2^63 (65535^2 * 2^31 * 256).
+  const Counts c = counts_of(p);
+  if (static_cast<int64_t>(c.q) > kMaxTensorElements)
+    return "problem: " + std::to_string(c.q) + " query elements exceed the worker's 2^31";
+  if (static_cast<int64_t>(c.kv) > kMaxTensorElements)
+    return "problem: " + std::to_string(c.kv) + " key elements exceed the worker's 2^31";
+
+  const v1::ValidationOptions& v = request.validation();
+  if (v.determinism_runs() < 0)
+    return "validation.determinism_runs: " + std::to_string(v.determinism_runs()) + " must be >= 0";
+  if (v.stability_trials() < 0)
+    return "validation.stability_trials: " + std::to_string(v.stability_trials()) + " must be >= 0";
+  if (!(v.rel_tolerance() >= 0)) return std::string("validation.rel_tolerance: must be >= 0");
+  if (v.reference_rows() < 0)
+    return "validation.reference_rows: " + std::to_string(v.reference_rows()) + " must be >= 0";
+
+  const v1::TimingOptions& t = request.timing();
+  if (t.warmup() < 0) return "timing.warmup: " + std::to_string(t.warmup()) + " must be >= 0";
+  if (t.repetitions() < 0)
+    return "timing.repetitions: " + std::to_string(t.repetitions()) + " must be >= 0";
+  if (!(t.target_loop_ms() >= 0 && t.target_loop_ms() <= kMaxTargetLoopMs))
+    return std::string("timing.target_loop_ms: must be in [0, 10000]");
+  return std::nullopt;
+}
+
+v1::EvalKernel eval_kernel_from_handle(const v1::KernelHandle& handle) {
+  v1::EvalKernel kernel;
+  kernel.set_key(handle.key());
+  kernel.set_lowered_name(handle.lowered_name());
+  kernel.set_cubin(handle.cubin());
+  *kernel.mutable_config() = handle.config();
+  const v1::Dim3& block = handle.launch().block();
+  kernel.set_block_threads(std::max(1u, block.x()) * std::max(1u, block.y()) *
+                           std::max(1u, block.z()));
+  kernel.set_dynamic_smem_bytes(handle.launch().dynamic_smem_bytes());
+  kernel.set_abi_version(handle.abi().abi_version());
+  if (handle.has_resources()) *kernel.mutable_resources() = handle.resources();
+  return kernel;
+}
+
+// ---- The device side ----
+
+namespace {
+
+struct LoadedKernel {
+  cuda::Module module;
+  CUfunction function = nullptr;
+  int max_threads = 0;        // per block, given the kernel's registers
+  unsigned smem_limit = 0;    // dynamic shared memory limit set on the function
+};
+
+struct DeviceTensors {
+  cuda::DeviceBuffer q, k, v, o, lse;
+};
+
+struct HostOutput {
+  std::vector<uint16_t> o;
+  std::vector<float> lse;
+};
+
+// What one launch's outputs say before any comparison.
+struct OutputCheck {
+  int64_t unwritten = 0;   // still the poison pattern
+  int64_t non_finite = 0;  // written, but NaN or Inf
+};
+
+OutputCheck check_written(const HostOutput& out, DType dtype) {
+  OutputCheck check;
+  for (uint16_t bits : out.o) {
+    if (bits == kOutputPoison) ++check.unwritten;
+    else if (!std::isfinite(element_to_float(dtype, bits))) ++check.non_finite;
+  }
+  for (float value : out.lse) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    if (bits == kLsePoison) ++check.unwritten;
+    else if (!std::isfinite(value)) ++check.non_finite;
+  }
+  return check;
+}
+
+bool same_bytes(const HostOutput& a, const HostOutput& b) {
+  return a.o == b.o && a.lse.size() == b.lse.size() &&
+         std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+struct Evaluator::State {
+  explicit State(cuda::Context c) : context(std::move(c)) {}
+
+  cuda::Context context;  // declared first: released after every module
+  cuda::DeviceInfo device;
+  v1::WorkerInfo info;
+  std::mutex mutex;  // one evaluation at a time
+  std::map<std::string, std::unique_ptr<LoadedKernel>> kernels;
+  std::deque<std::string> load_order;  // oldest first
+  std::atomic<bool> lost{false};
+};
+
+namespace {
+
+// A CUDA error once kernels run: the context may hold a sticky fault (an
+// illegal address, a trap), so nothing on it can be trusted again.
+Error lose_context(Evaluator::State& state, const Error& error) {
+  state.lost = true;
+  return make_error(ErrorCode::internal, "CUDA error, context unusable: " + error.message);
+}
+
+// One Evaluate call: its inputs, buffers and the CUDA calls that, failing,
+// lose the context.
+class Evaluation {
+ public:
+  Evaluation(Evaluator::State& state, const v1::EvaluateRequest& request,
+             const std::function<bool()>& cancelled, uint64_t seed)
+      : state_(state),
+        request_(request),
+        problem_(request.problem()),
+        cancelled_(cancelled),
+        seed_(seed),
+        dtype_(dtype_of(problem_)),
+        counts_(counts_of(problem_)),
+        shape_(reference_shape(problem_)) {}
+
+  Result<v1::ValidationRecord> validate(const LoadedKernel& kernel, const LoadedKernel* reference);
+  Result<v1::TimingResult> time(const LoadedKernel& kernel);
+
+ private:
+  Error lose(const Error& error) { return lose_context(state_, error); }
+  Status gpu(Status status) { return status ? status : Status(lose(status.error())); }
+
+  bool is_cancelled() const { return cancelled_ && cancelled_(); }
+  static Error cancelled_error() {
+    return make_error(ErrorCode::cancelled, "evaluation cancelled (deadline or caller)");
+  }
+
+  Result<DeviceTensors> allocate(size_t sets, bool inputs);
+  AttentionParams params(const DeviceTensors& inputs, const DeviceTensors& outputs, size_t set) const;
+  Status launch(const LoadedKernel& kernel, const v1::EvalKernel& meta, const AttentionParams& p);
+  Status synchronize();
+  // Poison, launch, synchronize, download: one checked run of `kernel`.
+  Status run(const LoadedKernel& kernel, const v1::EvalKernel& meta, const AttentionParams& p,
+             DeviceTensors& outputs, HostOutput& host);
+  Status upload_inputs(DeviceTensors& inputs, size_t set);
+
+  Evaluator::State& state_;
+  const v1::EvaluateRequest& request_;
+  const v1::Problem& problem_;
+  const std::function<bool()>& cancelled_;
+  const uint64_t seed_;
+  const DType dtype_;
+  const Counts counts_;
+  const AttentionShape shape_;
+  std::vector<uint16_t> q_bits_, k_bits_, v_bits_;
+  std::vector<float> q_, k_, v_;
+};
+
+Result<DeviceTensors> Evaluation::allocate(size_t sets, bool inputs) {
+  DeviceTensors t;
+  struct Plan {
+    cuda::DeviceBuffer* buffer;
+    size_t bytes;
+  };
+  std::vector<Plan> plan = {{&t.o, counts_.o * 2}, {&t.lse, counts_.lse * 4}};
+  if (inputs) {
+    plan.push_back({&t.q, counts_.q * 2});
+    plan.push_back({&t.k, counts_.kv * 2});
+    plan.push_back({&t.v, counts_.kv * 2});
+  }
+  for (const Plan& p : plan) {
+    auto buffer = cuda::DeviceBuffer::allocate(p.bytes * sets);
+    if (!buffer) return buffer.error();  // out of memory: resource_exhausted, not a fault
+    *p.buffer = std::move(buffer.value());
+  }
+  return t;
+}
+
+AttentionParams Evaluation::params(const DeviceTensors& inputs, const DeviceTensors& outputs,
+                                   size_t set) const {
+  const CUdeviceptr o = outputs.o.get() + set * counts_.o * 2;
+  const CUdeviceptr lse = outputs.lse.get() + set * counts_.lse * 4;
+  return cuda::make_attention_params(launch_shape(problem_), inputs.q.get() + set * counts_.q * 2,
+                                     inputs.k.get() + set * counts_.kv * 2,
+                                     inputs.v.get() + set * counts_.kv * 2, o,
+                                     reinterpret_cast<float*>(static_cast<uintptr_t>(lse)));
+}
+
+Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta,
+                          const AttentionParams& p) {
+  cuda::AttentionLaunchConfig config;
+  config.block_m = static_cast<unsigned>(meta.config().block_m());
+  config.block_x = meta.block_threads();
+  config.dynamic_smem_bytes = meta.dynamic_smem_bytes();
+  // The legacy default stream: it orders launches with the cuMemsetD8 poison
+  // and the synchronous copies, which a non-blocking stream would not.
+  return gpu(cuda::launch_attention(kernel.function, config, p, nullptr));
+}
+
+Status Evaluation::synchronize() {
+  auto api = cuda::driver();
+  if (!api) return api.error();
+  return gpu(cuda::check((*api)->cuCtxSynchronize(), "cuCtxSynchronize"));
+}
+
+Status Evaluation::run(const LoadedKernel& kernel, const v1::EvalKernel& meta,
+                       const AttentionParams& p, DeviceTensors& outputs, HostOutput& host) {
+  if (auto s = gpu(outputs.o.fill_bytes(kPoisonByte)); !s) return s;
+  if (auto s = gpu(outputs.lse.fill_bytes(kPoisonByte)); !s) return s;
+  if (auto s = launch(kernel, meta, p); !s) return s;
+  if (auto s = synchronize(); !s) return s;
+  host.o.resize(counts_.o);
+  host.lse.resize(counts_.lse);
+  if (auto s = gpu(outputs.o.download(host.o.data(), host.o.size() * 2)); !s) return s;
+  return gpu(outputs.lse.download(host.lse.data(), host.lse.size() * 4));
+}
+
+Status Evaluation::upload_inputs(DeviceTensors& inputs, size_t set) {
+  if (auto s = gpu(inputs.q.upload(q_bits_.data(), counts_.q * 2, set * counts_.q * 2)); !s) return s;
+  if (auto s = gpu(inputs.k.upload(k_bits_.data(), counts_.kv * 2, set * counts_.kv * 2)); !s)
+    return s;
+  return gpu(inputs.v.upload(v_bits_.data(), counts_.kv * 2, set * counts_.kv * 2));
+}
+
+Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
+                                                  const LoadedKernel* reference) {
+  const v1::ValidationOptions& options = request_.validation();
+  const int runs = options.determinism_runs() > 0 ? options.determinism_runs() : kDefaultDeterminismRuns;
+  const int trials = options.stability_trials() > 0 ? options.stability_trials() : kDefaultStabilityTrials;
+  const double tolerance =
+      options.rel_tolerance() > 0 ? options.rel_tolerance() : default_tolerance(dtype_);
+  const int reference_rows = options.reference_rows();
+  const v1::EvalKernel& meta = request_.kernel();
+
+  auto buffers = allocate(1, true);
+  if (!buffers) return buffers.error();
+  Result<DeviceTensors> reference_outputs = DeviceTensors{};
+  if (reference) {
+    reference_outputs = allocate(1, false);
+    if (!reference_outputs) return reference_outputs.error();
+  }
+  const AttentionParams params = this->params(*buffers, *buffers, 0);
+  if (auto s = cuda::attention_params_error(params); !s) return invalid(s.error().message);
+  const AttentionParams reference_params = this->params(*buffers, *reference_outputs, 0);
+
+  const double scale = 1.0 / std::sqrt(static_cast<double>(problem_.head_dim()));
+  double worst_rel = 0, worst_abs = 0, worst_lse = 0;
+  int stable = 0, first_failed_trial = -1, mismatches = 0;
+  std::string first_failure, digest;
+  HostOutput out, again, reference_out;
+  std::vector<float> out_values(counts_.o);
+
+  for (int trial = 0; trial < trials; ++trial) {
+    if (is_cancelled()) return cancelled_error();
+    const uint64_t trial_seed = splitmix64(seed_ + static_cast<uint64_t>(trial) * 0x632be59bd9b4e019ull);
+    random_inputs(counts_.q, dtype_, splitmix64(trial_seed + 1), q_bits_, q_);
+    random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 2), k_bits_, k_);
+    random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 3), v_bits_, v_);
+    if (auto s = upload_inputs(*buffers, 0); !s) return s.error();
+    if (auto s = run(kernel, meta, params, *buffers, out); !s) return s.error();
+
+    std::vector<std::string> problems;
+    const OutputCheck written = check_written(out, dtype_);
+    if (written.unwritten > 0)
+      problems.push_back(std::to_string(written.unwritten) + " of " +
+                         std::to_string(counts_.o + counts_.lse) +
+                         " outputs left unwritten (still poisoned)");
+    if (written.non_finite > 0)
+      problems.push_back(std::to_string(written.non_finite) + " outputs NaN or Inf");
+    for (size_t i = 0; i < counts_.o; ++i) out_values[i] = element_to_float(dtype_, out.o[i]);
+
+    double rel = 0, max_abs = 0, lse_error = 0;
+    if (reference) {
+      // Tuning's gate: the already validated kernel on the very same inputs.
+      if (auto s = run(*reference, request_.reference(), reference_params, *reference_outputs,
+                       reference_out);
+          !s)
+        return s.error();
+      const OutputCheck reference_written = check_written(reference_out, dtype_);
+      if (reference_written.unwritten + reference_written.non_finite > 0)
+        problems.push_back("the reference kernel left " +
+                           std::to_string(reference_written.unwritten +
+                                          reference_written.non_finite) +
+                           " outputs unwritten or non-finite");
+      double diff_sq = 0, ref_sq = 0;
+      for (size_t i = 0; i < counts_.o; ++i) {
+        const double got = out_values[i];
+        const double want = element_to_float(dtype_, reference_out.o[i]);
+        if (!std::isfinite(got) || !std::isfinite(want)) continue;
+        diff_sq += (got - want) * (got - want);
+        ref_sq += want * want;
+        max_abs = std::max(max_abs, std::abs(got - want));
+      }
+      rel = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
+      for (size_t i = 0; i < counts_.lse; ++i)
+        if (std::isfinite(out.lse[i]) && std::isfinite(reference_out.lse[i]))
+          lse_error = std::max(lse_error, std::abs(double(out.lse[i]) - reference_out.lse[i]));
+    } else {
+      std::mt19937_64 row_rng(splitmix64(trial_seed + 4));
+      std::vector<QueryRow> rows;
+      for (int b = 0; b < shape_.batch; ++b)
+        for (int h = 0; h < shape_.heads; ++h)
+          for (int i : sample_rows(shape_.seq_q, reference_rows, meta.config().block_m(), row_rng))
+            rows.push_back({b, h, i});
+      const AttentionReference ref =
+          reference_attention_rows(shape_, q_, k_, v_, scale, rows, cpu_threads());
+      const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
+      rel = stats.rel_error;
+      max_abs = stats.max_abs_error;
+      for (size_t n = 0; n < rows.size(); ++n) {
+        const QueryRow& r = rows[n];
+        const float got = out.lse[(static_cast<size_t>(r.batch) * shape_.heads + r.head) *
+                                      shape_.seq_q + r.row];
+        if (std::isfinite(got)) lse_error = std::max(lse_error, std::abs(double(got) - ref.lse[n]));
+      }
+    }
+    worst_rel = std::max(worst_rel, rel);
+    worst_abs = std::max(worst_abs, max_abs);
+    worst_lse = std::max(worst_lse, lse_error);
+    if (rel > tolerance || !std::isfinite(rel))
+      problems.push_back("rel_error " + sci(rel) + " > tolerance " + sci(tolerance));
+    if (lse_error > kLseTolerance)
+      problems.push_back("lse max error " + sci(lse_error) + " > " + sci(kLseTolerance));
+    if (problems.empty()) {
+      ++stable;
+    } else if (first_failed_trial < 0) {
+      first_failed_trial = trial;
+      for (const auto& p : problems) first_failure += (first_failure.empty() ? "" : ", ") + p;
+    }
+
+    if (trial == 0) {
+      // Determinism on these inputs: every run's full output, byte for byte,
+      // against the first (exact comparison; the SHA-256 names the output).
+      std::string bytes(reinterpret_cast<const char*>(out.o.data()), out.o.size() * 2);
+      bytes.append(reinterpret_cast<const char*>(out.lse.data()), out.lse.size() * 4);
+      digest = output_digest(bytes);
+      for (int r = 1; r < runs; ++r) {
+        if (is_cancelled()) return cancelled_error();
+        if (auto s = run(kernel, meta, params, *buffers, again); !s) return s.error();
+        if (!same_bytes(out, again)) ++mismatches;
+      }
+    }
+  }
+
+  v1::ValidationRecord record;
+  record.set_evaluated(true);
+  record.set_device(state_.device.name);
+  record.set_rel_error(worst_rel);
+  record.set_max_abs_error(worst_abs);
+  record.set_determinism_hash(digest);
+  record.set_determinism_runs(runs);
+  record.set_deterministic(mismatches == 0);
+  record.set_stability_trials(trials);
+  record.set_stability_passed(stable);
+
+  std::vector<std::string> failures;
+  if (stable < trials)
+    failures.push_back("stability: " + std::to_string(stable) + " of " + std::to_string(trials) +
+                       " trials passed; trial " + std::to_string(first_failed_trial) + ": " +
+                       first_failure);
+  if (mismatches > 0)
+    failures.push_back("determinism: " + std::to_string(mismatches) + " of " +
+                       std::to_string(runs - 1) + " repeated runs differ from the first");
+  if (!meta.has_resources()) {
+    failures.push_back("resources: not reported (kernel.resources unset)");
+  } else {
+    const v1::ResourceReport& res = meta.resources();
+    if (res.spill_store_bytes() > 0 || res.spill_load_bytes() > 0)
+      failures.push_back("resources: spills " + std::to_string(res.spill_store_bytes()) +
+                         " bytes stored, " + std::to_string(res.spill_load_bytes()) + " loaded");
+    if (res.stack_frame_bytes() > 0)
+      failures.push_back("resources: " + std::to_string(res.stack_frame_bytes()) +
+                         "-byte stack frame");
+  }
+  record.set_passed(failures.empty());
+
+  std::string against;
+  if (reference) against = "reference kernel " + request_.reference().key();
+  else if (reference_rows > 0 && reference_rows < shape_.seq_q)
+    against = "fp64 on " + std::to_string(reference_rows) + " rows per (batch, head)";
+  else against = "fp64 on every row";
+  std::string detail;
+  if (failures.empty()) {
+    detail = "passed: worst rel_error " + sci(worst_rel) + " (tolerance " + sci(tolerance) +
+             "), lse error " + sci(worst_lse) + ", " + std::to_string(trials) +
+             " trials, identical over " + std::to_string(runs) + " runs";
+  } else {
+    detail = "failed: ";
+    for (size_t i = 0; i < failures.size(); ++i) detail += (i ? "; " : "") + failures[i];
+  }
+  record.set_detail(detail + "; against " + against + "; seed " + std::to_string(seed_));
+  return record;
+}
+
+Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
+  const v1::TimingOptions& options = request_.timing();
+  const int warmup = options.warmup() > 0 ? options.warmup() : kDefaultWarmup;
+  const int repetitions = options.repetitions() > 0 ? options.repetitions() : kDefaultRepetitions;
+  const double target_ms =
+      options.target_loop_ms() > 0 ? options.target_loop_ms() : kDefaultTargetLoopMs;
+  const v1::EvalKernel& meta = request_.kernel();
+
+  // A quarter of the device: room for the module, the context and a
+  // neighbour's reference run without an out-of-memory in the timing loop.
+  const int64_t budget = static_cast<int64_t>(state_.device.total_memory_bytes / 4);
+  const int sets = input_sets_for(input_set_bytes(problem_), state_.device.l2_bytes, budget);
+  auto buffers = allocate(static_cast<size_t>(sets), true);
+  if (!buffers) return buffers.error();
+  // One random set copied into every slot: distinct addresses are what keep
+  // the L2 cold, and fresh samples for hundreds of sets would cost seconds.
+  random_inputs(counts_.q, dtype_, splitmix64(seed_ + 11), q_bits_, q_);
+  random_inputs(counts_.kv, dtype_, splitmix64(seed_ + 12), k_bits_, k_);
+  random_inputs(counts_.kv, dtype_, splitmix64(seed_ + 13), v_bits_, v_);
+  std::vector<AttentionParams> params;
+  params.reserve(static_cast<size_t>(sets));
+  for (int set = 0; set < sets; ++set) {
+    if (auto s = upload_inputs(*buffers, static_cast<size_t>(set)); !s) return s.error();
+    params.push_back(this->params(*buffers, *buffers, static_cast<size_t>(set)));
+  }
+  if (auto s = cuda::attention_params_error(params.front()); !s) return invalid(s.error().message);
+
+  auto start = cuda::Event::create();
+  if (!start) return start.error();
+  auto stop = cuda::Event::create();
+  if (!stop) return stop.error();
+
+  size_t next = 0;
+  auto launch_next = [&]() -> Status {
+    const AttentionParams& p = params[next];
+    next = (next + 1) % params.size();
+    return launch(kernel, meta, p);
+  };
+  // Milliseconds for `launches` back-to-back launches, between two events.
+  auto timed_loop = [&](int launches) -> Result<double> {
+    if (auto s = gpu(start->record(nullptr)); !s) return s.error();
+    for (int i = 0; i < launches; ++i)
+      if (auto s = launch_next(); !s) return s.error();
+    if (auto s = gpu(stop->record(nullptr)); !s) return s.error();
+    if (auto s = gpu(stop->synchronize()); !s) return s.error();
+    auto ms = stop->elapsed_since(*start);
+    if (!ms) return lose(ms.error());
+    return static_cast<double>(*ms);
+  };
+
+  for (int i = 0; i < warmup * sets; ++i)
+    if (auto s = launch_next(); !s) return s.error();
+  if (auto s = synchronize(); !s) return s.error();
+
+  // Size the loop: double the launches until one loop takes a quarter of
+  // the target, then scale to the target.
+  int launches = 1;
+  double per_launch_ms = 0;
+  for (;;) {
+    if (is_cancelled()) return cancelled_error();
+    auto ms = timed_loop(launches);
+    if (!ms) return ms.error();
+    if (*ms >= target_ms / 4 || launches >= kMaxLaunchesPerLoop) {
+      per_launch_ms = std::max(*ms / launches, 1e-6);
+      break;
+    }
+    launches *= 2;
+  }
+  launches = static_cast<int>(std::clamp(std::ceil(target_ms / per_launch_ms), 1.0,
+                                         static_cast<double>(kMaxLaunchesPerLoop)));
+
+  std::vector<double> samples_us;
+  for (int r = 0; r < repetitions; ++r) {
+    if (is_cancelled()) return cancelled_error();
+    auto ms = timed_loop(launches);
+    if (!ms) return ms.error();
+    samples_us.push_back(*ms * 1000.0 / launches);
+  }
+  v1::TimingResult result = summarize_timing(std::move(samples_us), problem_);
+  result.set_launches_per_sample(launches);
+  result.set_input_sets(sets);
+  return result;
+}
+
+// Unloads the oldest modules so that two more (a candidate and its
+// reference) fit under the bound; only between evaluations, so no kernel in
+// use goes away.
+void evict_kernels(Evaluator::State& state) {
+  while (state.kernels.size() + 2 > kMaxLoadedKernels && !state.load_order.empty()) {
+    state.kernels.erase(state.load_order.front());
+    state.load_order.pop_front();
+  }
+}
+
+// The module for `kernel`, loaded once per (key, lowered name) with its
+// dynamic shared memory limit raised. A cubin that does not load or cannot
+// launch here is the candidate's failure, not the context's.
+Result<const LoadedKernel*> load_kernel(Evaluator::State& state, const v1::EvalKernel& kernel,
+                                        const std::string& field) {
+  const std::string id =
+      (kernel.key().empty() ? sha256_hex(kernel.cubin()) : kernel.key()) + "/" + kernel.lowered_name();
+  auto it = state.kernels.find(id);
+  if (it == state.kernels.end()) {
+    auto module = cuda::Module::load(kernel.cubin());
+    if (!module)
+      return make_error(ErrorCode::failed_precondition, field + ".cubin: " + module.error().message);
+    auto function = module->function(kernel.lowered_name());
+    if (!function)
+      return make_error(ErrorCode::failed_precondition,
+                        field + ".lowered_name: " + function.error().message);
+    auto api = cuda::driver();
+    if (!api) return api.error();
+    auto loaded = std::make_unique<LoadedKernel>(LoadedKernel{std::move(module.value()), *function});
+    if (auto s = cuda::check((*api)->cuFuncGetAttribute(&loaded->max_threads,
+                                                        CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+                                                        *function),
+                             "cuFuncGetAttribute(MAX_THREADS_PER_BLOCK)");
+        !s)
+      return make_error(ErrorCode::failed_precondition, field + ": " + s.error().message);
+    it = state.kernels.emplace(id, std::move(loaded)).first;
+    state.load_order.push_back(id);
+  }
+  LoadedKernel& loaded = *it->second;
+  if (loaded.smem_limit != kernel.dynamic_smem_bytes()) {
+    if (auto s = cuda::set_max_dynamic_smem(loaded.function, kernel.dynamic_smem_bytes()); !s)
+      return make_error(ErrorCode::failed_precondition,
+                        field + ".dynamic_smem_bytes: " + std::to_string(kernel.dynamic_smem_bytes()) +
+                            " not available on this GPU: " + s.error().message);
+    loaded.smem_limit = kernel.dynamic_smem_bytes();
+  }
+  if (static_cast<int>(kernel.block_threads()) > loaded.max_threads)
+    return make_error(ErrorCode::failed_precondition,
+                      field + ".block_threads: " + std::to_string(kernel.block_threads()) +
+                          " exceeds the " + std::to_string(loaded.max_threads) +
+                          " threads per block this kernel's registers allow");
+  return &loaded;
+}
+
+uint64_t fresh_seed() {
+  std::random_device device;
+  return (static_cast<uint64_t>(device()) << 32) ^ device();
+}
+
+}  // namespace
+
+Evaluator::Evaluator(std::unique_ptr<State> state) : state_(std::move(state)) {}
+Evaluator::~Evaluator() = default;
+
+Result<std::unique_ptr<Evaluator>> Evaluator::create(int gpu_index) {
+  auto devices = cuda::probe_devices();
+  if (!devices) return devices.error();
+  if (gpu_index < 0 || gpu_index >= static_cast<int>(devices->size()))
+    return make_error(ErrorCode::failed_precondition,
+                      "GPU " + std::to_string(gpu_index) + " not present (" +
+                          std::to_string(devices->size()) + " CUDA device(s))");
+  auto api = cuda::driver();
+  if (!api) return api.error();
+  int version = 0;
+  if (auto s = cuda::check((*api)->cuDriverGetVersion(&version), "cuDriverGetVersion"); !s)
+    return s.error();
+
+  auto context = cuda::Context::retain_primary(gpu_index);
+  if (!context)
+    return make_error(ErrorCode::failed_precondition,
+                      "GPU " + std::to_string(gpu_index) +
+                          ": cannot retain the primary context: " + context.error().message);
+  auto state = std::make_unique<State>(std::move(context.value()));
+  state->device = (*devices)[static_cast<size_t>(gpu_index)];
+  v1::WorkerInfo& info = state->info;
+  info.set_gpu_index(gpu_index);
+  info.set_device(state->device.name);
+  info.set_arch(state->device.arch);
+  info.set_sm_count(state->device.sm_count);
+  info.set_l2_bytes(state->device.l2_bytes);
+  info.set_driver_version(std::to_string(version / 1000) + "." + std::to_string((version % 1000) / 10));
+  info.set_pid(static_cast<int>(::getpid()));
+  spdlog::info("GPU {}: {} ({}, {} SMs, {} MB L2), driver {}", gpu_index, info.device(),
+               info.arch(), info.sm_count(), info.l2_bytes() >> 20, info.driver_version());
+  return std::unique_ptr<Evaluator>(new Evaluator(std::move(state)));
+}
+
+const v1::WorkerInfo& Evaluator::info() const { return state_->info; }
+
+bool Evaluator::context_lost() const { return state_->lost; }
+
+Result<v1::EvaluateResponse> Evaluator::evaluate(const v1::EvaluateRequest& request,
+                                                 const std::function<bool()>& cancelled) {
+  State& state = *state_;
+  std::lock_guard lock(state.mutex);
+  if (state.lost)
+    return make_error(ErrorCode::unavailable,
+                      "this worker's CUDA context was lost to an earlier fault; it is exiting");
+  if (auto e = request_error(request)) return invalid(*e);
+  // gRPC calls arrive on any thread; the context must be current on this one.
+  if (auto s = state.context.make_current(); !s) return lose_context(state, s.error());
+
+  evict_kernels(state);
+  auto kernel = load_kernel(state, request.kernel(), "kernel");
+  if (!kernel) return kernel.error();
+  const LoadedKernel* reference = nullptr;
+  if (request.validate() && request.has_reference()) {
+    auto loaded = load_kernel(state, request.reference(), "reference");
+    if (!loaded) return loaded.error();
+    reference = *loaded;
+  }
+
+  const uint64_t seed = request.seed() != 0 ? request.seed() : fresh_seed();
+  Evaluation evaluation(state, request, cancelled, seed);
+  v1::EvaluateResponse response;
+  response.set_gpu_index(state.info.gpu_index());
+  response.set_device(state.info.device());
+  response.set_driver_version(state.info.driver_version());
+
+  bool may_time = true;
+  if (request.validate()) {
+    auto record = evaluation.validate(**kernel, reference);
+    if (!record) return record.error();
+    may_time = record->passed();
+    if (!may_time && request.time())
+      record->set_detail(record->detail() + "; timing skipped: a candidate is correct before it is timed");
+    *response.mutable_validation() = std::move(record.value());
+  }
+  if (request.time() && may_time) {
+    auto timing = evaluation.time(**kernel);
+    if (!timing) return timing.error();
+    *response.mutable_timing() = std::move(timing.value());
+  }
+  spdlog::info("evaluated {}: {}{}", request.kernel().key().substr(0, 16),
+               request.validate() ? response.validation().detail() : std::string("not validated"),
+               response.has_timing()
+                   ? fmt::format("; median {:.2f} us ({} launches x {} samples, {} input sets)",
+                                 response.timing().median_us(),
+                                 response.timing().launches_per_sample(),
+                                 response.timing().samples(), response.timing().input_sets())
+                   : std::string());
+  return response;
+}
+
+}  // namespace flashcore::eval

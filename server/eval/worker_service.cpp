@@ -1,0 +1,140 @@
+#include "eval/worker_service.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <cerrno>
+#include <cstring>
+#include <system_error>
+
+namespace flashcore::eval {
+namespace {
+
+// Cubins are a few hundred KB; a request carries at most two.
+constexpr int kMaxMessageBytes = 64 << 20;
+
+}  // namespace
+
+grpc::StatusCode grpc_code(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid_argument: return grpc::StatusCode::INVALID_ARGUMENT;
+    case ErrorCode::not_found: return grpc::StatusCode::NOT_FOUND;
+    case ErrorCode::failed_precondition: return grpc::StatusCode::FAILED_PRECONDITION;
+    case ErrorCode::resource_exhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
+    case ErrorCode::internal: return grpc::StatusCode::INTERNAL;
+    case ErrorCode::unavailable: return grpc::StatusCode::UNAVAILABLE;
+    case ErrorCode::deadline_exceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
+    case ErrorCode::cancelled: return grpc::StatusCode::CANCELLED;
+  }
+  return grpc::StatusCode::UNKNOWN;
+}
+
+// ---- StopLatch ----
+
+void StopLatch::set(StopReason reason) {
+  {
+    std::lock_guard lock(mutex_);
+    if (reason_) return;
+    reason_ = reason;
+  }
+  changed_.notify_all();
+}
+
+StopReason StopLatch::wait() {
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [this] { return reason_.has_value(); });
+  return *reason_;
+}
+
+std::optional<StopReason> StopLatch::reason() const {
+  std::lock_guard lock(mutex_);
+  return reason_;
+}
+
+// ---- WorkerService ----
+
+WorkerService::WorkerService(Evaluator& evaluator, std::shared_ptr<StopLatch> latch)
+    : evaluator_(evaluator), latch_(std::move(latch)) {}
+
+grpc::Status WorkerService::Evaluate(grpc::ServerContext* context,
+                                     const v1::EvaluateRequest* request,
+                                     v1::EvaluateResponse* response) {
+  auto result = evaluator_.evaluate(*request, [context] { return context->IsCancelled(); });
+  if (result) {
+    *response = std::move(result.value());
+    return grpc::Status::OK;
+  }
+  const Error& error = result.error();
+  if (error.code == ErrorCode::internal && evaluator_.context_lost()) {
+    // The reply still goes out: main shuts the server down with a drain
+    // deadline, which waits for this call to finish, then exits 3.
+    spdlog::error("kernel {} faulted: {}; exiting for a fresh context",
+                  request->kernel().key().substr(0, 16), error.message);
+    latch_->set(StopReason::context_lost);
+  } else {
+    spdlog::warn("evaluate {}: {}", request->kernel().key().substr(0, 16), error.message);
+  }
+  return grpc::Status(grpc_code(error.code), error.message);
+}
+
+grpc::Status WorkerService::Info(grpc::ServerContext*, const v1::WorkerInfoRequest*,
+                                 v1::WorkerInfo* response) {
+  *response = evaluator_.info();
+  return grpc::Status::OK;
+}
+
+// ---- WorkerServer ----
+
+WorkerServer::WorkerServer(std::filesystem::path socket, std::unique_ptr<WorkerService> service,
+                           std::unique_ptr<grpc::Server> server)
+    : socket_(std::move(socket)), service_(std::move(service)), server_(std::move(server)) {}
+
+WorkerServer::~WorkerServer() { shutdown(std::chrono::milliseconds(0)); }
+
+Result<std::unique_ptr<WorkerServer>> WorkerServer::start(const std::filesystem::path& socket,
+                                                          Evaluator& evaluator,
+                                                          std::shared_ptr<StopLatch> latch) {
+  const std::string path = socket.string();
+  if (path.empty()) return make_error(ErrorCode::invalid_argument, "--socket: empty path");
+  if (path.size() >= sizeof(sockaddr_un::sun_path))
+    return make_error(ErrorCode::invalid_argument,
+                      "--socket: " + path + " is " + std::to_string(path.size()) +
+                          " bytes; a Unix socket path has at most " +
+                          std::to_string(sizeof(sockaddr_un::sun_path) - 1));
+  // A socket left by a worker that died: bind would fail on it. Anything
+  // else at that path is not ours to remove.
+  std::error_code ec;
+  if (std::filesystem::is_socket(socket, ec)) std::filesystem::remove(socket, ec);
+
+  auto service = std::make_unique<WorkerService>(evaluator, std::move(latch));
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + path, grpc::InsecureServerCredentials());
+  builder.RegisterService(service.get());
+  builder.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  builder.SetMaxSendMessageSize(kMaxMessageBytes);
+  // The socket is created by bind() under the umask: 0077 makes it 0600
+  // from the start, so no other user can connect even briefly.
+  const mode_t previous = ::umask(0077);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ::umask(previous);
+  if (!server)
+    return make_error(ErrorCode::unavailable, "cannot listen on unix:" + path +
+                                                  " (is the folder there and writable?)");
+  if (::chmod(path.c_str(), 0600) != 0)
+    spdlog::warn("chmod 0600 {}: {}", path, std::strerror(errno));
+  return std::unique_ptr<WorkerServer>(
+      new WorkerServer(socket, std::move(service), std::move(server)));
+}
+
+void WorkerServer::shutdown(std::chrono::milliseconds drain) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  server_->Shutdown(std::chrono::system_clock::now() + drain);
+  server_->Wait();
+  std::error_code ec;
+  if (std::filesystem::is_socket(socket_, ec)) std::filesystem::remove(socket_, ec);
+}
+
+}  // namespace flashcore::eval

@@ -1,0 +1,121 @@
+// flashcore_worker: one per GPU, started by the daemon (DESIGN.md §4). Holds
+// the GPU's primary context and serves EvalWorker on a Unix domain socket.
+//
+//   flashcore_worker --socket PATH --gpu N [--log-level L]
+//
+// Exit codes: 0 after SIGTERM/SIGINT; 1 bad arguments or cannot listen;
+// 2 no CUDA driver or no such GPU (restarting will not help); 3 a kernel
+// faulted and the context is lost (the daemon starts a fresh worker).
+#include <CLI/CLI.hpp>
+#include <pthread.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "eval/evaluator.hpp"
+#include "eval/worker_service.hpp"
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitUsage = 1;
+constexpr int kExitNoGpu = 2;
+constexpr int kExitContextLost = 3;
+
+// Time given to a call in flight. On SIGTERM the daemon is stopping and wants
+// no result: the evaluation sees the cancellation between phases (and the
+// daemon SIGKILLs after its own grace). After a fault, the INTERNAL reply
+// must go out before the exit; it is already written by then.
+constexpr std::chrono::milliseconds kSigtermDrain{1000};
+constexpr std::chrono::milliseconds kFaultDrain{3000};
+
+sigset_t shutdown_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace flashcore;
+
+  // Blocked before any thread starts, so every thread inherits the mask and
+  // only the sigwait thread below ever takes them (NVRTC is not linked here,
+  // but the driver and gRPC start threads of their own).
+  const sigset_t signals = shutdown_signals();
+  if (const int error = pthread_sigmask(SIG_BLOCK, &signals, nullptr); error != 0) {
+    std::fprintf(stderr, "flashcore_worker: pthread_sigmask: %s\n", std::strerror(error));
+    return kExitUsage;
+  }
+
+  CLI::App app("flashcore_worker: evaluates kernels on one GPU for flashcored, over a Unix socket");
+  std::string socket;
+  int gpu = 0;
+  std::string log_level = "info";
+  app.add_option("--socket", socket, "Unix socket path to serve EvalWorker on")->required();
+  app.add_option("--gpu", gpu, "CUDA device ordinal")->check(CLI::NonNegativeNumber);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? kExitOk : kExitUsage;
+  }
+
+  // stderr: the daemon collects it; stdout stays free.
+  auto logger = spdlog::stderr_color_mt("worker");
+  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [worker gpu " + std::to_string(gpu) + " pid " +
+                      std::to_string(::getpid()) + "] [%l] %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+
+  auto evaluator = eval::Evaluator::create(gpu);
+  if (!evaluator) {
+    std::fprintf(stderr, "flashcore_worker: GPU %d unavailable: %s\n", gpu,
+                 evaluator.error().message.c_str());
+    return kExitNoGpu;
+  }
+
+  auto latch = std::make_shared<eval::StopLatch>();
+  auto server = eval::WorkerServer::start(socket, **evaluator, latch);
+  if (!server) {
+    std::fprintf(stderr, "flashcore_worker: %s\n", server.error().message.c_str());
+    return kExitUsage;
+  }
+  spdlog::info("serving on unix:{}", socket);
+
+  // Detached: it may still be waiting when a fault ends the process.
+  std::thread([latch, signals] {
+    int received = 0;
+    if (sigwait(&signals, &received) != 0) received = SIGTERM;
+    spdlog::info("SIG{} received, shutting down", sigabbrev_np(received));
+    latch->set(eval::StopReason::requested);
+  }).detach();
+
+  const eval::StopReason reason = latch->wait();
+  (*server)->shutdown(reason == eval::StopReason::context_lost ? kFaultDrain : kSigtermDrain);
+  if (reason == eval::StopReason::context_lost) {
+    spdlog::error("exiting with code {}: the CUDA context is lost", kExitContextLost);
+    spdlog::shutdown();
+    // No destructors: unloading modules or releasing a faulted context can
+    // block or fail, and the driver tears the context down with the process.
+    std::_Exit(kExitContextLost);
+  }
+  server.value().reset();
+  evaluator.value().reset();
+  spdlog::info("stopped");
+  spdlog::shutdown();
+  return kExitOk;
+}

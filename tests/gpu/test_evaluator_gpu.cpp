@@ -1,0 +1,461 @@
+// The evaluation worker on a GPU: the Evaluator in this process, then the
+// real flashcore_worker binary over its Unix socket. Kernels are compiled by
+// the daemon like the other GPU tests; the deliberately wrong and faulting
+// ones come from the test-only templates under tests/gpu/templates/,
+// compiled by an in-process daemon pointed there.
+//
+// The worker binary is $FLASHCORE_WORKER, else flashcore_worker beside this
+// test binary (a bundle's bin/), else the build tree's. The test templates
+// are under $FLASHCORE_GPU_TEST_TEMPLATES, else beside this source file, else
+// tests/gpu/templates under the working directory.
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../common/test_templates.hpp"
+#include "app/daemon.hpp"
+#include "eval/evaluator.hpp"
+#include "flashcore/v1/worker.grpc.pb.h"
+#include "gpu_environment.hpp"
+
+extern char** environ;
+
+namespace flashcore {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using test_support::ScratchDir;
+
+// Ragged in every way the kernel cares about: 300 query rows fill no tile
+// size, GQA (4 heads on 2 KV heads), seq_k != seq_q.
+v1::Problem test_problem() {
+  v1::Problem p;
+  p.set_dtype(v1::DTYPE_FP16);
+  p.set_head_dim(64);
+  p.set_causal(false);
+  p.set_batch(2);
+  p.set_heads(4);
+  p.set_kv_heads(2);
+  p.set_seq_q(300);
+  p.set_seq_k(333);
+  p.set_layout(v1::LAYOUT_BSHD);
+  return p;
+}
+
+v1::KernelRequest kernel_request(const v1::Problem& problem) {
+  v1::KernelRequest request;
+  request.set_template_id("attention_fwd");
+  *request.mutable_problem() = problem;
+  request.mutable_config()->set_block_m(128);
+  request.mutable_config()->set_block_n(64);
+  request.mutable_config()->set_warps(4);
+  request.mutable_config()->set_stages(2);
+  return request;
+}
+
+// The real attention kernel for test_problem(), compiled once by the GPU
+// tests' daemon.
+const v1::EvalKernel& correct_kernel() {
+  static const v1::EvalKernel kernel = [] {
+    auto handle = testing::gpu_environment().client->compile(kernel_request(test_problem()));
+    EXPECT_TRUE(handle.ok()) << handle.error().message << "\n" << handle.error().detail;
+    return handle.ok() ? eval::eval_kernel_from_handle(*handle) : v1::EvalKernel();
+  }();
+  return kernel;
+}
+
+std::optional<fs::path> test_templates_dir() {
+  std::vector<fs::path> candidates;
+  if (const char* dir = std::getenv("FLASHCORE_GPU_TEST_TEMPLATES"); dir && *dir)
+    candidates.emplace_back(dir);
+  candidates.push_back(fs::path(__FILE__).parent_path() / "templates");
+  candidates.push_back(fs::current_path() / "tests" / "gpu" / "templates");
+  for (const auto& dir : candidates)
+    if (fs::exists(dir / "faulting" / "attention" / "attention_fwd.cuh")) return dir;
+  return std::nullopt;
+}
+
+// Compiles test_problem() with the test-only template `variant` (a folder
+// under tests/gpu/templates/) through an in-process daemon, with the real
+// ABI header beside it.
+Result<v1::EvalKernel> compile_test_template(const std::string& variant) {
+  const auto root = test_templates_dir();
+  if (!root)
+    return make_error(ErrorCode::not_found,
+                      "tests/gpu/templates not found: set FLASHCORE_GPU_TEST_TEMPLATES");
+  const std::string source =
+      test_support::read_file(*root / variant / "attention" / "attention_fwd.cuh");
+  ScratchDir templates, cache;
+  test_support::write_attention_templates(templates, source);
+  DaemonConfig config;
+  config.listen_address = "127.0.0.1:0";
+  config.cache_dir = cache.path();
+  config.templates_dir = templates.path();
+  config.log_level = "warn";
+  auto daemon = Daemon::start(config);
+  if (!daemon) return daemon.error();
+  client::ConnectOptions options;
+  options.address = (*daemon)->address();
+  auto client = client::Client::connect(options);
+  if (!client) return client.error();
+  auto handle = client->compile(kernel_request(test_problem()));
+  if (!handle) return handle.error();
+  return eval::eval_kernel_from_handle(*handle);
+}
+
+fs::path worker_binary() {
+  if (const char* path = std::getenv("FLASHCORE_WORKER"); path && *path) return path;
+  std::error_code ec;
+  const fs::path beside = fs::read_symlink("/proc/self/exe", ec).parent_path() / "flashcore_worker";
+  if (!ec && fs::exists(beside)) return beside;
+  return FLASHCORE_WORKER_PATH;
+}
+
+// Bytes of one timing input set, counted here from the shape: Q, K, V and O
+// in fp16, the LSE in fp32.
+int64_t set_bytes(const v1::Problem& p) {
+  const int64_t kv_heads = p.kv_heads() ? p.kv_heads() : p.heads();
+  const int64_t seq_k = p.seq_k() ? p.seq_k() : p.seq_q();
+  const int64_t q = p.batch() * p.heads() * p.seq_q() * p.head_dim();
+  const int64_t kv = p.batch() * kv_heads * seq_k * p.head_dim();
+  return (2 * q + 2 * kv) * 2 + p.batch() * p.heads() * p.seq_q() * 4;
+}
+
+int64_t l2_bytes() {
+  auto devices = cuda::probe_devices();
+  return devices.ok() && !devices->empty() ? devices->front().l2_bytes : 0;
+}
+
+class SM90_Evaluator : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!testing::gpu_environment().skip_reason.empty())
+      GTEST_SKIP() << testing::gpu_environment().skip_reason;
+    ASSERT_FALSE(correct_kernel().cubin().empty()) << "the correct kernel did not compile";
+  }
+
+  // One evaluator for the suite, like the one a worker process holds.
+  static eval::Evaluator& evaluator() {
+    static std::unique_ptr<eval::Evaluator> instance = [] {
+      auto created = eval::Evaluator::create(0);
+      EXPECT_TRUE(created.ok()) << created.error().message;
+      return created.ok() ? std::move(created.value()) : nullptr;
+    }();
+    if (!instance) throw std::runtime_error("no evaluator");
+    return *instance;
+  }
+
+  static v1::EvaluateRequest validate_request(const v1::EvalKernel& kernel) {
+    v1::EvaluateRequest request;
+    *request.mutable_kernel() = kernel;
+    *request.mutable_problem() = test_problem();
+    request.set_validate(true);
+    return request;
+  }
+};
+
+void expect_passed(const v1::ValidationRecord& v, double tolerance) {
+  EXPECT_TRUE(v.evaluated());
+  EXPECT_TRUE(v.passed()) << v.detail();
+  EXPECT_TRUE(v.deterministic()) << v.detail();
+  EXPECT_EQ(v.determinism_runs(), eval::kDefaultDeterminismRuns);
+  EXPECT_EQ(v.determinism_hash().size(), 64u);
+  EXPECT_EQ(v.stability_trials(), eval::kDefaultStabilityTrials);
+  EXPECT_EQ(v.stability_passed(), v.stability_trials()) << v.detail();
+  EXPECT_LE(v.rel_error(), tolerance) << v.detail();
+  EXPECT_GE(v.max_abs_error(), 0);
+}
+
+TEST_F(SM90_Evaluator, InProcessCorrectKernelPassesTheValidationMatrix) {
+  auto response = evaluator().evaluate(validate_request(correct_kernel()));
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  const auto& v = response->validation();
+  std::printf("[ validate ] %s\n", v.detail().c_str());
+  expect_passed(v, eval::kFp16Tolerance);
+  EXPECT_GT(v.rel_error(), 0) << "fp16 output cannot match fp64 exactly";
+  EXPECT_EQ(v.device(), evaluator().info().device());
+  EXPECT_FALSE(response->has_timing());
+  EXPECT_FALSE(evaluator().context_lost());
+}
+
+TEST_F(SM90_Evaluator, InProcessSameSeedSameOutputHash) {
+  auto request = validate_request(correct_kernel());
+  request.set_seed(1234);
+  request.mutable_validation()->set_determinism_runs(3);
+  request.mutable_validation()->set_stability_trials(1);
+  auto first = evaluator().evaluate(request);
+  auto second = evaluator().evaluate(request);
+  ASSERT_TRUE(first.ok() && second.ok());
+  EXPECT_EQ(first->validation().determinism_hash(), second->validation().determinism_hash());
+  request.set_seed(1235);
+  auto other = evaluator().evaluate(request);
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(first->validation().determinism_hash(), other->validation().determinism_hash());
+}
+
+TEST_F(SM90_Evaluator, InProcessSampledRowsBf16Causal) {
+  v1::Problem problem = test_problem();
+  problem.set_dtype(v1::DTYPE_BF16);
+  problem.set_causal(true);
+  problem.set_seq_q(1000);
+  problem.set_seq_k(0);
+  auto handle = testing::gpu_environment().client->compile(kernel_request(problem));
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  auto request = validate_request(eval::eval_kernel_from_handle(*handle));
+  *request.mutable_problem() = problem;
+  request.mutable_validation()->set_reference_rows(16);
+  auto response = evaluator().evaluate(request);
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  std::printf("[ validate ] %s\n", response->validation().detail().c_str());
+  expect_passed(response->validation(), eval::kBf16Tolerance);
+  EXPECT_NE(response->validation().detail().find("16 rows"), std::string::npos);
+}
+
+TEST_F(SM90_Evaluator, InProcessTimingRotatesPastTwiceL2) {
+  v1::EvaluateRequest request;
+  *request.mutable_kernel() = correct_kernel();
+  *request.mutable_problem() = test_problem();
+  request.set_time(true);
+  auto response = evaluator().evaluate(request);
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  const auto& t = response->timing();
+  std::printf("[ timing   ] median %.2f us (p10 %.2f, p90 %.2f), %d launches x %d samples, %d sets, %.1f TFLOP/s\n",
+              t.median_us(), t.p10_us(), t.p90_us(), t.launches_per_sample(), t.samples(),
+              t.input_sets(), t.tflops());
+  EXPECT_GT(t.median_us(), 0);
+  EXPECT_LE(t.min_us(), t.p10_us());
+  EXPECT_LE(t.p10_us(), t.median_us());
+  EXPECT_LE(t.median_us(), t.p90_us());
+  EXPECT_LE(t.p90_us(), t.max_us());
+  EXPECT_EQ(t.samples(), eval::kDefaultRepetitions);
+  EXPECT_GE(t.launches_per_sample(), 1);
+  const int64_t l2 = l2_bytes();
+  ASSERT_GT(l2, 0);
+  EXPECT_GT(t.input_sets() * set_bytes(test_problem()), 2 * l2);
+  const double flops = 4.0 * 2 * 4 * 300 * 333 * 64;
+  EXPECT_NEAR(t.tflops(), flops / (t.median_us() * 1e-6) / 1e12, 1e-6 * t.tflops());
+  EXPECT_FALSE(response->has_validation());
+}
+
+TEST_F(SM90_Evaluator, InProcessSameKernelAsReferenceIsExact) {
+  auto request = validate_request(correct_kernel());
+  *request.mutable_reference() = correct_kernel();
+  auto response = evaluator().evaluate(request);
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  const auto& v = response->validation();
+  EXPECT_TRUE(v.passed()) << v.detail();
+  EXPECT_EQ(v.rel_error(), 0) << v.detail();
+  EXPECT_EQ(v.max_abs_error(), 0) << v.detail();
+  EXPECT_NE(v.detail().find("reference kernel"), std::string::npos) << v.detail();
+}
+
+TEST_F(SM90_Evaluator, InProcessWrongKernelFailsValidationWithoutLosingTheContext) {
+  auto wrong = compile_test_template("unwritten");
+  ASSERT_TRUE(wrong.ok()) << wrong.error().message << "\n" << wrong.error().detail;
+  auto request = validate_request(*wrong);
+  request.mutable_validation()->set_determinism_runs(5);
+  request.mutable_validation()->set_stability_trials(2);
+  request.set_time(true);
+  auto response = evaluator().evaluate(request);
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  const auto& v = response->validation();
+  std::printf("[ validate ] %s\n", v.detail().c_str());
+  EXPECT_FALSE(v.passed());
+  EXPECT_EQ(v.stability_passed(), 0);
+  EXPECT_GT(v.rel_error(), 0.5) << "zeros against N(0,1)-weighted means";
+  EXPECT_NE(v.detail().find("unwritten"), std::string::npos) << v.detail();
+  EXPECT_NE(v.detail().find("rel_error"), std::string::npos) << v.detail();
+  EXPECT_TRUE(v.deterministic()) << "zeros and untouched poison are the same every run";
+  EXPECT_FALSE(response->has_timing()) << "a candidate is correct before it is timed";
+  EXPECT_FALSE(evaluator().context_lost());
+  // And the evaluator still works.
+  auto good = evaluator().evaluate(validate_request(correct_kernel()));
+  ASSERT_TRUE(good.ok()) << good.error().message;
+  EXPECT_TRUE(good->validation().passed());
+}
+
+TEST_F(SM90_Evaluator, InProcessBadRequestsAreNotFaults) {
+  auto request = validate_request(correct_kernel());
+  request.mutable_kernel()->set_abi_version(99);
+  auto response = evaluator().evaluate(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_EQ(response.error().code, ErrorCode::invalid_argument);
+
+  request = validate_request(correct_kernel());
+  request.mutable_kernel()->set_key(std::string(64, 'f'));
+  request.mutable_kernel()->set_cubin("not a cubin at all");
+  response = evaluator().evaluate(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_EQ(response.error().code, ErrorCode::failed_precondition) << response.error().message;
+
+  request = validate_request(correct_kernel());
+  request.mutable_kernel()->set_lowered_name("no_such_kernel");
+  response = evaluator().evaluate(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_EQ(response.error().code, ErrorCode::failed_precondition) << response.error().message;
+
+  request = validate_request(correct_kernel());
+  request.mutable_kernel()->set_dynamic_smem_bytes(4u << 20);  // more than any GPU has
+  response = evaluator().evaluate(request);
+  ASSERT_FALSE(response.ok());
+  EXPECT_EQ(response.error().code, ErrorCode::failed_precondition) << response.error().message;
+
+  EXPECT_FALSE(evaluator().context_lost());
+}
+
+// ---- The worker binary over its socket ----
+
+class WorkerProcess {
+ public:
+  WorkerProcess(const fs::path& socket, const std::string& log_level = "warn") : socket_(socket) {
+    std::vector<std::string> args = {worker_binary().string(), "--socket", socket.string(),
+                                     "--gpu", "0", "--log-level", log_level};
+    std::vector<char*> raw;
+    for (auto& a : args) raw.push_back(a.data());
+    raw.push_back(nullptr);
+    if (posix_spawn(&pid_, raw[0], nullptr, nullptr, raw.data(), environ) != 0) pid_ = -1;
+    grpc::ChannelArguments channel_args;
+    channel_args.SetMaxSendMessageSize(64 << 20);
+    channel_args.SetMaxReceiveMessageSize(64 << 20);
+    stub_ = v1::EvalWorker::NewStub(grpc::CreateCustomChannel(
+        "unix:" + socket.string(), grpc::InsecureChannelCredentials(), channel_args));
+  }
+  ~WorkerProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  pid_t pid() const { return pid_; }
+  v1::EvalWorker::Stub& stub() { return *stub_; }
+
+  // Info, waiting for the socket to come up.
+  grpc::Status info(v1::WorkerInfo& out) {
+    grpc::ClientContext context;
+    context.set_wait_for_ready(true);
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return stub_->Info(&context, v1::WorkerInfoRequest(), &out);
+  }
+  grpc::Status evaluate(const v1::EvaluateRequest& request, v1::EvaluateResponse& out) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    return stub_->Evaluate(&context, request, &out);
+  }
+
+  // The exit status, or nullopt if still running after `timeout`.
+  std::optional<int> wait(std::chrono::seconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (Clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return std::nullopt;
+  }
+
+ private:
+  fs::path socket_;
+  pid_t pid_ = -1;
+  std::unique_ptr<v1::EvalWorker::Stub> stub_;
+};
+
+TEST_F(SM90_Evaluator, WorkerBinaryServesOverItsSocketAndExitsZeroOnSigterm) {
+  ScratchDir dir;
+  const fs::path socket = dir / "gpu0.sock";
+  WorkerProcess worker(socket, "info");
+  ASSERT_GT(worker.pid(), 0) << "cannot start " << worker_binary();
+  v1::WorkerInfo info;
+  auto status = worker.info(info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(info.gpu_index(), 0);
+  EXPECT_EQ(info.pid(), worker.pid());
+  EXPECT_FALSE(info.device().empty());
+  EXPECT_EQ(info.arch().rfind("sm_", 0), 0u) << info.arch();
+  EXPECT_GT(info.sm_count(), 0);
+  EXPECT_EQ(info.l2_bytes(), l2_bytes());
+  EXPECT_FALSE(info.driver_version().empty());
+  struct stat st {};
+  ASSERT_EQ(::stat(socket.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u) << "only the daemon's user may connect";
+
+  auto request = validate_request(correct_kernel());
+  request.set_time(true);
+  v1::EvaluateResponse response;
+  status = worker.evaluate(request, response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  expect_passed(response.validation(), eval::kFp16Tolerance);
+  EXPECT_GT(response.timing().median_us(), 0);
+  EXPECT_EQ(response.device(), info.device());
+
+  ASSERT_EQ(kill(worker.pid(), SIGTERM), 0);
+  const auto exit = worker.wait(std::chrono::seconds(20));
+  ASSERT_TRUE(exit.has_value()) << "worker still running 20 s after SIGTERM";
+  ASSERT_TRUE(WIFEXITED(*exit));
+  EXPECT_EQ(WEXITSTATUS(*exit), 0);
+  EXPECT_FALSE(fs::exists(socket)) << "socket left behind";
+}
+
+TEST_F(SM90_Evaluator, FaultingKernelEndsTheWorkerAndAFreshOneEvaluates) {
+  auto faulting = compile_test_template("faulting");
+  ASSERT_TRUE(faulting.ok()) << faulting.error().message << "\n" << faulting.error().detail;
+
+  ScratchDir dir;
+  const fs::path socket = dir / "gpu0.sock";
+  {
+    WorkerProcess worker(socket);
+    ASSERT_GT(worker.pid(), 0) << "cannot start " << worker_binary();
+    v1::WorkerInfo info;
+    auto status = worker.info(info);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+
+    v1::EvaluateResponse response;
+    status = worker.evaluate(validate_request(*faulting), response);
+    std::printf("[ fault    ] %d: %s\n", static_cast<int>(status.error_code()),
+                status.error_message().c_str());
+    ASSERT_FALSE(status.ok()) << "a faulting kernel evaluated fine";
+    EXPECT_TRUE(status.error_code() == grpc::StatusCode::INTERNAL ||
+                status.error_code() == grpc::StatusCode::UNAVAILABLE)
+        << status.error_code();
+    if (status.error_code() == grpc::StatusCode::INTERNAL) {
+      EXPECT_NE(status.error_message().find("CUDA_ERROR"), std::string::npos)
+          << status.error_message();
+    }
+    const auto exit = worker.wait(std::chrono::seconds(30));
+    ASSERT_TRUE(exit.has_value()) << "the worker kept running on a faulted context";
+    ASSERT_TRUE(WIFEXITED(*exit)) << "killed by signal " << WTERMSIG(*exit);
+    EXPECT_EQ(WEXITSTATUS(*exit), 3);
+  }
+
+  WorkerProcess fresh(socket);
+  ASSERT_GT(fresh.pid(), 0);
+  v1::WorkerInfo info;
+  auto status = fresh.info(info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::EvaluateResponse response;
+  status = fresh.evaluate(validate_request(correct_kernel()), response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  expect_passed(response.validation(), eval::kFp16Tolerance);
+}
+
+}  // namespace
+}  // namespace flashcore
