@@ -12,9 +12,9 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -102,6 +102,21 @@ int main(int argc, char** argv) {
     if (sigwait(&signals, &received) != 0) received = SIGTERM;
     spdlog::info("SIG{} received, shutting down", sigabbrev_np(received));
     latch->set(eval::StopReason::requested);
+  }).detach();
+
+  // A worker must not outlive its daemon (a SIGKILLed daemon sends no
+  // SIGTERM): once it is re-parented, it stops. Polled, because
+  // PR_SET_PDEATHSIG fires when the spawning *thread* exits, which in the
+  // daemon is any pool thread, not the daemon's end.
+  std::thread([latch, parent = getppid()] {
+    while (!latch->reason()) {
+      if (getppid() != parent) {
+        spdlog::warn("daemon (pid {}) is gone, shutting down", parent);
+        latch->set(eval::StopReason::requested);
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
   }).detach();
 
   const eval::StopReason reason = latch->wait();
