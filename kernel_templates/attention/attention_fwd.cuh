@@ -35,9 +35,9 @@ __global__ void __launch_bounds__(Warps * 32)
 
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   const unsigned smem_q = shared_address(shared_bytes);
-  const unsigned smem_k = smem_q + BlockM * HeadDim * 2;
-  const unsigned smem_v = smem_k + Stages * BlockN * HeadDim * 2;
-  constexpr unsigned kKvTileBytes = BlockN * HeadDim * 2;
+  const unsigned smem_k = smem_q + BlockM * Tile::kRowElements * 2;
+  const unsigned smem_v = smem_k + Stages * BlockN * Tile::kRowElements * 2;
+  constexpr unsigned kKvTileBytes = BlockN * Tile::kRowElements * 2;
 
   // Causal blocks with more query rows see more key tiles: launch the
   // heaviest first so the short ones fill the tail of the grid.

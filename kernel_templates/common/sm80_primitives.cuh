@@ -46,21 +46,28 @@ __device__ __forceinline__ float exp2_approx(float x) {
 __device__ __forceinline__ float negative_infinity() { return __int_as_float(0xff800000); }
 
 // A tile of Rows x HeadDim 16-bit elements in shared memory, stored in
-// 16-byte chunks whose column index is XOR-swizzled by the row. ldmatrix
-// reads 8 rows at one logical chunk and cp.async writes consecutive chunks of
-// a row; the swizzle spreads both over all 32 banks without padding.
+// 16-byte chunks. ldmatrix reads 8 rows at one logical chunk and cp.async
+// writes consecutive chunks of a row; both must spread over all 32 banks.
+// With a power-of-two number of chunks per row (head_dim 32, 64, 128, 256)
+// the chunk index is XOR-swizzled by the row, without padding. Otherwise
+// (head_dim 96: 12 chunks) each row is padded by one chunk: a row stride of
+// 13 chunks (208 bytes) puts 8 consecutive rows in 8 distinct bank groups.
 template <int HeadDim>
 struct SwizzledTile {
   static constexpr int kChunks = HeadDim / 8;  // 16-byte chunks per row
-  static_assert(kChunks >= 4 && (kChunks & (kChunks - 1)) == 0,
-                "swizzle needs a power-of-two number of chunks per row, at least 4");
+  static_assert(HeadDim % 16 == 0 && kChunks >= 4, "head_dim must be a multiple of 16, at least 32");
+  static constexpr bool kSwizzled = (kChunks & (kChunks - 1)) == 0;
+  static constexpr int kRowElements = kSwizzled ? HeadDim : HeadDim + 8;  // row stride
   // Rows that share one XOR value: 8 chunks (128 bytes) span all banks once.
   static constexpr int kRowsPerPhase = kChunks >= 8 ? 1 : 8 / kChunks;
   static constexpr int kPhaseMask = (kChunks >= 8 ? 8 : kChunks) - 1;
 
   // Element offset of (row, chunk) within the tile.
   static __device__ __forceinline__ int offset(int row, int chunk) {
-    return row * HeadDim + ((chunk ^ ((row / kRowsPerPhase) & kPhaseMask)) * 8);
+    if constexpr (kSwizzled)
+      return row * HeadDim + ((chunk ^ ((row / kRowsPerPhase) & kPhaseMask)) * 8);
+    else
+      return row * kRowElements + chunk * 8;
   }
 };
 
@@ -73,24 +80,38 @@ template <int Rows, int HeadDim, int Threads>
 __device__ __forceinline__ void load_tile_async(unsigned smem_tile, const unsigned short* global,
                                                 long long row_stride, int valid_rows) {
   using Tile = SwizzledTile<HeadDim>;
-  static_assert(Threads % Tile::kChunks == 0, "threads must cover whole rows");
-  constexpr int kRowStep = Threads / Tile::kChunks;
-  // A step of whole swizzle periods (8 rows) keeps each thread's XOR fixed.
-  constexpr bool kFixedPhase = kRowStep % 8 == 0 || Rows <= kRowStep;
-  const int row0 = static_cast<int>(threadIdx.x) / Tile::kChunks;
-  const int chunk = static_cast<int>(threadIdx.x) % Tile::kChunks;
-  const unsigned short* src = global + row0 * row_stride + chunk * 8;
-  const long long src_step = kRowStep * row_stride;
-  const unsigned dst = smem_tile + Tile::offset(row0, chunk) * 2;
+  if constexpr (Threads % Tile::kChunks == 0) {
+    constexpr int kRowStep = Threads / Tile::kChunks;
+    // A step of whole swizzle periods (8 rows) keeps each thread's XOR fixed.
+    constexpr bool kFixedPhase = !Tile::kSwizzled || kRowStep % 8 == 0 || Rows <= kRowStep;
+    const int row0 = static_cast<int>(threadIdx.x) / Tile::kChunks;
+    const int chunk = static_cast<int>(threadIdx.x) % Tile::kChunks;
+    const unsigned short* src = global + row0 * row_stride + chunk * 8;
+    const long long src_step = kRowStep * row_stride;
+    const unsigned dst = smem_tile + Tile::offset(row0, chunk) * 2;
 #pragma unroll
-  for (int it = 0; it < (Rows + kRowStep - 1) / kRowStep; ++it) {
-    const int row = row0 + it * kRowStep;
-    if (Rows % kRowStep != 0 && row >= Rows) break;
-    const bool valid = row < valid_rows;
-    const unsigned row_dst = kFixedPhase ? dst + it * kRowStep * HeadDim * 2
-                                         : smem_tile + Tile::offset(row, chunk) * 2;
-    cp_async_16(row_dst, valid ? src : global, valid);
-    src += src_step;  // a chain of adds, not one live address per row
+    for (int it = 0; it < (Rows + kRowStep - 1) / kRowStep; ++it) {
+      const int row = row0 + it * kRowStep;
+      if (Rows % kRowStep != 0 && row >= Rows) break;
+      const bool valid = row < valid_rows;
+      const unsigned row_dst = kFixedPhase ? dst + it * kRowStep * Tile::kRowElements * 2
+                                           : smem_tile + Tile::offset(row, chunk) * 2;
+      cp_async_16(row_dst, valid ? src : global, valid);
+      src += src_step;  // a chain of adds, not one live address per row
+    }
+  } else {
+    // Rows whose chunk count does not divide the block (head_dim 96).
+    constexpr int kTotal = Rows * Tile::kChunks;
+#pragma unroll
+    for (int it = 0; it < (kTotal + Threads - 1) / Threads; ++it) {
+      const int i = it * Threads + static_cast<int>(threadIdx.x);
+      if (kTotal % Threads != 0 && i >= kTotal) break;
+      const int row = i / Tile::kChunks;
+      const int chunk = i % Tile::kChunks;
+      const bool valid = row < valid_rows;
+      cp_async_16(smem_tile + Tile::offset(row, chunk) * 2,
+                  valid ? global + row * row_stride + chunk * 8 : global, valid);
+    }
   }
 }
 

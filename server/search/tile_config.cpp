@@ -50,7 +50,10 @@ std::optional<ArchInfo> find_arch(std::string_view name) {
 }
 
 int smem_bytes(const TileConfig& config, const ProblemClass& problem) {
-  const int row_bytes = problem.head_dim * kElementBytes;
+  // Mirrors SwizzledTile::kRowElements in kernel_templates/common/sm80_primitives.cuh.
+  const int chunks = problem.head_dim / 8;
+  const bool swizzled = (chunks & (chunks - 1)) == 0;
+  const int row_bytes = (problem.head_dim + (swizzled ? 0 : 8)) * kElementBytes;
   return config.block_m * row_bytes + 2 * config.stages * config.block_n * row_bytes;
 }
 
@@ -58,7 +61,7 @@ std::optional<std::string> problem_class_error(const ProblemClass& problem) {
   if (std::find(kSupportedHeadDims.begin(), kSupportedHeadDims.end(), problem.head_dim) ==
       kSupportedHeadDims.end()) {
     return field("problem.head_dim",
-                 std::to_string(problem.head_dim) + " is not supported (32, 64, 128 or 256)");
+                 std::to_string(problem.head_dim) + " is not supported (32, 64, 96, 128 or 256)");
   }
   return std::nullopt;
 }

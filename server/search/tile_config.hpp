@@ -58,9 +58,10 @@ const std::array<ArchInfo, 5>& supported_archs();
 std::optional<ArchInfo> find_arch(std::string_view name);
 
 inline constexpr std::string_view kAttentionTemplateId = "attention_fwd";
-inline constexpr std::array<int, 4> kSupportedHeadDims = {32, 64, 128, 256};
+inline constexpr std::array<int, 5> kSupportedHeadDims = {32, 64, 96, 128, 256};
 
-// Dynamic shared memory the template needs: Q tile plus `stages` K and V tiles.
+// Dynamic shared memory the template needs: Q tile plus `stages` K and V tiles,
+// rows padded by 16 bytes where head_dim / 8 is not a power of two (96).
 int smem_bytes(const TileConfig& config, const ProblemClass& problem);
 
 // Each returns nullopt when valid, else "<field>: <reason>" naming the field

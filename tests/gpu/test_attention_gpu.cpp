@@ -32,7 +32,7 @@ struct AttentionCase {
   bool causal = false;
   int batch = 1, heads = 2, kv_heads = 0, seq_q = 128, seq_k = 0;
   bool bhsd = false;
-  v1::TileConfig config;  // empty = {128, 64, 4, 2}; 8 warps for D 128, 64x32 for D 256 (no spills)
+  v1::TileConfig config;  // empty = {128, 64, 4, 2}; 8 warps for D 96/128, 64x32 for D 256 (no spills)
 
   std::string name() const {
     std::ostringstream out;
@@ -81,7 +81,7 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
     // D 256 needs small tiles to fit registers and shared memory.
     request.mutable_config()->set_block_m(c.head_dim >= 256 ? 64 : 128);
     request.mutable_config()->set_block_n(c.head_dim >= 256 ? 32 : 64);
-    request.mutable_config()->set_warps(c.head_dim == 128 ? 8 : 4);
+    request.mutable_config()->set_warps(c.head_dim == 96 || c.head_dim == 128 ? 8 : 4);
     request.mutable_config()->set_stages(2);
   }
   request.set_omit_cubin(true);
@@ -182,7 +182,7 @@ std::vector<AttentionCase> cases() {
         }
   // The other head dims the template takes, ragged and multi-tile.
   for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})
-    for (int d : {32, 256})
+    for (int d : {32, 96, 256})
       for (bool causal : {false, true})
         for (int s : {17, 500}) {
           AttentionCase c;

@@ -76,7 +76,7 @@ TEST(TileConfig, SmemGrowsWithStagesAndHeadDim) {
 }
 
 TEST(TileConfig, HeadDimMustBeSupported) {
-  for (int head_dim : {0, 7, 96})
+  for (int head_dim : {0, 7, 80})
     expect_field(problem_class_error(ProblemClass{DType::fp16, head_dim, false}),
                  "problem.head_dim");
   for (int head_dim : kSupportedHeadDims)
