@@ -11,8 +11,14 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <csignal>
+#include <pthread.h>
+#include <unistd.h>
 
 #include "flashcore/client.hpp"
 
@@ -119,6 +125,77 @@ void print_table(const std::vector<v1::KernelSummary>& kernels) {
   }
 }
 
+void print_results_table(const std::vector<v1::TuningResult>& results) {
+  std::printf("%-5s  %4s  %-6s  %-40s  %-7s  %-14s  %10s  %7s  %5s  %s\n", "DTYPE", "D", "CAUSAL",
+              "BUCKET", "ARCH", "CONFIG", "MEDIAN_US", "TF/S", "EVALS", "DEVICE");
+  for (const auto& r : results) {
+    std::printf("%-5s  %4d  %-6s  %-40s  %-7s  %-14s  %10.2f  %7.1f  %5lld  %s\n",
+                fc::client::dtype_label(r.problem().dtype()).c_str(), r.problem().head_dim(),
+                r.problem().causal() ? "yes" : "no", r.bucket().c_str(), r.arch().c_str(),
+                config_label(r.config()).c_str(), r.median_us(), r.tflops(),
+                static_cast<long long>(r.evaluations()), r.device().c_str());
+  }
+}
+
+// The live one-line progress of a tune on stderr.
+struct TuneProgressLine {
+  int budget = 0;
+  int evaluations = 0;
+  int generation = 0;
+  int failures = 0;
+  int queued = 0;
+  double best_us = 0.0;
+  double best_tflops = 0.0;
+  int64_t eta_ms = 0;
+  bool printed = false;
+
+  void update(const v1::TuneProgress& p) {
+    if (p.has_queued()) queued = p.queued().position();
+    if (p.has_started()) {
+      queued = 0;
+      budget = p.started().max_evaluations();
+      std::fprintf(stderr, "tuning job %lld: %d configs in bucket %s, budget %d evaluations\n",
+                   static_cast<long long>(p.started().job_id()), p.started().space_size(),
+                   p.started().bucket().c_str(), budget);
+    }
+    if (p.has_trial()) {
+      evaluations = p.trial().evaluations();
+      generation = p.trial().generation();
+      if (p.trial().status() != "ok") ++failures;
+      eta_ms = p.eta_ms();
+    }
+    if (p.has_best()) {
+      best_us = p.best().median_us();
+      best_tflops = p.best().tflops();
+    }
+    if (p.has_done()) {
+      if (printed) std::fprintf(stderr, "\n");
+      printed = false;
+      return;
+    }
+    draw();
+  }
+
+  void draw() {
+    if (queued > 0) {
+      std::fprintf(stderr, "\rqueued: position %d%-40s", queued, "");
+    } else {
+      const int width = 24;
+      const int filled = budget > 0 ? std::min(width, evaluations * width / budget) : 0;
+      std::string bar(static_cast<size_t>(filled), '#');
+      bar.resize(width, '.');
+      char best[64] = "-";
+      if (best_us > 0)
+        std::snprintf(best, sizeof best, "%.2f us %.1f TF/s", best_us, best_tflops);
+      std::fprintf(stderr, "\r[%s] %d/%d  gen %d  best %s  failures %d  eta %llds   ", bar.c_str(),
+                   evaluations, budget, generation, best, failures,
+                   static_cast<long long>((eta_ms + 999) / 1000));
+    }
+    std::fflush(stderr);
+    printed = true;
+  }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -170,6 +247,60 @@ int main(int argc, char** argv) {
   compile->add_option("-o,--output", compile_output, "write the cubin to FILE")->type_name("FILE");
   compile->add_flag("--include-cubin", compile_include_cubin,
                     "with --json, keep the cubin (base64) in the output");
+  bool use_tuned = false;
+  compile->add_flag("--tuned", use_tuned,
+                    "take the tile config from the daemon's tuning result for this shape's "
+                    "bucket (the --block-m/--block-n/--warps/--stages values are ignored)");
+
+  // tune: the same problem options as compile, no tile config
+  auto* tune = app.add_subcommand(
+      "tune", "tune the tile config for a problem on the daemon's GPUs (live progress on stderr)");
+  std::string searcher = "evolutionary";
+  int max_evals = 0, time_budget_ms = 0, patience = 0;
+  bool force = false;
+  uint64_t seed = 0;
+  tune->add_option("--template", template_id, "kernel template id")->capture_default_str();
+  tune->add_option("--dtype", dtype, "element type of Q, K, V, O")
+      ->required()
+      ->check(CLI::IsMember({"fp16", "bf16"}));
+  tune->add_option("--head-dim", head_dim, "head dimension D (compile-time)")->required();
+  tune->add_flag("--causal", causal, "causal (top-left aligned) masking");
+  tune->add_option("--batch", batch, "batch size")->capture_default_str();
+  tune->add_option("--heads", heads, "query heads")->capture_default_str();
+  tune->add_option("--kv-heads", kv_heads, "K/V heads; 0 = --heads")->capture_default_str();
+  tune->add_option("--seq-q", seq_q, "query sequence length")->required();
+  tune->add_option("--seq-k", seq_k, "key sequence length; 0 = --seq-q")->capture_default_str();
+  tune->add_option("--layout", layout, "memory layout of Q, K, V, O")
+      ->check(CLI::IsMember({"bshd", "bhsd"}))
+      ->capture_default_str();
+  tune->add_option("--arch", arch, "target, e.g. sm_90a; empty = the daemon's default");
+  tune->add_option("--searcher", searcher, "search strategy")
+      ->check(CLI::IsMember({"evolutionary", "random", "exhaustive"}))
+      ->capture_default_str();
+  tune->add_option("--max-evals", max_evals, "evaluation budget; 0 = 20% of the space, >= 8")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  tune->add_option("--time-budget-ms", time_budget_ms, "time budget; 0 = 60000")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  tune->add_option("--patience", patience,
+                   "stop after this many evaluations without improvement; 0 = off")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  tune->add_flag("--force", force, "tune even when the daemon has a stored result");
+  tune->add_option("--seed", seed, "searcher seed; 0 = 1")->capture_default_str();
+
+  // results
+  auto* results = app.add_subcommand("results", "list the daemon's stored tuning results");
+  int results_page_size = 0;
+  std::string results_token;
+  bool results_all = false;
+  results->add_option("--page-size", results_page_size, "results per page; 0 = 100")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  results->add_option("--page-token", results_token, "continue from a previous page")
+      ->type_name("TOKEN");
+  results->add_flag("--all", results_all, "follow next-page tokens to the end");
 
   // get
   auto* get = app.add_subcommand("get", "fetch a cached kernel by key");
@@ -210,8 +341,89 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : 2;
   }
 
+  // Ctrl-C during a tune cancels the job on the daemon: the signals are
+  // blocked before gRPC starts its threads and a thread of ours takes them.
+  auto tune_cancel = std::make_shared<fc::client::TuneCancel>();
+  if (*tune) {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::thread([signals, tune_cancel]() {
+      int received = 0;
+      if (sigwait(&signals, &received) == 0) tune_cancel->cancel();
+    }).detach();
+  }
+
   auto client = connect(globals);
   if (!client) return fail(globals, client.error());
+
+  auto fill_problem = [&](v1::KernelRequest& request) {
+    request.set_template_id(template_id);
+    auto* problem = request.mutable_problem();
+    problem->set_dtype(dtype == "bf16" ? v1::DTYPE_BF16 : v1::DTYPE_FP16);
+    problem->set_head_dim(head_dim);
+    problem->set_causal(causal);
+    problem->set_batch(batch);
+    problem->set_heads(heads);
+    problem->set_kv_heads(kv_heads);
+    problem->set_seq_q(seq_q);
+    problem->set_seq_k(seq_k);
+    problem->set_layout(layout == "bhsd" ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
+    request.set_arch(arch);
+  };
+
+  if (*tune) {
+    v1::TuneRequest request;
+    fill_problem(*request.mutable_kernel());
+    request.set_searcher(searcher);
+    request.set_max_evaluations(max_evals);
+    request.set_time_budget_ms(time_budget_ms);
+    request.set_patience(patience);
+    request.set_force(force);
+    request.set_seed(seed);
+    TuneProgressLine line;
+    auto result = client->tune(
+        request, [&](const v1::TuneProgress& p) { if (!globals.json) line.update(p); },
+        tune_cancel, std::chrono::milliseconds(globals.timeout_ms));
+    if (line.printed) std::fprintf(stderr, "\n");
+    if (!result) return fail(globals, result.error());
+    if (globals.json) {
+      std::cout << to_json(*result);
+      return 0;
+    }
+    std::printf("best config   %s%s\n", config_label(result->config()).c_str(),
+                result->from_database() ? "  (stored result; --force to tune again)" : "");
+    std::printf("median        %.2f us\n", result->median_us());
+    std::printf("throughput    %.1f TF/s\n", result->tflops());
+    std::printf("evaluations   %lld (%s)\n", static_cast<long long>(result->evaluations()),
+                result->searcher().c_str());
+    std::printf("wall          %.1f s\n", result->wall_seconds());
+    std::printf("bucket        %s\n", result->bucket().c_str());
+    std::printf("device        %s (%s)\n", result->device().c_str(), result->arch().c_str());
+    std::printf("key           %s\n", result->key().c_str());
+    return 0;
+  }
+
+  if (*results) {
+    v1::ListTuningResultsResponse all;
+    std::string token = results_token;
+    do {
+      auto page = client->list_tuning_results(results_page_size, token);
+      if (!page) return fail(globals, page.error());
+      for (auto& r : *page->mutable_results()) *all.add_results() = std::move(r);
+      token = page->next_page_token();
+    } while (results_all && !token.empty());
+    all.set_next_page_token(token);
+    if (globals.json) {
+      std::cout << to_json(all);
+    } else {
+      print_results_table({all.results().begin(), all.results().end()});
+      if (!token.empty()) std::cout << "more: --page-token " << token << " (or --all)\n";
+    }
+    return 0;
+  }
 
   if (*compile) {
     v1::KernelRequest request;
@@ -232,6 +444,7 @@ int main(int argc, char** argv) {
     config->set_warps(warps);
     config->set_stages(stages);
     request.set_arch(arch);
+    request.set_use_tuned_config(use_tuned);
     // Skip the cubin transfer when nothing will use it.
     request.set_omit_cubin(compile_output.empty() && !(globals.json && compile_include_cubin));
     auto handle = client->compile(request);

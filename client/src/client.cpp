@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -91,6 +92,67 @@ Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
 const ConnectOptions& Client::options() const { return impl_->options; }
+
+void TuneCancel::cancel() {
+  std::lock_guard lock(mutex_);
+  cancelled_ = true;
+  if (context_ != nullptr) static_cast<grpc::ClientContext*>(context_)->TryCancel();
+}
+
+bool TuneCancel::cancelled() const {
+  std::lock_guard lock(mutex_);
+  return cancelled_;
+}
+
+void TuneCancel::attach(void* context) {
+  std::lock_guard lock(mutex_);
+  context_ = context;
+  if (context_ != nullptr && cancelled_) static_cast<grpc::ClientContext*>(context_)->TryCancel();
+}
+
+Result<v1::TuningResult> Client::tune(
+    const v1::TuneRequest& request,
+    const std::function<void(const v1::TuneProgress&)>& on_progress,
+    std::shared_ptr<TuneCancel> cancel, std::chrono::milliseconds deadline) {
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       (deadline.count() > 0 ? deadline : impl_->options.call_timeout));
+  if (cancel) cancel->attach(&context);
+  auto reader = impl_->stub->Tune(&context, request);
+  v1::TuneProgress progress;
+  std::optional<v1::TuningResult> result;
+  while (reader->Read(&progress)) {
+    if (on_progress) on_progress(progress);
+    if (progress.has_done()) result = progress.done();
+  }
+  const grpc::Status status = reader->Finish();
+  if (cancel) cancel->attach(nullptr);
+  if (!status.ok()) return rpc_error("Tune", status);
+  if (!result) return make_error(ErrorCode::internal, "Tune: the stream ended without a result");
+  return *result;
+}
+
+Result<v1::TuningResult> Client::get_tuning_result(const v1::GetTuningResultRequest& request) {
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::TuningResult result;
+  const grpc::Status status = impl_->stub->GetTuningResult(&context, request, &result);
+  if (!status.ok()) return rpc_error("GetTuningResult", status);
+  return result;
+}
+
+Result<v1::ListTuningResultsResponse> Client::list_tuning_results(int page_size,
+                                                                  const std::string& page_token) {
+  v1::ListTuningResultsRequest request;
+  request.set_page_size(page_size);
+  request.set_page_token(page_token);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::ListTuningResultsResponse response;
+  const grpc::Status status = impl_->stub->ListTuningResults(&context, request, &response);
+  if (!status.ok()) return rpc_error("ListTuningResults", status);
+  return response;
+}
 
 Result<v1::KernelHandle> Client::compile(const v1::KernelRequest& request) {
   grpc::ClientContext context;

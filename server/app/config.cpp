@@ -43,6 +43,7 @@ struct Layer {
   std::optional<std::string> log_level;
   std::optional<std::string> port_file;
   std::optional<std::string> worker_binary;
+  std::optional<std::string> tuning_db;
   std::optional<int64_t> evaluation_timeout_ms;
 };
 
@@ -65,6 +66,7 @@ void apply(Layer& base, const Layer& top) {
   over(base.log_level, top.log_level);
   over(base.port_file, top.port_file);
   over(base.worker_binary, top.worker_binary);
+  over(base.tuning_db, top.tuning_db);
   over(base.evaluation_timeout_ms, top.evaluation_timeout_ms);
 }
 
@@ -110,6 +112,7 @@ Result<Layer> read_toml(const std::string& path) {
     else if (k == "log_level") status = string_key(k, node, layer.log_level);
     else if (k == "port_file") status = string_key(k, node, layer.port_file);
     else if (k == "worker_binary") status = string_key(k, node, layer.worker_binary);
+    else if (k == "tuning_db") status = string_key(k, node, layer.tuning_db);
     else if (k == "evaluation_timeout_ms") status = int_key(k, node, layer.evaluation_timeout_ms);
     else
       // A misspelt key silently ignored would leave a setting at its default.
@@ -127,6 +130,7 @@ Layer read_env() {
   layer.templates_dir = env("FLASHCORE_TEMPLATES_DIR");
   layer.default_arch = env("FLASHCORE_DEFAULT_ARCH");
   layer.worker_binary = env("FLASHCORE_WORKER_BINARY");
+  layer.tuning_db = env("FLASHCORE_TUNING_DB");
   return layer;
 }
 
@@ -199,6 +203,7 @@ Result<DaemonConfig> resolve(const Layer& layer) {
   }
   if (layer.port_file) config.port_file = *layer.port_file;
   if (layer.worker_binary) config.worker_binary = *layer.worker_binary;
+  if (layer.tuning_db) config.tuning_db = *layer.tuning_db;
   if (layer.evaluation_timeout_ms) {
     auto ms = count("evaluation_timeout_ms", *layer.evaluation_timeout_ms, 1,
                     int64_t{24} * 3600 * 1000);
@@ -257,6 +262,8 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
       "beside flashcored)");
   num("--evaluation-timeout-ms", flags.evaluation_timeout_ms,
       "longest one evaluation may run on a GPU worker before the worker is killed and restarted");
+  str("--tuning-db", flags.tuning_db,
+      "SQLite tuning database (FLASHCORE_TUNING_DB; default: <cache-dir>/tuning.db)");
 
   try {
     app.parse(argc, argv);

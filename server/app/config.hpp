@@ -26,6 +26,7 @@ struct DaemonConfig {
   std::filesystem::path port_file;                 // if set, the bound port is written here
   std::filesystem::path worker_binary;             // empty = flashcore_worker beside the daemon
   std::chrono::milliseconds evaluation_timeout{120000};  // one evaluation on a GPU worker
+  std::filesystem::path tuning_db;                 // SQLite tuning database; empty = <cache_dir>/tuning.db
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or

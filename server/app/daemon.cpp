@@ -18,6 +18,9 @@
 #include "jit/nvrtc_compiler.hpp"
 #include "jit/template_registry.hpp"
 #include "rpc/flashcore_service.hpp"
+#include "rpc/tuning_backends.hpp"
+#include "search/tuning_db.hpp"
+#include "search/tuning_job.hpp"
 
 namespace flashcore {
 namespace {
@@ -125,6 +128,10 @@ struct Daemon::Impl {
 };
 
 Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
+  return start(config, DaemonHooks{});
+}
+
+Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, DaemonHooks hooks) {
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   if (impl->config.cache_dir.empty()) impl->config.cache_dir = default_cache_dir();
@@ -158,8 +165,35 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
   options.max_concurrent_rpcs = config.max_concurrent_rpcs;
   impl->workers =
       start_workers(config, device_count, options.gpu, options.evaluation_unavailable_reason);
-  impl->service =
-      std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options, impl->workers);
+
+  // Tuning: the database always (results are served without a GPU too), the
+  // manager only with something to measure on.
+  const std::filesystem::path db_path = config.tuning_db.empty()
+                                            ? impl->config.cache_dir / "tuning.db"
+                                            : config.tuning_db;
+  std::error_code ignored;
+  std::filesystem::create_directories(db_path.parent_path(), ignored);
+  std::shared_ptr<TuningDb> tuning_db;
+  if (auto opened = TuningDb::open(db_path.string()); opened) {
+    tuning_db = std::shared_ptr<TuningDb>(std::move(opened).value());
+  } else {
+    spdlog::warn("tuning database {}: {}; tuning is unavailable", db_path.string(),
+                 opened.error().message);
+    if (options.evaluation_unavailable_reason.empty() || impl->workers || hooks.evaluation_backend)
+      options.evaluation_unavailable_reason = "tuning database: " + opened.error().message;
+  }
+  std::shared_ptr<EvaluationBackend> backend = hooks.evaluation_backend;
+  if (!backend && impl->workers) backend = std::make_shared<rpc::WorkerPoolBackend>(impl->workers);
+  std::shared_ptr<TuningManager> tuning;
+  if (backend && tuning_db) {
+    TuningManager::Options tuning_options;
+    tuning_options.compile_ahead = hooks.tuning_compile_ahead;
+    tuning = std::make_shared<TuningManager>(
+        std::make_shared<rpc::KernelCacheCompiler>(impl->cache, impl->compiler), backend,
+        tuning_db, tuning_options);
+  }
+  impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options,
+                                                          impl->workers, tuning, tuning_db);
 
   // Both must be in place before the builder is made: they hook into it.
   grpc::EnableDefaultHealthCheckService(true);

@@ -12,10 +12,21 @@
 
 namespace flashcore {
 
+class EvaluationBackend;  // search/tuning_job.hpp
+
+// Parts a test puts in place of the real ones. Only tests set these.
+struct DaemonHooks {
+  // Measures tuning candidates instead of the GPU worker pool (which needs
+  // a GPU): tests pass a backend that evaluates a synthetic objective.
+  std::shared_ptr<EvaluationBackend> evaluation_backend;
+  size_t tuning_compile_ahead = 0;  // 0: the manager's default
+};
+
 class Daemon {
  public:
   // Binds config.listen_address (port 0 picks a free port) and starts serving.
   static Result<std::unique_ptr<Daemon>> start(const DaemonConfig& config);
+  static Result<std::unique_ptr<Daemon>> start(const DaemonConfig& config, DaemonHooks hooks);
   ~Daemon();  // shuts down with the configured drain deadline if still running
 
   int port() const;                  // the bound port

@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "cache/cache_key.hpp"
 #include "jit/template_catalog.hpp"
 #include "rpc/translate.hpp"
+#include "search/shape_bucket.hpp"
 
 #ifndef FLASHCORE_VERSION
 #define FLASHCORE_VERSION "0.1.0"
@@ -269,14 +272,23 @@ class FlashCoreService::ValidateReactor final : public grpc::ServerUnaryReactor 
 FlashCoreService::FlashCoreService(std::shared_ptr<KernelCache> cache,
                                    std::shared_ptr<const NvrtcCompiler> compiler,
                                    ServiceOptions options,
-                                   std::shared_ptr<eval::WorkerPool> workers)
+                                   std::shared_ptr<eval::WorkerPool> workers,
+                                   std::shared_ptr<TuningManager> tuning,
+                                   std::shared_ptr<TuningDb> tuning_db)
     : cache_(std::move(cache)),
       compiler_(std::move(compiler)),
       options_(std::move(options)),
       workers_(std::move(workers)),
-      evaluations_(std::make_unique<EvaluationThreads>()) {}
+      evaluations_(std::make_unique<EvaluationThreads>()),
+      tuning_db_(std::move(tuning_db)),
+      tuning_(std::move(tuning)) {
+  if (tuning_ && !tuning_db_) tuning_db_ = std::shared_ptr<TuningDb>(tuning_, &tuning_->db());
+}
 
-FlashCoreService::~FlashCoreService() = default;
+FlashCoreService::~FlashCoreService() {
+  // Jobs still running end (cancelled) before the members their callbacks use.
+  tuning_.reset();
+}
 
 void FlashCoreService::attach_validation(v1::KernelHandle* handle) const {
   if (auto record = validations_.latest(handle->key())) *handle->mutable_validation() = *record;
@@ -318,7 +330,12 @@ grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext*
                                                     v1::KernelHandle* response) {
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
-  auto parsed = parse_kernel_request(*request, options_.default_arch);
+  auto parsed = request->use_tuned_config()
+                    ? parse_tuning_target(*request, options_.default_arch)
+                    : parse_kernel_request(*request, options_.default_arch);
+  if (parsed && request->use_tuned_config()) {
+    if (Status tuned = apply_tuned_config(*parsed); !tuned) parsed = tuned.error();
+  }
   if (!parsed) {
     release();
     return finish_now(context, to_grpc_status(parsed.error()));
@@ -457,6 +474,392 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
   auto* reactor = new ValidateReactor(this, response, std::move(plan));
   reactor->start(*cache_);
   return reactor;
+}
+
+// ---- Tuning ----
+
+namespace {
+
+void fill_tile(const TileConfig& config, v1::TileConfig* out) {
+  out->set_block_m(config.block_m);
+  out->set_block_n(config.block_n);
+  out->set_warps(config.warps);
+  out->set_stages(config.stages);
+}
+
+void fill_scope(const TuningScope& scope, v1::TuningResult* out) {
+  out->set_template_id(scope.template_id);
+  v1::Problem* problem = out->mutable_problem();
+  problem->set_dtype(to_proto(scope.problem.dtype));
+  problem->set_head_dim(scope.problem.head_dim);
+  problem->set_causal(scope.problem.causal);
+  out->set_bucket(canonical_bucket(scope.bucket));
+  out->set_device(scope.device_name);
+  out->set_arch(scope.arch);
+}
+
+void fill_result(const TuneResult& result, v1::TuningResult* out) {
+  fill_scope(result.scope, out);
+  fill_tile(result.config, out->mutable_config());
+  out->set_key(result.key);
+  out->set_median_us(result.median_us);
+  out->set_tflops(result.tflops);
+  out->set_evaluations(result.evaluations);
+  out->set_wall_seconds(result.wall_seconds);
+  out->set_searcher(result.searcher);
+  out->set_from_database(result.from_database);
+}
+
+void fill_best(const BestRecord& best, v1::TuningResult* out) {
+  TuneResult result;
+  result.scope = best.scope;
+  result.config = best.config;
+  result.key = best.cache_key;
+  result.median_us = best.median_us;
+  result.tflops = best.tflops;
+  result.evaluations = best.evaluations;
+  result.wall_seconds = best.wall_seconds;
+  result.searcher = best.searcher;
+  result.from_database = true;
+  fill_result(result, out);
+}
+
+v1::TuneProgress to_progress(const TuneEvent& event) {
+  v1::TuneProgress progress;
+  switch (event.kind) {
+    case TuneEvent::Kind::queued:
+      progress.mutable_queued()->set_position(event.position);
+      break;
+    case TuneEvent::Kind::started: {
+      auto* started = progress.mutable_started();
+      started->set_job_id(event.job_id);
+      started->set_space_size(static_cast<int32_t>(event.space_size));
+      started->set_max_evaluations(static_cast<int32_t>(event.max_evaluations));
+      started->set_gpu_index(event.gpu);
+      break;
+    }
+    case TuneEvent::Kind::trial: {
+      auto* trial = progress.mutable_trial();
+      fill_tile(event.config, trial->mutable_config());
+      trial->set_status(std::string(trial_status_name(event.status)));
+      trial->set_median_us(event.median_us);
+      trial->set_tflops(event.tflops);
+      trial->set_failure(event.failure);
+      trial->set_evaluations(static_cast<int32_t>(event.evaluations));
+      trial->set_generation(static_cast<int32_t>(event.generation));
+      break;
+    }
+    case TuneEvent::Kind::best: {
+      auto* best = progress.mutable_best();
+      fill_tile(event.config, best->mutable_config());
+      best->set_median_us(event.median_us);
+      best->set_tflops(event.tflops);
+      break;
+    }
+  }
+  progress.set_eta_ms(event.eta_ms);
+  return progress;
+}
+
+Error invalid_field(std::string message) {
+  return make_error(ErrorCode::invalid_argument, std::move(message));
+}
+
+}  // namespace
+
+// A Tune in flight. The job runs on a thread of the tuning manager and
+// pushes progress here; writes go out one at a time (the next from
+// OnWriteDone), and Finish waits for the last write. Cancellation (client
+// gone, deadline, server drain) cancels the job and finishes the call; what
+// the job pushes after that is dropped. State is shared with the job's
+// callbacks, which may outlive the reactor.
+class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::TuneProgress> {
+ public:
+  TuneReactor(FlashCoreService* service, const std::string& bucket)
+      : state_(std::make_shared<State>()) {
+    state_->service = service;
+    state_->reactor = this;
+    state_->bucket = bucket;
+  }
+
+  void start(TuningManager& manager, TuneSettings settings) {
+    TuneCallbacks callbacks;
+    callbacks.on_event = [state = state_](const TuneEvent& event) {
+      v1::TuneProgress progress = to_progress(event);
+      if (progress.has_started()) progress.mutable_started()->set_bucket(state->bucket);
+      push(*state, std::move(progress));
+    };
+    callbacks.on_done = [state = state_](Result<TuneResult> result) {
+      if (!result) {
+        finish(*state, to_grpc_status(result.error()));
+        return;
+      }
+      v1::TuneProgress done;
+      fill_result(*result, done.mutable_done());
+      push(*state, std::move(done));
+      finish(*state, grpc::Status::OK);
+    };
+    auto job = manager.submit(std::move(settings), std::move(callbacks));
+    bool cancelled;
+    {
+      std::lock_guard lock(state_->mutex);
+      state_->job = job;
+      cancelled = state_->cancelled;
+    }
+    if (cancelled) TuningManager::cancel(job);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard lock(state_->mutex);
+    state_->writing = false;
+    if (!ok) state_->queue.clear();  // the stream is broken: only Finish is left
+    pump(*state_);
+  }
+
+  void OnCancel() override {
+    TuningManager::JobHandle job;
+    {
+      std::lock_guard lock(state_->mutex);
+      state_->cancelled = true;
+      job = state_->job;
+    }
+    // Outside the lock: cancelling takes the manager's lock, under which
+    // queued events are pushed here.
+    TuningManager::cancel(job);
+    // The call ends now; the job stops at its next step (a measurement in
+    // progress runs out) and records itself cancelled.
+    finish(*state_, grpc::Status(grpc::StatusCode::CANCELLED, "tune cancelled"));
+  }
+
+  void OnDone() override {
+    {
+      std::lock_guard lock(state_->mutex);
+      state_->reactor = nullptr;
+    }
+    delete this;
+  }
+
+ private:
+  struct State {
+    std::mutex mutex;
+    FlashCoreService* service = nullptr;
+    TuneReactor* reactor = nullptr;  // null after OnDone
+    std::string bucket;
+    std::deque<v1::TuneProgress> queue;
+    v1::TuneProgress current;  // the message being written
+    bool writing = false;
+    std::optional<grpc::Status> status;  // set once: Finish follows the queued writes
+    bool finish_called = false;
+    bool cancelled = false;
+    TuningManager::JobHandle job;
+  };
+
+  static void push(State& state, v1::TuneProgress progress) {
+    std::lock_guard lock(state.mutex);
+    if (state.status || state.finish_called || !state.reactor) return;
+    state.queue.push_back(std::move(progress));
+    pump(state);
+  }
+
+  static void finish(State& state, grpc::Status status) {
+    std::lock_guard lock(state.mutex);
+    if (state.status) return;
+    state.status = std::move(status);
+    pump(state);
+  }
+
+  // Caller holds state.mutex.
+  static void pump(State& state) {
+    if (state.writing || state.finish_called || !state.reactor) return;
+    if (!state.queue.empty()) {
+      state.current = std::move(state.queue.front());
+      state.queue.pop_front();
+      state.writing = true;
+      state.reactor->StartWrite(&state.current);
+      return;
+    }
+    if (state.status) {
+      state.finish_called = true;
+      state.service->release();
+      state.reactor->Finish(*state.status);
+    }
+  }
+
+  std::shared_ptr<State> state_;
+};
+
+std::string FlashCoreService::tuning_device() const {
+  if (tuning_) return tuning_->device_name();
+  return options_.gpu.available ? options_.gpu.name : std::string();
+}
+
+TuningScope FlashCoreService::tuning_scope(const CompileRequest& request,
+                                           const std::string& device) const {
+  TuningScope scope;
+  scope.template_id = request.spec.template_id;
+  scope.problem = request.spec.problem;
+  scope.bucket = bucket_of(request.shape);
+  scope.device_name = device;
+  scope.arch = request.spec.arch;
+  return scope;
+}
+
+Status FlashCoreService::apply_tuned_config(CompileRequest& request) const {
+  if (!tuning_db_)
+    return make_error(ErrorCode::failed_precondition,
+                      "use_tuned_config: the daemon has no tuning database");
+  const std::string device = tuning_device();
+  if (device.empty())
+    return make_error(ErrorCode::failed_precondition,
+                      "use_tuned_config: tuning results are per device and the daemon has no GPU");
+  const TuningScope scope = tuning_scope(request, device);
+  auto best = tuning_db_->best_for(scope);
+  if (!best) return best.error();
+  if (!*best)
+    return make_error(ErrorCode::not_found,
+                      "use_tuned_config: no tuning result for " +
+                          canonical_problem_class(scope.problem) + " bucket " +
+                          canonical_bucket(scope.bucket) + " on " + device + " (" + scope.arch +
+                          "); run Tune first");
+  const auto arch = find_arch(request.spec.arch);
+  if (auto error = config_error((*best)->config, request.spec.problem, *arch))
+    return make_error(ErrorCode::internal, "stored tuned config is invalid: " + *error);
+  request.spec.config = (*best)->config;
+  return ok_status();
+}
+
+grpc::ServerWriteReactor<v1::TuneProgress>* FlashCoreService::Tune(
+    grpc::CallbackServerContext* context, const v1::TuneRequest* request) {
+  auto refuse = [&](const grpc::Status& status) {
+    class Refused final : public grpc::ServerWriteReactor<v1::TuneProgress> {
+     public:
+      explicit Refused(const grpc::Status& status) { Finish(status); }
+      void OnDone() override { delete this; }
+    };
+    return new Refused(status);
+  };
+  (void)context;
+  if (Status admitted = admit(); !admitted) return refuse(to_grpc_status(admitted.error()));
+  auto settings = [&]() -> Result<TuneSettings> {
+    auto parsed = parse_tuning_target(request->kernel(), options_.default_arch);
+    if (!parsed) {
+      Error error = parsed.error();
+      error.message = "kernel." + error.message;
+      return error;
+    }
+    TuneSettings out;
+    out.template_id = parsed->spec.template_id;
+    out.problem = parsed->spec.problem;
+    out.shape = parsed->shape;
+    out.arch = parsed->spec.arch;
+    const std::string searcher = request->searcher().empty() ? "evolutionary" : request->searcher();
+    auto kind = parse_searcher_kind(searcher);
+    if (!kind)
+      return invalid_field("searcher: unknown searcher '" + searcher +
+                           "' (evolutionary, random, exhaustive)");
+    out.searcher = *kind;
+    if (request->max_evaluations() < 0) return invalid_field("max_evaluations: must be >= 0");
+    if (request->time_budget_ms() < 0) return invalid_field("time_budget_ms: must be >= 0");
+    if (request->patience() < 0) return invalid_field("patience: must be >= 0");
+    const auto& timing = request->timing();
+    if (timing.warmup() < 0 || timing.repetitions() < 0 || timing.target_loop_ms() < 0)
+      return invalid_field("timing: warmup, repetitions and target_loop_ms must be >= 0");
+    out.max_evaluations = request->max_evaluations();
+    out.time_budget = std::chrono::milliseconds(request->time_budget_ms());
+    out.patience = request->patience();
+    out.force = request->force();
+    out.seed = request->seed();
+    out.warmup = timing.warmup();
+    out.repetitions = timing.repetitions();
+    out.target_loop_ms = timing.target_loop_ms();
+    return out;
+  }();
+  if (!settings) {
+    release();
+    return refuse(to_grpc_status(settings.error()));
+  }
+  if (!tuning_) {
+    release();
+    return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                               "tuning needs a GPU evaluation worker and the daemon has none: " +
+                                   options_.evaluation_unavailable_reason));
+  }
+  if (workers_) {
+    // Jobs measure on any GPU: every worker's device must load the cubins.
+    for (const auto& info : workers_->workers()) {
+      if (!eval::cubin_runs_on(settings->arch, info.arch())) {
+        release();
+        return refuse(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                   "kernel.arch: " + settings->arch + " cubins do not run on GPU " +
+                                       std::to_string(info.gpu_index()) + " " + info.device() +
+                                       " (" + info.arch() + ")"));
+      }
+    }
+  }
+  auto* reactor = new TuneReactor(this, canonical_bucket(bucket_of(settings->shape)));
+  reactor->start(*tuning_, std::move(settings).value());
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::GetTuningResult(
+    grpc::CallbackServerContext* context, const v1::GetTuningResultRequest* request,
+    v1::TuningResult* response) {
+  if (Status admitted = admit(); !admitted)
+    return finish_now(context, to_grpc_status(admitted.error()));
+  const grpc::Status status = [&]() -> grpc::Status {
+    auto parsed = parse_tuning_target(request->kernel(), options_.default_arch);
+    if (!parsed) {
+      Error error = parsed.error();
+      error.message = "kernel." + error.message;
+      return to_grpc_status(error);
+    }
+    if (!tuning_db_)
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "the daemon has no tuning database");
+    const std::string device = request->device().empty() ? tuning_device() : request->device();
+    if (device.empty())
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "device: must be set (the daemon has no GPU to default to)");
+    const TuningScope scope = tuning_scope(*parsed, device);
+    auto best = tuning_db_->best_for(scope);
+    if (!best) return to_grpc_status(best.error());
+    if (!*best)
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "no tuning result for " + canonical_problem_class(scope.problem) +
+                              " bucket " + canonical_bucket(scope.bucket) + " on " + device +
+                              " (" + scope.arch + ")");
+    fill_best(**best, response);
+    return grpc::Status::OK;
+  }();
+  release();
+  return finish_now(context, status);
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::ListTuningResults(
+    grpc::CallbackServerContext* context, const v1::ListTuningResultsRequest* request,
+    v1::ListTuningResultsResponse* response) {
+  if (Status admitted = admit(); !admitted)
+    return finish_now(context, to_grpc_status(admitted.error()));
+  const grpc::Status status = [&]() -> grpc::Status {
+    if (request->page_size() < 0 || request->page_size() > kMaxPageSize)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "page_size: " + std::to_string(request->page_size()) +
+                              " must be in [0, " + std::to_string(kMaxPageSize) + "]");
+    if (!tuning_db_)
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "the daemon has no tuning database");
+    auto page = tuning_db_->list_best(request->page_size(), request->page_token());
+    if (!page) {
+      Error error = page.error();
+      if (error.code == ErrorCode::invalid_argument) error.message = "page_token: " + error.message;
+      return to_grpc_status(error);
+    }
+    for (const auto& best : page->items) fill_best(best, response->add_results());
+    response->set_next_page_token(page->next_page_token);
+    return grpc::Status::OK;
+  }();
+  release();
+  return finish_now(context, status);
 }
 
 }  // namespace flashcore::rpc

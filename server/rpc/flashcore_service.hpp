@@ -15,7 +15,10 @@
 #include "eval/worker_pool.hpp"
 #include "flashcore/v1/flashcore.grpc.pb.h"
 #include "jit/nvrtc_compiler.hpp"
+#include "rpc/translate.hpp"
 #include "rpc/validation_store.hpp"
+#include "search/tuning_db.hpp"
+#include "search/tuning_job.hpp"
 
 namespace flashcore::rpc {
 
@@ -39,9 +42,15 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
  public:
   // `workers` may be null (no GPU, no worker binary): Validate then answers
   // FAILED_PRECONDITION with options.evaluation_unavailable_reason.
+  // `tuning` may be null (no evaluation backend): Tune then answers
+  // FAILED_PRECONDITION like Validate. `tuning_db` (null: none) serves
+  // GetTuningResult, ListTuningResults and Compile's use_tuned_config; it
+  // is the manager's database when there is a manager.
   FlashCoreService(std::shared_ptr<KernelCache> cache,
                    std::shared_ptr<const NvrtcCompiler> compiler, ServiceOptions options,
-                   std::shared_ptr<eval::WorkerPool> workers = nullptr);
+                   std::shared_ptr<eval::WorkerPool> workers = nullptr,
+                   std::shared_ptr<TuningManager> tuning = nullptr,
+                   std::shared_ptr<TuningDb> tuning_db = nullptr);
   // Waits for running evaluations (shut the worker pool down first to end them).
   ~FlashCoreService() override;
 
@@ -61,12 +70,25 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
                                      const v1::ValidateRequest* request,
                                      v1::KernelHandle* response) override;
 
+  grpc::ServerWriteReactor<v1::TuneProgress>* Tune(grpc::CallbackServerContext* context,
+                                                   const v1::TuneRequest* request) override;
+  grpc::ServerUnaryReactor* GetTuningResult(grpc::CallbackServerContext* context,
+                                            const v1::GetTuningResultRequest* request,
+                                            v1::TuningResult* response) override;
+  grpc::ServerUnaryReactor* ListTuningResults(grpc::CallbackServerContext* context,
+                                              const v1::ListTuningResultsRequest* request,
+                                              v1::ListTuningResultsResponse* response) override;
+
   // For requests that need a device (validation, tuning): FAILED_PRECONDITION
   // with the probe's reason when the daemon has none.
   Status require_gpu() const;
 
   // FAILED_PRECONDITION with the reason when there is no worker pool.
   Status require_workers() const;
+
+  // Replaces the request's config with the tuning database's best for its
+  // scope; NOT_FOUND naming the bucket when none is stored.
+  Status apply_tuned_config(CompileRequest& request) const;
 
   size_t in_flight() const { return in_flight_.load(); }
   const ServiceOptions& options() const { return options_; }
@@ -79,6 +101,13 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   class CompileReactor;
   class ValidateReactor;
   class EvaluationThreads;
+  class TuneReactor;
+
+  // The device name tuning results are looked up under: the tuning
+  // backend's GPU 0, else the probed GPU's name (empty: none).
+  std::string tuning_device() const;
+  // The scope a kernel request names (bucket of its shape) on `device`.
+  TuningScope tuning_scope(const CompileRequest& request, const std::string& device) const;
 
   // Takes an in-flight slot, or returns RESOURCE_EXHAUSTED when all are taken.
   Status admit();
@@ -98,6 +127,9 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   // Last: destroyed first, so evaluations still running finish while the
   // members above they use are alive.
   std::unique_ptr<EvaluationThreads> evaluations_;
+  std::shared_ptr<TuningDb> tuning_db_;
+  // Last: its destructor cancels and joins the jobs, whose callbacks use the above.
+  std::shared_ptr<TuningManager> tuning_;
 };
 
 }  // namespace flashcore::rpc

@@ -119,8 +119,24 @@ v1::CacheTier to_proto(CacheTier tier) {
   return v1::CACHE_TIER_UNSPECIFIED;
 }
 
+namespace {
+Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::string_view default_arch,
+                                    bool with_config);
+}  // namespace
+
 Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
                                             std::string_view default_arch) {
+  return parse_kernel(request, default_arch, /*with_config=*/true);
+}
+
+Result<CompileRequest> parse_tuning_target(const v1::KernelRequest& request,
+                                           std::string_view default_arch) {
+  return parse_kernel(request, default_arch, /*with_config=*/false);
+}
+
+namespace {
+Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::string_view default_arch,
+                                    bool with_config) {
   if (request.template_id().empty())
     return invalid("template_id: must be set (known: " + template_list() + ")");
   if (find_template(request.template_id()) == nullptr)
@@ -151,6 +167,7 @@ Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
 
   // An absent config is the default tile; a present one is taken field by
   // field, so a forgotten field shows up as an error rather than a guess.
+  if (!with_config) return parsed;
   if (request.has_config()) {
     parsed.spec.config.block_m = request.config().block_m();
     parsed.spec.config.block_n = request.config().block_n();
@@ -161,6 +178,7 @@ Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
     return invalid(*error);
   return parsed;
 }
+}  // namespace
 
 Result<CompileRequest> parse_validate_request(const v1::ValidateRequest& request,
                                               std::string_view default_arch) {

@@ -29,6 +29,11 @@ struct CompileRequest {
 Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
                                             std::string_view default_arch);
 
+// As parse_kernel_request, config ignored (Tune, GetTuningResult, and Compile
+// with use_tuned_config, where the config comes from tuning).
+Result<CompileRequest> parse_tuning_target(const v1::KernelRequest& request,
+                                           std::string_view default_arch);
+
 // A Validate request: the kernel as parse_kernel_request takes it (each
 // rejection names the field under "kernel.") and the options in range.
 Result<CompileRequest> parse_validate_request(const v1::ValidateRequest& request,

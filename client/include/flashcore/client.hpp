@@ -4,7 +4,9 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "common/result.hpp"
@@ -18,6 +20,21 @@ struct ConnectOptions {
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds call_timeout{300000};  // a cold compile takes seconds
   size_t max_message_bytes = size_t{64} << 20;     // cubins are a few hundred KB
+};
+
+// Cancels a Tune from another thread (a Ctrl-C handler, a UI): the daemon
+// then stops the job and records it cancelled. Usable before the call starts.
+class TuneCancel {
+ public:
+  void cancel();
+  bool cancelled() const;
+
+ private:
+  friend class Client;
+  void attach(void* context);  // grpc::ClientContext*; null detaches
+  mutable std::mutex mutex_;
+  void* context_ = nullptr;
+  bool cancelled_ = false;
 };
 
 // One channel to the daemon; calls are thread-safe. Errors keep the server's
@@ -39,6 +56,17 @@ class Client {
                                       const v1::Problem* shape = nullptr);
   Result<v1::ListKernelsResponse> list_kernels(int page_size, const std::string& page_token);
   Result<v1::ServerInfo> server_info();
+
+  // Runs a tuning job, calling `on_progress` (on this thread) for every
+  // streamed message, done included, and returns the result. The call gets
+  // `deadline` (zero: ConnectOptions::call_timeout); `cancel` may stop it.
+  Result<v1::TuningResult> tune(const v1::TuneRequest& request,
+                                const std::function<void(const v1::TuneProgress&)>& on_progress,
+                                std::shared_ptr<TuneCancel> cancel = nullptr,
+                                std::chrono::milliseconds deadline = std::chrono::milliseconds(0));
+  Result<v1::TuningResult> get_tuning_result(const v1::GetTuningResultRequest& request);
+  Result<v1::ListTuningResultsResponse> list_tuning_results(int page_size,
+                                                            const std::string& page_token);
   // grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN", ...
   Result<std::string> health(const std::string& service = "");
 

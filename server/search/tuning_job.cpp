@@ -1,0 +1,493 @@
+#include "search/tuning_job.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "search/evolutionary_searcher.hpp"
+#include "search/search_space.hpp"
+#include "search/stop_condition.hpp"
+
+namespace flashcore {
+
+std::optional<std::string> resource_skip_reason(const CompiledCandidate& candidate) {
+  if (candidate.spill_store_bytes > 0 || candidate.spill_load_bytes > 0)
+    return "register spills (" + std::to_string(candidate.spill_store_bytes) + " B stores, " +
+           std::to_string(candidate.spill_load_bytes) + " B loads): skipped before measurement";
+  if (candidate.stack_frame_bytes > 0)
+    return "stack frame of " + std::to_string(candidate.stack_frame_bytes) +
+           " B (local memory): skipped before measurement";
+  return std::nullopt;
+}
+
+size_t default_max_evaluations(size_t space_size) {
+  return std::max<size_t>(8, (space_size + 4) / 5);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Compiles in flight for one job, in proposal order. Shared with the
+// compile callbacks, which may run after the job has stopped waiting.
+struct CompileQueue {
+  std::mutex mutex;
+  std::condition_variable ready;
+  struct Slot {
+    TileConfig config;
+    std::optional<Result<CompiledCandidate>> result;
+  };
+  std::map<uint64_t, Slot> slots;
+  uint64_t next_id = 0;
+  bool cancelled = false;
+};
+
+}  // namespace
+
+class TuningManager::Job {
+ public:
+  Job(TuningManager* manager, TuneSettings settings, TuneCallbacks callbacks)
+      : manager_(manager),
+        settings_(std::move(settings)),
+        callbacks_(std::move(callbacks)),
+        compiles_(std::make_shared<CompileQueue>()) {}
+
+  void start() {
+    thread_ = std::thread([this] {
+      Result<TuneResult> result = run();
+      if (callbacks_.on_done) callbacks_.on_done(std::move(result));
+      // Only now: the next job's `started` follows this one's `done`.
+      if (gpu_) manager_->release_gpu(*gpu_);
+      finished_.store(true);
+    });
+  }
+
+  void cancel() {
+    cancelled_.store(true);
+    {
+      std::lock_guard lock(compiles_->mutex);
+      compiles_->cancelled = true;
+    }
+    compiles_->ready.notify_all();
+    {
+      std::lock_guard lock(manager_->mutex_);
+    }
+    manager_->changed_.notify_all();
+  }
+
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+  bool finished() const { return finished_.load(); }
+  bool cancelled() const { return cancelled_.load(); }
+
+  // Caller holds the manager's mutex.
+  void set_position(int position) {
+    if (position == position_) return;
+    position_ = position;
+    TuneEvent event;
+    event.kind = TuneEvent::Kind::queued;
+    event.position = position;
+    emit(event);
+  }
+
+ private:
+  void emit(const TuneEvent& event) {
+    if (callbacks_.on_event) callbacks_.on_event(event);
+  }
+
+  Result<TuneResult> run();
+  Result<TuneResult> tune(const TuningScope& scope, const ToolchainRecord& toolchain, int gpu);
+
+  TuningManager* manager_;
+  TuneSettings settings_;
+  TuneCallbacks callbacks_;
+  std::shared_ptr<CompileQueue> compiles_;
+  std::thread thread_;
+  std::atomic<bool> cancelled_{false};
+  std::atomic<bool> finished_{false};
+  int position_ = 0;
+  std::optional<int> gpu_;  // held from acquire_gpu until after on_done
+};
+
+Result<TuneResult> TuningManager::Job::run() {
+  TuningScope scope;
+  scope.template_id = settings_.template_id;
+  scope.problem = settings_.problem;
+  scope.bucket = bucket_of(settings_.shape);
+  scope.device_name = manager_->backend_->device_name(0);
+  scope.arch = settings_.arch;
+  ToolchainRecord toolchain = manager_->compiler_->toolchain();
+  toolchain.driver_version = manager_->backend_->driver_version();
+
+  if (!settings_.force) {
+    auto stored = manager_->db_->best_for(scope);
+    if (!stored) return stored.error();
+    // A best from another NVRTC or template source names a cubin no longer served.
+    if (*stored && (*stored)->toolchain.nvrtc_version == toolchain.nvrtc_version &&
+        (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
+      const BestRecord& best = **stored;
+      TuneResult result;
+      result.scope = best.scope;
+      result.config = best.config;
+      result.key = best.cache_key;
+      result.median_us = best.median_us;
+      result.tflops = best.tflops;
+      result.evaluations = best.evaluations;
+      result.wall_seconds = best.wall_seconds;
+      result.searcher = best.searcher;
+      result.from_database = true;
+      return result;
+    }
+  }
+
+  gpu_ = manager_->acquire_gpu(*this);
+  if (!gpu_) return make_error(ErrorCode::cancelled, "tuning job cancelled while queued");
+  return tune(scope, toolchain, *gpu_);
+}
+
+Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
+                                            const ToolchainRecord& toolchain, int gpu) {
+  const auto arch = find_arch(settings_.arch);
+  if (!arch) return make_error(ErrorCode::invalid_argument, "arch: '" + settings_.arch + "' is not supported");
+  auto space = SearchSpace::create(settings_.problem, *arch);
+  if (!space) return space.error();
+
+  TuningDb& db = *manager_->db_;
+  const std::string searcher_name(searcher_kind_name(settings_.searcher));
+  auto job_id = db.begin_job(scope, searcher_name, toolchain);
+  if (!job_id) return job_id.error();
+
+  const size_t max_evaluations =
+      settings_.max_evaluations > 0 ? static_cast<size_t>(settings_.max_evaluations)
+                                    : default_max_evaluations(space->size());
+  const auto time_limit =
+      settings_.time_budget.count() > 0 ? settings_.time_budget : kDefaultTuneTimeBudget;
+  std::vector<StopConditionPtr> rules{evaluation_budget(max_evaluations),
+                                      time_budget(time_limit)};
+  if (settings_.patience > 0) rules.push_back(patience(static_cast<size_t>(settings_.patience)));
+  const StopConditionPtr stop = any_of(std::move(rules));
+
+  // Transfer: the bests of the nearest tuned buckets are tried first.
+  std::vector<TileConfig> seeds;
+  if (auto near = db.nearest_best(scope, 4); near)
+    for (const auto& entry : *near) seeds.push_back(entry.best.config);
+
+  std::unique_ptr<Searcher> searcher = make_searcher(settings_.searcher);
+  searcher->initialize(*space, settings_.seed == 0 ? 1 : settings_.seed, seeds);
+  auto* evolutionary = dynamic_cast<EvolutionarySearcher*>(searcher.get());
+
+  {
+    TuneEvent started;
+    started.kind = TuneEvent::Kind::started;
+    started.job_id = *job_id;
+    started.space_size = space->size();
+    started.max_evaluations = max_evaluations;
+    started.gpu = gpu;
+    emit(started);
+  }
+  spdlog::info("tuning job {}: {} {} on GPU {} ({}), {} configs, {}", *job_id,
+               canonical_problem_class(settings_.problem), canonical_bucket(scope.bucket), gpu,
+               scope.device_name, space->size(), stop->describe());
+
+  const size_t ahead = manager_->options_.compile_ahead > 0
+                           ? manager_->options_.compile_ahead
+                           : static_cast<size_t>(2 * manager_->backend_->gpu_count() + 2);
+  const auto begin = Clock::now();
+  std::optional<CompiledCandidate> reference;
+  std::optional<Trial> best;
+  double best_tflops = 0.0;
+  std::string best_key;
+  int64_t best_trial_id = 0;
+  bool stopping = false;
+
+  auto submit = [&](const TileConfig& config) {
+    uint64_t id;
+    {
+      std::lock_guard lock(compiles_->mutex);
+      id = compiles_->next_id++;
+      compiles_->slots[id].config = config;
+    }
+    manager_->compiler_->compile(
+        settings_.template_id, settings_.problem, config, settings_.arch, settings_.shape,
+        [queue = compiles_, id](Result<CompiledCandidate> result) {
+          {
+            std::lock_guard lock(queue->mutex);
+            auto slot = queue->slots.find(id);
+            if (slot != queue->slots.end()) slot->second.result.emplace(std::move(result));
+          }
+          queue->ready.notify_all();
+        });
+  };
+
+  while (!cancelled()) {
+    // Keep the compile pipeline full while the GPU measures.
+    while (!stopping) {
+      size_t in_flight;
+      {
+        std::lock_guard lock(compiles_->mutex);
+        in_flight = compiles_->slots.size();
+      }
+      if (in_flight >= ahead || searcher->evaluations() + in_flight >= max_evaluations) break;
+      auto config = searcher->next();
+      if (!config) break;
+      submit(*config);
+    }
+    // The oldest proposal next, so results reach the searcher in order.
+    TileConfig config;
+    std::optional<Result<CompiledCandidate>> compiled;
+    {
+      std::unique_lock lock(compiles_->mutex);
+      if (compiles_->slots.empty()) break;
+      auto front = compiles_->slots.begin();
+      compiles_->ready.wait(lock, [&] { return compiles_->cancelled || front->second.result; });
+      if (compiles_->cancelled) break;
+      config = front->second.config;
+      compiled = std::move(front->second.result);
+      compiles_->slots.erase(front);
+    }
+
+    TrialRecord trial;
+    trial.job_id = *job_id;
+    trial.scope = scope;
+    trial.shape = settings_.shape;
+    trial.config = config;
+    trial.smem_bytes = smem_bytes(config, settings_.problem);
+    trial.gpu_index = gpu;
+    trial.toolchain = toolchain;
+    if (!*compiled) {
+      trial.status = TrialStatus::failed;
+      trial.failure_reason = "compile: " + compiled->error().message;
+    } else {
+      const CompiledCandidate& candidate = **compiled;
+      trial.cache_key = candidate.key;
+      trial.registers = candidate.registers;
+      trial.spill_store_bytes = candidate.spill_store_bytes;
+      trial.spill_load_bytes = candidate.spill_load_bytes;
+      if (auto skip = resource_skip_reason(candidate)) {
+        trial.status = TrialStatus::skipped;
+        trial.failure_reason = *skip;
+      } else {
+        MeasureRequest request;
+        request.candidate = &candidate;
+        request.reference = reference ? &*reference : nullptr;
+        request.problem = settings_.problem;
+        request.shape = settings_.shape;
+        request.gpu = gpu;
+        request.seed = settings_.seed == 0 ? 1 : settings_.seed;
+        request.warmup = settings_.warmup;
+        request.repetitions = settings_.repetitions;
+        request.target_loop_ms = settings_.target_loop_ms;
+        request.deadline = begin + time_limit + std::chrono::minutes(2);
+        auto measured = manager_->backend_->measure(request);
+        if (!measured) {
+          trial.status = TrialStatus::failed;
+          trial.failure_reason = measured.error().message;
+        } else {
+          trial.gpu_index = measured->gpu_index;
+          trial.rel_error = measured->rel_error;
+          trial.max_abs_error = measured->max_abs_error;
+          if (!measured->correct) {
+            trial.status = TrialStatus::wrong;
+            trial.failure_reason = measured->validation_detail.empty()
+                                       ? std::string("wrong result")
+                                       : measured->validation_detail;
+          } else {
+            trial.status = TrialStatus::ok;
+            trial.median_us = measured->median_us;
+            trial.p10_us = measured->p10_us;
+            trial.p90_us = measured->p90_us;
+            trial.samples = measured->samples;
+            trial.tflops = measured->tflops;
+            if (!reference) reference = candidate;  // later candidates compare against it
+          }
+        }
+      }
+    }
+    auto trial_id = db.record_trial(trial);
+    if (!trial_id) spdlog::warn("tuning job {}: {}", *job_id, trial_id.error().message);
+
+    TrialOutcome outcome;
+    outcome.ok = trial.status == TrialStatus::ok;
+    outcome.time_us = trial.median_us;
+    outcome.failure = trial.failure_reason;
+    (void)searcher->report(config, outcome);
+
+    const auto elapsed = Clock::now() - begin;
+    const SearchProgress progress = searcher->progress(elapsed);
+    const size_t done_count = searcher->evaluations();
+    int64_t eta_ms = 0;
+    if (done_count > 0 && done_count < max_evaluations) {
+      const double per = std::chrono::duration<double, std::milli>(elapsed).count() / done_count;
+      const double by_count = per * static_cast<double>(max_evaluations - done_count);
+      const double by_time =
+          std::chrono::duration<double, std::milli>(time_limit - elapsed).count();
+      eta_ms = static_cast<int64_t>(std::max(0.0, std::min(by_count, by_time)));
+    }
+
+    TuneEvent event;
+    event.kind = TuneEvent::Kind::trial;
+    event.config = config;
+    event.status = trial.status;
+    event.median_us = trial.median_us;
+    event.tflops = trial.tflops;
+    event.failure = trial.failure_reason;
+    event.evaluations = done_count;
+    event.generation = evolutionary ? evolutionary->generation() : 0;
+    event.eta_ms = eta_ms;
+    emit(event);
+
+    if (trial.status == TrialStatus::ok && (!best || trial.median_us < best->outcome.time_us)) {
+      best = Trial{config, outcome};
+      best_tflops = trial.tflops;
+      best_key = trial.cache_key;
+      best_trial_id = trial_id ? *trial_id : 0;
+      TuneEvent improved = event;
+      improved.kind = TuneEvent::Kind::best;
+      emit(improved);
+    }
+    if (stop->done(progress)) stopping = true;
+    if (stopping) break;
+  }
+
+  const bool was_cancelled = cancelled();
+  {
+    // Compiles still running finish into a queue nobody reads.
+    std::lock_guard lock(compiles_->mutex);
+    compiles_->slots.clear();
+  }
+  const double wall = std::chrono::duration<double>(Clock::now() - begin).count();
+  const JobStatus status =
+      was_cancelled ? JobStatus::cancelled : (best ? JobStatus::succeeded : JobStatus::failed);
+  if (Status finished = db.finish_job(*job_id, status); !finished)
+    spdlog::warn("tuning job {}: {}", *job_id, finished.error().message);
+  spdlog::info("tuning job {} {} after {} evaluations in {:.1f} s", *job_id,
+               job_status_name(status), searcher->evaluations(), wall);
+
+  if (best) {
+    BestRecord record;
+    record.scope = scope;
+    record.config = best->config;
+    record.cache_key = best_key;
+    record.median_us = best->outcome.time_us;
+    record.tflops = best_tflops;
+    record.trial_id = best_trial_id;
+    record.evaluations = static_cast<int64_t>(searcher->evaluations());
+    record.wall_seconds = wall;
+    record.searcher = searcher_name;
+    record.toolchain = toolchain;
+    if (auto stored = db.update_best_if_better(record); !stored)
+      spdlog::warn("tuning job {}: {}", *job_id, stored.error().message);
+  }
+  if (was_cancelled)
+    return make_error(ErrorCode::cancelled,
+                      "tuning job " + std::to_string(*job_id) + " cancelled after " +
+                          std::to_string(searcher->evaluations()) + " evaluations");
+  if (!best)
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning job " + std::to_string(*job_id) + ": none of " +
+                          std::to_string(searcher->evaluations()) +
+                          " candidates compiled, passed the correctness gate and was timed");
+  TuneResult result;
+  result.scope = scope;
+  result.config = best->config;
+  result.key = best_key;
+  result.median_us = best->outcome.time_us;
+  result.tflops = best_tflops;
+  result.evaluations = static_cast<int64_t>(searcher->evaluations());
+  result.wall_seconds = wall;
+  result.searcher = searcher_name;
+  return result;
+}
+
+TuningManager::TuningManager(std::shared_ptr<CandidateCompiler> compiler,
+                             std::shared_ptr<EvaluationBackend> backend,
+                             std::shared_ptr<TuningDb> db, Options options)
+    : compiler_(std::move(compiler)),
+      backend_(std::move(backend)),
+      db_(std::move(db)),
+      options_(options),
+      gpu_busy_(static_cast<size_t>(std::max(1, backend_->gpu_count())), false) {}
+
+TuningManager::~TuningManager() {
+  std::vector<JobHandle> jobs;
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+    jobs = jobs_;
+  }
+  for (auto& job : jobs) job->cancel();
+  for (auto& job : jobs) job->join();
+}
+
+TuningManager::JobHandle TuningManager::submit(TuneSettings settings, TuneCallbacks callbacks) {
+  auto job = std::make_shared<Job>(this, std::move(settings), std::move(callbacks));
+  std::vector<JobHandle> finished;
+  {
+    std::lock_guard lock(mutex_);
+    // Reap threads of jobs that are over.
+    auto over = std::stable_partition(jobs_.begin(), jobs_.end(),
+                                      [](const JobHandle& j) { return !j->finished(); });
+    finished.assign(over, jobs_.end());
+    jobs_.erase(over, jobs_.end());
+    jobs_.push_back(job);
+  }
+  for (auto& done : finished) done->join();
+  job->start();
+  return job;
+}
+
+void TuningManager::cancel(const JobHandle& job) {
+  if (job) job->cancel();
+}
+
+size_t TuningManager::queued() const {
+  std::lock_guard lock(mutex_);
+  return waiting_.size();
+}
+
+void TuningManager::notify_positions() {
+  int position = 1;
+  for (Job* job : waiting_) job->set_position(position++);
+}
+
+std::optional<int> TuningManager::acquire_gpu(Job& job) {
+  std::unique_lock lock(mutex_);
+  auto me = waiting_.insert(waiting_.end(), &job);
+  auto free_gpu = [&]() -> std::optional<int> {
+    for (size_t gpu = 0; gpu < gpu_busy_.size(); ++gpu)
+      if (!gpu_busy_[gpu]) return static_cast<int>(gpu);
+    return std::nullopt;
+  };
+  while (true) {
+    if (job.cancelled() || stopping_) {
+      waiting_.erase(me);
+      notify_positions();
+      changed_.notify_all();
+      return std::nullopt;
+    }
+    if (me == waiting_.begin()) {
+      if (auto gpu = free_gpu()) {
+        gpu_busy_[static_cast<size_t>(*gpu)] = true;
+        waiting_.erase(me);
+        notify_positions();
+        changed_.notify_all();  // the next in line may find another free GPU
+        return gpu;
+      }
+    }
+    notify_positions();  // reports this job's place the first time it has to wait
+    changed_.wait(lock);
+  }
+}
+
+void TuningManager::release_gpu(int gpu) {
+  {
+    std::lock_guard lock(mutex_);
+    gpu_busy_[static_cast<size_t>(gpu)] = false;
+  }
+  changed_.notify_all();
+}
+
+}  // namespace flashcore

@@ -1,0 +1,214 @@
+// A tuning job and the manager that queues them (DESIGN.md §3, tuning path):
+// the searcher proposes configs, candidates compile ahead on CPU threads
+// while earlier ones are measured, configs whose ptxas report spills are
+// skipped before any GPU time, the rest are measured on one GPU, and every
+// trial, the best and the job itself go into the tuning database.
+//
+// search/ knows neither the kernel cache nor the worker pool: compiling and
+// measuring come in through two interfaces (CandidateCompiler,
+// EvaluationBackend) whose production implementations live in rpc/
+// (tuning_backends.hpp), so this layer stays below them.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/result.hpp"
+#include "search/searcher.hpp"
+#include "search/shape_bucket.hpp"
+#include "search/tile_config.hpp"
+#include "search/tuning_db.hpp"
+
+namespace flashcore {
+
+struct CachedKernel;  // cache/cached_kernel.hpp; carried, never looked into, here
+
+// A compiled candidate: its key, the ptxas report the resource filter reads,
+// and the compiled kernel itself for the evaluation backend.
+struct CompiledCandidate {
+  TileConfig config;
+  std::string key;
+  int registers = 0;
+  int spill_store_bytes = 0;
+  int spill_load_bytes = 0;
+  int stack_frame_bytes = 0;
+  int smem_bytes = 0;
+  std::shared_ptr<const CachedKernel> kernel;  // null where a backend needs none
+};
+
+// Why a compiled candidate is not worth GPU time, or nullopt. Spills and a
+// stack frame mean local-memory traffic in the inner loop: such a config
+// loses to a spill-free one of the same space, so it is skipped unmeasured.
+std::optional<std::string> resource_skip_reason(const CompiledCandidate& candidate);
+
+class CandidateCompiler {
+ public:
+  using Callback = std::function<void(Result<CompiledCandidate>)>;
+  virtual ~CandidateCompiler() = default;
+  // Compiles `config` for the job's problem class and arch; `done` runs
+  // exactly once, possibly on another thread, possibly before this returns.
+  virtual void compile(const std::string& template_id, const ProblemClass& problem,
+                       const TileConfig& config, const std::string& arch,
+                       const RuntimeShape& shape, Callback done) = 0;
+  virtual ToolchainRecord toolchain() const = 0;
+};
+
+struct MeasureRequest {
+  const CompiledCandidate* candidate = nullptr;
+  // Null: validate against the fp64 reference (the job's first correct
+  // candidate becomes the reference for the rest).
+  const CompiledCandidate* reference = nullptr;
+  ProblemClass problem;
+  RuntimeShape shape;
+  int gpu = 0;
+  uint64_t seed = 1;
+  int warmup = 0;  // 0: the worker's defaults
+  int repetitions = 0;
+  double target_loop_ms = 0.0;
+  std::chrono::steady_clock::time_point deadline;
+};
+
+struct Measurement {
+  bool correct = false;  // passed the correctness gate
+  std::string validation_detail;
+  double rel_error = 0.0;
+  double max_abs_error = 0.0;
+  double median_us = 0.0;
+  double p10_us = 0.0;
+  double p90_us = 0.0;
+  int samples = 0;
+  double tflops = 0.0;
+  int gpu_index = 0;
+  std::string device;
+};
+
+// Measures compiled candidates on a GPU. An error is a failed trial (fault,
+// timeout, worker down) with its message as the reason; the search goes on.
+class EvaluationBackend {
+ public:
+  virtual ~EvaluationBackend() = default;
+  virtual Result<Measurement> measure(const MeasureRequest& request) = 0;
+  // GPUs this backend measures on, and each one's device name and NVRTC arch.
+  virtual int gpu_count() const = 0;
+  virtual std::string device_name(int gpu) const = 0;
+  virtual std::string driver_version() const { return {}; }
+};
+
+struct TuneSettings {
+  std::string template_id{kAttentionTemplateId};
+  ProblemClass problem;
+  RuntimeShape shape;
+  std::string arch;  // resolved, never empty
+  SearcherKind searcher = SearcherKind::evolutionary;
+  int max_evaluations = 0;  // 0: 20% of the space, at least 8
+  std::chrono::milliseconds time_budget{0};  // 0: 60 s
+  int patience = 0;                          // 0: off
+  bool force = false;
+  uint64_t seed = 0;  // 0: 1
+  int warmup = 0, repetitions = 0;
+  double target_loop_ms = 0.0;
+};
+
+inline constexpr std::chrono::milliseconds kDefaultTuneTimeBudget{60000};
+// max_evaluations when the request leaves it 0.
+size_t default_max_evaluations(size_t space_size);
+
+struct TuneResult {
+  TuningScope scope;
+  TileConfig config;
+  std::string key;
+  double median_us = 0.0;
+  double tflops = 0.0;
+  int64_t evaluations = 0;
+  double wall_seconds = 0.0;
+  std::string searcher;
+  bool from_database = false;
+};
+
+struct TuneEvent {
+  enum class Kind { queued, started, trial, best } kind = Kind::trial;
+  int position = 0;  // queued
+  // started
+  int64_t job_id = 0;
+  size_t space_size = 0;
+  size_t max_evaluations = 0;
+  int gpu = 0;
+  // trial / best
+  TileConfig config;
+  TrialStatus status = TrialStatus::ok;
+  double median_us = 0.0;
+  double tflops = 0.0;
+  std::string failure;
+  size_t evaluations = 0;
+  size_t generation = 0;
+  int64_t eta_ms = 0;
+};
+
+struct TuneCallbacks {
+  std::function<void(const TuneEvent&)> on_event;  // from the job's thread
+  std::function<void(Result<TuneResult>)> on_done;  // exactly once, last
+};
+
+// Runs tuning jobs, one per GPU at a time, others queued in FIFO order.
+// Each submitted job has a thread of its own (waiting in the queue, then
+// running); the destructor cancels every job and joins them.
+class TuningManager {
+ public:
+  struct Options {
+    size_t compile_ahead = 0;  // 0: 2 x GPUs + 2
+  };
+
+  TuningManager(std::shared_ptr<CandidateCompiler> compiler,
+                std::shared_ptr<EvaluationBackend> backend, std::shared_ptr<TuningDb> db,
+                Options options);
+  TuningManager(std::shared_ptr<CandidateCompiler> compiler,
+                std::shared_ptr<EvaluationBackend> backend, std::shared_ptr<TuningDb> db)
+      : TuningManager(std::move(compiler), std::move(backend), std::move(db), Options{}) {}
+  ~TuningManager();
+  TuningManager(const TuningManager&) = delete;
+  TuningManager& operator=(const TuningManager&) = delete;
+
+  class Job;
+  using JobHandle = std::shared_ptr<Job>;
+
+  // Starts the job (or returns the stored result through on_done when one
+  // is current and !settings.force). The handle cancels it.
+  JobHandle submit(TuneSettings settings, TuneCallbacks callbacks);
+  static void cancel(const JobHandle& job);
+
+  // The device name tuning results are keyed on: GPU 0's.
+  std::string device_name() const { return backend_->device_name(0); }
+  TuningDb& db() { return *db_; }
+  size_t queued() const;
+
+ private:
+  friend class Job;
+  // Blocks until `job` may run on a GPU; nullopt when cancelled first.
+  std::optional<int> acquire_gpu(Job& job);
+  void release_gpu(int gpu);
+  void notify_positions();  // caller holds mutex_
+
+  std::shared_ptr<CandidateCompiler> compiler_;
+  std::shared_ptr<EvaluationBackend> backend_;
+  std::shared_ptr<TuningDb> db_;
+  Options options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::vector<bool> gpu_busy_;
+  std::list<Job*> waiting_;
+  std::vector<JobHandle> jobs_;  // threads to join
+  bool stopping_ = false;
+};
+
+}  // namespace flashcore

@@ -1,0 +1,472 @@
+// Tune, GetTuningResult, ListTuningResults and Compile's use_tuned_config
+// over real gRPC streaming, with real NVRTC compiles of the small template,
+// the real kernel cache and the real SQLite tuning database. Only the GPU
+// measurement is replaced: this machine has no GPU, so the daemon gets an
+// evaluation backend that scores each compiled config with the SYNTHETIC
+// TEST OBJECTIVE of the searcher tests (tests/unit/search_test_objective.hpp).
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <sstream>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "../unit/search_test_objective.hpp"
+#include "flashcore/client.hpp"
+#include "rpc_test_support.hpp"
+#include "search/search_space.hpp"
+#include "search/tuning_db.hpp"
+#include "search/tuning_job.hpp"
+
+namespace flashcore {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Measures nothing: each compiled config's "time" is the synthetic test
+// objective's, the trap config is "wrong", other objective failures are
+// worker failures. `delay` stands in for GPU time.
+class SyntheticObjectiveBackend final : public EvaluationBackend {
+ public:
+  explicit SyntheticObjectiveBackend(std::chrono::milliseconds delay = 0ms) : delay_(delay) {}
+
+  Result<Measurement> measure(const MeasureRequest& request) override {
+    std::this_thread::sleep_for(delay_);
+    ++measured_;
+    if (request.reference == nullptr) ++without_reference_;
+    // The candidate must be a real compile: a key and a kernel.
+    if (request.candidate->key.size() != 64 || !request.candidate->kernel)
+      return make_error(ErrorCode::internal, "candidate was not compiled");
+    const TrialOutcome outcome = test::test_objective(request.candidate->config);
+    Measurement measured;
+    measured.device = device_name(0);
+    if (request.candidate->config == test::kTestObjectiveTrap) {
+      measured.correct = false;
+      measured.validation_detail = outcome.failure;
+      return measured;
+    }
+    if (!outcome.ok) return make_error(ErrorCode::internal, outcome.failure);
+    measured.correct = true;
+    measured.median_us = outcome.time_us;
+    measured.p10_us = measured.p90_us = outcome.time_us;
+    measured.samples = 1;
+    measured.tflops = 1000.0 / outcome.time_us;
+    return measured;
+  }
+  int gpu_count() const override { return 1; }
+  std::string device_name(int) const override { return "Synthetic Test Device"; }
+
+  std::atomic<int> measured_{0};
+  std::atomic<int> without_reference_{0};
+
+ private:
+  std::chrono::milliseconds delay_;
+};
+
+struct TuneDaemon {
+  test_support::ScratchDir templates;
+  test_support::ScratchDir cache;
+  std::shared_ptr<SyntheticObjectiveBackend> backend;
+  std::unique_ptr<Daemon> daemon;
+  std::unique_ptr<client::Client> client;
+
+  // (Re)starts the daemon on the same folders; no backend: no tuning.
+  void start(std::shared_ptr<SyntheticObjectiveBackend> with) {
+    client.reset();
+    daemon.reset();
+    backend = std::move(with);
+    DaemonConfig config = rpc_testing::loopback_config(cache.path());
+    config.templates_dir = templates.path();
+    DaemonHooks hooks;
+    hooks.evaluation_backend = backend;
+    spdlog::set_level(spdlog::level::warn);
+    auto started = Daemon::start(config, hooks);
+    ASSERT_TRUE(started.ok()) << started.error().message;
+    daemon = std::move(started).value();
+    client::ConnectOptions options;
+    options.address = daemon->address();
+    auto connected = client::Client::connect(options);
+    ASSERT_TRUE(connected.ok()) << connected.error().message;
+    client = std::make_unique<client::Client>(std::move(connected).value());
+  }
+};
+
+std::unique_ptr<TuneDaemon> make_daemon(std::chrono::milliseconds delay = 0ms) {
+  auto d = std::make_unique<TuneDaemon>();
+  test_support::write_attention_templates(d->templates, test_support::kSmallAttentionTemplate);
+  d->start(std::make_shared<SyntheticObjectiveBackend>(delay));
+  return d;
+}
+
+// sm_86 with head_dim 256 leaves a 6-config space (shared memory), so a
+// whole search compiles in about a second.
+v1::TuneRequest small_tune(int64_t seq = 1000, bool causal = false) {
+  v1::TuneRequest request;
+  v1::KernelRequest* kernel = request.mutable_kernel();
+  kernel->set_template_id("attention_fwd");
+  kernel->set_arch("sm_86");
+  v1::Problem* problem = kernel->mutable_problem();
+  problem->set_dtype(v1::DTYPE_FP16);
+  problem->set_head_dim(256);
+  problem->set_causal(causal);
+  problem->set_batch(2);
+  problem->set_heads(8);
+  problem->set_seq_q(seq);
+  request.set_max_evaluations(6);
+  request.set_seed(7);
+  return request;
+}
+
+// sm_80 head_dim 64: 45 configs, for jobs that must still be running when cancelled.
+v1::TuneRequest large_tune() {
+  v1::TuneRequest request = small_tune();
+  request.mutable_kernel()->set_arch("sm_80");
+  request.mutable_kernel()->mutable_problem()->set_head_dim(64);
+  request.set_max_evaluations(45);
+  return request;
+}
+
+ProblemClass problem_of(const v1::TuneRequest& request) {
+  ProblemClass problem;
+  problem.head_dim = request.kernel().problem().head_dim();
+  problem.causal = request.kernel().problem().causal();
+  return problem;
+}
+
+TileConfig tile_of(const v1::TileConfig& c) {
+  return TileConfig{c.block_m(), c.block_n(), c.warps(), c.stages()};
+}
+
+std::unique_ptr<TuningDb> open_db(const TuneDaemon& d) {
+  auto db = TuningDb::open((d.cache.path() / "tuning.db").string());
+  EXPECT_TRUE(db.ok());
+  return db.ok() ? std::move(db).value() : nullptr;
+}
+
+// Waits until the job is no longer running (the job thread records its end
+// after the call has finished).
+std::optional<JobRecord> finished_job(TuningDb& db, int64_t job_id) {
+  for (int i = 0; i < 200; ++i) {
+    auto job = db.job(job_id);
+    if (job.ok() && *job && (*job)->status != JobStatus::running) return **job;
+    std::this_thread::sleep_for(25ms);
+  }
+  return std::nullopt;
+}
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+std::string slurp(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+// Runs the built `flashcore` CLI, stdout and stderr captured.
+CliRun run_cli(const test_support::ScratchDir& scratch, std::vector<std::string> args) {
+  const auto out_path = scratch.path() / "cli_out";
+  const auto err_path = scratch.path() / "cli_err";
+  args.insert(args.begin(), FLASHCORE_CLI_PATH);
+  std::vector<char*> argv;
+  for (auto& arg : args) argv.push_back(arg.data());
+  argv.push_back(nullptr);
+  CliRun run;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (out < 0 || err < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) _exit(126);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  run.out = slurp(out_path);
+  run.err = slurp(err_path);
+  return run;
+}
+
+TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune();
+  const auto arch = find_arch("sm_86");
+  auto space = SearchSpace::create(problem_of(request), *arch);
+  ASSERT_TRUE(space.ok());
+  ASSERT_LE(space->size(), 12u) << "the test expects a small space";
+  const std::string space_size = std::to_string(space->size());
+  request.set_max_evaluations(static_cast<int>(space->size()));
+
+  std::vector<v1::TuneProgress> events;
+  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) { events.push_back(p); });
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  const auto optimum = test::test_objective_optimum(*space);
+  ASSERT_TRUE(optimum.has_value());
+  EXPECT_EQ(tile_of(result->config()), optimum->config);
+  EXPECT_DOUBLE_EQ(result->median_us(), optimum->time_us);
+  EXPECT_FALSE(result->from_database());
+  EXPECT_EQ(result->evaluations(), static_cast<int64_t>(space->size()));
+  EXPECT_EQ(result->device(), "Synthetic Test Device");
+  EXPECT_EQ(result->bucket(), "seq_q=1024;seq_k=1024;batch_heads=16;");
+  EXPECT_EQ(result->key().size(), 64u);
+
+  // started first, done last, one trial per evaluation, a best on each improvement.
+  ASSERT_GE(events.size(), 3u);
+  ASSERT_TRUE(events.front().has_started());
+  EXPECT_EQ(events.front().started().space_size(), static_cast<int>(space->size()));
+  EXPECT_EQ(events.front().started().bucket(), result->bucket());
+  EXPECT_TRUE(events.back().has_done());
+  int trials = 0, bests = 0;
+  double last_best = 1e300;
+  for (const auto& e : events) {
+    if (e.has_trial()) {
+      ++trials;
+      EXPECT_EQ(e.trial().evaluations(), trials);
+    }
+    if (e.has_best()) {
+      ++bests;
+      EXPECT_LT(e.best().median_us(), last_best);
+      last_best = e.best().median_us();
+    }
+  }
+  EXPECT_EQ(trials, static_cast<int>(space->size()));
+  EXPECT_GE(bests, 1);
+  EXPECT_DOUBLE_EQ(last_best, optimum->time_us);
+  // The first correct candidate is validated against fp64, the rest against it.
+  EXPECT_EQ(d->backend->without_reference_.load(), 1);
+
+  // Trials and the best are in the database.
+  auto db = open_db(*d);
+  ASSERT_NE(db, nullptr);
+  const int64_t job_id = events.front().started().job_id();
+  auto job = finished_job(*db, job_id);
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->status, JobStatus::succeeded);
+  auto trials_stored = db->trials_for_job(job_id);
+  ASSERT_TRUE(trials_stored.ok());
+  EXPECT_EQ(trials_stored->size(), space->size());
+
+  // A second Tune answers from the database without measuring; force tunes again.
+  const int measured = d->backend->measured_.load();
+  events.clear();
+  auto again = d->client->tune(request, [&](const v1::TuneProgress& p) { events.push_back(p); });
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_TRUE(again->from_database());
+  EXPECT_EQ(tile_of(again->config()), optimum->config);
+  EXPECT_EQ(d->backend->measured_.load(), measured);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_TRUE(events.front().has_done());
+
+  v1::TuneRequest forced = request;
+  forced.set_force(true);
+  auto retuned = d->client->tune(forced, nullptr);
+  ASSERT_TRUE(retuned.ok()) << retuned.error().message;
+  EXPECT_FALSE(retuned->from_database());
+  EXPECT_GT(d->backend->measured_.load(), measured);
+
+  // The CLI: live progress on stderr, the table on stdout, results listed.
+  test_support::ScratchDir scratch;
+  const CliRun cli = run_cli(
+      scratch, {"--address", d->daemon->address(), "tune", "--dtype", "fp16", "--head-dim", "256",
+                "--batch", "2", "--heads", "8", "--seq-q", "1000", "--arch", "sm_86",
+                "--max-evals", space_size, "--seed", "7", "--force"});
+  ASSERT_EQ(cli.exit_code, 0) << cli.out << cli.err;
+  const std::string best_label = std::to_string(optimum->config.block_m) + "x" +
+                                 std::to_string(optimum->config.block_n) + " w" +
+                                 std::to_string(optimum->config.warps) + " s" +
+                                 std::to_string(optimum->config.stages);
+  EXPECT_NE(cli.out.find("best config   " + best_label), std::string::npos) << cli.out;
+  EXPECT_NE(cli.out.find(result->key()), std::string::npos) << cli.out;
+  EXPECT_NE(cli.err.find(space_size + "/" + space_size), std::string::npos) << cli.err;
+  const CliRun listed_cli =
+      run_cli(scratch, {"--address", d->daemon->address(), "--json", "results"});
+  ASSERT_EQ(listed_cli.exit_code, 0) << listed_cli.err;
+  EXPECT_NE(listed_cli.out.find("\"key\": \"" + result->key() + "\""), std::string::npos)
+      << listed_cli.out;
+
+  // Compile with use_tuned_config serves the best; an untuned bucket is NOT_FOUND.
+  v1::KernelRequest tuned = request.kernel();
+  tuned.set_use_tuned_config(true);
+  tuned.set_omit_cubin(true);
+  auto handle = d->client->compile(tuned);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(tile_of(handle->config()), optimum->config);
+  EXPECT_EQ(handle->key(), result->key());
+  tuned.mutable_problem()->set_seq_q(8192);
+  auto untuned = d->client->compile(tuned);
+  ASSERT_FALSE(untuned.ok());
+  EXPECT_EQ(untuned.error().code, ErrorCode::not_found);
+  EXPECT_NE(untuned.error().message.find("seq_q=8192"), std::string::npos)
+      << untuned.error().message;
+
+  // A restarted daemon (same cache folder) still has the result.
+  d->start(std::make_shared<SyntheticObjectiveBackend>());
+  v1::GetTuningResultRequest get;
+  *get.mutable_kernel() = request.kernel();
+  auto stored = d->client->get_tuning_result(get);
+  ASSERT_TRUE(stored.ok()) << stored.error().message;
+  EXPECT_EQ(tile_of(stored->config()), optimum->config);
+  EXPECT_TRUE(stored->from_database());
+  auto listed = d->client->list_tuning_results(10, "");
+  ASSERT_TRUE(listed.ok()) << listed.error().message;
+  ASSERT_EQ(listed->results_size(), 1);
+  EXPECT_EQ(listed->results(0).key(), stored->key());
+  auto after_restart = d->client->tune(request, nullptr);
+  ASSERT_TRUE(after_restart.ok());
+  EXPECT_TRUE(after_restart->from_database());
+  EXPECT_EQ(d->backend->measured_.load(), 0);
+
+  get.mutable_kernel()->mutable_problem()->set_seq_q(8192);
+  auto missing = d->client->get_tuning_result(get);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, ErrorCode::not_found);
+}
+
+TEST(Tune, ClientCancelStopsTheJobAndRecordsItCancelled) {
+  auto d = make_daemon(100ms);
+  auto cancel = std::make_shared<client::TuneCancel>();
+  int64_t job_id = 0;
+  int trials = 0;
+  auto result = d->client->tune(large_tune(), [&](const v1::TuneProgress& p) {
+    if (p.has_started()) job_id = p.started().job_id();
+    if (p.has_trial() && ++trials == 2) cancel->cancel();
+  }, cancel);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.error().code, ErrorCode::cancelled);
+  ASSERT_NE(job_id, 0);
+  auto db = open_db(*d);
+  auto job = finished_job(*db, job_id);
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->status, JobStatus::cancelled);
+  EXPECT_LT(job->evaluations, 10);
+}
+
+TEST(Tune, DeadlineStopsTheJobAndRecordsItCancelled) {
+  auto d = make_daemon(100ms);
+  int64_t job_id = 0;
+  auto result = d->client->tune(
+      large_tune(),
+      [&](const v1::TuneProgress& p) {
+        if (p.has_started()) job_id = p.started().job_id();
+      },
+      nullptr, 1500ms);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.error().code, ErrorCode::deadline_exceeded);
+  ASSERT_NE(job_id, 0);
+  auto db = open_db(*d);
+  auto job = finished_job(*db, job_id);
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->status, JobStatus::cancelled);
+  EXPECT_LT(job->evaluations, 45);
+}
+
+TEST(Tune, SecondJobOnOneGpuIsQueuedAndRunsAfterTheFirst) {
+  auto d = make_daemon(60ms);
+  std::mutex mutex;
+  std::vector<std::string> order;  // "<job>:<event>" as they arrive
+  auto log = [&](const char* who) {
+    return [&, who](const v1::TuneProgress& p) {
+      std::lock_guard lock(mutex);
+      if (p.has_queued()) order.push_back(std::string(who) + ":queued" + std::to_string(p.queued().position()));
+      if (p.has_started()) order.push_back(std::string(who) + ":started");
+      if (p.has_done()) order.push_back(std::string(who) + ":done");
+    };
+  };
+  std::atomic<bool> first_started{false};
+  Result<v1::TuningResult> first = make_error(ErrorCode::internal, "not run");
+  std::thread runner([&] {
+    auto on_first = log("a");
+    v1::TuneRequest request = small_tune(1000);
+    request.set_max_evaluations(2);
+    first = d->client->tune(request, [&](const v1::TuneProgress& p) {
+      on_first(p);
+      if (p.has_started()) first_started = true;
+    });
+  });
+  while (!first_started) std::this_thread::sleep_for(5ms);
+  // Another bucket of the same class: its kernels are cache hits, so the test stays short.
+  v1::TuneRequest later_request = small_tune(5000);
+  later_request.set_max_evaluations(2);
+  auto second = d->client->tune(later_request, log("b"));
+  runner.join();
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  std::vector<std::string> b_events;
+  for (const auto& e : order)
+    if (e[0] == 'b') b_events.push_back(e);
+  const std::vector<std::string> expected{"b:queued1", "b:started", "b:done"};
+  EXPECT_EQ(b_events, expected);
+  // The second job began only once the first had finished (database times).
+  auto db = open_db(*d);
+  auto jobs = db->job(1);
+  auto later = db->job(2);
+  ASSERT_TRUE(jobs.ok() && *jobs && later.ok() && *later);
+  EXPECT_EQ((*jobs)->scope.bucket.seq_q, 1024);
+  EXPECT_NE((*jobs)->finished_unix_ms, 0);
+  EXPECT_GE((*later)->started_unix_ms, (*jobs)->finished_unix_ms);
+}
+
+TEST(Tune, CancelledWhileQueuedLeavesTheQueueWithoutAJob) {
+  auto d = make_daemon(100ms);
+  auto cancel_first = std::make_shared<client::TuneCancel>();
+  std::atomic<bool> first_started{false};
+  Result<v1::TuningResult> first = make_error(ErrorCode::internal, "not run");
+  std::thread runner([&] {
+    first = d->client->tune(large_tune(), [&](const v1::TuneProgress& p) {
+      if (p.has_started()) first_started = true;
+    }, cancel_first);
+  });
+  while (!first_started) std::this_thread::sleep_for(5ms);
+  auto cancel_second = std::make_shared<client::TuneCancel>();
+  bool second_started = false;
+  v1::TuneRequest other = large_tune();
+  other.mutable_kernel()->mutable_problem()->set_causal(true);
+  auto second = d->client->tune(other, [&](const v1::TuneProgress& p) {
+    if (p.has_queued()) cancel_second->cancel();
+    if (p.has_started()) second_started = true;
+  }, cancel_second);
+  EXPECT_FALSE(second.ok());
+  EXPECT_FALSE(second_started);
+  // A client-side cancel returns before the server has seen it: give the
+  // server time to take the job out of the queue before the GPU frees up.
+  std::this_thread::sleep_for(300ms);
+  cancel_first->cancel();
+  runner.join();
+  EXPECT_FALSE(first.ok());
+  // Only the first job ever began.
+  auto db = open_db(*d);
+  ASSERT_TRUE(finished_job(*db, 1).has_value());
+  auto never = db->job(2);
+  ASSERT_TRUE(never.ok());
+  EXPECT_FALSE(never->has_value());
+}
+
+TEST(Tune, WithoutEvaluationWorkersIsFailedPrecondition) {
+  auto d = std::make_unique<TuneDaemon>();
+  test_support::write_attention_templates(d->templates, test_support::kSmallAttentionTemplate);
+  d->start(nullptr);
+  auto result = d->client->tune(small_tune(), nullptr);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.error().code, ErrorCode::failed_precondition);
+  // Bad input is still named by field.
+  v1::TuneRequest bad = small_tune();
+  bad.set_searcher("annealing");
+  d->start(std::make_shared<SyntheticObjectiveBackend>());
+  auto refused = d->client->tune(bad, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::invalid_argument);
+  EXPECT_NE(refused.error().message.find("searcher"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace flashcore

@@ -1,0 +1,46 @@
+// The parts of a tuning job that need neither a GPU nor a daemon: the
+// resource filter that skips candidates before measurement, and the default
+// evaluation budget. Jobs end to end are in tests/rpc/test_tune.cpp.
+#include <gtest/gtest.h>
+
+#include "search/tuning_job.hpp"
+
+namespace flashcore {
+namespace {
+
+TEST(ResourceSkipReason, CleanCandidateIsMeasured) {
+  CompiledCandidate candidate;
+  candidate.registers = 255;  // many registers, no spills: worth measuring
+  EXPECT_FALSE(resource_skip_reason(candidate).has_value());
+}
+
+TEST(ResourceSkipReason, SpillsAreSkippedWithTheBytesInTheReason) {
+  CompiledCandidate stores;
+  stores.spill_store_bytes = 40;
+  auto reason = resource_skip_reason(stores);
+  ASSERT_TRUE(reason.has_value());
+  EXPECT_NE(reason->find("40 B stores"), std::string::npos) << *reason;
+
+  CompiledCandidate loads;
+  loads.spill_load_bytes = 8;
+  EXPECT_TRUE(resource_skip_reason(loads).has_value());
+}
+
+TEST(ResourceSkipReason, StackFrameIsSkipped) {
+  CompiledCandidate candidate;
+  candidate.stack_frame_bytes = 16;
+  auto reason = resource_skip_reason(candidate);
+  ASSERT_TRUE(reason.has_value());
+  EXPECT_NE(reason->find("stack frame of 16 B"), std::string::npos) << *reason;
+}
+
+TEST(DefaultMaxEvaluations, TwentyPercentOfTheSpaceAndAtLeastEight) {
+  EXPECT_EQ(default_max_evaluations(6), 8u);
+  EXPECT_EQ(default_max_evaluations(40), 8u);
+  EXPECT_EQ(default_max_evaluations(45), 9u);
+  EXPECT_EQ(default_max_evaluations(100), 20u);
+  EXPECT_EQ(default_max_evaluations(101), 21u);
+}
+
+}  // namespace
+}  // namespace flashcore
