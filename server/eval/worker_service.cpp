@@ -17,20 +17,6 @@ constexpr int kMaxMessageBytes = 64 << 20;
 
 }  // namespace
 
-grpc::StatusCode grpc_code(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::invalid_argument: return grpc::StatusCode::INVALID_ARGUMENT;
-    case ErrorCode::not_found: return grpc::StatusCode::NOT_FOUND;
-    case ErrorCode::failed_precondition: return grpc::StatusCode::FAILED_PRECONDITION;
-    case ErrorCode::resource_exhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
-    case ErrorCode::internal: return grpc::StatusCode::INTERNAL;
-    case ErrorCode::unavailable: return grpc::StatusCode::UNAVAILABLE;
-    case ErrorCode::deadline_exceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
-    case ErrorCode::cancelled: return grpc::StatusCode::CANCELLED;
-  }
-  return grpc::StatusCode::UNKNOWN;
-}
-
 // ---- StopLatch ----
 
 void StopLatch::set(StopReason reason) {
@@ -76,7 +62,7 @@ grpc::Status WorkerService::Evaluate(grpc::ServerContext* context,
   } else {
     spdlog::warn("evaluate {}: {}", request->kernel().key().substr(0, 16), error.message);
   }
-  return grpc::Status(grpc_code(error.code), error.message);
+  return grpc::Status(to_grpc_code(error.code), error.message);
 }
 
 grpc::Status WorkerService::Info(grpc::ServerContext*, const v1::WorkerInfoRequest*,

@@ -16,14 +16,12 @@
 #include <mutex>
 #include <optional>
 
+#include "common/grpc_code.hpp"
 #include "common/result.hpp"
 #include "eval/evaluator.hpp"
 #include "flashcore/v1/worker.grpc.pb.h"
 
 namespace flashcore::eval {
-
-grpc::StatusCode grpc_code(ErrorCode code);
-
 enum class StopReason { requested, context_lost };
 
 // Why and when a worker stops serving; the first reason set wins. Shared by

@@ -511,17 +511,7 @@ void fill_result(const TuneResult& result, v1::TuningResult* out) {
 }
 
 void fill_best(const BestRecord& best, v1::TuningResult* out) {
-  TuneResult result;
-  result.scope = best.scope;
-  result.config = best.config;
-  result.key = best.cache_key;
-  result.median_us = best.median_us;
-  result.tflops = best.tflops;
-  result.evaluations = best.evaluations;
-  result.wall_seconds = best.wall_seconds;
-  result.searcher = best.searcher;
-  result.from_database = true;
-  fill_result(result, out);
+  fill_result(tune_result_from_best(best), out);
 }
 
 v1::TuneProgress to_progress(const TuneEvent& event) {

@@ -336,20 +336,6 @@ void fill_summary(const CachedKernel& kernel, v1::KernelSummary* summary) {
   summary->set_created_unix_ms(kernel.created_unix_ms);
 }
 
-grpc::StatusCode to_grpc_code(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::invalid_argument: return grpc::StatusCode::INVALID_ARGUMENT;
-    case ErrorCode::not_found: return grpc::StatusCode::NOT_FOUND;
-    case ErrorCode::failed_precondition: return grpc::StatusCode::FAILED_PRECONDITION;
-    case ErrorCode::resource_exhausted: return grpc::StatusCode::RESOURCE_EXHAUSTED;
-    case ErrorCode::internal: return grpc::StatusCode::INTERNAL;
-    case ErrorCode::unavailable: return grpc::StatusCode::UNAVAILABLE;
-    case ErrorCode::deadline_exceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
-    case ErrorCode::cancelled: return grpc::StatusCode::CANCELLED;
-  }
-  return grpc::StatusCode::UNKNOWN;
-}
-
 grpc::Status to_grpc_status(const Error& error) {
   if (error.detail.empty()) return grpc::Status(to_grpc_code(error.code), error.message);
   const std::string detail = truncated(error.detail);

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "cache/kernel_cache.hpp"
+#include "common/grpc_code.hpp"
 #include "common/result.hpp"
 #include "flashcore/v1/flashcore.pb.h"
 #include "flashcore/v1/worker.pb.h"
@@ -57,8 +58,6 @@ void fill_abi(v1::KernelAbi* abi);
 
 v1::DType to_proto(DType dtype);
 v1::CacheTier to_proto(CacheTier tier);
-grpc::StatusCode to_grpc_code(ErrorCode code);
-
 // The detail (an NVRTC log, say) goes both into error_details and after the
 // message on a new line, so a plain CLI shows it. Capped: gRPC carries both
 // in trailers, which peers limit to 8 KiB by default.

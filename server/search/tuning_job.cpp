@@ -128,18 +128,7 @@ Result<TuneResult> TuningManager::Job::run() {
     // A best from another NVRTC or template source names a cubin no longer served.
     if (*stored && (*stored)->toolchain.nvrtc_version == toolchain.nvrtc_version &&
         (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
-      const BestRecord& best = **stored;
-      TuneResult result;
-      result.scope = best.scope;
-      result.config = best.config;
-      result.key = best.cache_key;
-      result.median_us = best.median_us;
-      result.tflops = best.tflops;
-      result.evaluations = best.evaluations;
-      result.wall_seconds = best.wall_seconds;
-      result.searcher = best.searcher;
-      result.from_database = true;
-      return result;
+      return tune_result_from_best(**stored);
     }
   }
 
@@ -488,6 +477,20 @@ void TuningManager::release_gpu(int gpu) {
     gpu_busy_[static_cast<size_t>(gpu)] = false;
   }
   changed_.notify_all();
+}
+
+TuneResult tune_result_from_best(const BestRecord& best) {
+  TuneResult result;
+  result.scope = best.scope;
+  result.config = best.config;
+  result.key = best.cache_key;
+  result.median_us = best.median_us;
+  result.tflops = best.tflops;
+  result.evaluations = best.evaluations;
+  result.wall_seconds = best.wall_seconds;
+  result.searcher = best.searcher;
+  result.from_database = true;
+  return result;
 }
 
 }  // namespace flashcore

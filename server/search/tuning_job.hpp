@@ -135,6 +135,9 @@ struct TuneResult {
   bool from_database = false;
 };
 
+// A stored best as a job's result (from_database = true).
+TuneResult tune_result_from_best(const BestRecord& best);
+
 struct TuneEvent {
   enum class Kind { queued, started, trial, best } kind = Kind::trial;
   int position = 0;  // queued
