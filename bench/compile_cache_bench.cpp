@@ -43,7 +43,6 @@ struct Options {
   std::string arch;  // empty: the daemon's default
   int compile_threads = 0;
   bool keep_cache = false;
-  bool driver_cache = false;
 };
 
 struct Candidate {
@@ -194,15 +193,12 @@ int main(int argc, char** argv) {
   app.add_option("--compile-threads", opts.compile_threads,
                  "in-process daemon's compile threads (0 = hardware concurrency)");
   app.add_flag("--keep-cache", opts.keep_cache, "keep the in-process daemon's cache folder");
-  app.add_flag("--driver-cache", opts.driver_cache,
-               "leave the CUDA driver's compute cache on (then a cold compile may not be one)");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
   // Where a driver is installed, NVRTC 13's output also lands in the driver's
-  // compute cache (~/.nv/ComputeCache), shared across processes: on an H100
-  // box a "cold" compile of a kernel any earlier process built took 30-60 ms
-  // instead of 0.5-1.5 s. Off, so the cold column times NVRTC itself.
-  if (!opts.driver_cache) setenv("CUDA_CACHE_DISABLE", "1", 1);
+  // compute cache (~/.nv/ComputeCache): a "cold" compile of a kernel any
+  // earlier process built took 30-60 ms instead of 0.5-1.5 s, with no ptxas
+  // report. Daemon::start turns that cache off, so cold compiles run NVRTC.
 
   const bool in_process = opts.address.empty();
   fs::path cache_dir;
@@ -273,10 +269,8 @@ int main(int argc, char** argv) {
               info->nvrtc_version().c_str(), arch.c_str(),
               info->gpu_available() ? ("GPU " + info->gpu_name()).c_str() : "no GPU",
               std::thread::hardware_concurrency());
-  std::printf("CUDA driver compute cache: %s\n\n",
-              !in_process ? "as the external daemon's environment sets it"
-              : opts.driver_cache ? "on (--driver-cache): cold compiles may be served from it"
-                                  : "off (CUDA_CACHE_DISABLE=1), so cold compiles run NVRTC in full");
+  std::printf("CUDA driver compute cache: off (the daemon sets CUDA_CACHE_DISABLE=1), so cold "
+              "compiles run NVRTC in full\n\n");
   std::printf("| config | cold compile ms | server NVRTC ms | memory hit ms (median of %d) | "
               "memory hit min-max ms | disk hit ms | cubin KB |\n",
               opts.memory_repeats);

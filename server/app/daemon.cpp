@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <mutex>
 #include <thread>
 
@@ -132,6 +133,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
 }
 
 Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, DaemonHooks hooks) {
+  // NVRTC answers from the CUDA driver's compute cache where a driver is
+  // installed, and then prints no ptxas report: every compile must run
+  // ptxas, since resources (spills, registers) are part of each answer. The
+  // daemon keeps its own cubin cache. Set once, before NVRTC first runs.
+  static std::once_flag driver_cache_off;
+  std::call_once(driver_cache_off, [] { setenv("CUDA_CACHE_DISABLE", "1", 1); });
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   if (impl->config.cache_dir.empty()) impl->config.cache_dir = default_cache_dir();

@@ -149,6 +149,16 @@ Result<CompiledKernel> NvrtcCompiler::compile(const KernelSpec& spec) const {
   if (auto r = nvrtcGetCUBIN(program.get(), kernel.cubin.data()); r != NVRTC_SUCCESS)
     return nvrtc_error(r, "nvrtcGetCUBIN", context);
 
+  // Where a CUDA driver is installed NVRTC may answer from the driver's
+  // compute cache (~/.nv/ComputeCache) and then prints no ptxas report. A
+  // kernel without one would read as 0 registers and 0 spills, which the
+  // tuner's pruning and the validation matrix would take as true: refuse it.
+  // (Daemon::start turns that cache off, so this is a guard, not a path.)
+  if (log.find("Used ") == std::string::npos || log.find("registers") == std::string::npos)
+    return make_error(ErrorCode::internal,
+                      "NVRTC returned no ptxas resource report for " + context +
+                          " (a CUDA driver compute-cache hit? run with CUDA_CACHE_DISABLE=1)",
+                      log);
   kernel.resources = parse_ptxas_report(log);
   kernel.compile_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
