@@ -35,8 +35,8 @@ kill -TERM $daemon; wait $daemon
 python3 - "$out" "${shapes[@]}" <<'PY' | tee "$out/tune_table.md"
 import json, sys
 out, shapes = sys.argv[1], sys.argv[2:]
-print("| shape (B,H,S,D,causal) | evolutionary evals | evolutionary wall s | evolutionary best | best us | exhaustive evals | exhaustive best | best us | gap |")
-print("|---|---:|---:|---|---:|---:|---|---:|---:|")
+print("| shape (B,H,S,D,causal) | evolutionary evals | share of exhaustive | evolutionary wall s | evolutionary best | best us | exhaustive evals | exhaustive wall s | exhaustive best | best us | gap |")
+print("|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|")
 for shape in shapes:
     tag = shape.replace(",", "_")
     try:
@@ -46,8 +46,11 @@ for shape in shapes:
         print(f"| {shape} | error: {err} |"); continue
     def cfg(r):
         c = r["config"]
-        return f"{c['block_m']}x{c['block_n']}w{c['warps']}s{c['stages']}"
+        q = {"Q_PLACEMENT_REGISTERS": "-qreg", "Q_PLACEMENT_SHARED": "-qsmem"}.get(c.get("q_placement", ""), "")
+        l = {"SMEM_LAYOUT_SWIZZLED": "-swz", "SMEM_LAYOUT_PADDED": "-pad"}.get(c.get("smem_layout", ""), "")
+        return f"{c['block_m']}x{c['block_n']}w{c['warps']}s{c['stages']}{q}{l}"
     eu, xu = e["median_us"], x["median_us"]
-    print(f"| {shape} | {e['evaluations']} | {e['wall_seconds']:.1f} | {cfg(e)} | {eu:.2f} | "
-          f"{x['evaluations']} | {cfg(x)} | {xu:.2f} | {100 * (eu - xu) / xu:+.1f}% |")
+    ee, xe = int(e["evaluations"]), int(x["evaluations"])
+    print(f"| {shape} | {ee} | {100 * ee / xe:.0f}% | {e['wall_seconds']:.1f} | {cfg(e)} | {eu:.2f} | "
+          f"{xe} | {x['wall_seconds']:.1f} | {cfg(x)} | {xu:.2f} | {100 * (eu - xu) / xu:+.1f}% |")
 PY

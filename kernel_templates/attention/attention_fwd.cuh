@@ -19,7 +19,8 @@
 
 namespace flashcore {
 
-template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages>
+template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages,
+          bool QInRegisters, bool SwizzledSmem>
 __global__ void __launch_bounds__(Warps * 32)
     attention_fwd(const __grid_constant__ AttentionParams p) {
   constexpr int kThreads = Warps * 32;
@@ -31,7 +32,7 @@ __global__ void __launch_bounds__(Warps * 32)
   static_assert(BlockN % 16 == 0 && HeadDim % 16 == 0, "mma k-steps are 16 wide");
   static_assert(Stages >= 1, "at least one K/V buffer");
   using Ops = ElementOps<Element>;
-  using Tile = SwizzledTile<HeadDim>;
+  using Tile = SmemTile<HeadDim, SwizzledSmem>;
 
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   const unsigned smem_q = shared_address(shared_bytes);
@@ -61,16 +62,16 @@ __global__ void __launch_bounds__(Warps * 32)
   const int key_end = Causal ? min(p.seq_k, m_start + BlockM) : p.seq_k;
   const int n_tiles = (key_end + BlockN - 1) / BlockN;
 
-  load_tile_async<BlockM, HeadDim, kThreads>(smem_q, q, p.q_row_stride, p.seq_q - m_start);
+  load_tile_async<Tile, BlockM, kThreads>(smem_q, q, p.q_row_stride, p.seq_q - m_start);
   cp_async_commit();
 
   auto load_kv = [&](int tile) {
     const int buffer = tile % Stages;
     const int n_start = tile * BlockN;
-    load_tile_async<BlockN, HeadDim, kThreads>(smem_k + buffer * kKvTileBytes,
+    load_tile_async<Tile, BlockN, kThreads>(smem_k + buffer * kKvTileBytes,
                                                k + n_start * p.k_row_stride, p.k_row_stride,
                                                p.seq_k - n_start);
-    load_tile_async<BlockN, HeadDim, kThreads>(smem_v + buffer * kKvTileBytes,
+    load_tile_async<Tile, BlockN, kThreads>(smem_v + buffer * kKvTileBytes,
                                                v + n_start * p.v_row_stride, p.v_row_stride,
                                                p.seq_k - n_start);
   };
@@ -99,10 +100,11 @@ __global__ void __launch_bounds__(Warps * 32)
     }
 
   const int warp_row0 = warp * kRowsPerWarp;  // within the block
-  // Q's A fragments stay in registers across key tiles when they cost at most
-  // 32 registers (saves one ldmatrix per k-step per tile); otherwise they are
-  // re-read from shared memory, which keeps 128-row tiles at D 128 unspilled.
-  constexpr bool kQInRegisters = kMTiles * (HeadDim / 16) * 4 <= 32;
+  // QInRegisters: Q's A fragments are loaded once and held across key tiles
+  // (kMTiles * HeadDim / 4 registers), saving one ldmatrix per k-step per
+  // tile; otherwise they are re-read from shared memory, which is what keeps
+  // 128-row tiles at D 128 unspilled. The tile config chooses.
+  constexpr bool kQInRegisters = QInRegisters;
   unsigned q_frag[kQInRegisters ? kMTiles : 1][kQInRegisters ? HeadDim / 16 : 1][4];
   const int group = lane / 4;                 // mma accumulator row
   const int quad_lane = lane % 4;             // mma accumulator column pair
@@ -163,16 +165,23 @@ __global__ void __launch_bounds__(Warps * 32)
     const bool tail = n_start + BlockN > p.seq_k;
     const bool diagonal = Causal && n_start + BlockN - 1 > m_start + warp_row0;
     if (tail || diagonal) {
+      // Column c of this thread's pair is valid while c <= limit, with c
+      // counted from the pair's first column: one compare per score against
+      // a compile-time offset, and one limit per accumulator row.
+      const int pair_col0 = n_start + quad_lane * 2;
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
+        for (int h = 0; h < 2; ++h) {
+          int limit = p.seq_k - 1 - pair_col0;
+          if constexpr (Causal)
+            limit = min(limit, m_start + warp_row0 + mt * 16 + group + h * 8 - pair_col0);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = n_start + nt * 8 + quad_lane * 2 + (e % 2);
-            const int row = m_start + warp_row0 + mt * 16 + group + (e / 2) * 8;
-            if (col >= p.seq_k || (Causal && col > row)) s_acc[mt][nt][e] = negative_infinity();
-          }
+          for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+            for (int e = 2 * h; e < 2 * h + 2; ++e)
+              if (nt * 8 + (e % 2) > limit) s_acc[mt][nt][e] = negative_infinity();
+        }
     }
 
     // Online softmax in base 2: x = s * scale * log2(e).

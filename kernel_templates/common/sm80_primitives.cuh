@@ -46,28 +46,39 @@ __device__ __forceinline__ float exp2_approx(float x) {
 __device__ __forceinline__ float negative_infinity() { return __int_as_float(0xff800000); }
 
 // A tile of Rows x HeadDim 16-bit elements in shared memory, stored in
-// 16-byte chunks. ldmatrix reads 8 rows at one logical chunk and cp.async
-// writes consecutive chunks of a row; both must spread over all 32 banks.
-// With a power-of-two number of chunks per row (head_dim 32, 64, 128, 256)
-// the chunk index is XOR-swizzled by the row, without padding. Otherwise
-// (head_dim 96: 12 chunks) each row is padded by one chunk: a row stride of
-// 13 chunks (208 bytes) puts 8 consecutive rows in 8 distinct bank groups.
-template <int HeadDim>
-struct SwizzledTile {
+// 16-byte chunks. ldmatrix reads 8 consecutive rows (8-aligned) at one
+// logical chunk and cp.async writes consecutive chunks of a row; both must
+// spread over all 8 bank groups (16 bytes each). Two layouts do that:
+// - Swizzled (no padding): the chunk index is XOR-permuted by the row. With
+//   a power-of-two number of chunks per row (head_dim 32, 64, 128, 256) the
+//   XOR runs over the low 3 bits. head_dim 96 (12 chunks, a 192-byte row, so
+//   rows alternate between two bank-group offsets 0 and 4) permutes chunks
+//   0-7 by row & 7 and chunks 8-11 by (row / 2) & 3: either way the 8 rows
+//   of one ldmatrix land in 8 distinct bank groups.
+// - Padded: each row is one chunk longer, so row r starts r chunks further
+//   round the banks.
+template <int HeadDim, bool Swizzled>
+struct SmemTile {
   static constexpr int kChunks = HeadDim / 8;  // 16-byte chunks per row
   static_assert(HeadDim % 16 == 0 && kChunks >= 4, "head_dim must be a multiple of 16, at least 32");
-  static constexpr bool kSwizzled = (kChunks & (kChunks - 1)) == 0;
-  static constexpr int kRowElements = kSwizzled ? HeadDim : HeadDim + 8;  // row stride
+  static constexpr bool kPowerOfTwo = (kChunks & (kChunks - 1)) == 0;
+  static_assert(!Swizzled || kPowerOfTwo || kChunks == 12, "no swizzle defined for this head_dim");
+  static constexpr bool kSwizzled = Swizzled;
+  static constexpr int kRowElements = Swizzled ? HeadDim : HeadDim + 8;  // row stride
   // Rows that share one XOR value: 8 chunks (128 bytes) span all banks once.
   static constexpr int kRowsPerPhase = kChunks >= 8 ? 1 : 8 / kChunks;
   static constexpr int kPhaseMask = (kChunks >= 8 ? 8 : kChunks) - 1;
 
   // Element offset of (row, chunk) within the tile.
   static __device__ __forceinline__ int offset(int row, int chunk) {
-    if constexpr (kSwizzled)
-      return row * HeadDim + ((chunk ^ ((row / kRowsPerPhase) & kPhaseMask)) * 8);
-    else
+    if constexpr (!Swizzled) {
       return row * kRowElements + chunk * 8;
+    } else if constexpr (kPowerOfTwo) {
+      return row * HeadDim + ((chunk ^ ((row / kRowsPerPhase) & kPhaseMask)) * 8);
+    } else {
+      const int physical = chunk < 8 ? chunk ^ (row & 7) : 8 + ((chunk - 8) ^ ((row >> 1) & 3));
+      return row * HeadDim + physical * 8;
+    }
   }
 };
 
@@ -76,13 +87,13 @@ struct SwizzledTile {
 // Each thread keeps one chunk column and steps down the rows, so every copy is
 // a base pointer plus a multiple of one stride: no per-chunk index math and
 // no per-chunk addresses held in registers across the main loop.
-template <int Rows, int HeadDim, int Threads>
+template <typename Tile, int Rows, int Threads>
 __device__ __forceinline__ void load_tile_async(unsigned smem_tile, const unsigned short* global,
                                                 long long row_stride, int valid_rows) {
-  using Tile = SwizzledTile<HeadDim>;
   if constexpr (Threads % Tile::kChunks == 0) {
     constexpr int kRowStep = Threads / Tile::kChunks;
-    // A step of whole swizzle periods (8 rows) keeps each thread's XOR fixed.
+    // A step of whole swizzle periods (8 rows, for every swizzle above) keeps
+    // each thread's XOR fixed.
     constexpr bool kFixedPhase = !Tile::kSwizzled || kRowStep % 8 == 0 || Rows <= kRowStep;
     const int row0 = static_cast<int>(threadIdx.x) / Tile::kChunks;
     const int chunk = static_cast<int>(threadIdx.x) % Tile::kChunks;

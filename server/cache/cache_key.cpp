@@ -19,7 +19,7 @@ std::string cache_key(const KernelSpec& spec, const ToolchainFingerprint& toolch
       .field("template_id", spec.template_id)
       .field("template_source_hash", toolchain.template_source_hash)
       .field("problem", canonical_problem_class(spec.problem))
-      .field("config", canonical_config(spec.config))
+      .field("config", canonical_config(resolved(spec.config, spec.problem)))
       .field("arch", spec.arch)
       .field("nvrtc_version", toolchain.nvrtc_version)
       // The count first, so options can never be confused with a field a

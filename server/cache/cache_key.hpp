@@ -9,7 +9,8 @@
 
 namespace flashcore {
 
-inline constexpr unsigned kCacheFormatVersion = 1;
+// 2: tile configs carry q_placement and smem_layout (metadata and key).
+inline constexpr unsigned kCacheFormatVersion = 2;
 
 std::string cache_key(const KernelSpec& spec, const ToolchainFingerprint& toolchain);
 

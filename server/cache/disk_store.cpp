@@ -100,6 +100,8 @@ json metadata_json(const CachedKernel& entry) {
         {"block_n", entry.spec.config.block_n},
         {"warps", entry.spec.config.warps},
         {"stages", entry.spec.config.stages},
+        {"q_placement", q_placement_name(entry.spec.config.q_placement)},
+        {"smem_layout", smem_layout_name(entry.spec.config.smem_layout)},
         {"arch", entry.spec.arch}}},
       {"first_shape",
        {{"batch", entry.first_shape.batch},
@@ -152,6 +154,14 @@ std::optional<CachedKernel> parse_metadata(std::string_view text, std::string* w
     entry.spec.config.block_n = spec.at("block_n").get<int>();
     entry.spec.config.warps = spec.at("warps").get<int>();
     entry.spec.config.stages = spec.at("stages").get<int>();
+    const auto q_placement = parse_q_placement(spec.at("q_placement").get<std::string>());
+    const auto smem_layout = parse_smem_layout(spec.at("smem_layout").get<std::string>());
+    if (!q_placement || !smem_layout) {
+      *why = "metadata has an unknown q_placement or smem_layout";
+      return std::nullopt;
+    }
+    entry.spec.config.q_placement = *q_placement;
+    entry.spec.config.smem_layout = *smem_layout;
     entry.spec.arch = spec.at("arch").get<std::string>();
 
     const json& shape = doc.at("first_shape");

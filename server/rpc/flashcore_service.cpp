@@ -480,13 +480,6 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
 
 namespace {
 
-void fill_tile(const TileConfig& config, v1::TileConfig* out) {
-  out->set_block_m(config.block_m);
-  out->set_block_n(config.block_n);
-  out->set_warps(config.warps);
-  out->set_stages(config.stages);
-}
-
 void fill_scope(const TuningScope& scope, v1::TuningResult* out) {
   out->set_template_id(scope.template_id);
   v1::Problem* problem = out->mutable_problem();
@@ -500,7 +493,14 @@ void fill_scope(const TuningScope& scope, v1::TuningResult* out) {
 
 void fill_result(const TuneResult& result, v1::TuningResult* out) {
   fill_scope(result.scope, out);
-  fill_tile(result.config, out->mutable_config());
+  v1::Problem* problem = out->mutable_problem();
+  problem->set_batch(result.shape.batch);
+  problem->set_heads(result.shape.heads);
+  problem->set_kv_heads(result.shape.kv_heads);
+  problem->set_seq_q(result.shape.seq_q);
+  problem->set_seq_k(result.shape.seq_k);
+  // Concrete values, as every answer: rows from before schema 2 hold automatic ones.
+  fill_config(resolved(result.config, result.scope.problem), out->mutable_config());
   out->set_key(result.key);
   out->set_median_us(result.median_us);
   out->set_tflops(result.tflops);
@@ -530,7 +530,7 @@ v1::TuneProgress to_progress(const TuneEvent& event) {
     }
     case TuneEvent::Kind::trial: {
       auto* trial = progress.mutable_trial();
-      fill_tile(event.config, trial->mutable_config());
+      fill_config(event.config, trial->mutable_config());
       trial->set_status(std::string(trial_status_name(event.status)));
       trial->set_median_us(event.median_us);
       trial->set_tflops(event.tflops);
@@ -541,7 +541,7 @@ v1::TuneProgress to_progress(const TuneEvent& event) {
     }
     case TuneEvent::Kind::best: {
       auto* best = progress.mutable_best();
-      fill_tile(event.config, best->mutable_config());
+      fill_config(event.config, best->mutable_config());
       best->set_median_us(event.median_us);
       best->set_tflops(event.tflops);
       break;
@@ -714,7 +714,9 @@ Status FlashCoreService::apply_tuned_config(CompileRequest& request) const {
   const auto arch = find_arch(request.spec.arch);
   if (auto error = config_error((*best)->config, request.spec.problem, *arch))
     return make_error(ErrorCode::internal, "stored tuned config is invalid: " + *error);
-  request.spec.config = (*best)->config;
+  // Rows from before schema 2 hold automatic fields: compile, cache and
+  // answer the concrete kernel they stand for.
+  request.spec.config = resolved((*best)->config, request.spec.problem);
   return ok_status();
 }
 

@@ -76,13 +76,6 @@ void fill_problem(const ProblemClass& problem, const RuntimeShape& shape, v1::La
   out->set_layout(layout);
 }
 
-void fill_config(const TileConfig& config, v1::TileConfig* out) {
-  out->set_block_m(config.block_m);
-  out->set_block_n(config.block_n);
-  out->set_warps(config.warps);
-  out->set_stages(config.stages);
-}
-
 void fill_dim3(const Dim3& dim, v1::Dim3* out) {
   out->set_x(dim.x);
   out->set_y(dim.y);
@@ -107,6 +100,48 @@ std::string truncated(const std::string& detail) {
 }
 
 }  // namespace
+
+void fill_config(const TileConfig& config, v1::TileConfig* out) {
+  out->set_block_m(config.block_m);
+  out->set_block_n(config.block_n);
+  out->set_warps(config.warps);
+  out->set_stages(config.stages);
+  switch (config.q_placement) {
+    case QPlacement::automatic: out->set_q_placement(v1::Q_PLACEMENT_UNSPECIFIED); break;
+    case QPlacement::registers: out->set_q_placement(v1::Q_PLACEMENT_REGISTERS); break;
+    case QPlacement::shared: out->set_q_placement(v1::Q_PLACEMENT_SHARED); break;
+  }
+  switch (config.smem_layout) {
+    case SmemLayout::automatic: out->set_smem_layout(v1::SMEM_LAYOUT_UNSPECIFIED); break;
+    case SmemLayout::swizzled: out->set_smem_layout(v1::SMEM_LAYOUT_SWIZZLED); break;
+    case SmemLayout::padded: out->set_smem_layout(v1::SMEM_LAYOUT_PADDED); break;
+  }
+}
+
+Result<TileConfig> parse_config(const v1::TileConfig& config) {
+  TileConfig out;
+  out.block_m = config.block_m();
+  out.block_n = config.block_n();
+  out.warps = config.warps();
+  out.stages = config.stages();
+  switch (config.q_placement()) {
+    case v1::Q_PLACEMENT_UNSPECIFIED: out.q_placement = QPlacement::automatic; break;
+    case v1::Q_PLACEMENT_REGISTERS: out.q_placement = QPlacement::registers; break;
+    case v1::Q_PLACEMENT_SHARED: out.q_placement = QPlacement::shared; break;
+    default:
+      return invalid("config.q_placement: unknown enum value " +
+                     std::to_string(static_cast<int>(config.q_placement())));
+  }
+  switch (config.smem_layout()) {
+    case v1::SMEM_LAYOUT_UNSPECIFIED: out.smem_layout = SmemLayout::automatic; break;
+    case v1::SMEM_LAYOUT_SWIZZLED: out.smem_layout = SmemLayout::swizzled; break;
+    case v1::SMEM_LAYOUT_PADDED: out.smem_layout = SmemLayout::padded; break;
+    default:
+      return invalid("config.smem_layout: unknown enum value " +
+                     std::to_string(static_cast<int>(config.smem_layout())));
+  }
+  return out;
+}
 
 v1::DType to_proto(DType dtype) { return dtype == DType::fp16 ? v1::DTYPE_FP16 : v1::DTYPE_BF16; }
 
@@ -169,13 +204,14 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
   // field, so a forgotten field shows up as an error rather than a guess.
   if (!with_config) return parsed;
   if (request.has_config()) {
-    parsed.spec.config.block_m = request.config().block_m();
-    parsed.spec.config.block_n = request.config().block_n();
-    parsed.spec.config.warps = request.config().warps();
-    parsed.spec.config.stages = request.config().stages();
+    auto config = parse_config(request.config());
+    if (!config) return config.error();
+    parsed.spec.config = *config;
   }
   if (auto error = config_error(parsed.spec.config, parsed.spec.problem, *arch))
     return invalid(*error);
+  // Keyed, compiled and answered with concrete values.
+  parsed.spec.config = resolved(parsed.spec.config, parsed.spec.problem);
   return parsed;
 }
 }  // namespace

@@ -27,7 +27,7 @@ namespace flashcore {
 
 struct EvolutionaryParams {
   // Defaults chosen on the synthetic test objective (tests/unit/test_searchers.cpp,
-  // 860-config space, 200 seeds, compile-ahead 4): tournaments of 4 and a
+  // then an 860-config four-field space, 200 seeds, compile-ahead 4): tournaments of 4 and a
   // mutation rate of 0.15-0.25 found the optimum in a median of about 45
   // evaluations and at worst ~100; tournaments of 2 or a rate of 0.5 needed
   // 1.5-2x as many. Retune once real kernel timings exist.

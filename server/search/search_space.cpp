@@ -5,7 +5,11 @@
 namespace flashcore {
 namespace {
 
-std::array<int, 4> key_of(const TileConfig& c) { return {c.block_m, c.block_n, c.warps, c.stages}; }
+std::array<int, kTileFields.size()> key_of(const TileConfig& c) {
+  std::array<int, kTileFields.size()> key{};
+  for (size_t i = 0; i < kTileFields.size(); ++i) key[i] = field_value(c, kTileFields[i]);
+  return key;
+}
 
 // The axis of `field`, const or not, without a cast.
 template <typename Axes>
@@ -14,6 +18,8 @@ auto& axis_of(Axes& axes, TileField field) {
     case TileField::block_n: return axes.block_n;
     case TileField::warps: return axes.warps;
     case TileField::stages: return axes.stages;
+    case TileField::q_placement: return axes.q_placement;
+    case TileField::smem_layout: return axes.smem_layout;
     case TileField::block_m: break;
   }
   return axes.block_m;
@@ -32,6 +38,8 @@ std::string_view tile_field_name(TileField field) {
     case TileField::block_n: return "block_n";
     case TileField::warps: return "warps";
     case TileField::stages: return "stages";
+    case TileField::q_placement: return "q_placement";
+    case TileField::smem_layout: return "smem_layout";
   }
   return "?";
 }
@@ -42,6 +50,8 @@ int field_value(const TileConfig& config, TileField field) {
     case TileField::block_n: return config.block_n;
     case TileField::warps: return config.warps;
     case TileField::stages: return config.stages;
+    case TileField::q_placement: return static_cast<int>(config.q_placement);
+    case TileField::smem_layout: return static_cast<int>(config.smem_layout);
   }
   return 0;
 }
@@ -52,6 +62,8 @@ void set_field_value(TileConfig& config, TileField field, int value) {
     case TileField::block_n: config.block_n = value; break;
     case TileField::warps: config.warps = value; break;
     case TileField::stages: config.stages = value; break;
+    case TileField::q_placement: config.q_placement = static_cast<QPlacement>(value); break;
+    case TileField::smem_layout: config.smem_layout = static_cast<SmemLayout>(value); break;
   }
 }
 
@@ -86,17 +98,31 @@ Result<SearchSpace> SearchSpace::create(const ProblemClass& problem, const ArchI
                         "search space axis " + std::string(tile_field_name(field)) + " is empty");
   }
 
-  const SearchSpaceAxes& a = space.axes_;
-  for (int block_m : a.block_m)
-    for (int block_n : a.block_n)
-      for (int warps : a.warps)
-        for (int stages : a.stages) {
-          const TileConfig config{block_m, block_n, warps, stages};
-          if (auto error = config_error(config, problem, arch))
-            space.rejected_.push_back({config, *error});
-          else
-            space.configs_.push_back(config);
-        }
+  // An odometer over the axes, the last field fastest: lexicographic order.
+  const auto automatic_value = [](TileField field) {
+    return field == TileField::q_placement   ? static_cast<int>(QPlacement::automatic)
+           : field == TileField::smem_layout ? static_cast<int>(SmemLayout::automatic)
+                                             : -1;
+  };
+  for (TileField field : kTileFields)
+    for (int value : axis_of(space.axes_, field))
+      if (value == automatic_value(field))
+        return make_error(ErrorCode::invalid_argument,
+                          "search space axis " + std::string(tile_field_name(field)) +
+                              " must list concrete values, not automatic");
+  std::array<size_t, kTileFields.size()> digit{};
+  for (;;) {
+    TileConfig config;
+    for (size_t i = 0; i < kTileFields.size(); ++i)
+      set_field_value(config, kTileFields[i], axis_of(space.axes_, kTileFields[i])[digit[i]]);
+    if (auto error = config_error(config, problem, arch))
+      space.rejected_.push_back({config, *error});
+    else
+      space.configs_.push_back(config);
+    size_t i = kTileFields.size();
+    while (i > 0 && ++digit[i - 1] == axis_of(space.axes_, kTileFields[i - 1]).size()) digit[--i] = 0;
+    if (i == 0) break;
+  }
 
   if (space.configs_.empty()) {
     return make_error(ErrorCode::invalid_argument,
@@ -128,7 +154,7 @@ size_t SearchSpace::prune(const KeepPredicate& keep) {
 }
 
 std::optional<size_t> SearchSpace::index_of(const TileConfig& config) const {
-  auto it = index_.find(key_of(config));
+  auto it = index_.find(key_of(resolved(config, problem_)));
   if (it == index_.end()) return std::nullopt;
   return it->second;
 }
@@ -140,8 +166,11 @@ void SearchSpace::rebuild_index() {
 
 const std::vector<int>& SearchSpace::axis(TileField field) const { return axis_of(axes_, field); }
 
-std::optional<TileConfig> SearchSpace::neighbour(const TileConfig& config, TileField field,
-                                                 int direction) const {
+std::optional<TileConfig> SearchSpace::neighbour(const TileConfig& automatic_or_not,
+                                                 TileField field, int direction) const {
+  // From the concrete twin: an automatic field is no axis value, and stepping
+  // from it could land on the value the rule already picks (the same kernel).
+  const TileConfig config = resolved(automatic_or_not, problem_);
   const auto& values = axis(field);
   const int value = field_value(config, field);
   // Position of the value on its axis; a value between axis points (a seed

@@ -26,12 +26,19 @@ struct SearchSpaceAxes {
   std::vector<int> block_n{32, 48, 64, 96, 128};
   std::vector<int> warps{4, 8};
   std::vector<int> stages{1, 2, 3};
+  // Enum fields as their integer values, so every axis is handled alike;
+  // `automatic` is never an axis value (it is a rule, not a kernel).
+  std::vector<int> q_placement{static_cast<int>(QPlacement::registers),
+                               static_cast<int>(QPlacement::shared)};
+  std::vector<int> smem_layout{static_cast<int>(SmemLayout::swizzled),
+                               static_cast<int>(SmemLayout::padded)};
 };
 
 // The fields of a TileConfig as search dimensions, in canonical_config() order.
-enum class TileField { block_m, block_n, warps, stages };
-inline constexpr std::array<TileField, 4> kTileFields = {TileField::block_m, TileField::block_n,
-                                                         TileField::warps, TileField::stages};
+enum class TileField { block_m, block_n, warps, stages, q_placement, smem_layout };
+inline constexpr std::array<TileField, 6> kTileFields = {
+    TileField::block_m, TileField::block_n,     TileField::warps,
+    TileField::stages,  TileField::q_placement, TileField::smem_layout};
 
 std::string_view tile_field_name(TileField field);  // "block_m", ...
 int field_value(const TileConfig& config, TileField field);
@@ -54,7 +61,7 @@ bool bernoulli(std::mt19937_64& rng, double p);
 class SearchSpace {
  public:
   // Every combination of the axes' values, ordered lexicographically by
-  // (block_m, block_n, warps, stages) with each axis ascending, filtered by
+  // kTileFields with each axis ascending, filtered by
   // config_error(). Fails on an invalid problem class, an empty axis, or when
   // no combination is valid (the error names the first rejection's reason).
   static Result<SearchSpace> create(const ProblemClass& problem, const ArchInfo& arch,
@@ -82,7 +89,8 @@ class SearchSpace {
   // The nearest config in the space reached by moving `field` along its axis
   // in `direction` (-1 or +1), the other fields unchanged. Values whose
   // combination is not in the space are stepped over, so a gap (an invalid
-  // warps value for this block_m, say) does not cut the axis in two.
+  // warps value for this block_m, say) does not cut the axis in two. An
+  // automatic config moves as its resolved twin; the result is a member.
   std::optional<TileConfig> neighbour(const TileConfig& config, TileField field,
                                       int direction) const;
   // All configs one neighbour() step away, per field (-1 before +1), no duplicates.
@@ -105,7 +113,7 @@ class SearchSpace {
   SearchSpaceAxes axes_;
   std::vector<TileConfig> configs_;
   std::vector<RejectedConfig> rejected_;
-  std::map<std::array<int, 4>, size_t> index_;
+  std::map<std::array<int, kTileFields.size()>, size_t> index_;
 };
 
 }  // namespace flashcore

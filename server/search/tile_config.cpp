@@ -1,6 +1,7 @@
 #include "search/tile_config.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <sstream>
 
 namespace flashcore {
@@ -49,11 +50,107 @@ std::optional<ArchInfo> find_arch(std::string_view name) {
   return std::nullopt;
 }
 
+std::string_view q_placement_name(QPlacement placement) {
+  switch (placement) {
+    case QPlacement::automatic: return "auto";
+    case QPlacement::registers: return "registers";
+    case QPlacement::shared: return "shared";
+  }
+  return "?";
+}
+
+std::optional<QPlacement> parse_q_placement(std::string_view name) {
+  for (auto p : {QPlacement::automatic, QPlacement::registers, QPlacement::shared})
+    if (name == q_placement_name(p)) return p;
+  return std::nullopt;
+}
+
+std::string_view smem_layout_name(SmemLayout layout) {
+  switch (layout) {
+    case SmemLayout::automatic: return "auto";
+    case SmemLayout::swizzled: return "swizzled";
+    case SmemLayout::padded: return "padded";
+  }
+  return "?";
+}
+
+std::optional<SmemLayout> parse_smem_layout(std::string_view name) {
+  for (auto l : {SmemLayout::automatic, SmemLayout::swizzled, SmemLayout::padded})
+    if (name == smem_layout_name(l)) return l;
+  return std::nullopt;
+}
+
+TileConfig resolved(const TileConfig& config, const ProblemClass& problem) {
+  TileConfig out = config;
+  if (out.q_placement == QPlacement::automatic) {
+    // Q's fragments cost (rows per warp / 16) * (head_dim / 16) * 4 registers
+    // per thread; above 32 they push 128-row D 128 tiles into spills.
+    const int rows_per_warp = out.warps > 0 ? out.block_m / out.warps : 0;
+    const int q_registers = (rows_per_warp / kMmaRows) * (problem.head_dim / 16) * 4;
+    out.q_placement = q_registers <= 32 ? QPlacement::registers : QPlacement::shared;
+  }
+  if (out.smem_layout == SmemLayout::automatic)
+    out.smem_layout = power_of_two(problem.head_dim / 8) ? SmemLayout::swizzled : SmemLayout::padded;
+  return out;
+}
+
+std::string config_label(const TileConfig& config) {
+  std::string label = std::to_string(config.block_m) + "x" + std::to_string(config.block_n) + "w" +
+                      std::to_string(config.warps) + "s" + std::to_string(config.stages);
+  if (config.q_placement == QPlacement::registers) label += "-qreg";
+  if (config.q_placement == QPlacement::shared) label += "-qsmem";
+  if (config.smem_layout == SmemLayout::swizzled) label += "-swz";
+  if (config.smem_layout == SmemLayout::padded) label += "-pad";
+  return label;
+}
+
+std::optional<TileConfig> parse_config_label(std::string_view label) {
+  // Digits only (from_chars takes no sign or space and reports overflow),
+  // each suffix at most once per field.
+  TileConfig c;
+  size_t pos = 0;
+  const auto number = [&](int* out) {
+    const char* begin = label.data() + pos;
+    const auto [end, ec] = std::from_chars(begin, label.data() + label.size(), *out);
+    if (ec != std::errc() || end == begin) return false;
+    pos += static_cast<size_t>(end - begin);
+    return true;
+  };
+  const auto separator = [&](char named) {
+    if (pos >= label.size() || (label[pos] != named && label[pos] != 'x')) return false;
+    ++pos;
+    return true;
+  };
+  if (!number(&c.block_m) || !separator('x') || !number(&c.block_n) || !separator('w') ||
+      !number(&c.warps) || !separator('s') || !number(&c.stages))
+    return std::nullopt;
+  bool q_given = false, layout_given = false;
+  while (pos < label.size()) {
+    if (label[pos] != '-') return std::nullopt;
+    const size_t next = label.find('-', pos + 1);
+    const std::string_view suffix =
+        label.substr(pos + 1, next == std::string_view::npos ? std::string_view::npos : next - pos - 1);
+    bool* given = nullptr;
+    if (suffix == "qreg" || suffix == "qsmem") {
+      c.q_placement = suffix == "qreg" ? QPlacement::registers : QPlacement::shared;
+      given = &q_given;
+    } else if (suffix == "swz" || suffix == "pad") {
+      c.smem_layout = suffix == "swz" ? SmemLayout::swizzled : SmemLayout::padded;
+      given = &layout_given;
+    } else {
+      return std::nullopt;
+    }
+    if (*given) return std::nullopt;
+    *given = true;
+    pos = next == std::string_view::npos ? label.size() : next;
+  }
+  return c;
+}
+
 int smem_bytes(const TileConfig& config, const ProblemClass& problem) {
-  // Mirrors SwizzledTile::kRowElements in kernel_templates/common/sm80_primitives.cuh.
-  const int chunks = problem.head_dim / 8;
-  const bool swizzled = (chunks & (chunks - 1)) == 0;
-  const int row_bytes = (problem.head_dim + (swizzled ? 0 : 8)) * kElementBytes;
+  // Mirrors SmemTile::kRowElements in kernel_templates/common/sm80_primitives.cuh.
+  const bool padded = resolved(config, problem).smem_layout == SmemLayout::padded;
+  const int row_bytes = (problem.head_dim + (padded ? 8 : 0)) * kElementBytes;
   return config.block_m * row_bytes + 2 * config.stages * config.block_n * row_bytes;
 }
 
@@ -104,6 +201,17 @@ std::optional<std::string> config_error(const TileConfig& config, const ProblemC
                  std::to_string(config.block_n) + " must be a multiple of 16 in [16, 256]");
   if (config.stages < 1 || config.stages > 4)
     return field("config.stages", std::to_string(config.stages) + " must be in [1, 4]");
+  if (config.q_placement != QPlacement::automatic && config.q_placement != QPlacement::registers &&
+      config.q_placement != QPlacement::shared)
+    return field("config.q_placement", "unknown value");
+  if (config.smem_layout != SmemLayout::automatic && config.smem_layout != SmemLayout::swizzled &&
+      config.smem_layout != SmemLayout::padded)
+    return field("config.smem_layout", "unknown value");
+  const int chunks = problem.head_dim / 8;
+  if (resolved(config, problem).smem_layout == SmemLayout::swizzled && !power_of_two(chunks) &&
+      chunks != 12)
+    return field("config.smem_layout", "no swizzle is defined for head_dim " +
+                                           std::to_string(problem.head_dim) + "; use padded");
   const int smem = smem_bytes(config, problem);
   if (smem > arch.max_dynamic_smem_bytes)
     return field("config", "needs " + std::to_string(smem) + " bytes of shared memory, over " +
@@ -113,11 +221,14 @@ std::optional<std::string> config_error(const TileConfig& config, const ProblemC
 }
 
 std::string name_expression(const ProblemClass& problem, const TileConfig& config) {
+  const TileConfig c = resolved(config, problem);
   std::ostringstream out;
   out << "flashcore::attention_fwd<"
       << (problem.dtype == DType::fp16 ? "flashcore::fp16_t" : "flashcore::bf16_t") << ", "
-      << problem.head_dim << ", " << (problem.causal ? "true" : "false") << ", " << config.block_m
-      << ", " << config.block_n << ", " << config.warps << ", " << config.stages << ">";
+      << problem.head_dim << ", " << (problem.causal ? "true" : "false") << ", " << c.block_m
+      << ", " << c.block_n << ", " << c.warps << ", " << c.stages << ", "
+      << (c.q_placement == QPlacement::registers ? "true" : "false") << ", "
+      << (c.smem_layout == SmemLayout::swizzled ? "true" : "false") << ">";
   return out.str();
 }
 
@@ -131,7 +242,9 @@ std::string canonical_problem_class(const ProblemClass& problem) {
 std::string canonical_config(const TileConfig& config) {
   std::ostringstream out;
   out << "block_m=" << config.block_m << ";block_n=" << config.block_n
-      << ";warps=" << config.warps << ";stages=" << config.stages << ";";
+      << ";warps=" << config.warps << ";stages=" << config.stages
+      << ";q_placement=" << q_placement_name(config.q_placement)
+      << ";smem_layout=" << smem_layout_name(config.smem_layout) << ";";
   return out.str();
 }
 

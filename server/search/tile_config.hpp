@@ -36,16 +36,43 @@ struct RuntimeShape {
   int64_t effective_seq_k() const { return seq_k == 0 ? seq_q : seq_k; }
 };
 
+// Where each warp keeps its Q operand between key tiles. `automatic` is the
+// family's rule (registers when they cost at most 32 per thread); it is
+// resolved before anything is keyed or compiled.
+enum class QPlacement { automatic, registers, shared };
+// Shared-memory layout of the Q/K/V tiles; `automatic` = swizzled where
+// head_dim / 8 is a power of two, else padded.
+enum class SmemLayout { automatic, swizzled, padded };
+
+std::string_view q_placement_name(QPlacement placement);  // "auto", "registers", "shared"
+std::optional<QPlacement> parse_q_placement(std::string_view name);
+std::string_view smem_layout_name(SmemLayout layout);     // "auto", "swizzled", "padded"
+std::optional<SmemLayout> parse_smem_layout(std::string_view name);
+
 struct TileConfig {
   int block_m = 128;
   int block_n = 64;
   int warps = 4;
   int stages = 2;
+  QPlacement q_placement = QPlacement::automatic;
+  SmemLayout smem_layout = SmemLayout::automatic;
 
   int threads() const { return warps * 32; }
   int rows_per_warp() const { return block_m / warps; }
   bool operator==(const TileConfig&) const = default;
 };
+
+// `config` with its automatic fields replaced by the family's rule for
+// `problem`; every other function below resolves first, so an automatic
+// config and its resolved twin are the same kernel with the same key.
+TileConfig resolved(const TileConfig& config, const ProblemClass& problem);
+
+// "128x64w4s2" plus "-qreg"/"-qsmem" and "-swz"/"-pad" where given: the
+// short label the CLI, logs and benchmarks print.
+std::string config_label(const TileConfig& config);
+// The inverse of config_label; missing suffixes are automatic. Also accepts
+// "BMxBNxWxS" with x separators throughout.
+std::optional<TileConfig> parse_config_label(std::string_view label);
 
 struct ArchInfo {
   std::string_view name;      // as NVRTC spells it: "sm_90a"
@@ -61,7 +88,7 @@ inline constexpr std::string_view kAttentionTemplateId = "attention_fwd";
 inline constexpr std::array<int, 5> kSupportedHeadDims = {32, 64, 96, 128, 256};
 
 // Dynamic shared memory the template needs: Q tile plus `stages` K and V tiles,
-// rows padded by 16 bytes where head_dim / 8 is not a power of two (96).
+// rows 16 bytes longer in the padded layout.
 int smem_bytes(const TileConfig& config, const ProblemClass& problem);
 
 // Each returns nullopt when valid, else "<field>: <reason>" naming the field
@@ -71,7 +98,7 @@ std::optional<std::string> runtime_shape_error(const RuntimeShape& shape);
 std::optional<std::string> config_error(const TileConfig& config, const ProblemClass& problem,
                                         const ArchInfo& arch);
 
-// "flashcore::attention_fwd<flashcore::fp16_t, 64, false, 128, 64, 4, 2>"
+// "flashcore::attention_fwd<flashcore::fp16_t, 64, false, 128, 64, 4, 2, true, true>"
 std::string name_expression(const ProblemClass& problem, const TileConfig& config);
 
 // Canonical "field=value;" text of the compile-time inputs, fixed field order.

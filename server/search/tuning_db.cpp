@@ -117,6 +117,20 @@ CREATE TABLE best (
 );
 CREATE INDEX best_by_class ON best(template_id, dtype, head_dim, causal, device_name, arch);
 )sql",
+      // 2: configs gain q_placement and smem_layout ('auto' on older rows,
+      // the rule of their time); a best row names the exact shape it was
+      // tuned on (0 on older rows: not recorded).
+      R"sql(
+ALTER TABLE trials ADD COLUMN q_placement TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE trials ADD COLUMN smem_layout TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE best ADD COLUMN q_placement TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE best ADD COLUMN smem_layout TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE best ADD COLUMN batch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN heads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN kv_heads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN seq_q INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN seq_k INTEGER NOT NULL DEFAULT 0;
+)sql",
   };
   return steps;
 }
@@ -133,14 +147,17 @@ constexpr std::string_view kScopeSelectCols =
 constexpr std::string_view kScopeKeyWhere =
     "template_id = ? AND dtype = ? AND head_dim = ? AND causal = ? AND bucket = ? AND "
     "device_name = ? AND arch = ?";
-constexpr std::string_view kConfigCols = "block_m, block_n, warps, stages";
+constexpr std::string_view kConfigCols =
+    "block_m, block_n, warps, stages, q_placement, smem_layout";
+constexpr int kConfigColCount = 6;
 constexpr std::string_view kToolchainCols = "nvrtc_version, template_source_hash, driver_version";
 constexpr std::string_view kTrialCols =
     "job_id, batch, heads, kv_heads, seq_q, seq_k, cache_key, status, failure_reason, median_us, "
     "p10_us, p90_us, samples, tflops, rel_error, max_abs_error, registers, spill_store_bytes, "
     "spill_load_bytes, smem_bytes, gpu_index, created_unix_ms";
 constexpr std::string_view kBestCols =
-    "cache_key, median_us, tflops, trial_id, evaluations, wall_seconds, searcher, updated_unix_ms";
+    "cache_key, median_us, tflops, trial_id, evaluations, wall_seconds, searcher, updated_unix_ms, "
+    "batch, heads, kv_heads, seq_q, seq_k";
 constexpr std::string_view kJobCols =
     "searcher, status, started_unix_ms, finished_unix_ms, evaluations, best_trial_id";
 
@@ -356,6 +373,7 @@ TuningScope read_scope(Statement& st) {
 
 void bind_config(Statement& st, const TileConfig& c) {
   st.bind(c.block_m).bind(c.block_n).bind(c.warps).bind(c.stages);
+  st.bind(q_placement_name(c.q_placement)).bind(smem_layout_name(c.smem_layout));
 }
 
 TileConfig read_config(Statement& st) {
@@ -364,6 +382,8 @@ TileConfig read_config(Statement& st) {
   c.block_n = st.i32();
   c.warps = st.i32();
   c.stages = st.i32();
+  c.q_placement = st.parsed<QPlacement>(parse_q_placement, "q_placement");
+  c.smem_layout = st.parsed<SmemLayout>(parse_smem_layout, "smem_layout");
   return c;
 }
 
@@ -432,6 +452,11 @@ Result<std::pair<int64_t, BestRecord>> read_best(Statement& st) {
   b.wall_seconds = st.real();
   b.searcher = st.text();
   b.updated_unix_ms = st.i64();
+  b.shape.batch = st.i64();
+  b.shape.heads = st.i64();
+  b.shape.kv_heads = st.i64();
+  b.shape.seq_q = st.i64();
+  b.shape.seq_k = st.i64();
   if (auto s = st.row_status(); !s) return s.error();
   return std::pair{id, std::move(b)};
 }
@@ -693,7 +718,7 @@ Result<int64_t> TuningDb::record_trial(const TrialRecord& trial) {
     Statement st(db_, path_, "record trial");
     const std::string sql =
         cat({"INSERT INTO trials (", kScopeInsertCols, ", ", kConfigCols, ", ", kToolchainCols,
-             ", ", kTrialCols, ") VALUES (", placeholders(10 + 4 + 3 + 22), ")"});
+             ", ", kTrialCols, ") VALUES (", placeholders(10 + kConfigColCount + 3 + 22), ")"});
     if (auto s = st.prepare(sql); !s) return s.error();
     bind_scope(st, trial.scope);
     bind_config(st, trial.config);
@@ -792,6 +817,7 @@ Result<std::vector<TileConfig>> TuningDb::tried_configs(
     if (!row) return row.error();
     if (!*row) break;
     out.push_back(read_config(st));
+    if (auto s = st.row_status(); !s) return s.error();
   }
   return out;
 }
@@ -807,10 +833,13 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
   // comparison and the store; the transaction makes that explicit.
   const std::string sql =
       cat({"INSERT INTO best (", kScopeInsertCols, ", ", kConfigCols, ", ", kToolchainCols, ", ",
-           kBestCols, ") VALUES (", placeholders(10 + 4 + 3 + 8),
+           kBestCols, ") VALUES (", placeholders(10 + kConfigColCount + 3 + 13),
            ") ON CONFLICT (template_id, dtype, head_dim, causal, bucket, device_name, arch) "
            "DO UPDATE SET block_m = excluded.block_m, block_n = excluded.block_n, "
            "warps = excluded.warps, stages = excluded.stages, "
+           "q_placement = excluded.q_placement, smem_layout = excluded.smem_layout, "
+           "batch = excluded.batch, heads = excluded.heads, kv_heads = excluded.kv_heads, "
+           "seq_q = excluded.seq_q, seq_k = excluded.seq_k, "
            "nvrtc_version = excluded.nvrtc_version, "
            "template_source_hash = excluded.template_source_hash, "
            "driver_version = excluded.driver_version, cache_key = excluded.cache_key, "
@@ -838,6 +867,11 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
         .bind(candidate.wall_seconds)
         .bind(candidate.searcher)
         .bind(candidate.updated_unix_ms != 0 ? candidate.updated_unix_ms : now_unix_ms())
+        .bind(candidate.shape.batch)
+        .bind(candidate.shape.heads)
+        .bind(candidate.shape.kv_heads)
+        .bind(candidate.shape.seq_q)
+        .bind(candidate.shape.seq_k)
         .bind(mode == BestUpdate::force);
     if (auto s = st.run(); !s) return s.error();
   }

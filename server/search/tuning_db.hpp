@@ -87,6 +87,7 @@ struct TrialRecord {
 
 struct BestRecord {
   TuningScope scope;
+  RuntimeShape shape;  // the exact shape it was tuned on; all 0 on rows from before schema 2
   TileConfig config;
   std::string cache_key;
   double median_us = 0.0;

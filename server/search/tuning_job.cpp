@@ -4,7 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <thread>
 
 #include "search/evolutionary_searcher.hpp"
 #include "search/search_space.hpp"
@@ -23,7 +27,9 @@ std::optional<std::string> resource_skip_reason(const CompiledCandidate& candida
 }
 
 size_t default_max_evaluations(size_t space_size) {
-  return std::max<size_t>(8, (space_size + 4) / 5);
+  // A fifth, rounded down so the default never measures more than 20% of
+  // what an exhaustive search measures; tiny spaces still get 8 (or all).
+  return std::max<size_t>(std::min<size_t>(8, space_size), space_size / 5);
 }
 
 namespace {
@@ -100,6 +106,8 @@ class TuningManager::Job {
 
   Result<TuneResult> run();
   Result<TuneResult> tune(const TuningScope& scope, const ToolchainRecord& toolchain, int gpu);
+  Status prune_by_resources(SearchSpace& space, const TuningScope& scope,
+                            const ToolchainRecord& toolchain, int gpu, int64_t job_id);
 
   TuningManager* manager_;
   TuneSettings settings_;
@@ -137,6 +145,104 @@ Result<TuneResult> TuningManager::Job::run() {
   return tune(scope, toolchain, *gpu_);
 }
 
+Status TuningManager::Job::prune_by_resources(SearchSpace& space, const TuningScope& scope,
+                                              const ToolchainRecord& toolchain, int gpu,
+                                              int64_t job_id) {
+  // Below the daemon's compile-queue bound, so other clients keep room.
+  constexpr size_t kInFlight = 16;
+  constexpr int kBusyRetries = 50;
+  const std::vector<TileConfig> configs = space.configs();
+  std::vector<std::optional<Result<CompiledCandidate>>> results(configs.size());
+  std::vector<int> busy_retries(configs.size(), 0);
+  std::mutex mutex;
+  std::condition_variable ready;
+  std::deque<size_t> queue;
+  for (size_t i = 0; i < configs.size(); ++i) queue.push_back(i);
+  size_t in_flight = 0;
+  {
+    std::unique_lock lock(mutex);
+    for (;;) {
+      if (cancelled()) {
+        // Submitted compiles still call back into this frame: wait for them.
+        ready.wait(lock, [&] { return in_flight == 0; });
+        return make_error(ErrorCode::cancelled, "tuning job cancelled while compiling");
+      }
+      if (queue.empty() && in_flight == 0) break;
+      if (queue.empty() || in_flight >= kInFlight) {
+        ready.wait_for(lock, std::chrono::milliseconds(100));
+        continue;
+      }
+      const size_t i = queue.front();
+      queue.pop_front();
+      ++in_flight;
+      lock.unlock();
+      if (busy_retries[i] > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      manager_->compiler_->compile(
+          settings_.template_id, settings_.problem, configs[i], settings_.arch, settings_.shape,
+          [&, i](Result<CompiledCandidate> result) {
+            std::lock_guard guard(mutex);
+            --in_flight;
+            // A full compile queue (other clients' work) is not the config's fault.
+            if (!result && result.error().code == ErrorCode::resource_exhausted &&
+                busy_retries[i] < kBusyRetries) {
+              ++busy_retries[i];
+              queue.push_back(i);
+            } else {
+              results[i].emplace(std::move(result));
+            }
+            ready.notify_all();
+          });
+      lock.lock();
+    }
+  }
+
+  std::vector<std::string> reasons(configs.size());
+  std::vector<CompiledCandidate> compiled(configs.size());
+  for (size_t i = 0; i < configs.size(); ++i) {
+    if (!*results[i]) {
+      reasons[i] = "compile: " + results[i]->error().message;
+      continue;
+    }
+    compiled[i] = **results[i];
+    if (auto skip = resource_skip_reason(compiled[i])) reasons[i] = *skip;
+  }
+  size_t position = 0;
+  space.prune([&](const TileConfig&, std::string* why) {
+    *why = reasons[position];
+    return reasons[position++].empty();
+  });
+
+  // The pruned configs stay on the job's record (status skipped, not counted
+  // as evaluations), so a report shows why each one was left out.
+  for (size_t i = 0; i < configs.size(); ++i) {
+    if (reasons[i].empty()) continue;
+    TrialRecord trial;
+    trial.job_id = job_id;
+    trial.scope = scope;
+    trial.shape = settings_.shape;
+    trial.config = configs[i];
+    trial.cache_key = compiled[i].key;
+    trial.registers = compiled[i].registers;
+    trial.spill_store_bytes = compiled[i].spill_store_bytes;
+    trial.spill_load_bytes = compiled[i].spill_load_bytes;
+    trial.smem_bytes = smem_bytes(configs[i], settings_.problem);
+    trial.gpu_index = gpu;
+    trial.toolchain = toolchain;
+    trial.status = TrialStatus::skipped;
+    trial.failure_reason = reasons[i];
+    if (auto recorded = manager_->db_->record_trial(trial); !recorded)
+      spdlog::warn("tuning job {}: {}", job_id, recorded.error().message);
+  }
+  spdlog::info("tuning job {}: {} of {} configs left after resource pruning", job_id,
+               space.size(), configs.size());
+  if (space.empty())
+    return make_error(ErrorCode::failed_precondition,
+                      "no config of the search space is measurable: each fails to compile, "
+                      "spills or needs a stack frame (first: " +
+                          canonical_config(configs.front()) + " " + reasons.front() + ")");
+  return ok_status();
+}
+
 Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
                                             const ToolchainRecord& toolchain, int gpu) {
   const auto arch = find_arch(settings_.arch);
@@ -148,6 +254,16 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   const std::string searcher_name(searcher_kind_name(settings_.searcher));
   auto job_id = db.begin_job(scope, searcher_name, toolchain);
   if (!job_id) return job_id.error();
+
+  // Resource pruning before any GPU time: every config of the space is
+  // compiled first (through the kernel cache, so the search's own compiles
+  // are hits) and those that fail to compile, spill or need a stack frame
+  // leave the space. Every searcher then works on the same measurable space,
+  // and budgets count GPU measurements only.
+  if (auto pruned = prune_by_resources(*space, scope, toolchain, gpu, *job_id); !pruned) {
+    (void)db.finish_job(*job_id, cancelled() ? JobStatus::cancelled : JobStatus::failed);
+    return pruned.error();
+  }
 
   const size_t max_evaluations =
       settings_.max_evaluations > 0 ? static_cast<size_t>(settings_.max_evaluations)
@@ -358,6 +474,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   if (best) {
     BestRecord record;
     record.scope = scope;
+    record.shape = settings_.shape;
     record.config = best->config;
     record.cache_key = best_key;
     record.median_us = best->outcome.time_us;
@@ -381,6 +498,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
                           " candidates compiled, passed the correctness gate and was timed");
   TuneResult result;
   result.scope = scope;
+  result.shape = settings_.shape;
   result.config = best->config;
   result.key = best_key;
   result.median_us = best->outcome.time_us;
@@ -482,6 +600,7 @@ void TuningManager::release_gpu(int gpu) {
 TuneResult tune_result_from_best(const BestRecord& best) {
   TuneResult result;
   result.scope = best.scope;
+  result.shape = best.shape;
   result.config = best.config;
   result.key = best.cache_key;
   result.median_us = best.median_us;

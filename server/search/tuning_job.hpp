@@ -125,6 +125,7 @@ size_t default_max_evaluations(size_t space_size);
 
 struct TuneResult {
   TuningScope scope;
+  RuntimeShape shape;  // the shape tuned on (all 0 for bests stored before schema 2)
   TileConfig config;
   std::string key;
   double median_us = 0.0;

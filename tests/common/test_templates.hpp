@@ -18,7 +18,8 @@ namespace flashcore::test_support {
 // The signature of kernel_templates/attention/attention_fwd.cuh, so specs,
 // name expressions and lowered names are those of the real template.
 inline constexpr const char* kAttentionKernelSignature =
-    "template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages>\n"
+    "template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages,\n"
+    "          bool QInRegisters, bool SwizzledSmem>\n"
     "__global__ void __launch_bounds__(Warps * 32) attention_fwd(const __grid_constant__ AttentionParams p)";
 
 // `code` inside namespace flashcore, after the real ABI header and stand-ins
@@ -49,7 +50,7 @@ inline const std::string kSmallAttentionTemplate =
   unsigned sum = 0;
   for (int d = 0; d < HeadDim; ++d) sum += q[d].bits;
   const int visible = Causal ? (row + 1 < p.seq_k ? row + 1 : p.seq_k) : p.seq_k;
-  const unsigned salt = static_cast<unsigned>(visible * (BlockN + Warps * 8 + Stages));
+  const unsigned salt = static_cast<unsigned>(visible * (BlockN + Warps * 8 + Stages + (QInRegisters ? 16 : 0) + (SwizzledSmem ? 32 : 0)));
   for (int d = 0; d < HeadDim; ++d) o[d].bits = static_cast<unsigned short>(sum + salt + d);
   if (p.lse != nullptr)
     p.lse[(blockIdx.z * p.heads + blockIdx.y) * p.seq_q + row] = p.softmax_scale * visible;

@@ -1,9 +1,13 @@
 // Every valid tile config of the sweep, for every head_dim the template takes,
 // causal and not: compiled by the daemon, fetched over gRPC, launched, and
 // compared with one fp64 reference per class on a ragged shape. A config the
-// validity check accepts must compute the right answer, spills or not.
+// validity check accepts must compute the right answer, spills or not. The
+// sweep is the tuner's default SearchSpace, so it covers every field the
+// tuner searches (q_placement and smem_layout included) and follows the
+// space when an axis is added.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <future>
 #include <random>
@@ -14,6 +18,7 @@
 
 #include "eval/attention_reference.hpp"
 #include "gpu_environment.hpp"
+#include "search/search_space.hpp"
 #include "search/tile_config.hpp"
 
 namespace flashcore {
@@ -49,14 +54,9 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
   problem_class.head_dim = cls.head_dim;
   problem_class.causal = cls.causal;
 
-  std::vector<TileConfig> configs;  // the attention bench's sweep axes
-  for (int bm : {64, 128})
-    for (int bn : {32, 48, 64, 96, 128})
-      for (int w : {4, 8})
-        for (int st : {1, 2, 3}) {
-          TileConfig c{bm, bn, w, st};
-          if (!config_error(c, problem_class, arch)) configs.push_back(c);
-        }
+  auto space = SearchSpace::create(problem_class, arch);
+  ASSERT_TRUE(space.ok()) << space.error().message;
+  const std::vector<TileConfig>& configs = space->configs();
   ASSERT_FALSE(configs.empty());
 
   // Ragged on purpose: 300 is a multiple of no tile size in the sweep.
@@ -90,9 +90,13 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
   const AttentionParams params = client::make_attention_params(problem, q_dev.get(), k_dev.get(),
                                                                v_dev.get(), o_dev->get());
 
-  // All compiles at once: the daemon's pool runs them in parallel.
-  std::vector<std::future<Result<v1::KernelHandle>>> handles;
-  for (const auto& c : configs) {
+  // Compiles run ahead of the launches, in parallel in the daemon's pool, but
+  // at most kInFlight at once: a class has up to 180 configs, past the
+  // daemon's default compile queue (64), which would refuse the rest.
+  constexpr size_t kInFlight = 32;
+  std::vector<std::future<Result<v1::KernelHandle>>> handles(configs.size());
+  auto start_compile = [&](size_t i) {
+    const TileConfig& c = configs[i];
     v1::KernelRequest request;
     request.set_template_id("attention_fwd");
     *request.mutable_problem() = problem;
@@ -100,8 +104,16 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
     request.mutable_config()->set_block_n(c.block_n);
     request.mutable_config()->set_warps(c.warps);
     request.mutable_config()->set_stages(c.stages);
-    handles.push_back(std::async(std::launch::async, [&env, request] { return env.client->compile(request); }));
-  }
+    // Space members are concrete: each enum field named, never left to the rule.
+    request.mutable_config()->set_q_placement(c.q_placement == QPlacement::registers
+                                                  ? v1::Q_PLACEMENT_REGISTERS
+                                                  : v1::Q_PLACEMENT_SHARED);
+    request.mutable_config()->set_smem_layout(c.smem_layout == SmemLayout::swizzled
+                                                  ? v1::SMEM_LAYOUT_SWIZZLED
+                                                  : v1::SMEM_LAYOUT_PADDED);
+    handles[i] = std::async(std::launch::async, [&env, request] { return env.client->compile(request); });
+  };
+  for (size_t i = 0; i < std::min(kInFlight, configs.size()); ++i) start_compile(i);
 
   const double tolerance = cls.dtype == v1::DTYPE_FP16 ? 2e-3 : 1e-2;
   int spilling = 0;
@@ -110,10 +122,11 @@ TEST_P(SM90_AttentionConfigs, EveryValidConfigMatchesFp64Reference) {
   std::vector<float> out(count);
   for (size_t i = 0; i < configs.size(); ++i) {
     const auto& c = configs[i];
-    const std::string label = std::to_string(c.block_m) + "x" + std::to_string(c.block_n) + "w" +
-                              std::to_string(c.warps) + "s" + std::to_string(c.stages);
+    const std::string label = config_label(c);
     auto handle = handles[i].get();
+    if (i + kInFlight < configs.size()) start_compile(i + kInFlight);
     ASSERT_TRUE(handle.ok()) << label << ": " << handle.error().message << "\n" << handle.error().detail;
+    EXPECT_EQ(handle->name_expression(), name_expression(problem_class, c)) << label;
     spilling += handle->resources().spill_store_bytes() > 0 ? 1 : 0;
     ASSERT_TRUE(o_dev->fill_bytes(0xff).ok());  // poison: NaN in fp16 and bf16
     auto launched = env.launcher->launch(handle.value(), params, env.stream->get());

@@ -33,6 +33,7 @@ struct AttentionCase {
   int batch = 1, heads = 2, kv_heads = 0, seq_q = 128, seq_k = 0;
   bool bhsd = false;
   v1::TileConfig config;  // empty = {128, 64, 4, 2}; 8 warps for D 96/128, 64x32 for D 256 (no spills)
+                          // q_placement / smem_layout UNSPECIFIED = the family's rule
 
   std::string name() const {
     std::ostringstream out;
@@ -45,6 +46,11 @@ struct AttentionCase {
     if (config.block_m())
       out << "_cfg" << config.block_m() << "x" << config.block_n() << "w" << config.warps()
           << "s" << config.stages();
+    // config_label's suffixes, with '_' for '-' (test names allow no '-').
+    if (config.q_placement() == v1::Q_PLACEMENT_REGISTERS) out << "_qreg";
+    if (config.q_placement() == v1::Q_PLACEMENT_SHARED) out << "_qsmem";
+    if (config.smem_layout() == v1::SMEM_LAYOUT_SWIZZLED) out << "_swz";
+    if (config.smem_layout() == v1::SMEM_LAYOUT_PADDED) out << "_pad";
     return out.str();
   }
 };
@@ -93,6 +99,15 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   ASSERT_TRUE(handle.ok()) << handle.error().message;
   ASSERT_FALSE(handle->cubin().empty());
   EXPECT_EQ(handle->resources().spill_store_bytes(), 0) << "kernel spills registers";
+  // The kernel is the one asked for; UNSPECIFIED comes back as the rule's choice.
+  EXPECT_NE(handle->config().q_placement(), v1::Q_PLACEMENT_UNSPECIFIED);
+  EXPECT_NE(handle->config().smem_layout(), v1::SMEM_LAYOUT_UNSPECIFIED);
+  if (c.config.q_placement() != v1::Q_PLACEMENT_UNSPECIFIED) {
+    EXPECT_EQ(handle->config().q_placement(), c.config.q_placement());
+  }
+  if (c.config.smem_layout() != v1::SMEM_LAYOUT_UNSPECIFIED) {
+    EXPECT_EQ(handle->config().smem_layout(), c.config.smem_layout());
+  }
 
   AttentionShape shape;
   shape.batch = c.batch;
@@ -229,6 +244,28 @@ std::vector<AttentionCase> cases() {
       all.push_back(c);
     }
   }
+  // Q in registers and in shared memory, swizzled and padded shared memory,
+  // each both ways for D 64, 96 and 128: the rule's choice and the other
+  // one (D 96's swizzle is its own 12-chunk permutation; D 64 and 128 are
+  // swizzled by the rule, D 96 padded). 16 rows a warp at D 96/128 keep Q's
+  // fragments at 24/32 registers, so registers do not spill there.
+  for (int d : {64, 96, 128})
+    for (auto q : {v1::Q_PLACEMENT_REGISTERS, v1::Q_PLACEMENT_SHARED})
+      for (auto layout : {v1::SMEM_LAYOUT_SWIZZLED, v1::SMEM_LAYOUT_PADDED}) {
+        AttentionCase c;
+        c.head_dim = d;
+        c.causal = q == v1::Q_PLACEMENT_SHARED;
+        c.seq_q = 777;
+        c.batch = 2;
+        c.dtype = layout == v1::SMEM_LAYOUT_PADDED ? v1::DTYPE_BF16 : v1::DTYPE_FP16;
+        c.config.set_block_m(128);
+        c.config.set_block_n(64);
+        c.config.set_warps(d == 64 ? 4 : 8);
+        c.config.set_stages(2);
+        c.config.set_q_placement(q);
+        c.config.set_smem_layout(layout);
+        all.push_back(c);
+      }
   return all;
 }
 

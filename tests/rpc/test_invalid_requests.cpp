@@ -64,6 +64,24 @@ const BadCompile kBadCompiles[] = {
      [](v1::KernelRequest& r) { r.mutable_problem()->set_layout(static_cast<v1::Layout>(7)); },
      "problem.layout", "7"},
     {"ArchSm70", [](v1::KernelRequest& r) { r.set_arch("sm_70"); }, "arch", "sm_70"},
+    {"QPlacementUnknownValue",
+     [](v1::KernelRequest& r) {
+       r.mutable_config()->set_q_placement(static_cast<v1::QPlacement>(7));
+     },
+     "config.q_placement", "7"},
+    {"SmemLayoutUnknownValue",
+     [](v1::KernelRequest& r) {
+       r.mutable_config()->set_smem_layout(static_cast<v1::SmemLayout>(7));
+     },
+     "config.smem_layout", "7"},
+    {"PaddedD96OverTheSm86Limit",  // the same tile fits swizzled (rows 16 bytes shorter)
+     [](v1::KernelRequest& r) {
+       r.mutable_problem()->set_head_dim(96);
+       r.mutable_config()->set_block_n(96);
+       r.mutable_config()->set_smem_layout(v1::SMEM_LAYOUT_PADDED);
+       r.set_arch("sm_86");
+     },
+     "config", "shared memory"},
     {"SharedMemoryOverTheSm86Limit",
      [](v1::KernelRequest& r) {
        r.mutable_problem()->set_head_dim(256);

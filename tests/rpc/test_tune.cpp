@@ -21,6 +21,7 @@
 #include "flashcore/client.hpp"
 #include "rpc_test_support.hpp"
 #include "search/search_space.hpp"
+#include "search/shape_bucket.hpp"
 #include "search/tuning_db.hpp"
 #include "search/tuning_job.hpp"
 
@@ -104,8 +105,9 @@ std::unique_ptr<TuneDaemon> make_daemon(std::chrono::milliseconds delay = 0ms) {
   return d;
 }
 
-// sm_86 with head_dim 256 leaves a 6-config space (shared memory), so a
-// whole search compiles in about a second.
+// sm_86 with head_dim 256 leaves a small space (shared memory: 6 tiles, each
+// with both q placements and the layouts that fit), so a whole search
+// compiles in a few seconds.
 v1::TuneRequest small_tune(int64_t seq = 1000, bool causal = false) {
   v1::TuneRequest request;
   v1::KernelRequest* kernel = request.mutable_kernel();
@@ -123,7 +125,8 @@ v1::TuneRequest small_tune(int64_t seq = 1000, bool causal = false) {
   return request;
 }
 
-// sm_80 head_dim 64: 45 configs, for jobs that must still be running when cancelled.
+// sm_80 head_dim 64: 180 configs (45 evaluated at most), for jobs that must
+// still be running when cancelled.
 v1::TuneRequest large_tune() {
   v1::TuneRequest request = small_tune();
   request.mutable_kernel()->set_arch("sm_80");
@@ -139,8 +142,32 @@ ProblemClass problem_of(const v1::TuneRequest& request) {
   return problem;
 }
 
+// Answers carry concrete enum values; UNSPECIFIED maps to automatic, which
+// no optimum (a space member) has, so a missing value shows as a mismatch.
 TileConfig tile_of(const v1::TileConfig& c) {
-  return TileConfig{c.block_m(), c.block_n(), c.warps(), c.stages()};
+  TileConfig out{c.block_m(), c.block_n(), c.warps(), c.stages()};
+  switch (c.q_placement()) {
+    case v1::Q_PLACEMENT_REGISTERS: out.q_placement = QPlacement::registers; break;
+    case v1::Q_PLACEMENT_SHARED: out.q_placement = QPlacement::shared; break;
+    default: out.q_placement = QPlacement::automatic; break;
+  }
+  switch (c.smem_layout()) {
+    case v1::SMEM_LAYOUT_SWIZZLED: out.smem_layout = SmemLayout::swizzled; break;
+    case v1::SMEM_LAYOUT_PADDED: out.smem_layout = SmemLayout::padded; break;
+    default: out.smem_layout = SmemLayout::automatic; break;
+  }
+  return out;
+}
+
+// The run-time shape small_tune() asks for, as a TuningResult must echo it.
+void expect_small_tune_shape(const v1::TuningResult& result) {
+  EXPECT_EQ(result.problem().batch(), 2);
+  EXPECT_EQ(result.problem().heads(), 8);
+  EXPECT_EQ(result.problem().kv_heads(), 0);  // as asked: 0 = heads
+  EXPECT_EQ(result.problem().seq_q(), 1000);
+  EXPECT_EQ(result.problem().seq_k(), 0);     // as asked: 0 = seq_q
+  EXPECT_EQ(result.problem().head_dim(), 256);
+  EXPECT_EQ(result.problem().dtype(), v1::DTYPE_FP16);
 }
 
 std::unique_ptr<TuningDb> open_db(const TuneDaemon& d) {
@@ -203,7 +230,14 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   const auto arch = find_arch("sm_86");
   auto space = SearchSpace::create(problem_of(request), *arch);
   ASSERT_TRUE(space.ok());
-  ASSERT_LE(space->size(), 12u) << "the test expects a small space";
+  ASSERT_LE(space->size(), 24u) << "the test expects a small space";
+  // Both q placements are in it, so the search has the new fields to choose.
+  bool registers = false, shared = false;
+  for (const auto& c : space->configs()) {
+    registers |= c.q_placement == QPlacement::registers;
+    shared |= c.q_placement == QPlacement::shared;
+  }
+  ASSERT_TRUE(registers && shared);
   const std::string space_size = std::to_string(space->size());
   request.set_max_evaluations(static_cast<int>(space->size()));
 
@@ -219,6 +253,7 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   EXPECT_EQ(result->device(), "Synthetic Test Device");
   EXPECT_EQ(result->bucket(), "seq_q=1024;seq_k=1024;batch_heads=16;");
   EXPECT_EQ(result->key().size(), 64u);
+  expect_small_tune_shape(*result);
 
   // started first, done last, one trial per evaluation, a best on each improvement.
   ASSERT_GE(events.size(), 3u);
@@ -232,6 +267,10 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
     if (e.has_trial()) {
       ++trials;
       EXPECT_EQ(e.trial().evaluations(), trials);
+      // Every trial names a concrete space member.
+      EXPECT_NE(e.trial().config().q_placement(), v1::Q_PLACEMENT_UNSPECIFIED);
+      EXPECT_NE(e.trial().config().smem_layout(), v1::SMEM_LAYOUT_UNSPECIFIED);
+      EXPECT_TRUE(space->contains(tile_of(e.trial().config())));
     }
     if (e.has_best()) {
       ++bests;
@@ -263,6 +302,7 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   ASSERT_TRUE(again.ok()) << again.error().message;
   EXPECT_TRUE(again->from_database());
   EXPECT_EQ(tile_of(again->config()), optimum->config);
+  expect_small_tune_shape(*again);
   EXPECT_EQ(d->backend->measured_.load(), measured);
   ASSERT_EQ(events.size(), 1u);
   EXPECT_TRUE(events.front().has_done());
@@ -317,10 +357,12 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   ASSERT_TRUE(stored.ok()) << stored.error().message;
   EXPECT_EQ(tile_of(stored->config()), optimum->config);
   EXPECT_TRUE(stored->from_database());
+  expect_small_tune_shape(*stored);
   auto listed = d->client->list_tuning_results(10, "");
   ASSERT_TRUE(listed.ok()) << listed.error().message;
   ASSERT_EQ(listed->results_size(), 1);
   EXPECT_EQ(listed->results(0).key(), stored->key());
+  expect_small_tune_shape(listed->results(0));
   auto after_restart = d->client->tune(request, nullptr);
   ASSERT_TRUE(after_restart.ok());
   EXPECT_TRUE(after_restart->from_database());
@@ -330,6 +372,67 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   auto missing = d->client->get_tuning_result(get);
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.error().code, ErrorCode::not_found);
+}
+
+TEST(Tune, ABestStoredBeforeSchemaTwoIsAnsweredAsItsConcreteKernel) {
+  // A best row from before q_placement and smem_layout existed reads back
+  // with automatic fields and no shape. GetTuningResult and Compile's
+  // use_tuned_config must still answer concrete values, and compile the
+  // kernel the rule picks (the same key as naming it explicitly).
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune(5000);
+  const ProblemClass problem{DType::fp16, 256, false};
+  const TileConfig automatic{64, 32, 4, 1};
+  const TileConfig twin = resolved(automatic, problem);
+  ASSERT_NE(twin.q_placement, QPlacement::automatic);
+  {
+    auto db = open_db(*d);
+    ASSERT_NE(db, nullptr);
+    BestRecord old;
+    old.scope.template_id = "attention_fwd";
+    old.scope.problem = problem;
+    old.scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 5000, 0});
+    old.scope.device_name = "Synthetic Test Device";
+    old.scope.arch = "sm_86";
+    old.shape = RuntimeShape{0, 0, 0, 0, 0};  // what migration 2 gives older rows
+    old.config = automatic;
+    old.cache_key = std::string(64, 'a');
+    old.median_us = 80.0;
+    old.tflops = 1.0;
+    old.searcher = "exhaustive";
+    old.toolchain = ToolchainRecord{"13.0", std::string(64, 'f'), "580"};
+    ASSERT_TRUE(db->update_best_if_better(old).ok());
+  }
+  v1::GetTuningResultRequest get;
+  *get.mutable_kernel() = request.kernel();
+  auto stored = d->client->get_tuning_result(get);
+  ASSERT_TRUE(stored.ok()) << stored.error().message;
+  EXPECT_EQ(tile_of(stored->config()), twin);
+  EXPECT_EQ(stored->problem().batch(), 0);  // not recorded before schema 2
+  EXPECT_EQ(stored->problem().seq_q(), 0);
+
+  v1::KernelRequest tuned = request.kernel();
+  tuned.set_use_tuned_config(true);
+  tuned.set_omit_cubin(true);
+  auto handle = d->client->compile(tuned);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(tile_of(handle->config()), twin);
+  v1::KernelRequest explicit_twin = request.kernel();
+  explicit_twin.set_omit_cubin(true);
+  v1::TileConfig* config = explicit_twin.mutable_config();
+  config->set_block_m(twin.block_m);
+  config->set_block_n(twin.block_n);
+  config->set_warps(twin.warps);
+  config->set_stages(twin.stages);
+  config->set_q_placement(twin.q_placement == QPlacement::registers ? v1::Q_PLACEMENT_REGISTERS
+                                                                    : v1::Q_PLACEMENT_SHARED);
+  config->set_smem_layout(twin.smem_layout == SmemLayout::swizzled ? v1::SMEM_LAYOUT_SWIZZLED
+                                                                   : v1::SMEM_LAYOUT_PADDED);
+  auto named = d->client->compile(explicit_twin);
+  ASSERT_TRUE(named.ok()) << named.error().message;
+  EXPECT_EQ(named->key(), handle->key());
+  EXPECT_EQ(named->tier(), v1::CACHE_TIER_MEMORY);
+  EXPECT_EQ(tile_of(named->config()), twin);
 }
 
 TEST(Tune, ClientCancelStopsTheJobAndRecordsItCancelled) {
@@ -362,12 +465,19 @@ TEST(Tune, DeadlineStopsTheJobAndRecordsItCancelled) {
       nullptr, 1500ms);
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.error().code, ErrorCode::deadline_exceeded);
-  ASSERT_NE(job_id, 0);
+  // The job is on record from its start; `started` is sent only once the
+  // whole space (180 configs) has been compiled for resource pruning, which
+  // can outlast the deadline, so a job stopped while still compiling is
+  // found as the daemon's only job.
+  if (job_id == 0) job_id = 1;
   auto db = open_db(*d);
   auto job = finished_job(*db, job_id);
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->status, JobStatus::cancelled);
   EXPECT_LT(job->evaluations, 45);
+  auto none_after = db->job(job_id + 1);
+  ASSERT_TRUE(none_after.ok());
+  EXPECT_FALSE(none_after->has_value());
 }
 
 TEST(Tune, SecondJobOnOneGpuIsQueuedAndRunsAfterTheFirst) {

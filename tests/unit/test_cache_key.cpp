@@ -75,6 +75,12 @@ TEST(CacheKey, ChangesWithEverySingleInput) {
       {"block_n", [](KernelSpec& s, ToolchainFingerprint&) { s.config.block_n = 128; }},
       {"warps", [](KernelSpec& s, ToolchainFingerprint&) { s.config.warps = 8; }},
       {"stages", [](KernelSpec& s, ToolchainFingerprint&) { s.config.stages = 3; }},
+      // The base config resolves to registers and swizzled (D 64, 32 rows a
+      // warp): the other value of each is another kernel.
+      {"q_placement",
+       [](KernelSpec& s, ToolchainFingerprint&) { s.config.q_placement = QPlacement::shared; }},
+      {"smem_layout",
+       [](KernelSpec& s, ToolchainFingerprint&) { s.config.smem_layout = SmemLayout::padded; }},
       {"arch", [](KernelSpec& s, ToolchainFingerprint&) { s.arch = "sm_80"; }},
       {"template_id", [](KernelSpec& s, ToolchainFingerprint&) { s.template_id = "attention_bwd"; }},
       {"nvrtc_version", [](KernelSpec&, ToolchainFingerprint& t) { t.nvrtc_version = "13.1"; }},
@@ -100,6 +106,58 @@ TEST(CacheKey, ChangesWithEverySingleInput) {
   }
   // Every change also gives a key of its own.
   EXPECT_EQ(seen.size(), changes.size() + 1);
+}
+
+TEST(CacheKey, AnAutomaticConfigAndItsResolvedTwinShareOneKey) {
+  // One kernel, one key: an UNSPECIFIED request and one naming the rule's
+  // choice must hit the same cache entry. Across head dims the rule picks
+  // both q placements and both layouts, so each case is covered.
+  std::set<std::string> keys;
+  int shared = 0, padded = 0;
+  for (int head_dim : kSupportedHeadDims)
+    for (const TileConfig& automatic : {TileConfig{128, 64, 4, 2}, TileConfig{64, 32, 4, 1},
+                                        TileConfig{128, 32, 8, 3}}) {
+      KernelSpec spec = base_spec();
+      spec.problem.head_dim = head_dim;
+      spec.config = automatic;
+      const TileConfig twin = resolved(automatic, spec.problem);
+      shared += twin.q_placement == QPlacement::shared;
+      padded += twin.smem_layout == SmemLayout::padded;
+      SCOPED_TRACE(std::to_string(head_dim) + " " + config_label(twin));
+      const std::string key = cache_key(spec, base_toolchain());
+      KernelSpec concrete = spec;
+      concrete.config = twin;
+      EXPECT_EQ(cache_key(concrete, base_toolchain()), key);
+      // Half automatic is the same kernel too.
+      KernelSpec half = spec;
+      half.config.smem_layout = twin.smem_layout;
+      EXPECT_EQ(cache_key(half, base_toolchain()), key);
+      // Any other concrete choice is another kernel with another key.
+      for (QPlacement q : {QPlacement::registers, QPlacement::shared})
+        for (SmemLayout l : {SmemLayout::swizzled, SmemLayout::padded}) {
+          KernelSpec other = spec;
+          other.config.q_placement = q;
+          other.config.smem_layout = l;
+          if (other.config == twin) continue;
+          EXPECT_NE(cache_key(other, base_toolchain()), key) << config_label(other.config);
+        }
+      keys.insert(key);
+    }
+  EXPECT_GT(shared, 0);
+  EXPECT_GT(padded, 0);
+  EXPECT_EQ(keys.size(), kSupportedHeadDims.size() * 3);
+}
+
+TEST(CacheKey, EveryConcreteQPlacementAndLayoutHasAKeyOfItsOwn) {
+  std::set<std::string> keys;
+  for (QPlacement q : {QPlacement::registers, QPlacement::shared})
+    for (SmemLayout l : {SmemLayout::swizzled, SmemLayout::padded}) {
+      KernelSpec spec = base_spec();
+      spec.config.q_placement = q;
+      spec.config.smem_layout = l;
+      keys.insert(cache_key(spec, base_toolchain()));
+    }
+  EXPECT_EQ(keys.size(), 4u);
 }
 
 TEST(CacheKey, FieldBoundariesDoNotRunTogether) {

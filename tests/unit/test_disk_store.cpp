@@ -67,6 +67,46 @@ TEST(DiskStore, EncodeDecodeRoundTrip) {
   expect_same_entry(*decoded, entry, /*with_cubin=*/true);
 }
 
+TEST(DiskStore, EveryQPlacementAndLayoutRoundTripsByName) {
+  for (QPlacement q : {QPlacement::automatic, QPlacement::registers, QPlacement::shared})
+    for (SmemLayout l : {SmemLayout::automatic, SmemLayout::swizzled, SmemLayout::padded}) {
+      CachedKernel entry = sample_entry(test_key("enums"), sample_cubin(64, 2));
+      entry.spec.config.q_placement = q;
+      entry.spec.config.smem_layout = l;
+      const std::string bytes = DiskStore::encode(entry);
+      // Stored by name, so the file reads the same whatever the enum's numbering.
+      EXPECT_NE(bytes.find("\"q_placement\":\"" + std::string(q_placement_name(q)) + "\""),
+                std::string::npos);
+      EXPECT_NE(bytes.find("\"smem_layout\":\"" + std::string(smem_layout_name(l)) + "\""),
+                std::string::npos);
+      std::string why;
+      auto decoded = DiskStore::decode(bytes, &why);
+      ASSERT_TRUE(decoded.has_value()) << why;
+      EXPECT_EQ(decoded->spec.config, entry.spec.config) << config_label(entry.spec.config);
+    }
+}
+
+TEST(DiskStore, DecodeRefusesAnUnknownEnumAndTheOlderFormat) {
+  // An out-of-range value is written as a name no parser accepts, and the
+  // entry is then refused rather than read back as some other kernel.
+  CachedKernel entry = sample_entry(test_key("enums"), sample_cubin(64, 2));
+  entry.spec.config.q_placement = static_cast<QPlacement>(9);
+  std::string why;
+  EXPECT_FALSE(DiskStore::decode(DiskStore::encode(entry), &why).has_value());
+  EXPECT_NE(why.find("q_placement"), std::string::npos) << why;
+  entry = sample_entry(test_key("enums"), sample_cubin(64, 2));
+  entry.spec.config.smem_layout = static_cast<SmemLayout>(9);
+  EXPECT_FALSE(DiskStore::decode(DiskStore::encode(entry), &why).has_value());
+  EXPECT_NE(why.find("smem_layout"), std::string::npos) << why;
+
+  // Format 1 files (before q_placement and smem_layout) are not read.
+  ASSERT_GE(kCacheFormatVersion, 2u);
+  std::string old = DiskStore::encode(sample_entry(test_key("a"), sample_cubin(64, 2)));
+  old[8] = 1;
+  EXPECT_FALSE(DiskStore::decode(old, &why).has_value());
+  EXPECT_NE(why.find("version 1"), std::string::npos) << why;
+}
+
 TEST(DiskStore, DecodeRejectsDamage) {
   const CachedKernel entry = sample_entry(test_key("a"), sample_cubin(3000, 7));
   const std::string good = DiskStore::encode(entry);

@@ -24,7 +24,29 @@ SearchSpace make_space(const ProblemClass& problem, std::string_view arch_name,
   return std::move(space).value();
 }
 
-std::array<int, 4> key(const TileConfig& c) { return {c.block_m, c.block_n, c.warps, c.stages}; }
+using Key = std::array<int, kTileFields.size()>;
+Key key(const TileConfig& c) {
+  Key k{};
+  for (size_t i = 0; i < kTileFields.size(); ++i) k[i] = field_value(c, kTileFields[i]);
+  return k;
+}
+
+constexpr auto kReg = QPlacement::registers;
+constexpr auto kSmem = QPlacement::shared;
+constexpr auto kSwz = SmemLayout::swizzled;
+constexpr auto kPad = SmemLayout::padded;
+
+const std::vector<int>& axis_values(const SearchSpaceAxes& axes, TileField field) {
+  switch (field) {
+    case TileField::block_m: return axes.block_m;
+    case TileField::block_n: return axes.block_n;
+    case TileField::warps: return axes.warps;
+    case TileField::stages: return axes.stages;
+    case TileField::q_placement: return axes.q_placement;
+    case TileField::smem_layout: return axes.smem_layout;
+  }
+  return axes.block_m;
+}
 
 int differing_fields(const TileConfig& a, const TileConfig& b) {
   int count = 0;
@@ -48,33 +70,106 @@ TEST(SearchSpace, DefaultAxesHoldExactlyTheValidCombinationsInOrder) {
   const SearchSpaceAxes axes;
   const SearchSpace space = make_space(problem, "sm_90a");
 
+  // The enum axes list concrete values only, each value of each enum once.
+  EXPECT_EQ(axes.q_placement, (std::vector<int>{static_cast<int>(kReg), static_cast<int>(kSmem)}));
+  EXPECT_EQ(axes.smem_layout, (std::vector<int>{static_cast<int>(kSwz), static_cast<int>(kPad)}));
+
   // Every config is valid, and every valid combination of the axes is present.
   for (const auto& config : space.configs())
     EXPECT_EQ(config_error(config, problem, arch("sm_90a")), std::nullopt)
         << canonical_config(config);
-  size_t combinations = 0, valid = 0;
+  size_t combinations = 0, valid = 0, valid_without_enums = 0;
   for (int m : axes.block_m)
     for (int n : axes.block_n)
       for (int w : axes.warps)
         for (int s : axes.stages) {
-          ++combinations;
-          const TileConfig config{m, n, w, s};
-          const bool ok = !config_error(config, problem, arch("sm_90a")).has_value();
-          valid += ok;
-          EXPECT_EQ(space.contains(config), ok) << canonical_config(config);
+          valid_without_enums += !config_error(TileConfig{m, n, w, s}, problem, arch("sm_90a"));
+          for (int q : axes.q_placement)
+            for (int l : axes.smem_layout) {
+              ++combinations;
+              const TileConfig config{m, n, w, s, static_cast<QPlacement>(q),
+                                      static_cast<SmemLayout>(l)};
+              const bool ok = !config_error(config, problem, arch("sm_90a")).has_value();
+              valid += ok;
+              EXPECT_EQ(space.contains(config), ok) << canonical_config(config);
+            }
         }
   EXPECT_EQ(space.size(), valid);
   EXPECT_EQ(space.size() + space.rejected().size(), combinations);
-  // 2*5*2*3 = 60 combinations; block_m 64 over 8 warps (15 of them) leaves
-  // 8 rows a warp, below one mma tile; head_dim 64 fits sm_90a's shared memory.
-  EXPECT_EQ(combinations, 60u);
-  EXPECT_EQ(space.size(), 45u);
+  size_t product = 1;
+  for (TileField field : kTileFields) product *= axis_values(axes, field).size();
+  EXPECT_EQ(combinations, product);
+  // 2*5*2*3 = 60 combinations of the numeric fields; block_m 64 over 8 warps
+  // (15 of them) leaves 8 rows a warp, below one mma tile; head_dim 64 fits
+  // sm_90a's shared memory in either layout, and has a swizzle, so the two
+  // enum axes reject nothing: each valid numeric config comes in 2 x 2 forms.
+  EXPECT_EQ(valid_without_enums, 60u - 15u);
+  EXPECT_EQ(space.size(), valid_without_enums * axes.q_placement.size() * axes.smem_layout.size());
 
-  // Deterministic order: strictly increasing in (block_m, block_n, warps, stages).
+  // Deterministic order: strictly increasing in kTileFields order (block_m,
+  // block_n, warps, stages, q_placement, smem_layout), the last fastest.
   for (size_t i = 1; i < space.size(); ++i)
     EXPECT_LT(key(space.at(i - 1)), key(space.at(i))) << i;
-  EXPECT_EQ(space.at(0), (TileConfig{64, 32, 4, 1}));
-  EXPECT_EQ(space.at(space.size() - 1), (TileConfig{128, 128, 8, 3}));
+  EXPECT_EQ(space.at(0), (TileConfig{64, 32, 4, 1, kReg, kSwz}));
+  EXPECT_EQ(space.at(1), (TileConfig{64, 32, 4, 1, kReg, kPad}));
+  EXPECT_EQ(space.at(2), (TileConfig{64, 32, 4, 1, kSmem, kSwz}));
+  EXPECT_EQ(space.at(4), (TileConfig{64, 32, 4, 2, kReg, kSwz}));
+  EXPECT_EQ(space.at(space.size() - 1), (TileConfig{128, 128, 8, 3, kSmem, kPad}));
+}
+
+TEST(SearchSpace, LayoutAxisCanRejectWhereOnlyTheSwizzleFits) {
+  // D 96 on sm_86 (99 KiB): 128x96 tiles with 2 stages are 512 rows, which
+  // fit at 192 bytes a row (swizzled) but not at 208 (padded).
+  const ProblemClass problem{DType::fp16, 96, false};
+  const SearchSpace space = make_space(problem, "sm_86");
+  const TileConfig swizzled{128, 96, 4, 2, kSmem, kSwz};
+  const TileConfig padded{128, 96, 4, 2, kSmem, kPad};
+  EXPECT_TRUE(space.contains(swizzled));
+  EXPECT_FALSE(space.contains(padded));
+  auto rejected = std::find_if(space.rejected().begin(), space.rejected().end(),
+                               [&](const RejectedConfig& r) { return r.config == padded; });
+  ASSERT_NE(rejected, space.rejected().end());
+  EXPECT_NE(rejected->reason.find("shared memory"), std::string::npos) << rejected->reason;
+  // Automatic is padded for D 96, so the automatic form is not in the space either.
+  EXPECT_FALSE(space.contains(TileConfig{128, 96, 4, 2}));
+  // Both layouts are in the space wherever both fit.
+  EXPECT_TRUE(space.contains(TileConfig{64, 32, 4, 1, kReg, kSwz}));
+  EXPECT_TRUE(space.contains(TileConfig{64, 32, 4, 1, kReg, kPad}));
+}
+
+TEST(SearchSpace, EnumAxesRefuseAutomaticAndUnknownValues) {
+  SearchSpaceAxes automatic_q;
+  automatic_q.q_placement = {static_cast<int>(QPlacement::automatic), static_cast<int>(kReg)};
+  auto a = SearchSpace::create(ProblemClass{}, arch("sm_90a"), automatic_q);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.error().code, ErrorCode::invalid_argument);
+  EXPECT_NE(a.error().message.find("q_placement"), std::string::npos) << a.error().message;
+
+  SearchSpaceAxes automatic_layout;
+  automatic_layout.smem_layout = {static_cast<int>(SmemLayout::automatic)};
+  auto b = SearchSpace::create(ProblemClass{}, arch("sm_90a"), automatic_layout);
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.error().message.find("smem_layout"), std::string::npos) << b.error().message;
+
+  // A value no enum has is rejected per config by config_error, naming the field.
+  SearchSpaceAxes unknown;
+  unknown.q_placement = {7};
+  auto c = SearchSpace::create(ProblemClass{}, arch("sm_90a"), unknown);
+  ASSERT_FALSE(c.ok());
+  EXPECT_NE(c.error().message.find("config.q_placement"), std::string::npos) << c.error().message;
+
+  // One value per enum axis: a space with the other fields alone.
+  SearchSpaceAxes fixed;
+  fixed.q_placement = {static_cast<int>(kSmem)};
+  fixed.smem_layout = {static_cast<int>(kPad)};
+  const SearchSpace one = make_space(ProblemClass{}, "sm_90a", fixed);
+  const SearchSpace all = make_space(ProblemClass{}, "sm_90a");
+  EXPECT_EQ(one.size() * 4, all.size());
+  for (const auto& config : one.configs()) {
+    EXPECT_EQ(config.q_placement, kSmem);
+    EXPECT_EQ(config.smem_layout, kPad);
+    EXPECT_TRUE(all.contains(config));
+  }
 }
 
 TEST(SearchSpace, IndexOfAndAtAgree) {
@@ -82,6 +177,13 @@ TEST(SearchSpace, IndexOfAndAtAgree) {
   for (size_t i = 0; i < space.size(); ++i) EXPECT_EQ(space.index_of(space.at(i)), i);
   EXPECT_EQ(space.index_of(TileConfig{64, 64, 8, 2}), std::nullopt);   // invalid
   EXPECT_EQ(space.index_of(TileConfig{128, 80, 4, 2}), std::nullopt);  // valid, off the axes
+  // An automatic config is found as its resolved twin.
+  for (const TileConfig& automatic : {TileConfig{64, 64, 2, 2}, TileConfig{128, 32, 1, 3}}) {
+    const TileConfig twin = resolved(automatic, space.problem());
+    ASSERT_TRUE(space.index_of(twin).has_value()) << canonical_config(twin);
+    EXPECT_EQ(space.index_of(automatic), space.index_of(twin));
+    EXPECT_TRUE(space.contains(automatic));
+  }
   EXPECT_THROW((void)space.at(space.size()), std::out_of_range);
 }
 
@@ -92,12 +194,14 @@ TEST(SearchSpace, SharedMemoryLimitExcludesOnSm86ButNotSm90a) {
   const TileConfig big{128, 128, 4, 3};
   const SearchSpace sm86 = make_space(problem, "sm_86");
   const SearchSpace sm90a = make_space(problem, "sm_90a");
+  // The automatic form is the space member with the same key.
+  const TileConfig big_member = resolved(big, problem);
   EXPECT_FALSE(sm86.contains(big));
   EXPECT_TRUE(sm90a.contains(big));
   EXPECT_LT(sm86.size(), sm90a.size());
 
   auto rejected = std::find_if(sm86.rejected().begin(), sm86.rejected().end(),
-                               [&](const RejectedConfig& r) { return r.config == big; });
+                               [&](const RejectedConfig& r) { return r.config == big_member; });
   ASSERT_NE(rejected, sm86.rejected().end());
   EXPECT_NE(rejected->reason.find("shared memory"), std::string::npos) << rejected->reason;
   EXPECT_NE(rejected->reason.find("sm_86"), std::string::npos) << rejected->reason;
@@ -151,6 +255,8 @@ TEST(SearchSpace, AxesAreSortedAndDeduplicated) {
   messy.block_n = {128, 32, 96, 48, 64, 32};
   messy.warps = {8, 4};
   messy.stages = {3, 1, 2, 2};
+  messy.q_placement = {static_cast<int>(kSmem), static_cast<int>(kReg), static_cast<int>(kSmem)};
+  messy.smem_layout = {static_cast<int>(kPad), static_cast<int>(kSwz)};
   const SearchSpace a = make_space(ProblemClass{}, "sm_80", messy);
   const SearchSpace b = make_space(ProblemClass{}, "sm_80");
   EXPECT_EQ(a.configs(), b.configs());
@@ -183,15 +289,7 @@ TEST(SearchSpace, CreateRejectsBadProblemsAndEmptySpaces) {
 TEST(SearchSpace, NeighboursChangeOneFieldToTheNearestValueInTheSpace) {
   const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
   const SearchSpaceAxes& axes = space.axes();
-  auto axis = [&](TileField f) -> const std::vector<int>& {
-    switch (f) {
-      case TileField::block_m: return axes.block_m;
-      case TileField::block_n: return axes.block_n;
-      case TileField::warps: return axes.warps;
-      case TileField::stages: return axes.stages;
-    }
-    return axes.block_m;
-  };
+  auto axis = [&](TileField f) -> const std::vector<int>& { return axis_values(axes, f); };
 
   for (const auto& config : space.configs()) {
     for (TileField field : kTileFields) {
@@ -215,39 +313,70 @@ TEST(SearchSpace, NeighboursChangeOneFieldToTheNearestValueInTheSpace) {
       }
     }
     const auto all = space.neighbours(config);
-    const std::set<std::array<int, 4>> unique_keys = [&] {
-      std::set<std::array<int, 4>> keys;
+    const std::set<Key> unique_keys = [&] {
+      std::set<Key> keys;
       for (const auto& n : all) keys.insert(key(n));
       return keys;
     }();
     EXPECT_EQ(unique_keys.size(), all.size());
-    EXPECT_LE(all.size(), 8u);
+    EXPECT_LE(all.size(), 2 * kTileFields.size());
   }
 }
 
 TEST(SearchSpace, NeighboursStepOverGapsAndStopAtTheEdges) {
   const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
   // Two warps cannot split block_m 48 into 16-row slices: the step from 32 goes to 64.
-  EXPECT_EQ(space.neighbour(TileConfig{32, 64, 2, 2}, TileField::block_m, 1),
-            (TileConfig{64, 64, 2, 2}));
-  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2}, TileField::block_m, -1),
-            (TileConfig{32, 64, 2, 2}));
+  EXPECT_EQ(space.neighbour(TileConfig{32, 64, 2, 2, kReg, kSwz}, TileField::block_m, 1),
+            (TileConfig{64, 64, 2, 2, kReg, kSwz}));
+  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2, kSmem, kPad}, TileField::block_m, -1),
+            (TileConfig{32, 64, 2, 2, kSmem, kPad}));
   // No smaller block_m holds 8 warps; nothing past the axis ends.
-  EXPECT_EQ(space.neighbour(TileConfig{128, 64, 8, 2}, TileField::block_m, -1), std::nullopt);
-  EXPECT_EQ(space.neighbour(TileConfig{128, 128, 8, 4}, TileField::block_n, 1), std::nullopt);
-  EXPECT_EQ(space.neighbour(TileConfig{16, 16, 1, 1}, TileField::stages, -1), std::nullopt);
+  EXPECT_EQ(space.neighbour(TileConfig{128, 64, 8, 2, kReg, kSwz}, TileField::block_m, -1),
+            std::nullopt);
+  EXPECT_EQ(space.neighbour(TileConfig{128, 128, 8, 4, kReg, kSwz}, TileField::block_n, 1),
+            std::nullopt);
+  EXPECT_EQ(space.neighbour(TileConfig{16, 16, 1, 1, kReg, kSwz}, TileField::stages, -1),
+            std::nullopt);
+  // The enum axes are two-valued: one step each way, and none past the ends.
+  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2, kReg, kSwz}, TileField::q_placement, 1),
+            (TileConfig{64, 64, 2, 2, kSmem, kSwz}));
+  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2, kReg, kSwz}, TileField::q_placement, -1),
+            std::nullopt);
+  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2, kReg, kPad}, TileField::smem_layout, -1),
+            (TileConfig{64, 64, 2, 2, kReg, kSwz}));
+  EXPECT_EQ(space.neighbour(TileConfig{64, 64, 2, 2, kReg, kPad}, TileField::smem_layout, 1),
+            std::nullopt);
 
   // In the default space, 8 warps are out of reach from block_m 64.
   const SearchSpace defaults = make_space(ProblemClass{}, "sm_90a");
   const std::vector<TileConfig> expected = {
-      {128, 64, 4, 2}, {64, 48, 4, 2}, {64, 96, 4, 2}, {64, 64, 4, 1}, {64, 64, 4, 3}};
-  EXPECT_EQ(defaults.neighbours(TileConfig{64, 64, 4, 2}), expected);
+      {128, 64, 4, 2, kReg, kSwz}, {64, 48, 4, 2, kReg, kSwz}, {64, 96, 4, 2, kReg, kSwz},
+      {64, 64, 4, 1, kReg, kSwz},  {64, 64, 4, 3, kReg, kSwz}, {64, 64, 4, 2, kSmem, kSwz},
+      {64, 64, 4, 2, kReg, kPad}};
+  EXPECT_EQ(defaults.neighbours(TileConfig{64, 64, 4, 2, kReg, kSwz}), expected);
+}
+
+TEST(SearchSpace, NeighboursOfAnAutomaticConfigAreThoseOfItsResolvedTwin) {
+  // A seed from an older tuning row has automatic fields. Its neighbours are
+  // space members (concrete), and moving q_placement away from "automatic"
+  // must change the kernel, not land on the rule's own choice.
+  const SearchSpace space = make_space(ProblemClass{}, "sm_90a");
+  for (const TileConfig& automatic : {TileConfig{64, 64, 4, 2}, TileConfig{128, 96, 4, 3}}) {
+    const TileConfig twin = resolved(automatic, space.problem());
+    ASSERT_TRUE(space.contains(twin));
+    EXPECT_EQ(space.neighbours(automatic), space.neighbours(twin)) << canonical_config(automatic);
+    for (TileField field : kTileFields)
+      for (int direction : {-1, 1})
+        EXPECT_EQ(space.neighbour(automatic, field, direction),
+                  space.neighbour(twin, field, direction))
+            << canonical_config(automatic) << " " << tile_field_name(field) << " " << direction;
+  }
 }
 
 TEST(SearchSpace, MutationStaysInTheSpaceAndMovesWhenAsked) {
   const SearchSpace space = make_space(ProblemClass{}, "sm_90a", wide_axes());
   std::mt19937_64 rng(7);
-  std::set<std::array<int, 4>> reached;
+  std::set<Key> reached;
   for (int round = 0; round < 2000; ++round) {
     const TileConfig& from = space.at(uniform_index(rng, space.size()));
     const TileConfig forced = space.mutate(from, rng, 0.0, /*at_least_one=*/true);
@@ -262,7 +391,7 @@ TEST(SearchSpace, MutationStaysInTheSpaceAndMovesWhenAsked) {
     EXPECT_EQ(space.mutate(from, rng, 0.0, /*at_least_one=*/false), from);
   }
   // Chained moves with rate 1 reach beyond the one-step neighbours.
-  const TileConfig start{64, 64, 2, 2};
+  const TileConfig start{64, 64, 2, 2, kReg, kSwz};
   bool moved_several = false;
   for (int round = 0; round < 200; ++round)
     moved_several |= differing_fields(space.mutate(start, rng, 1.0, false), start) >= 3;

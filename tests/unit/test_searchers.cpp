@@ -34,7 +34,8 @@ SearchSpace make_space(const SearchSpaceAxes& axes = {}) {
   return std::move(space).value();
 }
 
-// A space large enough that finding its optimum by luck is unlikely.
+// A space large enough that finding its optimum by luck is unlikely (with
+// the default q_placement and smem_layout axes, both values each).
 SearchSpaceAxes tuning_axes() {
   SearchSpaceAxes axes;
   axes.block_m = {16, 32, 48, 64, 96, 128, 192, 256};
@@ -44,7 +45,17 @@ SearchSpaceAxes tuning_axes() {
   return axes;
 }
 
-std::array<int, 4> key(const TileConfig& c) { return {c.block_m, c.block_n, c.warps, c.stages}; }
+using Key = std::array<int, kTileFields.size()>;
+Key key(const TileConfig& c) {
+  Key k{};
+  for (size_t i = 0; i < kTileFields.size(); ++i) k[i] = field_value(c, kTileFields[i]);
+  return k;
+}
+
+constexpr auto kReg = QPlacement::registers;
+constexpr auto kSmem = QPlacement::shared;
+constexpr auto kSwz = SmemLayout::swizzled;
+constexpr auto kPad = SmemLayout::padded;
 
 struct SearchRun {
   std::vector<TileConfig> proposed;
@@ -79,9 +90,12 @@ SearchRun drive(Searcher& searcher, size_t budget, size_t ahead, const TileConfi
 }
 
 void expect_no_repeats(const std::vector<TileConfig>& proposed, const SearchSpace& space) {
-  std::set<std::array<int, 4>> seen;
+  std::set<Key> seen;
   for (const auto& c : proposed) {
     EXPECT_TRUE(space.contains(c)) << canonical_config(c);
+    // Proposals are space members: concrete, never an automatic field.
+    EXPECT_NE(c.q_placement, QPlacement::automatic) << canonical_config(c);
+    EXPECT_NE(c.smem_layout, SmemLayout::automatic) << canonical_config(c);
     EXPECT_TRUE(seen.insert(key(c)).second) << "proposed twice: " << canonical_config(c);
   }
 }
@@ -95,6 +109,29 @@ TEST(SearcherObjective, HasAUniqueOptimumAndATrapThatFails) {
     const TrialOutcome trap = test_objective(test::kTestObjectiveTrap);
     EXPECT_FALSE(trap.ok);
     EXPECT_LT(trap.time_us, optimum->time_us);  // a searcher ranking by time alone would pick it
+    // The optimum depends on the two enum fields: changing either alone is slower.
+    for (TileField field : {TileField::q_placement, TileField::smem_layout})
+      for (int direction : {-1, 1})
+        if (auto other = space.neighbour(optimum->config, field, direction)) {
+          const TrialOutcome outcome = test_objective(*other);
+          EXPECT_TRUE(!outcome.succeeded() || outcome.time_us > optimum->time_us)
+              << canonical_config(*other);
+        }
+  }
+  // Each enum field matters somewhere in each direction: neither value
+  // is always faster, so the searcher cannot settle them once and for all.
+  const SearchSpace space = make_space(tuning_axes());
+  for (TileField field : {TileField::q_placement, TileField::smem_layout}) {
+    int first_wins = 0, second_wins = 0;
+    for (const auto& config : space.configs()) {
+      auto other = space.neighbour(config, field, 1);
+      if (!other) continue;
+      const TrialOutcome a = test_objective(config), b = test_objective(*other);
+      if (!a.succeeded() || !b.succeeded()) continue;
+      (a.time_us < b.time_us ? first_wins : second_wins) += 1;
+    }
+    EXPECT_GT(first_wins, 0) << tile_field_name(field);
+    EXPECT_GT(second_wins, 0) << tile_field_name(field);
   }
 }
 
@@ -228,16 +265,22 @@ TEST(Random, VisitsEachConfigOnceThenStops) {
 
 TEST(Random, ProposesTheSeedsFirst) {
   const SearchSpace space = make_space();
-  const std::vector<TileConfig> seeds = {{128, 96, 8, 2}, {64, 64, 8, 2} /* invalid */,
-                                         {64, 48, 4, 1}, {128, 96, 8, 2} /* repeated */};
+  // Seeds from older tuning rows may carry automatic fields: they stand for
+  // their resolved twin (128x96w8: 16 rows a warp, Q in registers; D 64 swizzled).
+  const TileConfig automatic{128, 96, 8, 2};
+  const TileConfig twin{128, 96, 8, 2, kReg, kSwz};
+  ASSERT_EQ(resolved(automatic, space.problem()), twin);
+  const std::vector<TileConfig> seeds = {automatic, {64, 64, 8, 2, kReg, kSwz} /* invalid */,
+                                         {64, 48, 4, 1, kSmem, kPad}, twin /* repeated */};
   RandomSearcher searcher;
   searcher.initialize(space, 4, seeds);
-  EXPECT_EQ(searcher.next(), seeds[0]);
+  EXPECT_EQ(searcher.next(), twin);
   EXPECT_EQ(searcher.next(), seeds[2]);
-  ASSERT_TRUE(searcher.report(seeds[0], test_objective(seeds[0])).ok());
+  ASSERT_TRUE(searcher.report(twin, test_objective(twin)).ok());
   ASSERT_TRUE(searcher.report(seeds[2], test_objective(seeds[2])).ok());
   const SearchRun rest = drive(searcher, std::numeric_limits<size_t>::max(), 1);
   EXPECT_EQ(rest.proposed.size() + 2, space.size());
+  for (const auto& c : rest.proposed) EXPECT_NE(c, twin);
 }
 
 // ---- Evolutionary ------------------------------------------------------------
@@ -262,9 +305,10 @@ TEST(Evolution, NeverProposesAConfigTwice) {
 
 TEST(Evolution, SeedsAreTheFirstProposals) {
   const SearchSpace space = make_space(tuning_axes());
-  const std::vector<TileConfig> seeds = {{128, 64, 4, 2},  {48, 64, 8, 2} /* invalid */,
-                                         {96, 112, 2, 3},  {128, 64, 4, 2} /* repeated */,
-                                         {256, 80, 8, 1}};
+  const std::vector<TileConfig> seeds = {
+      {128, 64, 4, 2, kReg, kSwz}, {48, 64, 8, 2, kReg, kSwz} /* invalid */,
+      {96, 112, 2, 3, kSmem, kPad}, {128, 64, 4, 2, kReg, kSwz} /* repeated */,
+      {256, 80, 8, 1, kSmem, kSwz}};
   const std::vector<TileConfig> expected = {seeds[0], seeds[2], seeds[4]};
   for (uint64_t seed : {1, 2, 3}) {
     EvolutionarySearcher searcher;
@@ -338,7 +382,9 @@ TEST(Evolution, FailedConfigsNeverBecomeBest) {
   for (uint64_t seed = 1; seed <= 20; ++seed) {
     EvolutionarySearcher searcher;
     // The trap (fast, wrong) and spilling configs offered as seeds.
-    searcher.initialize(space, seed, {test::kTestObjectiveTrap, TileConfig{256, 64, 1, 2}});
+    searcher.initialize(space, seed,
+                        {test::kTestObjectiveTrap, TileConfig{256, 64, 1, 2, kSmem, kSwz},
+                         TileConfig{128, 64, 1, 2, kReg, kPad}});
     (void)drive(searcher, space.size() / 4, 4);
     ASSERT_TRUE(searcher.best().has_value());
     EXPECT_TRUE(test_objective(searcher.best()->config).ok);
@@ -404,17 +450,21 @@ TEST(Evolution, FindsTheOptimumWithinAFifthOfTheSpace) {
   }
 }
 
-TEST(Evolution, FindsTheOptimumOfTheDefaultSpaceWithinTwoThirdsOfIt) {
-  // The default space is small (45 configs for head_dim 64 on sm_90a): the
-  // first population alone is a sixth of it and children soon collide with
-  // tried configs, so the stated budget is two thirds (exhaustive search is
-  // the better choice at this size).
+TEST(Evolution, FindsTheOptimumOfTheDefaultSpaceWithinAThirdOfIt) {
+  // The default space is small (180 configs for head_dim 64 on sm_90a, of
+  // which 45 numeric tiles times 2 x 2 enum choices): the first population
+  // is 8 of it and children soon collide with tried configs. Measured on
+  // the synthetic objective, 100 seeds: a fifth of the space (36) finds the
+  // optimum in 69-81% of runs (compile-ahead 4 and 1), a quarter in 89-96%,
+  // a third in 97-100%; so the stated budget is a third.
   const SearchSpace space = make_space();
-  const size_t budget = space.size() * 2 / 3;
-  const Rates rates = success_rates(space, budget, 4, 100);
-  print_rates(space, budget, 4, rates);
-  EXPECT_GE(rates.evolutionary, 0.95);
-  EXPECT_GT(rates.evolutionary, rates.random);
+  const size_t budget = space.size() / 3;
+  for (size_t ahead : {1, 4}) {
+    const Rates rates = success_rates(space, budget, ahead, 100);
+    print_rates(space, budget, ahead, rates);
+    EXPECT_GE(rates.evolutionary, 0.95);
+    EXPECT_GT(rates.evolutionary, rates.random);
+  }
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "search/shape_bucket.hpp"
 #include "search/tuning_db.hpp"
 
 namespace flashcore {
@@ -675,6 +676,293 @@ TEST(TuningDb, TriedConfigsAreDistinctPerScopeAndToolchain) {
   EXPECT_EQ(current->size(), 2u);
   EXPECT_NE(std::find(current->begin(), current->end(), a), current->end());
   EXPECT_NE(std::find(current->begin(), current->end(), c), current->end());
+}
+
+// A copy of schema version 1 as released (tuning_db.cpp's first migration),
+// so the test keeps checking the upgrade path whatever later steps add.
+constexpr const char* kSchemaVersion1 = R"sql(
+CREATE TABLE jobs (
+  id INTEGER PRIMARY KEY,
+  template_id TEXT NOT NULL,
+  dtype TEXT NOT NULL,
+  head_dim INTEGER NOT NULL,
+  causal INTEGER NOT NULL,
+  bucket TEXT NOT NULL,
+  seq_q_bucket INTEGER NOT NULL,
+  seq_k_bucket INTEGER NOT NULL,
+  batch_heads_bucket INTEGER NOT NULL,
+  device_name TEXT NOT NULL,
+  arch TEXT NOT NULL,
+  searcher TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled')),
+  started_unix_ms INTEGER NOT NULL,
+  finished_unix_ms INTEGER,
+  evaluations INTEGER NOT NULL DEFAULT 0,
+  best_trial_id INTEGER REFERENCES trials(id),
+  nvrtc_version TEXT NOT NULL,
+  template_source_hash TEXT NOT NULL,
+  driver_version TEXT NOT NULL
+);
+CREATE TABLE trials (
+  id INTEGER PRIMARY KEY,
+  job_id INTEGER REFERENCES jobs(id),
+  template_id TEXT NOT NULL,
+  dtype TEXT NOT NULL,
+  head_dim INTEGER NOT NULL,
+  causal INTEGER NOT NULL,
+  bucket TEXT NOT NULL,
+  seq_q_bucket INTEGER NOT NULL,
+  seq_k_bucket INTEGER NOT NULL,
+  batch_heads_bucket INTEGER NOT NULL,
+  device_name TEXT NOT NULL,
+  arch TEXT NOT NULL,
+  batch INTEGER NOT NULL,
+  heads INTEGER NOT NULL,
+  kv_heads INTEGER NOT NULL,
+  seq_q INTEGER NOT NULL,
+  seq_k INTEGER NOT NULL,
+  block_m INTEGER NOT NULL,
+  block_n INTEGER NOT NULL,
+  warps INTEGER NOT NULL,
+  stages INTEGER NOT NULL,
+  cache_key TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('ok', 'failed', 'wrong', 'skipped')),
+  failure_reason TEXT NOT NULL,
+  median_us REAL NOT NULL,
+  p10_us REAL NOT NULL,
+  p90_us REAL NOT NULL,
+  samples INTEGER NOT NULL,
+  tflops REAL NOT NULL,
+  rel_error REAL NOT NULL,
+  max_abs_error REAL NOT NULL,
+  registers INTEGER NOT NULL,
+  spill_store_bytes INTEGER NOT NULL,
+  spill_load_bytes INTEGER NOT NULL,
+  smem_bytes INTEGER NOT NULL,
+  gpu_index INTEGER NOT NULL,
+  nvrtc_version TEXT NOT NULL,
+  template_source_hash TEXT NOT NULL,
+  driver_version TEXT NOT NULL,
+  created_unix_ms INTEGER NOT NULL
+);
+CREATE INDEX trials_by_job ON trials(job_id);
+CREATE INDEX trials_by_scope
+  ON trials(template_id, dtype, head_dim, causal, bucket, device_name, arch);
+CREATE TABLE best (
+  id INTEGER PRIMARY KEY,
+  template_id TEXT NOT NULL,
+  dtype TEXT NOT NULL,
+  head_dim INTEGER NOT NULL,
+  causal INTEGER NOT NULL,
+  bucket TEXT NOT NULL,
+  seq_q_bucket INTEGER NOT NULL,
+  seq_k_bucket INTEGER NOT NULL,
+  batch_heads_bucket INTEGER NOT NULL,
+  device_name TEXT NOT NULL,
+  arch TEXT NOT NULL,
+  block_m INTEGER NOT NULL,
+  block_n INTEGER NOT NULL,
+  warps INTEGER NOT NULL,
+  stages INTEGER NOT NULL,
+  cache_key TEXT NOT NULL,
+  median_us REAL NOT NULL,
+  tflops REAL NOT NULL,
+  trial_id INTEGER REFERENCES trials(id),
+  evaluations INTEGER NOT NULL,
+  wall_seconds REAL NOT NULL,
+  searcher TEXT NOT NULL,
+  nvrtc_version TEXT NOT NULL,
+  template_source_hash TEXT NOT NULL,
+  driver_version TEXT NOT NULL,
+  updated_unix_ms INTEGER NOT NULL,
+  UNIQUE (template_id, dtype, head_dim, causal, bucket, device_name, arch)
+);
+CREATE INDEX best_by_class ON best(template_id, dtype, head_dim, causal, device_name, arch);
+)sql";
+
+TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  const TuningScope scope = scope_at(kBucket);
+  {
+    RawDb raw(path);
+    raw.exec(kSchemaVersion1);
+    raw.exec("PRAGMA user_version = 1");
+    raw.exec(
+        "INSERT INTO jobs (id, template_id, dtype, head_dim, causal, bucket, seq_q_bucket, "
+        "seq_k_bucket, batch_heads_bucket, device_name, arch, searcher, status, started_unix_ms, "
+        "finished_unix_ms, evaluations, best_trial_id, nvrtc_version, template_source_hash, "
+        "driver_version) VALUES (1, 'attention_fwd', 'fp16', 128, 1, '" +
+        canonical_bucket(kBucket) +
+        "', 1024, 1024, 16, 'NVIDIA H100 80GB HBM3', 'sm_90a', 'evolutionary', 'succeeded', "
+        "1700000000000, 1700000001000, 1, 1, '13.0', '" + kToolchain.template_source_hash +
+        "', '580.65.06')");
+    raw.exec(
+        "INSERT INTO trials (id, job_id, template_id, dtype, head_dim, causal, bucket, "
+        "seq_q_bucket, seq_k_bucket, batch_heads_bucket, device_name, arch, batch, heads, "
+        "kv_heads, seq_q, seq_k, block_m, block_n, warps, stages, cache_key, status, "
+        "failure_reason, median_us, p10_us, p90_us, samples, tflops, rel_error, max_abs_error, "
+        "registers, spill_store_bytes, spill_load_bytes, smem_bytes, gpu_index, nvrtc_version, "
+        "template_source_hash, driver_version, created_unix_ms) VALUES (1, 1, 'attention_fwd', "
+        "'fp16', 128, 1, '" + canonical_bucket(kBucket) +
+        "', 1024, 1024, 16, 'NVIDIA H100 80GB HBM3', 'sm_90a', 2, 8, 0, 1000, 1024, 128, 64, 8, 2, "
+        "'" + std::string(64, 'c') + "', 'ok', '', 61.5, 60.0, 63.0, 50, 16.0, 1e-3, 2e-3, 128, "
+        "0, 0, 98304, 0, '13.0', '" + kToolchain.template_source_hash +
+        "', '580.65.06', 1700000000500)");
+    raw.exec(
+        "INSERT INTO best (template_id, dtype, head_dim, causal, bucket, seq_q_bucket, "
+        "seq_k_bucket, batch_heads_bucket, device_name, arch, block_m, block_n, warps, stages, "
+        "cache_key, median_us, tflops, trial_id, evaluations, wall_seconds, searcher, "
+        "nvrtc_version, template_source_hash, driver_version, updated_unix_ms) VALUES "
+        "('attention_fwd', 'fp16', 128, 1, '" + canonical_bucket(kBucket) +
+        "', 1024, 1024, 16, 'NVIDIA H100 80GB HBM3', 'sm_90a', 128, 64, 8, 2, '" +
+        std::string(64, 'b') + "', 61.5, 16.0, 1, 1, 2.5, 'evolutionary', '13.0', '" +
+        kToolchain.template_source_hash + "', '580.65.06', 1700000001000)");
+  }
+
+  ASSERT_EQ(TuningDb::schema_version(), 2);
+  auto db = open_ok(path);
+  ASSERT_NE(db, nullptr);
+  {
+    RawDb raw(path);
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "2");
+    EXPECT_EQ(raw.scalar("SELECT q_placement || '/' || smem_layout FROM best"), "auto/auto");
+    EXPECT_EQ(raw.scalar("SELECT q_placement || '/' || smem_layout FROM trials"), "auto/auto");
+  }
+
+  // The old best: its fields intact, the new config fields automatic (the
+  // rule it was tuned under), the shape unrecorded.
+  auto best = db->best_for(scope);
+  ASSERT_TRUE(best.ok()) << best.error().message;
+  ASSERT_TRUE(best->has_value());
+  const BestRecord& old = **best;
+  EXPECT_EQ(old.config, (TileConfig{128, 64, 8, 2}));
+  EXPECT_EQ(old.config.q_placement, QPlacement::automatic);
+  EXPECT_EQ(old.config.smem_layout, SmemLayout::automatic);
+  EXPECT_EQ(old.shape.batch, 0);
+  EXPECT_EQ(old.shape.heads, 0);
+  EXPECT_EQ(old.shape.kv_heads, 0);
+  EXPECT_EQ(old.shape.seq_q, 0);
+  EXPECT_EQ(old.shape.seq_k, 0);
+  EXPECT_DOUBLE_EQ(old.median_us, 61.5);
+  EXPECT_EQ(old.trial_id, 1);
+  EXPECT_EQ(old.cache_key, std::string(64, 'b'));
+  EXPECT_EQ(old.toolchain.nvrtc_version, "13.0");
+  EXPECT_EQ(old.updated_unix_ms, 1700000001000);
+
+  auto trials = db->trials_for_job(1);
+  ASSERT_TRUE(trials.ok()) << trials.error().message;
+  ASSERT_EQ(trials->size(), 1u);
+  EXPECT_EQ((*trials)[0].config, (TileConfig{128, 64, 8, 2}));
+  EXPECT_EQ((*trials)[0].shape.seq_q, 1000);
+  auto job = db->job(1);
+  ASSERT_TRUE(job.ok() && job->has_value());
+  EXPECT_EQ((*job)->status, JobStatus::succeeded);
+
+  // New rows beside the old ones carry their concrete fields and shape; a
+  // faster concrete best replaces the old automatic one.
+  BestRecord faster = best_for_scope(scope, TileConfig{128, 64, 8, 2, QPlacement::registers,
+                                                       SmemLayout::padded}, 50.0);
+  faster.shape = RuntimeShape{2, 8, 0, 1000, 1024};
+  ASSERT_TRUE(*db->update_best_if_better(faster));
+  auto replaced = db->best_for(scope);
+  ASSERT_TRUE(replaced.ok() && replaced->has_value());
+  EXPECT_EQ((*replaced)->config, faster.config);
+  EXPECT_EQ((*replaced)->shape.seq_k, 1024);
+
+  // Opening again migrates nothing further.
+  db.reset();
+  ASSERT_NE(open_ok(path), nullptr);
+  RawDb raw(path);
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "2");
+  EXPECT_EQ(raw.scalar("SELECT count(*) FROM best"), "1");
+}
+
+TEST(TuningDb, BestAndTrialsRoundTripQPlacementLayoutAndShape) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope scope = scope_at(kBucket);
+  BestRecord best = best_for_scope(
+      scope, TileConfig{64, 32, 2, 3, QPlacement::shared, SmemLayout::padded}, 40.0);
+  best.shape = RuntimeShape{3, 12, 4, 1000, 777};
+  ASSERT_TRUE(*db->update_best_if_better(best));
+
+  auto expect_same = [&](const BestRecord& got) {
+    EXPECT_EQ(got.config, best.config) << canonical_config(got.config);
+    EXPECT_EQ(got.shape.batch, 3);
+    EXPECT_EQ(got.shape.heads, 12);
+    EXPECT_EQ(got.shape.kv_heads, 4);
+    EXPECT_EQ(got.shape.seq_q, 1000);
+    EXPECT_EQ(got.shape.seq_k, 777);
+  };
+  auto stored = db->best_for(scope);
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  expect_same(**stored);
+  auto page = db->list_best(10);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->items.size(), 1u);
+  expect_same(page->items[0]);
+  auto near = db->nearest_best(scope, 1);
+  ASSERT_TRUE(near.ok());
+  ASSERT_EQ(near->size(), 1u);
+  expect_same(near->front().best);
+
+  // A forced update replaces every field, the new ones included.
+  BestRecord pinned = best_for_scope(
+      scope, TileConfig{64, 32, 2, 3, QPlacement::registers, SmemLayout::swizzled}, 90.0);
+  pinned.shape = RuntimeShape{1, 1, 0, 64, 0};
+  ASSERT_TRUE(*db->update_best_if_better(pinned, BestUpdate::force));
+  auto now = db->best_for(scope);
+  ASSERT_TRUE(now.ok() && now->has_value());
+  EXPECT_EQ((*now)->config, pinned.config);
+  EXPECT_EQ((*now)->shape.batch, 1);
+  EXPECT_EQ((*now)->shape.kv_heads, 0);
+  EXPECT_EQ((*now)->shape.seq_q, 64);
+
+  // Trials: every combination, automatic included, comes back as recorded;
+  // configs that differ only in the new fields are distinct tried configs.
+  auto job = db->begin_job(scope, "exhaustive", kToolchain);
+  ASSERT_TRUE(job.ok());
+  std::vector<TileConfig> recorded;
+  for (QPlacement q : {QPlacement::automatic, QPlacement::registers, QPlacement::shared})
+    for (SmemLayout l : {SmemLayout::automatic, SmemLayout::swizzled, SmemLayout::padded}) {
+      recorded.push_back(TileConfig{128, 64, 4, 2, q, l});
+      ASSERT_TRUE(db->record_trial(trial_for(scope, *job, recorded.back(), 30.0)).ok());
+    }
+  auto trials = db->trials_for_job(*job);
+  ASSERT_TRUE(trials.ok());
+  ASSERT_EQ(trials->size(), recorded.size());
+  for (size_t i = 0; i < recorded.size(); ++i) EXPECT_EQ((*trials)[i].config, recorded[i]);
+  auto tried = db->tried_configs(scope);
+  ASSERT_TRUE(tried.ok());
+  EXPECT_EQ(tried->size(), recorded.size());
+}
+
+TEST(TuningDb, AnUnknownEnumNameInARowIsAnErrorNotAGuess) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  const TuningScope scope = scope_at(kBucket);
+  auto db = open_ok(path);
+  ASSERT_NE(db, nullptr);
+  ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope, TileConfig{}, 40.0)));
+  auto job = db->begin_job(scope, "exhaustive", kToolchain);
+  ASSERT_TRUE(job.ok());
+  ASSERT_TRUE(db->record_trial(trial_for(scope, *job, TileConfig{}, 30.0)).ok());
+  {
+    // Written by some other (future or broken) tool.
+    RawDb raw(path);
+    raw.exec("UPDATE best SET q_placement = 'sideways'");
+    raw.exec("UPDATE trials SET smem_layout = 'diagonal'");
+  }
+  auto best = db->best_for(scope);
+  ASSERT_FALSE(best.ok());
+  EXPECT_NE(best.error().message.find("sideways"), std::string::npos) << best.error().message;
+  auto trials = db->trials_for_job(*job);
+  ASSERT_FALSE(trials.ok());
+  EXPECT_NE(trials.error().message.find("diagonal"), std::string::npos) << trials.error().message;
+  auto tried = db->tried_configs(scope);
+  ASSERT_FALSE(tried.ok());
+  EXPECT_NE(tried.error().message.find("diagonal"), std::string::npos) << tried.error().message;
 }
 
 TEST(TuningDb, RejectsScopesThatNameNoProblem) {

@@ -34,12 +34,13 @@ TEST(ResourceSkipReason, StackFrameIsSkipped) {
   EXPECT_NE(reason->find("stack frame of 16 B"), std::string::npos) << *reason;
 }
 
-TEST(DefaultMaxEvaluations, TwentyPercentOfTheSpaceAndAtLeastEight) {
-  EXPECT_EQ(default_max_evaluations(6), 8u);
+TEST(DefaultMaxEvaluations, NeverMoreThanTwentyPercentOfTheSpaceButAtLeastEight) {
+  EXPECT_EQ(default_max_evaluations(6), 6u);  // all of a tiny space, no more
   EXPECT_EQ(default_max_evaluations(40), 8u);
   EXPECT_EQ(default_max_evaluations(45), 9u);
   EXPECT_EQ(default_max_evaluations(100), 20u);
-  EXPECT_EQ(default_max_evaluations(101), 21u);
+  EXPECT_EQ(default_max_evaluations(104), 20u);  // rounded down: 20.8 would exceed 20%
+  for (size_t n = 40; n < 2000; ++n) EXPECT_LE(default_max_evaluations(n) * 5, n) << n;
 }
 
 }  // namespace

@@ -18,7 +18,8 @@ struct bf16_t {
   unsigned short bits;
 };
 
-template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages>
+template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages,
+          bool QInRegisters, bool SwizzledSmem>
 __global__ void __launch_bounds__(Warps * 32) attention_fwd(const __grid_constant__ AttentionParams p) {
   volatile Element* far = static_cast<Element*>(p.o) + (1ll << 40) + threadIdx.x;
   far->bits = static_cast<unsigned short>(HeadDim + BlockM + BlockN + Stages + (Causal ? 1 : 0));

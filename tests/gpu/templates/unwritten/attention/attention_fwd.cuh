@@ -17,7 +17,8 @@ struct bf16_t {
   unsigned short bits;
 };
 
-template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages>
+template <typename Element, int HeadDim, bool Causal, int BlockM, int BlockN, int Warps, int Stages,
+          bool QInRegisters, bool SwizzledSmem>
 __global__ void __launch_bounds__(Warps * 32) attention_fwd(const __grid_constant__ AttentionParams p) {
   for (int r = threadIdx.x; r < BlockM - 1; r += Warps * 32) {
     const int row = blockIdx.x * BlockM + r;

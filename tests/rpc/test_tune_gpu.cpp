@@ -1,0 +1,303 @@
+// The Tune RPC on a GPU, through the client library, with the real
+// flashcore_worker behind the daemon: a candidate that faults ends its
+// worker, is recorded as a failed trial naming the exit, and neither the
+// search nor the daemon stops. The candidates are the REAL attention kernel
+// from a scratch copy of the templates in which a TEST-ONLY fault is
+// inserted for a few tile configs. Without a GPU (or worker) the test skips
+// with the daemon's reason, after checking what needs no GPU: the fault
+// insertion point still exists and the first proposals mix faulting and
+// healthy configs.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "flashcore/client.hpp"
+#include "rpc/translate.hpp"
+#include "rpc_test_support.hpp"
+#include "search/search_space.hpp"
+#include "search/tile_config.hpp"
+#include "search/tuning_db.hpp"
+
+namespace flashcore {
+namespace {
+
+using namespace rpc_testing;
+using namespace std::chrono_literals;
+
+// The built worker; FLASHCORE_WORKER_BINARY names another (a bundle's, on a GPU box).
+void use_real_worker(DaemonConfig& config) {
+  const char* other = std::getenv("FLASHCORE_WORKER_BINARY");
+  config.worker_binary = other != nullptr && *other != '\0' ? other : FLASHCORE_WORKER_PATH;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// Which configs the inserted code makes fault: the C++ twin of its
+// `if constexpr` below (QInRegisters is q_placement == registers, as
+// name_expression() spells the template arguments).
+bool faults(const TileConfig& config) {
+  return config.block_n == 32 && config.stages == 1 && config.q_placement == QPlacement::registers;
+}
+
+constexpr const char* kFaultMarker = "TEST-ONLY FAULT";
+const std::string kInsertedFault = std::string(R"(
+  // )") + kFaultMarker + R"( (tests/rpc/test_tune_gpu.cpp): inserted into a scratch
+  // copy of this template, never into kernel_templates/. The selected configs
+  // store 1 TiB past the output and trap, so their launch faults and the
+  // evaluation worker loses its context.
+  if constexpr (BlockN == 32 && Stages == 1 && QInRegisters) {
+    volatile unsigned short* far = static_cast<unsigned short*>(p.o) + (1ll << 40) + threadIdx.x;
+    *far = 1;
+    __trap();
+  }
+)";
+
+// The embedded (real) template sources with kInsertedFault right after the
+// attention kernel's opening brace. Fails the test when that brace cannot be
+// found, so a refactor of the template cannot quietly disable the fault.
+void write_faulting_real_templates(const test_support::ScratchDir& dir) {
+  const auto& sources = TemplateRegistry::embedded()->sources();
+  const auto attention = sources.find("attention/attention_fwd.cuh");
+  ASSERT_NE(attention, sources.end()) << "embedded templates lack attention/attention_fwd.cuh";
+  std::string source = attention->second;
+
+  const std::string signature = "attention_fwd(const __grid_constant__ AttentionParams p)";
+  const size_t at = source.find(signature);
+  ASSERT_NE(at, std::string::npos)
+      << "the kernel signature '" << signature << "' is not in attention_fwd.cuh: update this test";
+  ASSERT_EQ(source.find(signature, at + 1), std::string::npos) << "the kernel is defined twice";
+  size_t brace = at + signature.size();
+  while (brace < source.size() && (source[brace] == ' ' || source[brace] == '\n')) ++brace;
+  ASSERT_TRUE(brace < source.size() && source[brace] == '{')
+      << "no opening brace right after the kernel signature: update this test";
+  for (const char* parameter : {"int BlockN", "int Stages", "bool QInRegisters"})
+    ASSERT_TRUE(contains(source.substr(0, at), parameter))
+        << "the kernel no longer has template parameter '" << parameter << "': update this test";
+  source.insert(brace + 1, kInsertedFault);
+
+  for (const auto& [relative, contents] : sources)
+    dir.write(relative, relative == attention->first ? source : contents);
+  const std::string written = test_support::read_file(dir / attention->first);
+  ASSERT_EQ(written, source);
+  ASSERT_TRUE(contains(written, kFaultMarker));
+}
+
+// B1 H4 S256, fp16, head_dim 64, the daemon's arch: a few microseconds per launch.
+v1::TuneRequest small_tune_request(int max_evaluations) {
+  v1::TuneRequest request;
+  v1::KernelRequest* kernel = request.mutable_kernel();
+  *kernel = quick_request();
+  kernel->clear_arch();  // the daemon's GPU
+  kernel->clear_config();
+  v1::Problem* problem = kernel->mutable_problem();
+  problem->set_dtype(v1::DTYPE_FP16);
+  problem->set_head_dim(64);
+  problem->set_batch(1);
+  problem->set_heads(4);
+  problem->set_seq_q(256);
+  request.set_searcher("exhaustive");
+  request.set_max_evaluations(max_evaluations);
+  // Far past what 6 candidates need, so the count is what stops the search.
+  request.set_time_budget_ms(300000);
+  request.set_force(true);
+  // Few, short timed loops: this test is about failures, not the timings.
+  request.mutable_timing()->set_warmup(1);
+  request.mutable_timing()->set_repetitions(3);
+  request.mutable_timing()->set_target_loop_ms(0.5);
+  return request;
+}
+
+TileConfig config_of(const v1::TileConfig& config) {
+  auto parsed = rpc::parse_config(config);
+  EXPECT_TRUE(parsed.ok()) << parsed.error().message;
+  return parsed.ok() ? *parsed : TileConfig{};
+}
+
+// The job thread records the job's end after the call's last message.
+std::optional<JobRecord> finished_job(TuningDb& db, int64_t job_id) {
+  for (int i = 0; i < 400; ++i) {
+    auto job = db.job(job_id);
+    if (job.ok() && *job && (*job)->status != JobStatus::running) return **job;
+    std::this_thread::sleep_for(25ms);
+  }
+  return std::nullopt;
+}
+
+TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
+  test_support::ScratchDir templates, cache;
+  ASSERT_NO_FATAL_FAILURE(write_faulting_real_templates(templates));
+  DaemonConfig config = loopback_config(cache.path());
+  config.templates_dir = templates.path();
+  config.compile_threads = 4;  // the tuning job compiles 4 candidates ahead on one GPU
+  config.evaluation_timeout = 30000ms;  // a fault that hung instead would not stall for 2 min
+  use_real_worker(config);
+  auto daemon = start_daemon(config);
+  ASSERT_NE(daemon, nullptr);
+  client::ConnectOptions options;
+  options.address = daemon->address();
+  auto connected = client::Client::connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  client::Client& client = connected.value();
+  auto info = client.server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+
+  // The exhaustive searcher proposes the space in order: which of the first
+  // kEvaluations fault follows from the space, not from a list here.
+  constexpr int kEvaluations = 6;
+  const v1::TuneRequest request = small_tune_request(kEvaluations);
+  const auto arch = find_arch(info->default_arch());
+  ASSERT_TRUE(arch.has_value()) << info->default_arch();
+  ProblemClass problem;
+  problem.dtype = DType::fp16;
+  problem.head_dim = 64;
+  auto space = SearchSpace::create(problem, *arch);
+  ASSERT_TRUE(space.ok()) << space.error().message;
+  ASSERT_GE(space->size(), static_cast<size_t>(kEvaluations));
+  int faulting = 0;
+  bool healthy_after_fault = false;
+  for (int i = 0; i < kEvaluations; ++i) {
+    if (faults(space->at(i))) ++faulting;
+    else healthy_after_fault = healthy_after_fault || faulting > 0;
+  }
+  ASSERT_GE(faulting, 1) << "no faulting config among the first proposals: change faults()";
+  ASSERT_LT(faulting, kEvaluations) << "no healthy config among the first proposals";
+  // A healthy trial after a faulting one is measured by a restarted worker.
+  ASSERT_TRUE(healthy_after_fault) << "no healthy config after a faulting one";
+
+  if (!info->gpu_available())
+    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+
+  std::vector<v1::TuneProgress> events;
+  const auto began = std::chrono::steady_clock::now();
+  auto result = client.tune(request, [&](const v1::TuneProgress& p) { events.push_back(p); },
+                            nullptr, std::chrono::minutes(5));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  ASSERT_TRUE(result.ok()) << result.error().message << "\n" << result.error().detail;
+  RecordProperty("tune_seconds", std::to_string(seconds));
+
+  // The streamed events: started, one trial per proposal in space order, done.
+  std::vector<v1::TuneTrial> trials;
+  std::optional<v1::TuneStarted> started;
+  std::optional<v1::TuneBest> last_best;
+  for (const auto& event : events) {
+    if (event.has_started()) started = event.started();
+    if (event.has_trial()) trials.push_back(event.trial());
+    if (event.has_best()) last_best = event.best();
+  }
+  ASSERT_TRUE(started.has_value());
+  EXPECT_EQ(started->space_size(), static_cast<int32_t>(space->size()));
+  EXPECT_EQ(started->max_evaluations(), kEvaluations);
+  ASSERT_FALSE(events.empty());
+  EXPECT_TRUE(events.back().has_done());
+  ASSERT_EQ(trials.size(), static_cast<size_t>(kEvaluations));
+
+  std::optional<double> fastest_ok;
+  for (int i = 0; i < kEvaluations; ++i) {
+    const v1::TuneTrial& trial = trials[i];
+    const TileConfig expected = space->at(i);
+    SCOPED_TRACE(config_label(expected));
+    EXPECT_EQ(config_of(trial.config()), expected) << "proposal " << i << " is out of space order";
+    EXPECT_EQ(trial.evaluations(), i + 1);
+    if (faults(expected)) {
+      EXPECT_EQ(trial.status(), "failed") << trial.failure();
+      EXPECT_TRUE(contains(trial.failure(), "worker for GPU")) << trial.failure();
+      EXPECT_TRUE(contains(trial.failure(), "exited with code 3")) << trial.failure();
+      EXPECT_EQ(trial.median_us(), 0.0);
+    } else {
+      EXPECT_EQ(trial.status(), "ok") << trial.failure();
+      EXPECT_TRUE(trial.failure().empty()) << trial.failure();
+      EXPECT_GT(trial.median_us(), 0.0);
+      EXPECT_GT(trial.tflops(), 0.0);
+      if (trial.status() == "ok" && (!fastest_ok || trial.median_us() < *fastest_ok))
+        fastest_ok = trial.median_us();
+    }
+  }
+
+  // The result: a healthy config, the fastest ok trial, freshly measured.
+  const TileConfig best = config_of(result->config());
+  EXPECT_FALSE(faults(best)) << config_label(best);
+  EXPECT_TRUE(space->contains(best)) << config_label(best);
+  ASSERT_TRUE(fastest_ok.has_value());
+  EXPECT_DOUBLE_EQ(result->median_us(), *fastest_ok);
+  EXPECT_FALSE(result->from_database());
+  EXPECT_EQ(result->evaluations(), kEvaluations);
+  EXPECT_EQ(result->searcher(), "exhaustive");
+  EXPECT_FALSE(result->device().empty());
+  ASSERT_TRUE(last_best.has_value());
+  EXPECT_EQ(config_of(last_best->config()), best);
+
+  // The tuning database holds the same trials and a succeeded job.
+  {
+    auto db = TuningDb::open((cache.path() / "tuning.db").string());
+    ASSERT_TRUE(db.ok()) << db.error().message;
+    auto job = finished_job(**db, started->job_id());
+    ASSERT_TRUE(job.has_value());
+    EXPECT_EQ(job->status, JobStatus::succeeded);
+    auto all_trials = (*db)->trials_for_job(started->job_id());
+    ASSERT_TRUE(all_trials.ok()) << all_trials.error().message;
+    // Configs pruned before the search (spills, compile errors) are on the
+    // job's record as skipped; the measured ones are the rest.
+    std::vector<TrialRecord> stored;
+    for (const TrialRecord& record : *all_trials) {
+      if (record.status == TrialStatus::skipped) {
+        EXPECT_FALSE(record.failure_reason.empty());
+        continue;
+      }
+      stored.push_back(record);
+    }
+    ASSERT_EQ(stored.size(), static_cast<size_t>(kEvaluations));
+    for (const TrialRecord& record : stored) {
+      SCOPED_TRACE(config_label(record.config));
+      if (faults(record.config)) {
+        EXPECT_EQ(record.status, TrialStatus::failed);
+        EXPECT_TRUE(contains(record.failure_reason, "exited with code 3")) << record.failure_reason;
+      } else {
+        EXPECT_EQ(record.status, TrialStatus::ok) << record.failure_reason;
+        EXPECT_GT(record.median_us, 0.0);
+      }
+    }
+  }
+
+  // The daemon still serves: info, a compile (a cache hit on the best's key),
+  // a validation of the best on a worker, and the stored result.
+  auto info_after = client.server_info();
+  ASSERT_TRUE(info_after.ok()) << info_after.error().message;
+  EXPECT_TRUE(info_after->gpu_available()) << info_after->gpu_unavailable_reason();
+
+  v1::KernelRequest kernel = request.kernel();
+  rpc::fill_config(best, kernel.mutable_config());
+  kernel.set_omit_cubin(true);
+  auto compiled = client.compile(kernel);
+  ASSERT_TRUE(compiled.ok()) << compiled.error().message;
+  EXPECT_EQ(compiled->key(), result->key());
+
+  v1::ValidateRequest validate;
+  *validate.mutable_kernel() = kernel;
+  validate.mutable_options()->set_determinism_runs(2);
+  validate.mutable_options()->set_stability_trials(1);
+  auto validated = client.validate(validate, std::chrono::minutes(2));
+  ASSERT_TRUE(validated.ok()) << validated.error().message;
+  EXPECT_TRUE(validated->validation().evaluated());
+  EXPECT_TRUE(validated->validation().passed()) << validated->validation().detail();
+  EXPECT_FALSE(contains(validated->validation().detail(), "exited"))
+      << validated->validation().detail();
+
+  v1::TuneRequest again = request;
+  again.set_force(false);
+  auto stored_result = client.tune(again, nullptr, nullptr, std::chrono::minutes(1));
+  ASSERT_TRUE(stored_result.ok()) << stored_result.error().message;
+  EXPECT_TRUE(stored_result->from_database());
+  EXPECT_EQ(config_of(stored_result->config()), best);
+  EXPECT_EQ(stored_result->key(), result->key());
+}
+
+}  // namespace
+}  // namespace flashcore
