@@ -1,6 +1,7 @@
 // `flashcore`: the command-line client of flashcored. Every failure prints one
 // line "flashcore: <message>" on stderr (the server's detail, e.g. the NVRTC
-// log, follows with --verbose) and exits 1; usage errors exit 2.
+// log, follows with --verbose) and exits 1; usage errors exit 2; `validate`
+// exits 3 when the kernel fails validation (the record is printed).
 #include <google/protobuf/util/json_util.h>
 
 #include <CLI/CLI.hpp>
@@ -11,10 +12,10 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include <csignal>
 #include <pthread.h>
@@ -107,15 +108,123 @@ int print_handle(const Globals& globals, v1::KernelHandle handle, const std::str
   return 0;
 }
 
-std::string config_label(const v1::TileConfig& c) {
-  return std::to_string(c.block_m()) + "x" + std::to_string(c.block_n()) + " w" +
-         std::to_string(c.warps()) + " s" + std::to_string(c.stages());
+// The problem and tile options of compile, validate and tune: the one place
+// they are declared and turned into a KernelRequest.
+struct KernelFlags {
+  std::string template_id = "attention_fwd";
+  std::string dtype, layout = "bshd", arch;
+  int head_dim = 0;
+  bool causal = false;
+  int64_t batch = 1, heads = 1, kv_heads = 0, seq_q = 0, seq_k = 0;
+  int block_m = 128, block_n = 64, warps = 4, stages = 2;
+  std::string q_placement = "auto", smem_layout = "auto";
+};
+
+void add_problem_options(CLI::App& command, KernelFlags& f) {
+  command.add_option("--template", f.template_id, "kernel template id")->capture_default_str();
+  command.add_option("--dtype", f.dtype, "element type of Q, K, V, O")
+      ->required()
+      ->check(CLI::IsMember({"fp16", "bf16"}));
+  command.add_option("--head-dim", f.head_dim, "head dimension D (compile-time)")->required();
+  command.add_flag("--causal", f.causal, "causal (top-left aligned) masking");
+  command.add_option("--batch", f.batch, "batch size (run-time shape)")->capture_default_str();
+  command.add_option("--heads", f.heads, "query heads (run-time shape)")->capture_default_str();
+  command.add_option("--kv-heads", f.kv_heads, "K/V heads, must divide --heads; 0 = --heads")
+      ->capture_default_str();
+  command.add_option("--seq-q", f.seq_q, "query sequence length (run-time shape)")->required();
+  command.add_option("--seq-k", f.seq_k, "key sequence length; 0 = --seq-q")
+      ->capture_default_str();
+  command.add_option("--layout", f.layout, "memory layout of Q, K, V, O")
+      ->check(CLI::IsMember({"bshd", "bhsd"}))
+      ->capture_default_str();
+  command.add_option("--arch", f.arch, "target, e.g. sm_90a; empty = the daemon's default");
 }
 
-void print_table(const std::vector<v1::KernelSummary>& kernels) {
+void add_tile_options(CLI::App& command, KernelFlags& f) {
+  command.add_option("--block-m", f.block_m, "query rows per thread block")->capture_default_str();
+  command.add_option("--block-n", f.block_n, "key rows per inner-loop tile")->capture_default_str();
+  command.add_option("--warps", f.warps, "warps per thread block")->capture_default_str();
+  command.add_option("--stages", f.stages, "K/V pipeline depth")->capture_default_str();
+  command.add_option("--q-placement", f.q_placement,
+                     "Q operand held in registers or re-read from shared memory; auto = the "
+                     "family's rule")
+      ->check(CLI::IsMember({"auto", "registers", "shared"}))
+      ->capture_default_str();
+  command.add_option("--smem-layout", f.smem_layout,
+                     "shared-memory layout of the tiles; auto = swizzled where head_dim/8 is a "
+                     "power of two, else padded")
+      ->check(CLI::IsMember({"auto", "swizzled", "padded"}))
+      ->capture_default_str();
+}
+
+// `with_tile` false leaves the config unset (tune searches it).
+v1::KernelRequest kernel_request(const KernelFlags& f, bool with_tile) {
+  v1::KernelRequest request;
+  request.set_template_id(f.template_id);
+  auto* problem = request.mutable_problem();
+  problem->set_dtype(f.dtype == "bf16" ? v1::DTYPE_BF16 : v1::DTYPE_FP16);
+  problem->set_head_dim(f.head_dim);
+  problem->set_causal(f.causal);
+  problem->set_batch(f.batch);
+  problem->set_heads(f.heads);
+  problem->set_kv_heads(f.kv_heads);
+  problem->set_seq_q(f.seq_q);
+  problem->set_seq_k(f.seq_k);
+  problem->set_layout(f.layout == "bhsd" ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
+  if (with_tile) {
+    auto* config = request.mutable_config();
+    config->set_block_m(f.block_m);
+    config->set_block_n(f.block_n);
+    config->set_warps(f.warps);
+    config->set_stages(f.stages);
+    config->set_q_placement(f.q_placement == "registers" ? v1::Q_PLACEMENT_REGISTERS
+                            : f.q_placement == "shared"  ? v1::Q_PLACEMENT_SHARED
+                                                         : v1::Q_PLACEMENT_UNSPECIFIED);
+    config->set_smem_layout(f.smem_layout == "swizzled" ? v1::SMEM_LAYOUT_SWIZZLED
+                            : f.smem_layout == "padded" ? v1::SMEM_LAYOUT_PADDED
+                                                        : v1::SMEM_LAYOUT_UNSPECIFIED);
+  }
+  request.set_arch(f.arch);
+  return request;
+}
+
+// Fetches the pages from `token` on (all of them with `all`) into one
+// response whose next_page_token is where it stopped, and prints it: the
+// JSON document, or the table and how to go on.
+template <typename Response, typename Fetch>
+int print_pages(const Globals& globals, const Fetch& fetch, std::string token, bool all,
+                void (*print_table)(const Response&)) {
+  Response collected;
+  do {
+    fc::Result<Response> page = fetch(token);
+    if (!page) return fail(globals, page.error());
+    collected.MergeFrom(*page);  // appends the page's items
+    token = page->next_page_token();
+  } while (all && !token.empty());
+  collected.set_next_page_token(token);
+  if (globals.json) {
+    std::cout << to_json(collected);
+  } else {
+    print_table(collected);
+    if (!token.empty()) std::cout << "more: --page-token " << token << " (or --all)\n";
+  }
+  return 0;
+}
+
+std::string config_label(const v1::TileConfig& c) {
+  std::string label = std::to_string(c.block_m()) + "x" + std::to_string(c.block_n()) + " w" +
+                      std::to_string(c.warps()) + " s" + std::to_string(c.stages());
+  if (c.q_placement() == v1::Q_PLACEMENT_REGISTERS) label += " qreg";
+  if (c.q_placement() == v1::Q_PLACEMENT_SHARED) label += " qsmem";
+  if (c.smem_layout() == v1::SMEM_LAYOUT_SWIZZLED) label += " swz";
+  if (c.smem_layout() == v1::SMEM_LAYOUT_PADDED) label += " pad";
+  return label;
+}
+
+void print_kernels_table(const v1::ListKernelsResponse& listed) {
   std::printf("%-16s  %-5s  %4s  %-6s  %-14s  %-7s  %4s  %6s  %8s\n", "KEY", "DTYPE", "D",
               "CAUSAL", "CONFIG", "ARCH", "REGS", "SPILLS", "CUBIN_KB");
-  for (const auto& k : kernels) {
+  for (const auto& k : listed.kernels()) {
     std::printf("%-16s  %-5s  %4d  %-6s  %-14s  %-7s  %4d  %6d  %8.1f\n",
                 k.key().substr(0, 16).c_str(),
                 fc::client::dtype_label(k.problem().dtype()).c_str(), k.problem().head_dim(),
@@ -125,10 +234,10 @@ void print_table(const std::vector<v1::KernelSummary>& kernels) {
   }
 }
 
-void print_results_table(const std::vector<v1::TuningResult>& results) {
+void print_results_table(const v1::ListTuningResultsResponse& listed) {
   std::printf("%-5s  %4s  %-6s  %-40s  %-7s  %-14s  %10s  %7s  %5s  %s\n", "DTYPE", "D", "CAUSAL",
               "BUCKET", "ARCH", "CONFIG", "MEDIAN_US", "TF/S", "EVALS", "DEVICE");
-  for (const auto& r : results) {
+  for (const auto& r : listed.results()) {
     std::printf("%-5s  %4d  %-6s  %-40s  %-7s  %-14s  %10.2f  %7.1f  %5lld  %s\n",
                 fc::client::dtype_label(r.problem().dtype()).c_str(), r.problem().head_dim(),
                 r.problem().causal() ? "yes" : "no", r.bucket().c_str(), r.arch().c_str(),
@@ -200,8 +309,8 @@ struct TuneProgressLine {
 
 int main(int argc, char** argv) {
   Globals globals;
-  CLI::App app{"flashcore: client of the flashcored kernel service (compile, fetch and list "
-               "FlashAttention-style kernels)"};
+  CLI::App app{"flashcore: client of the flashcored kernel service (compile, validate, tune, "
+               "fetch and list FlashAttention-style kernels)"};
   app.require_subcommand(1);
   app.fallthrough();  // global options may follow the subcommand too
   app.add_option("--address", globals.address,
@@ -216,34 +325,15 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
 
+  KernelFlags kernel;
+
   // compile
   auto* compile = app.add_subcommand(
       "compile", "compile (or fetch from the daemon's cache) one kernel specialization");
-  std::string template_id = "attention_fwd", dtype, layout = "bshd", arch, compile_output;
-  int head_dim = 0, block_m = 128, block_n = 64, warps = 4, stages = 2;
-  bool causal = false, compile_include_cubin = false;
-  int64_t batch = 1, heads = 1, kv_heads = 0, seq_q = 0, seq_k = 0;
-  compile->add_option("--template", template_id, "kernel template id")->capture_default_str();
-  compile->add_option("--dtype", dtype, "element type of Q, K, V, O")
-      ->required()
-      ->check(CLI::IsMember({"fp16", "bf16"}));
-  compile->add_option("--head-dim", head_dim, "head dimension D (compile-time)")->required();
-  compile->add_flag("--causal", causal, "causal (top-left aligned) masking");
-  compile->add_option("--batch", batch, "batch size (run-time shape)")->capture_default_str();
-  compile->add_option("--heads", heads, "query heads (run-time shape)")->capture_default_str();
-  compile->add_option("--kv-heads", kv_heads, "K/V heads, must divide --heads; 0 = --heads")
-      ->capture_default_str();
-  compile->add_option("--seq-q", seq_q, "query sequence length (run-time shape)")->required();
-  compile->add_option("--seq-k", seq_k, "key sequence length; 0 = --seq-q")
-      ->capture_default_str();
-  compile->add_option("--layout", layout, "memory layout of Q, K, V, O")
-      ->check(CLI::IsMember({"bshd", "bhsd"}))
-      ->capture_default_str();
-  compile->add_option("--block-m", block_m, "query rows per thread block")->capture_default_str();
-  compile->add_option("--block-n", block_n, "key rows per inner-loop tile")->capture_default_str();
-  compile->add_option("--warps", warps, "warps per thread block")->capture_default_str();
-  compile->add_option("--stages", stages, "K/V pipeline depth")->capture_default_str();
-  compile->add_option("--arch", arch, "target, e.g. sm_90a; empty = the daemon's default");
+  std::string compile_output;
+  bool compile_include_cubin = false;
+  add_problem_options(*compile, kernel);
+  add_tile_options(*compile, kernel);
   compile->add_option("-o,--output", compile_output, "write the cubin to FILE")->type_name("FILE");
   compile->add_flag("--include-cubin", compile_include_cubin,
                     "with --json, keep the cubin (base64) in the output");
@@ -252,6 +342,45 @@ int main(int argc, char** argv) {
                     "take the tile config from the daemon's tuning result for this shape's "
                     "bucket (the --block-m/--block-n/--warps/--stages values are ignored)");
 
+  // validate: the problem and tile options of compile, plus the matrix's knobs
+  auto* validate = app.add_subcommand(
+      "validate", "compile (or fetch) one kernel and run the validation matrix on a daemon GPU");
+  validate->footer(
+      "Prints the record: rel and max abs error vs fp64, determinism, stability, registers, "
+      "shared memory, spills, stack, passed, detail.\nExit status: 0 when the kernel passed, 3 "
+      "when it failed validation, 1 on errors (a daemon without GPU workers answers "
+      "FAILED_PRECONDITION), 2 on usage errors. The daemon takes at most 100000 determinism "
+      "runs or stability trials.");
+  v1::ValidationOptions validation;
+  // Lower bounds here (a usage error); the daemon checks the upper ones and names the field.
+  const auto non_negative = CLI::Range(0, std::numeric_limits<int32_t>::max());
+  add_problem_options(*validate, kernel);
+  add_tile_options(*validate, kernel);
+  validate
+      ->add_option_function<int32_t>(
+          "--determinism-runs", [&](int32_t n) { validation.set_determinism_runs(n); },
+          "launches whose outputs must be bit-identical; 0 = 100")
+      ->check(non_negative)
+      ->type_name("N");
+  validate
+      ->add_option_function<int32_t>(
+          "--stability-trials", [&](int32_t n) { validation.set_stability_trials(n); },
+          "fresh random inputs, each within tolerance; 0 = 10")
+      ->check(non_negative)
+      ->type_name("N");
+  validate
+      ->add_option_function<double>(
+          "--rel-tolerance", [&](double x) { validation.set_rel_tolerance(x); },
+          "relative error allowed vs fp64, below 1; 0 = 2e-3 fp16, 1e-2 bf16")
+      ->check(CLI::Range(0.0, 1.0))
+      ->type_name("X");
+  validate
+      ->add_option_function<int32_t>(
+          "--reference-rows", [&](int32_t n) { validation.set_reference_rows(n); },
+          "query rows per (batch, head) checked against fp64; 0 = every row")
+      ->check(non_negative)
+      ->type_name("N");
+
   // tune: the same problem options as compile, no tile config
   auto* tune = app.add_subcommand(
       "tune", "tune the tile config for a problem on the daemon's GPUs (live progress on stderr)");
@@ -259,21 +388,7 @@ int main(int argc, char** argv) {
   int max_evals = 0, time_budget_ms = 0, patience = 0;
   bool force = false;
   uint64_t seed = 0;
-  tune->add_option("--template", template_id, "kernel template id")->capture_default_str();
-  tune->add_option("--dtype", dtype, "element type of Q, K, V, O")
-      ->required()
-      ->check(CLI::IsMember({"fp16", "bf16"}));
-  tune->add_option("--head-dim", head_dim, "head dimension D (compile-time)")->required();
-  tune->add_flag("--causal", causal, "causal (top-left aligned) masking");
-  tune->add_option("--batch", batch, "batch size")->capture_default_str();
-  tune->add_option("--heads", heads, "query heads")->capture_default_str();
-  tune->add_option("--kv-heads", kv_heads, "K/V heads; 0 = --heads")->capture_default_str();
-  tune->add_option("--seq-q", seq_q, "query sequence length")->required();
-  tune->add_option("--seq-k", seq_k, "key sequence length; 0 = --seq-q")->capture_default_str();
-  tune->add_option("--layout", layout, "memory layout of Q, K, V, O")
-      ->check(CLI::IsMember({"bshd", "bhsd"}))
-      ->capture_default_str();
-  tune->add_option("--arch", arch, "target, e.g. sm_90a; empty = the daemon's default");
+  add_problem_options(*tune, kernel);
   tune->add_option("--searcher", searcher, "search strategy")
       ->check(CLI::IsMember({"evolutionary", "random", "exhaustive"}))
       ->capture_default_str();
@@ -359,24 +474,9 @@ int main(int argc, char** argv) {
   auto client = connect(globals);
   if (!client) return fail(globals, client.error());
 
-  auto fill_problem = [&](v1::KernelRequest& request) {
-    request.set_template_id(template_id);
-    auto* problem = request.mutable_problem();
-    problem->set_dtype(dtype == "bf16" ? v1::DTYPE_BF16 : v1::DTYPE_FP16);
-    problem->set_head_dim(head_dim);
-    problem->set_causal(causal);
-    problem->set_batch(batch);
-    problem->set_heads(heads);
-    problem->set_kv_heads(kv_heads);
-    problem->set_seq_q(seq_q);
-    problem->set_seq_k(seq_k);
-    problem->set_layout(layout == "bhsd" ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
-    request.set_arch(arch);
-  };
-
   if (*tune) {
     v1::TuneRequest request;
-    fill_problem(*request.mutable_kernel());
+    *request.mutable_kernel() = kernel_request(kernel, /*with_tile=*/false);
     request.set_searcher(searcher);
     request.set_max_evaluations(max_evals);
     request.set_time_budget_ms(time_budget_ms);
@@ -407,43 +507,16 @@ int main(int argc, char** argv) {
   }
 
   if (*results) {
-    v1::ListTuningResultsResponse all;
-    std::string token = results_token;
-    do {
-      auto page = client->list_tuning_results(results_page_size, token);
-      if (!page) return fail(globals, page.error());
-      for (auto& r : *page->mutable_results()) *all.add_results() = std::move(r);
-      token = page->next_page_token();
-    } while (results_all && !token.empty());
-    all.set_next_page_token(token);
-    if (globals.json) {
-      std::cout << to_json(all);
-    } else {
-      print_results_table({all.results().begin(), all.results().end()});
-      if (!token.empty()) std::cout << "more: --page-token " << token << " (or --all)\n";
-    }
-    return 0;
+    return print_pages(
+        globals,
+        [&](const std::string& token) {
+          return client->list_tuning_results(results_page_size, token);
+        },
+        results_token, results_all, print_results_table);
   }
 
   if (*compile) {
-    v1::KernelRequest request;
-    request.set_template_id(template_id);
-    auto* problem = request.mutable_problem();
-    problem->set_dtype(dtype == "bf16" ? v1::DTYPE_BF16 : v1::DTYPE_FP16);
-    problem->set_head_dim(head_dim);
-    problem->set_causal(causal);
-    problem->set_batch(batch);
-    problem->set_heads(heads);
-    problem->set_kv_heads(kv_heads);
-    problem->set_seq_q(seq_q);
-    problem->set_seq_k(seq_k);
-    problem->set_layout(layout == "bhsd" ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
-    auto* config = request.mutable_config();
-    config->set_block_m(block_m);
-    config->set_block_n(block_n);
-    config->set_warps(warps);
-    config->set_stages(stages);
-    request.set_arch(arch);
+    v1::KernelRequest request = kernel_request(kernel, /*with_tile=*/true);
     request.set_use_tuned_config(use_tuned);
     // Skip the cubin transfer when nothing will use it.
     request.set_omit_cubin(compile_output.empty() && !(globals.json && compile_include_cubin));
@@ -451,6 +524,20 @@ int main(int argc, char** argv) {
     if (!handle) return fail(globals, handle.error());
     return print_handle(globals, std::move(handle).value(), compile_output,
                         compile_include_cubin);
+  }
+
+  if (*validate) {
+    v1::ValidateRequest request;
+    *request.mutable_kernel() = kernel_request(kernel, /*with_tile=*/true);
+    request.mutable_kernel()->set_omit_cubin(true);  // the record is the answer
+    *request.mutable_options() = validation;
+    auto handle = client->validate(request);  // deadline: --timeout-ms
+    if (!handle) return fail(globals, handle.error());
+    if (globals.json)
+      std::cout << to_json(*handle);
+    else
+      std::cout << fc::client::describe_validation(*handle);
+    return handle->validation().passed() ? 0 : 3;
   }
 
   if (*get) {
@@ -461,22 +548,9 @@ int main(int argc, char** argv) {
   }
 
   if (*list) {
-    v1::ListKernelsResponse all;
-    std::string token = page_token;
-    do {
-      auto page = client->list_kernels(page_size, token);
-      if (!page) return fail(globals, page.error());
-      for (auto& kernel : *page->mutable_kernels()) *all.add_kernels() = std::move(kernel);
-      token = page->next_page_token();
-    } while (all_pages && !token.empty());
-    all.set_next_page_token(token);
-    if (globals.json) {
-      std::cout << to_json(all);
-    } else {
-      print_table({all.kernels().begin(), all.kernels().end()});
-      if (!token.empty()) std::cout << "more: --page-token " << token << " (or --all)\n";
-    }
-    return 0;
+    return print_pages(
+        globals, [&](const std::string& token) { return client->list_kernels(page_size, token); },
+        page_token, all_pages, print_kernels_table);
   }
 
   if (*health) {

@@ -59,9 +59,12 @@ struct Client::Impl {
   std::unique_ptr<v1::FlashCore::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
 
-  // Every call gets the same deadline budget; a cold compile is the slowest.
-  void prepare(grpc::ClientContext& context) const {
-    context.set_deadline(std::chrono::system_clock::now() + options.call_timeout);
+  // Every call gets the same deadline budget (a cold compile is the slowest
+  // of the unary calls) unless it names its own (tune, validate).
+  void prepare(grpc::ClientContext& context,
+               std::chrono::milliseconds deadline = std::chrono::milliseconds(0)) const {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         (deadline.count() > 0 ? deadline : options.call_timeout));
   }
 };
 
@@ -115,8 +118,7 @@ Result<v1::TuningResult> Client::tune(
     const std::function<void(const v1::TuneProgress&)>& on_progress,
     std::shared_ptr<TuneCancel> cancel, std::chrono::milliseconds deadline) {
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       (deadline.count() > 0 ? deadline : impl_->options.call_timeout));
+  impl_->prepare(context, deadline);
   if (cancel) cancel->attach(&context);
   auto reader = impl_->stub->Tune(&context, request);
   v1::TuneProgress progress;
@@ -160,6 +162,16 @@ Result<v1::KernelHandle> Client::compile(const v1::KernelRequest& request) {
   v1::KernelHandle handle;
   const grpc::Status status = impl_->stub->Compile(&context, request, &handle);
   if (!status.ok()) return rpc_error("Compile", status);
+  return handle;
+}
+
+Result<v1::KernelHandle> Client::validate(const v1::ValidateRequest& request,
+                                          std::chrono::milliseconds deadline) {
+  grpc::ClientContext context;
+  impl_->prepare(context, deadline);
+  v1::KernelHandle handle;
+  const grpc::Status status = impl_->stub->Validate(&context, request, &handle);
+  if (!status.ok()) return rpc_error("Validate", status);
   return handle;
 }
 
@@ -247,6 +259,13 @@ std::string fixed(double value, int decimals) {
   return buffer;
 }
 
+// Errors span 1e-7 (fp16 against fp64) to 1e+0 (a wrong kernel).
+std::string scientific(double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof(buffer), "%.3e", value);
+  return buffer;
+}
+
 }  // namespace
 
 std::string describe(const v1::KernelHandle& h) {
@@ -266,7 +285,9 @@ std::string describe(const v1::KernelHandle& h) {
       << " seq_q=" << p.seq_q() << " seq_k=" << (p.seq_k() == 0 ? p.seq_q() : p.seq_k()) << " "
       << layout_label(p.layout()) << "\n";
   out << "config       block_m=" << c.block_m() << " block_n=" << c.block_n()
-      << " warps=" << c.warps() << " stages=" << c.stages() << "\n";
+      << " warps=" << c.warps() << " stages=" << c.stages()
+      << " q_placement=" << v1::QPlacement_Name(c.q_placement())
+      << " smem_layout=" << v1::SmemLayout_Name(c.smem_layout()) << "\n";
   out << "arch         " << h.arch() << "\n";
   out << "source       " << tier_label(h.tier()) << ", compile " << fixed(h.compile_ms(), 1)
       << " ms, NVRTC " << h.toolchain().nvrtc_version() << "\n";
@@ -280,6 +301,43 @@ std::string describe(const v1::KernelHandle& h) {
   out << "cubin        " << fixed(static_cast<double>(h.cubin_size()) / 1024.0, 1) << " KB"
       << (h.cubin().empty() ? " (not transferred)" : "") << ", sha256 " << h.cubin_sha256()
       << "\n";
+  return out.str();
+}
+
+std::string describe_validation(const v1::KernelHandle& h) {
+  std::ostringstream out;
+  const auto& v = h.validation();
+  const auto& r = h.resources();
+  out << "key            " << h.key() << "\n";
+  out << "kernel         " << h.name_expression() << "\n";
+  out << "device         " << (v.device().empty() ? "-" : v.device()) << "\n";
+  if (!v.evaluated()) {
+    // A faulting or hanging kernel is still evaluated; this is a record the
+    // daemon could not produce at all.
+    out << "evaluated      no\n";
+  } else {
+    out << "rel error      " << scientific(v.rel_error()) << "  (vs fp64, worst trial)\n";
+    out << "max abs error  " << scientific(v.max_abs_error()) << "\n";
+    out << "determinism    " << (v.deterministic() ? "deterministic" : "NOT deterministic")
+        << " over " << v.determinism_runs() << " runs, hash "
+        << (v.determinism_hash().empty() ? "-" : v.determinism_hash()) << "\n";
+    out << "stability      " << v.stability_passed() << "/" << v.stability_trials()
+        << " trials passed\n";
+  }
+  if (r.ptxas_log().empty()) {
+    // The figures come from ptxas' report; without one their zeros mean
+    // nothing (seen when NVRTC's compute cache answered instead of ptxas).
+    out << "resources      unknown: the handle carries no ptxas report\n";
+  } else {
+    out << "registers      " << r.registers() << "\n";
+    out << "spills         " << r.spill_store_bytes() << " B stored, " << r.spill_load_bytes()
+        << " B loaded\n";
+    out << "stack (local)  " << r.stack_frame_bytes() << " B per thread\n";
+  }
+  out << "shared memory  " << h.launch().dynamic_smem_bytes() << " B dynamic, "
+      << r.static_smem_bytes() << " B static\n";
+  out << "passed         " << (v.passed() ? "yes" : "no") << "\n";
+  out << "detail         " << (v.detail().empty() ? "-" : v.detail()) << "\n";
   return out.str();
 }
 

@@ -452,6 +452,49 @@ TEST(Cli, UnknownKeyAndUnreachableDaemonAreOneLineFailures) {
       run_cli({"--address", "127.0.0.1:1", "--timeout-ms", "300", "health"}), "127.0.0.1:1");
 }
 
+// The daemon here has no GPU: validate is refused before compiling (the
+// cache keeps its two kernels), one line naming the RPC and the reason.
+TEST(Cli, ValidateWithoutAGpuIsOneLineFailurePreconditionReason) {
+  REQUIRE_ENV();
+  auto info = env().client->server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  if (info->gpu_available()) GTEST_SKIP() << "this daemon has evaluation workers";
+  for (const bool json : {false, true}) {
+    SCOPED_TRACE(json ? "--json" : "text");
+    std::vector<std::string> args = {"--address", address_arg(), "validate", "--dtype", "fp16",
+                                     "--head-dim", "64", "--seq-q", "128",
+                                     "--determinism-runs", "5", "--stability-trials", "2",
+                                     "--rel-tolerance", "0.01", "--reference-rows", "16"};
+    if (json) args.insert(args.begin() + 2, "--json");
+    const CliRun run = run_cli(args);
+    expect_one_line_failure(run, "Validate: validation needs a GPU evaluation worker");
+    EXPECT_NE(run.err.find(info->gpu_unavailable_reason()), std::string::npos) << run.err;
+  }
+}
+
+TEST(Cli, ValidateRefusesBadOptionsAndDocumentsItsExitCodes) {
+  // Negative knobs are usage errors, before connecting.
+  const CliRun negative = run_cli({"--address", "127.0.0.1:1", "validate", "--dtype", "fp16",
+                                   "--head-dim", "64", "--seq-q", "128", "--determinism-runs",
+                                   "-1"});
+  EXPECT_EQ(negative.exit_code, 2) << describe_run(negative);
+  EXPECT_NE(negative.err.find("--determinism-runs"), std::string::npos) << negative.err;
+
+  // Upper bounds are the daemon's: it names the field.
+  REQUIRE_ENV();
+  const CliRun too_many = run_cli({"--address", address_arg(), "validate", "--dtype", "fp16",
+                                   "--head-dim", "64", "--seq-q", "128", "--stability-trials",
+                                   "100001"});
+  expect_one_line_failure(too_many, "options.stability_trials");
+
+  const CliRun help = run_cli({"validate", "--help"});
+  EXPECT_EQ(help.exit_code, 0) << describe_run(help);
+  for (const char* option : {"--head-dim", "--block-m", "--determinism-runs", "--stability-trials",
+                             "--rel-tolerance", "--reference-rows"})
+    EXPECT_NE(help.out.find(option), std::string::npos) << option << "\n" << help.out;
+  EXPECT_NE(help.out.find("3 when it failed"), std::string::npos) << help.out;
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   // No daemon needed: the arguments are refused before connecting.
   const CliRun missing_dtype = run_cli({"--address", "127.0.0.1:1", "compile", "--head-dim",

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "cuda/driver_api.hpp"
+#include "flashcore/client.hpp"
 #include "rpc_test_support.hpp"
 
 namespace flashcore {
@@ -235,6 +236,50 @@ TEST(ValidateGpuTest, SM80_RealKernelPassesAndLaterCallsReturnTheRecord) {
   v1::KernelHandle compiled;
   ASSERT_TRUE(compile(*stub, kernel, &compiled).ok());
   EXPECT_EQ(compiled.validation().SerializeAsString(), record.SerializeAsString());
+}
+
+// The same path through the client library (Client::validate): the real
+// attention template, bf16 causal, where the record is the answer.
+TEST(ValidateGpuTest, SM80_ClientValidateReturnsAPassingRecord) {
+  test_support::ScratchDir cache;
+  DaemonConfig config = loopback_config(cache.path());
+  use_real_worker(config);
+  auto daemon = start_daemon(config);
+  ASSERT_NE(daemon, nullptr);
+  client::ConnectOptions options;
+  options.address = daemon->address();
+  auto connected = client::Client::connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  client::Client& client = connected.value();
+  auto info = client.server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  if (!info->gpu_available())
+    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+
+  v1::KernelRequest kernel = small_gpu_request(64);
+  kernel.mutable_problem()->set_dtype(v1::DTYPE_BF16);
+  kernel.mutable_problem()->set_causal(true);
+  kernel.set_omit_cubin(true);
+  v1::ValidateRequest request = validate_request(kernel);
+  request.mutable_options()->set_determinism_runs(5);
+  request.mutable_options()->set_stability_trials(2);
+  auto handle = client.validate(request, std::chrono::minutes(5));
+  ASSERT_TRUE(handle.ok()) << handle.error().message << "\n" << handle.error().detail;
+  const v1::ValidationRecord& record = handle->validation();
+  EXPECT_TRUE(record.evaluated());
+  EXPECT_TRUE(record.passed()) << record.detail();
+  // Compared with fp64: bf16 output cannot be exact, and must be within
+  // the daemon's default bf16 tolerance.
+  EXPECT_GT(record.rel_error(), 0.0);
+  EXPECT_LT(record.rel_error(), 1e-2) << record.detail();
+  EXPECT_EQ(record.determinism_runs(), 5);
+  EXPECT_TRUE(record.deterministic());
+  EXPECT_EQ(record.stability_trials(), 2);
+  EXPECT_EQ(record.stability_passed(), 2);
+  EXPECT_EQ(record.determinism_hash().size(), 64u) << record.determinism_hash();
+  EXPECT_EQ(handle->resources().spill_store_bytes(), 0);
+  EXPECT_NE(client::describe_validation(*handle).find("passed         yes"), std::string::npos)
+      << client::describe_validation(*handle);
 }
 
 TEST(ValidateGpuTest, SM80_FaultingAndHangingKernelsFailAndThePoolKeepsWorking) {

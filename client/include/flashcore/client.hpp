@@ -51,6 +51,16 @@ class Client {
   ~Client();
 
   Result<v1::KernelHandle> compile(const v1::KernelRequest& request);
+  // Compiles or fetches the kernel like compile(), then has the daemon run
+  // the validation matrix on one of its GPUs; the record is the handle's
+  // validation(). A kernel that fails validation (wrong, faulting, hanging)
+  // is a value with validation().passed() false, not an error; a daemon
+  // without GPU workers answers failed_precondition. Evaluation takes tens
+  // of seconds and may queue behind other jobs on the GPU, so the call gets
+  // `deadline` (zero: ConnectOptions::call_timeout), as tune() does.
+  Result<v1::KernelHandle> validate(
+      const v1::ValidateRequest& request,
+      std::chrono::milliseconds deadline = std::chrono::milliseconds(0));
   // `shape`: run-time shape to compute the handle's launch geometry for.
   Result<v1::KernelHandle> get_kernel(const std::string& key, bool omit_cubin = false,
                                       const v1::Problem* shape = nullptr);
@@ -82,6 +92,11 @@ class Client {
 // Multi-line human summary of a handle: key, kernel name, cache tier, compile
 // time, arch, launch geometry, resources and cubin size.
 std::string describe(const v1::KernelHandle& handle);
+
+// Multi-line human summary of a handle's validation record: the error
+// against fp64, determinism, stability, the ptxas resources (spills and stack
+// are part of the verdict), passed yes/no and the detail.
+std::string describe_validation(const v1::KernelHandle& handle);
 
 // "fp16" / "bf16" / "unspecified"; "bshd" / "bhsd".
 std::string dtype_label(v1::DType dtype);
