@@ -2,19 +2,21 @@
 # The GPU checks, in one go on a GPU box, from a bundle (deploy/bundle.sh):
 #   1. starts flashcored from the bundle on a loopback port,
 #   2. runs the GPU tests against it over gRPC (fp64 reference, poisoned outputs),
+#      and the RPC layer's GPU tests (Validate and Tune through real workers,
+#      a deliberately faulting candidate among them),
 #   3. runs compute-sanitizer memcheck, racecheck and synccheck on one
 #      representative case per (dtype, head_dim, causal),
 #   4. times the cold compile / memory hit / disk hit path over gRPC,
 #   5. sweeps tile configs per suite shape (attention_bench) and times PyTorch
 #      SDPA's flash and cuDNN backends side by side (compare_sdpa.py).
 #
-#   bench/run_on_device.sh BUNDLE_DIR OUT_DIR [steps...]   steps: tests sanitize cache perf (default all)
+#   bench/run_on_device.sh BUNDLE_DIR OUT_DIR [steps...]   steps: tests rpc sanitize cache perf (default all)
 #   environment: FLASHCORE_DAEMON_ARGS (extra daemon flags), FLASHCORE_BENCH_ARGS (attention_bench flags)
 #
 # Logs and tables land in OUT_DIR; the last lines printed are the summary.
 set -uo pipefail
 bundle=$(cd "$1" && pwd); out=$2; shift 2
-steps=${*:-tests sanitize cache perf}
+steps=${*:-tests rpc sanitize cache perf}
 mkdir -p "$out"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin=$bundle/bin
@@ -40,8 +42,16 @@ if [[ " $steps " == *" tests "* ]]; then
   note "gpu tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/gpu_tests.log" | tr '\n' ' ')"
 fi
 
+if [[ " $steps " == *" rpc "* ]]; then
+  FLASHCORE_WORKER_BINARY=$bin/flashcore_worker "$bin/flashcore_rpc_tests" --gtest_filter='*GpuTest.*' \
+    2>&1 | tee "$out/rpc_gpu_tests.log" | grep -E '^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure'
+  note "rpc gpu tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/rpc_gpu_tests.log" | tr '\n' ' ')"
+fi
+
 if [[ " $steps " == *" sanitize "* ]]; then
-  filter='*/*_S500'
+  # One case per (dtype, head_dim, causal), plus each Q placement and
+  # shared-memory layout at head_dim 64, 96 and 128.
+  filter='*/*_S500:*/*_S777_cfg*_swz:*/*_S777_cfg*_pad'
   for tool in memcheck racecheck synccheck; do
     compute-sanitizer --tool "$tool" --error-exitcode 9 "$bin/flashcore_gpu_tests" \
       --gtest_filter="$filter" >"$out/sanitizer_$tool.log" 2>&1

@@ -61,6 +61,7 @@ binaries=(
   "$BUILD_DIR/server/flashcore_worker"
   "$BUILD_DIR/client/flashcore"
   "$BUILD_DIR/tests/flashcore_gpu_tests"
+  "$BUILD_DIR/tests/flashcore_rpc_tests"  # its *GpuTest.* cases run Validate and Tune on the GPU
 )
 for bin in "${binaries[@]}"; do
   [[ -x "$bin" ]] || die "missing $bin (build first, or drop --no-build)"

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 namespace flashcore {
 namespace {
@@ -17,6 +18,8 @@ std::optional<std::string> evolutionary_params_error(const EvolutionaryParams& p
   if (params.tournament_size < 1) return "tournament_size: must be >= 1";
   if (!(params.mutation_rate >= 0.0 && params.mutation_rate <= 1.0))
     return "mutation_rate: must be in [0, 1]";
+  if (!(params.refine_rate >= 0.0 && params.refine_rate <= 1.0))
+    return "refine_rate: must be in [0, 1]";
   if (params.elites >= params.population)
     return "elites: must be less than population (" + std::to_string(params.population) + ")";
   return std::nullopt;
@@ -28,6 +31,8 @@ EvolutionarySearcher::EvolutionarySearcher(EvolutionaryParams params) : params_(
   params_.tournament_size = std::max<size_t>(params_.tournament_size, 1);
   if (!(params_.mutation_rate >= 0.0)) params_.mutation_rate = 0.0;
   params_.mutation_rate = std::min(params_.mutation_rate, 1.0);
+  if (!(params_.refine_rate >= 0.0)) params_.refine_rate = 0.0;
+  params_.refine_rate = std::min(params_.refine_rate, 1.0);
   params_.elites = std::min(params_.elites, params_.population - 1);
 }
 
@@ -87,6 +92,8 @@ size_t EvolutionarySearcher::breed() {
     for (size_t index : generation.members)
       if (const TrialOutcome* o = outcome(index); o && o->succeeded()) pool.push_back(index);
   if (pool.empty()) return random_untried();  // nothing has worked yet: explore
+  if (params_.refine_rate > 0.0 && bernoulli(rng(), params_.refine_rate))
+    if (auto neighbour = refine()) return *neighbour;
 
   // A child that was tried before is bred again, from freshly drawn parents
   // and with at least one field mutated. Re-breeding beat mutating the tried
@@ -112,6 +119,17 @@ size_t EvolutionarySearcher::breed() {
     if (!tried(index)) return index;
   }
   return random_untried();
+}
+
+std::optional<size_t> EvolutionarySearcher::refine() {
+  const std::optional<Trial> current = best();
+  if (!current) return std::nullopt;
+  std::vector<size_t> untried;
+  for (const TileConfig& neighbour : search_space().neighbours(current->config))
+    if (auto index = search_space().index_of(neighbour); index && !tried(*index))
+      untried.push_back(*index);
+  if (untried.empty()) return std::nullopt;
+  return untried[uniform_index(rng(), untried.size())];
 }
 
 size_t EvolutionarySearcher::tournament(const std::vector<size_t>& pool) {

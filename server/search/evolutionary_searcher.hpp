@@ -36,6 +36,13 @@ struct EvolutionaryParams {
   double mutation_rate = 0.2;  // chance that each field moves to a neighbouring value
   size_t elites = 2;           // fastest configs carried into the next population
   size_t max_mutation_attempts = 16;  // re-breedings when a child was tried before a random one
+  // Chance that a child is instead an untried one-step neighbour of the best
+  // config so far (local refinement, as memetic searches add to evolution).
+  // On the H100 the last percent often sat one field away from the search's
+  // best (stages 2 -> 3, say), which crossover and mutation reached slowly.
+  // 0.4 cut the median evaluations to the optimum of the large test space
+  // from ~70 to ~45 (0.25: ~55, 0.6: ~45, worse on the small space).
+  double refine_rate = 0.4;
 };
 
 // nullopt when usable, else "<param>: <reason>".
@@ -65,6 +72,7 @@ class EvolutionarySearcher final : public Searcher {
 
   size_t initial_member();
   size_t breed();
+  std::optional<size_t> refine();
   size_t tournament(const std::vector<size_t>& pool);
   bool faster(size_t a, size_t b) const;
   std::vector<size_t> elites_of(const std::vector<size_t>& population) const;

@@ -220,6 +220,11 @@ TEST(Searcher, MakeSearcherByNameAndCheckedParams) {
   bad.mutation_rate = 1.5;
   EXPECT_FALSE(make_searcher(SearcherKind::evolutionary, bad).ok());
   EXPECT_TRUE(make_searcher(SearcherKind::random, bad).ok());  // not its parameter
+  bad = EvolutionaryParams{};
+  bad.refine_rate = -0.1;
+  auto no_refine = make_searcher(SearcherKind::evolutionary, bad);
+  ASSERT_FALSE(no_refine.ok());
+  EXPECT_EQ(no_refine.error().message.rfind("refine_rate:", 0), 0u) << no_refine.error().message;
   EXPECT_TRUE(make_searcher(SearcherKind::evolutionary, EvolutionaryParams{}).ok());
 }
 
@@ -455,8 +460,10 @@ TEST(Evolution, FindsTheOptimumOfTheDefaultSpaceWithinAThirdOfIt) {
   // which 45 numeric tiles times 2 x 2 enum choices): the first population
   // is 8 of it and children soon collide with tried configs. Measured on
   // the synthetic objective, 100 seeds: a fifth of the space (36) finds the
-  // optimum in 69-81% of runs (compile-ahead 4 and 1), a quarter in 89-96%,
-  // a third in 97-100%; so the stated budget is a third.
+  // optimum in 74-82% of runs (compile-ahead 4 and 1; 69-81% before local
+  // refinement, refine_rate 0.4), a third in 97-100%; so the stated budget
+  // is a third. (On the GPU the tuner is judged by the time it reaches, not
+  // by hitting the one optimum: bench/RESULTS.md.)
   const SearchSpace space = make_space();
   const size_t budget = space.size() / 3;
   for (size_t ahead : {1, 4}) {
