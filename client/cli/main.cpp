@@ -392,7 +392,8 @@ int main(int argc, char** argv) {
   tune->add_option("--searcher", searcher, "search strategy")
       ->check(CLI::IsMember({"evolutionary", "random", "exhaustive"}))
       ->capture_default_str();
-  tune->add_option("--max-evals", max_evals, "evaluation budget; 0 = 20% of the space, >= 8")
+  tune->add_option("--max-evals", max_evals,
+                   "GPU measurements; 0 = 20% of the space left after spill pruning, >= 8")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   tune->add_option("--time-budget-ms", time_budget_ms, "time budget; 0 = 60000")

@@ -110,7 +110,7 @@ struct TuneSettings {
   RuntimeShape shape;
   std::string arch;  // resolved, never empty
   SearcherKind searcher = SearcherKind::evolutionary;
-  int max_evaluations = 0;  // 0: 20% of the space, at least 8
+  int max_evaluations = 0;  // 0: 20% of the pruned space (rounded down), at least 8
   std::chrono::milliseconds time_budget{0};  // 0: 60 s
   int patience = 0;                          // 0: off
   bool force = false;
