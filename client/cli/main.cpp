@@ -222,10 +222,10 @@ std::string config_label(const v1::TileConfig& c) {
 }
 
 void print_kernels_table(const v1::ListKernelsResponse& listed) {
-  std::printf("%-16s  %-5s  %4s  %-6s  %-14s  %-7s  %4s  %6s  %8s\n", "KEY", "DTYPE", "D",
+  std::printf("%-16s  %-5s  %4s  %-6s  %-23s  %-7s  %4s  %6s  %8s\n", "KEY", "DTYPE", "D",
               "CAUSAL", "CONFIG", "ARCH", "REGS", "SPILLS", "CUBIN_KB");
   for (const auto& k : listed.kernels()) {
-    std::printf("%-16s  %-5s  %4d  %-6s  %-14s  %-7s  %4d  %6d  %8.1f\n",
+    std::printf("%-16s  %-5s  %4d  %-6s  %-23s  %-7s  %4d  %6d  %8.1f\n",
                 k.key().substr(0, 16).c_str(),
                 fc::client::dtype_label(k.problem().dtype()).c_str(), k.problem().head_dim(),
                 k.problem().causal() ? "yes" : "no", config_label(k.config()).c_str(),
@@ -235,10 +235,10 @@ void print_kernels_table(const v1::ListKernelsResponse& listed) {
 }
 
 void print_results_table(const v1::ListTuningResultsResponse& listed) {
-  std::printf("%-5s  %4s  %-6s  %-40s  %-7s  %-14s  %10s  %7s  %5s  %s\n", "DTYPE", "D", "CAUSAL",
+  std::printf("%-5s  %4s  %-6s  %-40s  %-7s  %-23s  %10s  %7s  %5s  %s\n", "DTYPE", "D", "CAUSAL",
               "BUCKET", "ARCH", "CONFIG", "MEDIAN_US", "TF/S", "EVALS", "DEVICE");
   for (const auto& r : listed.results()) {
-    std::printf("%-5s  %4d  %-6s  %-40s  %-7s  %-14s  %10.2f  %7.1f  %5lld  %s\n",
+    std::printf("%-5s  %4d  %-6s  %-40s  %-7s  %-23s  %10.2f  %7.1f  %5lld  %s\n",
                 fc::client::dtype_label(r.problem().dtype()).c_str(), r.problem().head_dim(),
                 r.problem().causal() ? "yes" : "no", r.bucket().c_str(), r.arch().c_str(),
                 config_label(r.config()).c_str(), r.median_us(), r.tflops(),

@@ -290,7 +290,7 @@ std::optional<CachedKernel> DiskStore::load(const std::string& key) {
     entry.reset();
   }
   if (!entry) {
-    spdlog::warn("cache entry {} is corrupt ({}); removing it", path.string(), why);
+    spdlog::warn("cache entry {} is unusable ({}); removing it", path.string(), why);
     fs::remove(path, ec);
     ++corrupt_;
     return std::nullopt;
@@ -362,7 +362,7 @@ std::vector<CachedKernel> DiskStore::list(const std::string& after_key, size_t l
       }
     }
     if (!entry) {
-      spdlog::warn("cache entry {} is corrupt ({}); removing it", path.string(), why);
+      spdlog::warn("cache entry {} is unusable ({}); removing it", path.string(), why);
       fs::remove(path, ec);
       ++corrupt_;
       continue;
