@@ -3,6 +3,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
+#include <functional>
 #include <cmath>
 #include <condition_variable>
 #include <deque>
@@ -106,8 +108,8 @@ class TuningManager::Job {
 
   Result<TuneResult> run();
   Result<TuneResult> tune(const TuningScope& scope, const ToolchainRecord& toolchain, int gpu);
-  Status prune_by_resources(SearchSpace& space, const TuningScope& scope,
-                            const ToolchainRecord& toolchain, int gpu, int64_t job_id);
+  struct SpaceScan;
+  void scan_space(const SearchSpace& space, SpaceScan& scan);
 
   TuningManager* manager_;
   TuneSettings settings_;
@@ -145,102 +147,85 @@ Result<TuneResult> TuningManager::Job::run() {
   return tune(scope, toolchain, *gpu_);
 }
 
-Status TuningManager::Job::prune_by_resources(SearchSpace& space, const TuningScope& scope,
-                                              const ToolchainRecord& toolchain, int gpu,
-                                              int64_t job_id) {
+// What the background pass over the search space has learned: per config,
+// nothing yet, "" (measurable) or why it is pruned (compile error, spills,
+// stack frame). Budgets are a fifth of the measurable configs, known exactly
+// once the pass is over and bounded before.
+struct TuningManager::Job::SpaceScan {
+  explicit SpaceScan(size_t n) : reasons(n), keys(n) {}
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::optional<std::string>> reasons;
+  std::vector<CompiledCandidate> keys;  // resources of each compiled config, for the record
+  size_t measurable = 0, pruned = 0;
+  bool finished = false;
+  std::atomic<bool> stop{false};  // the search is over: compile no further
+
+  // Lower and upper bounds of the measurable count (equal once finished).
+  std::pair<size_t, size_t> measurable_bounds() {
+    std::lock_guard lock(mutex);
+    return {measurable, reasons.size() - pruned};
+  }
+  void wait_finished(const std::function<bool()>& cancelled) {
+    std::unique_lock lock(mutex);
+    while (!finished && !cancelled()) changed.wait_for(lock, std::chrono::milliseconds(100));
+  }
+};
+
+void TuningManager::Job::scan_space(const SearchSpace& space, SpaceScan& scan) {
   // Below the daemon's compile-queue bound, so other clients keep room.
   constexpr size_t kInFlight = 16;
   constexpr int kBusyRetries = 50;
-  const std::vector<TileConfig> configs = space.configs();
-  std::vector<std::optional<Result<CompiledCandidate>>> results(configs.size());
+  const std::vector<TileConfig>& configs = space.configs();
   std::vector<int> busy_retries(configs.size(), 0);
-  std::mutex mutex;
-  std::condition_variable ready;
   std::deque<size_t> queue;
   for (size_t i = 0; i < configs.size(); ++i) queue.push_back(i);
   size_t in_flight = 0;
-  {
-    std::unique_lock lock(mutex);
-    for (;;) {
-      if (cancelled()) {
-        // Submitted compiles still call back into this frame: wait for them.
-        ready.wait(lock, [&] { return in_flight == 0; });
-        return make_error(ErrorCode::cancelled, "tuning job cancelled while compiling");
-      }
-      if (queue.empty() && in_flight == 0) break;
-      if (queue.empty() || in_flight >= kInFlight) {
-        ready.wait_for(lock, std::chrono::milliseconds(100));
-        continue;
-      }
-      const size_t i = queue.front();
-      queue.pop_front();
-      ++in_flight;
-      lock.unlock();
-      if (busy_retries[i] > 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      manager_->compiler_->compile(
-          settings_.template_id, settings_.problem, configs[i], settings_.arch, settings_.shape,
-          [&, i](Result<CompiledCandidate> result) {
-            std::lock_guard guard(mutex);
-            --in_flight;
-            // A full compile queue (other clients' work) is not the config's fault.
-            if (!result && result.error().code == ErrorCode::resource_exhausted &&
-                busy_retries[i] < kBusyRetries) {
-              ++busy_retries[i];
-              queue.push_back(i);
-            } else {
-              results[i].emplace(std::move(result));
-            }
-            ready.notify_all();
-          });
-      lock.lock();
+  std::unique_lock lock(scan.mutex);
+  for (;;) {
+    if (cancelled() || scan.stop.load()) {
+      // Submitted compiles still call back into this frame: wait for them.
+      while (in_flight > 0) scan.changed.wait(lock);
+      break;
     }
-  }
-
-  std::vector<std::string> reasons(configs.size());
-  std::vector<CompiledCandidate> compiled(configs.size());
-  for (size_t i = 0; i < configs.size(); ++i) {
-    if (!*results[i]) {
-      reasons[i] = "compile: " + results[i]->error().message;
+    if (queue.empty() && in_flight == 0) break;
+    if (queue.empty() || in_flight >= kInFlight) {
+      scan.changed.wait_for(lock, std::chrono::milliseconds(100));
       continue;
     }
-    compiled[i] = **results[i];
-    if (auto skip = resource_skip_reason(compiled[i])) reasons[i] = *skip;
+    const size_t i = queue.front();
+    queue.pop_front();
+    ++in_flight;
+    const bool retry = busy_retries[i] > 0;
+    lock.unlock();
+    if (retry) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    manager_->compiler_->compile(
+        settings_.template_id, settings_.problem, configs[i], settings_.arch, settings_.shape,
+        [&, i](Result<CompiledCandidate> result) {
+          std::lock_guard guard(scan.mutex);
+          --in_flight;
+          // A full compile queue (other clients' work) is not the config's fault.
+          if (!result && result.error().code == ErrorCode::resource_exhausted &&
+              busy_retries[i] < kBusyRetries) {
+            ++busy_retries[i];
+            queue.push_back(i);
+          } else {
+            std::string reason;
+            if (!result) {
+              reason = "compile: " + result.error().message;
+            } else {
+              scan.keys[i] = *result;
+              if (auto skip = resource_skip_reason(*result)) reason = *skip;
+            }
+            (reason.empty() ? scan.measurable : scan.pruned) += 1;
+            scan.reasons[i] = std::move(reason);
+          }
+          scan.changed.notify_all();
+        });
+    lock.lock();
   }
-  size_t position = 0;
-  space.prune([&](const TileConfig&, std::string* why) {
-    *why = reasons[position];
-    return reasons[position++].empty();
-  });
-
-  // The pruned configs stay on the job's record (status skipped, not counted
-  // as evaluations), so a report shows why each one was left out.
-  for (size_t i = 0; i < configs.size(); ++i) {
-    if (reasons[i].empty()) continue;
-    TrialRecord trial;
-    trial.job_id = job_id;
-    trial.scope = scope;
-    trial.shape = settings_.shape;
-    trial.config = configs[i];
-    trial.cache_key = compiled[i].key;
-    trial.registers = compiled[i].registers;
-    trial.spill_store_bytes = compiled[i].spill_store_bytes;
-    trial.spill_load_bytes = compiled[i].spill_load_bytes;
-    trial.smem_bytes = smem_bytes(configs[i], settings_.problem);
-    trial.gpu_index = gpu;
-    trial.toolchain = toolchain;
-    trial.status = TrialStatus::skipped;
-    trial.failure_reason = reasons[i];
-    if (auto recorded = manager_->db_->record_trial(trial); !recorded)
-      spdlog::warn("tuning job {}: {}", job_id, recorded.error().message);
-  }
-  spdlog::info("tuning job {}: {} of {} configs left after resource pruning", job_id,
-               space.size(), configs.size());
-  if (space.empty())
-    return make_error(ErrorCode::failed_precondition,
-                      "no config of the search space is measurable: each fails to compile, "
-                      "spills or needs a stack frame (first: " +
-                          canonical_config(configs.front()) + " " + reasons.front() + ")");
-  return ok_status();
+  scan.finished = true;
+  scan.changed.notify_all();
 }
 
 Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
@@ -255,23 +240,55 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   auto job_id = db.begin_job(scope, searcher_name, toolchain);
   if (!job_id) return job_id.error();
 
-  // Resource pruning before any GPU time: every config of the space is
-  // compiled first (through the kernel cache, so the search's own compiles
-  // are hits) and those that fail to compile, spill or need a stack frame
-  // leave the space. Every searcher then works on the same measurable space,
-  // and budgets count GPU measurements only.
-  if (auto pruned = prune_by_resources(*space, scope, toolchain, gpu, *job_id); !pruned) {
-    (void)db.finish_job(*job_id, cancelled() ? JobStatus::cancelled : JobStatus::failed);
-    return pruned.error();
-  }
+  // Resource pruning before GPU time, overlapped with the search: a
+  // background pass compiles every config of the space (through the kernel
+  // cache, so the search's own compiles of them are shared) and learns which
+  // fail, spill or need a stack frame. Such a config is never measured: when
+  // the search proposes one it is reported as failed without GPU time, and it
+  // does not count against the budget, which counts GPU measurements. The
+  // default budget is a fifth of the measurable configs; until the pass is
+  // over it is bracketed, and the search waits for the pass only if it
+  // reaches the lower bracket first.
+  SpaceScan scan(space->size());
+  std::thread scanner([&] { scan_space(*space, scan); });
+  struct JoinScanner {
+    SpaceScan& scan;
+    std::thread& thread;
+    ~JoinScanner() {
+      scan.stop.store(true);
+      scan.changed.notify_all();
+      if (thread.joinable()) thread.join();
+    }
+  } join_scanner{scan, scanner};
+  const bool fixed_budget = settings_.max_evaluations > 0;
+  // {lower, upper} bounds of the budget; equal once the scan is over.
+  auto budget_bounds = [&]() -> std::pair<size_t, size_t> {
+    if (fixed_budget) {
+      const auto n = static_cast<size_t>(settings_.max_evaluations);
+      return {n, n};
+    }
+    const auto [low, high] = scan.measurable_bounds();
+    // The final budget is at least 8 unless fewer than 8 configs are
+    // measurable, and then no count can pass it anyway: 8 is a lower bound
+    // worth waiting at, where the measurable count so far gives less.
+    return {std::max(default_max_evaluations(low), std::min<size_t>(8, high)),
+            default_max_evaluations(high)};
+  };
+  // True once `count` reaches the budget, waiting for the scan if only its
+  // end can tell.
+  auto budget_reached = [&](size_t count) {
+    auto [low, high] = budget_bounds();
+    if (count < low) return false;
+    if (low != high) {
+      scan.wait_finished([&] { return cancelled(); });
+      std::tie(low, high) = budget_bounds();
+    }
+    return count >= high;
+  };
 
-  const size_t max_evaluations =
-      settings_.max_evaluations > 0 ? static_cast<size_t>(settings_.max_evaluations)
-                                    : default_max_evaluations(space->size());
   const auto time_limit =
       settings_.time_budget.count() > 0 ? settings_.time_budget : kDefaultTuneTimeBudget;
-  std::vector<StopConditionPtr> rules{evaluation_budget(max_evaluations),
-                                      time_budget(time_limit)};
+  std::vector<StopConditionPtr> rules{time_budget(time_limit)};
   if (settings_.patience > 0) rules.push_back(patience(static_cast<size_t>(settings_.patience)));
   const StopConditionPtr stop = any_of(std::move(rules));
 
@@ -289,13 +306,16 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     started.kind = TuneEvent::Kind::started;
     started.job_id = *job_id;
     started.space_size = space->size();
-    started.max_evaluations = max_evaluations;
+    started.max_evaluations = budget_bounds().second;  // at most; final once the scan is over
     started.gpu = gpu;
     emit(started);
   }
-  spdlog::info("tuning job {}: {} {} on GPU {} ({}), {} configs, {}", *job_id,
+  spdlog::info("tuning job {}: {} {} on GPU {} ({}), {} configs, {}{}", *job_id,
                canonical_problem_class(settings_.problem), canonical_bucket(scope.bucket), gpu,
-               scope.device_name, space->size(), stop->describe());
+               scope.device_name, space->size(), stop->describe(),
+               fixed_budget ? ", at most " + std::to_string(settings_.max_evaluations) +
+                                  " measurements"
+                            : ", a fifth of the measurable configs");
 
   const size_t ahead = manager_->options_.compile_ahead > 0
                            ? manager_->options_.compile_ahead
@@ -307,6 +327,8 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   std::string best_key;
   int64_t best_trial_id = 0;
   bool stopping = false;
+  size_t measured = 0;  // candidates that took GPU time (ok, wrong, or failed while measured)
+  std::vector<bool> recorded(space->size(), false);
 
   auto submit = [&](const TileConfig& config) {
     uint64_t id;
@@ -335,7 +357,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
         std::lock_guard lock(compiles_->mutex);
         in_flight = compiles_->slots.size();
       }
-      if (in_flight >= ahead || searcher->evaluations() + in_flight >= max_evaluations) break;
+      if (in_flight >= ahead || budget_reached(measured + in_flight)) break;
       auto config = searcher->next();
       if (!config) break;
       submit(*config);
@@ -362,8 +384,10 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     trial.smem_bytes = smem_bytes(config, settings_.problem);
     trial.gpu_index = gpu;
     trial.toolchain = toolchain;
+    if (auto index = space->index_of(config)) recorded[*index] = true;
+    bool took_gpu_time = false;
     if (!*compiled) {
-      trial.status = TrialStatus::failed;
+      trial.status = TrialStatus::skipped;  // pruned: never measurable
       trial.failure_reason = "compile: " + compiled->error().message;
     } else {
       const CompiledCandidate& candidate = **compiled;
@@ -386,6 +410,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
         request.repetitions = settings_.repetitions;
         request.target_loop_ms = settings_.target_loop_ms;
         request.deadline = begin + time_limit + std::chrono::minutes(2);
+        took_gpu_time = true;
         auto measured = manager_->backend_->measure(request);
         if (!measured) {
           trial.status = TrialStatus::failed;
@@ -413,6 +438,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     }
     auto trial_id = db.record_trial(trial);
     if (!trial_id) spdlog::warn("tuning job {}: {}", *job_id, trial_id.error().message);
+    if (took_gpu_time) ++measured;
 
     TrialOutcome outcome;
     outcome.ok = trial.status == TrialStatus::ok;
@@ -422,11 +448,12 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
 
     const auto elapsed = Clock::now() - begin;
     const SearchProgress progress = searcher->progress(elapsed);
-    const size_t done_count = searcher->evaluations();
+    const size_t done_count = measured;
+    const size_t budget_now = budget_bounds().second;
     int64_t eta_ms = 0;
-    if (done_count > 0 && done_count < max_evaluations) {
+    if (done_count > 0 && done_count < budget_now) {
       const double per = std::chrono::duration<double, std::milli>(elapsed).count() / done_count;
-      const double by_count = per * static_cast<double>(max_evaluations - done_count);
+      const double by_count = per * static_cast<double>(budget_now - done_count);
       const double by_time =
           std::chrono::duration<double, std::milli>(time_limit - elapsed).count();
       eta_ms = static_cast<int64_t>(std::max(0.0, std::min(by_count, by_time)));
@@ -453,7 +480,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
       improved.kind = TuneEvent::Kind::best;
       emit(improved);
     }
-    if (stop->done(progress)) stopping = true;
+    if (stop->done(progress) || budget_reached(measured)) stopping = true;
     if (stopping) break;
   }
 
@@ -463,13 +490,40 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     std::lock_guard lock(compiles_->mutex);
     compiles_->slots.clear();
   }
+  // The pass stops where it is; the configs it pruned that the search never
+  // proposed go on the job's record too (skipped), so a report shows why
+  // each one was left out.
+  scan.stop.store(true);
+  scan.changed.notify_all();
+  if (scanner.joinable()) scanner.join();
+  for (size_t i = 0; i < space->size(); ++i) {
+    if (recorded[i] || !scan.reasons[i] || scan.reasons[i]->empty()) continue;
+    TrialRecord trial;
+    trial.job_id = *job_id;
+    trial.scope = scope;
+    trial.shape = settings_.shape;
+    trial.config = space->at(i);
+    trial.cache_key = scan.keys[i].key;
+    trial.registers = scan.keys[i].registers;
+    trial.spill_store_bytes = scan.keys[i].spill_store_bytes;
+    trial.spill_load_bytes = scan.keys[i].spill_load_bytes;
+    trial.smem_bytes = smem_bytes(space->at(i), settings_.problem);
+    trial.gpu_index = gpu;
+    trial.toolchain = toolchain;
+    trial.status = TrialStatus::skipped;
+    trial.failure_reason = *scan.reasons[i];
+    if (auto stored = db.record_trial(trial); !stored)
+      spdlog::warn("tuning job {}: {}", *job_id, stored.error().message);
+  }
+  spdlog::info("tuning job {}: {} of {} configs scanned, {} pruned before measurement", *job_id,
+               scan.measurable + scan.pruned, space->size(), scan.pruned);
   const double wall = std::chrono::duration<double>(Clock::now() - begin).count();
   const JobStatus status =
       was_cancelled ? JobStatus::cancelled : (best ? JobStatus::succeeded : JobStatus::failed);
   if (Status finished = db.finish_job(*job_id, status); !finished)
     spdlog::warn("tuning job {}: {}", *job_id, finished.error().message);
-  spdlog::info("tuning job {} {} after {} evaluations in {:.1f} s", *job_id,
-               job_status_name(status), searcher->evaluations(), wall);
+  spdlog::info("tuning job {} {} after {} measurements in {:.1f} s", *job_id,
+               job_status_name(status), measured, wall);
 
   if (best) {
     BestRecord record;
@@ -480,7 +534,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     record.median_us = best->outcome.time_us;
     record.tflops = best_tflops;
     record.trial_id = best_trial_id;
-    record.evaluations = static_cast<int64_t>(searcher->evaluations());
+    record.evaluations = static_cast<int64_t>(measured);
     record.wall_seconds = wall;
     record.searcher = searcher_name;
     record.toolchain = toolchain;
@@ -490,12 +544,13 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   if (was_cancelled)
     return make_error(ErrorCode::cancelled,
                       "tuning job " + std::to_string(*job_id) + " cancelled after " +
-                          std::to_string(searcher->evaluations()) + " evaluations");
+                          std::to_string(measured) + " measurements");
   if (!best)
     return make_error(ErrorCode::failed_precondition,
                       "tuning job " + std::to_string(*job_id) + ": none of " +
                           std::to_string(searcher->evaluations()) +
-                          " candidates compiled, passed the correctness gate and was timed");
+                          " candidates compiled without spills, passed the correctness gate and "
+                          "was timed");
   TuneResult result;
   result.scope = scope;
   result.shape = settings_.shape;
@@ -503,7 +558,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   result.key = best_key;
   result.median_us = best->outcome.time_us;
   result.tflops = best_tflops;
-  result.evaluations = static_cast<int64_t>(searcher->evaluations());
+  result.evaluations = static_cast<int64_t>(measured);
   result.wall_seconds = wall;
   result.searcher = searcher_name;
   return result;

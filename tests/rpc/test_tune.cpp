@@ -374,6 +374,53 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   EXPECT_EQ(missing.error().code, ErrorCode::not_found);
 }
 
+// The daemon compiles the whole space in the background (resource pruning)
+// while the GPU measures: the first measurement comes before that pass ends,
+// and the default budget is a fifth of the measurable space.
+TEST(Tune, MeasuresWhileTheSpaceStillCompilesAndDefaultsToAFifthOfIt) {
+  auto d = make_daemon();
+  v1::TuneRequest request = large_tune();
+  request.set_max_evaluations(0);  // the default budget
+  const auto arch = find_arch("sm_80");
+  auto space = SearchSpace::create(problem_of(request), *arch);
+  ASSERT_TRUE(space.ok());
+
+  std::optional<int> compiled_at_first_trial;
+  std::vector<v1::TuneProgress> events;
+  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) {
+    events.push_back(p);
+    if (p.has_trial() && !compiled_at_first_trial) {
+      // Kernels in the daemon's cache when the first candidate was measured.
+      int count = 0;
+      std::string token;
+      do {
+        auto page = d->client->list_kernels(100, token);
+        if (!page.ok()) {
+          count = -1;
+          break;
+        }
+        count += page->kernels_size();
+        token = page->next_page_token();
+      } while (!token.empty());
+      compiled_at_first_trial = count;
+    }
+  });
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  ASSERT_TRUE(compiled_at_first_trial.has_value());
+  EXPECT_GE(*compiled_at_first_trial, 1);
+  EXPECT_LT(*compiled_at_first_trial, static_cast<int>(space->size()))
+      << "the search waited for the whole space to compile before measuring";
+
+  // Nothing in this space spills (the small test template), so the budget
+  // is a fifth of all of it, and every trial took (synthetic) GPU time.
+  const auto budget = static_cast<int64_t>(default_max_evaluations(space->size()));
+  EXPECT_EQ(result->evaluations(), budget);
+  EXPECT_EQ(d->backend->measured_.load(), budget);
+  int trials = 0;
+  for (const auto& e : events) trials += e.has_trial();
+  EXPECT_EQ(trials, budget);
+}
+
 TEST(Tune, ABestStoredBeforeSchemaTwoIsAnsweredAsItsConcreteKernel) {
   // A best row from before q_placement and smem_layout existed reads back
   // with automatic fields and no shape. GetTuningResult and Compile's

@@ -193,8 +193,8 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
     if (event.has_best()) last_best = event.best();
   }
   ASSERT_TRUE(started.has_value());
-  // The job prunes configs that spill or fail to compile before measuring
-  // anything; the first proposals here are not among them (checked below
+  // The job prunes configs that spill or fail to compile without measuring
+  // them; the first proposals here are not among them (checked below
   // against the job's skipped trials), so the order is the space's.
   EXPECT_LE(started->space_size(), static_cast<int32_t>(space->size()));
   EXPECT_GE(started->space_size(), kEvaluations);
@@ -262,7 +262,9 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
       }
       stored.push_back(record);
     }
-    EXPECT_EQ(skipped, space->size() - static_cast<size_t>(started->space_size()));
+    // The background pass over the space prunes spilling configs; it stops
+    // when the search does, so only those it reached by then are recorded.
+    EXPECT_LE(skipped, space->size() - static_cast<size_t>(kEvaluations));
     ASSERT_EQ(stored.size(), static_cast<size_t>(kEvaluations));
     for (const TrialRecord& record : stored) {
       SCOPED_TRACE(config_label(record.config));
