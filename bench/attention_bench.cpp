@@ -35,6 +35,7 @@
 #include "app/daemon.hpp"
 #include "cuda/driver_api.hpp"
 #include "flashcore/client.hpp"
+#include "rpc/translate.hpp"
 #include "search/search_space.hpp"
 #include "search/tile_config.hpp"
 
@@ -74,21 +75,6 @@ std::vector<TileConfig> parse_configs(const std::string& spec, int head_dim) {
   while (std::getline(in, item, ','))
     if (auto c = flashcore::parse_config_label(item)) configs.push_back(*c);
   return configs;
-}
-
-void set_config(const TileConfig& c, v1::TileConfig* out) {
-  out->set_block_m(c.block_m);
-  out->set_block_n(c.block_n);
-  out->set_warps(c.warps);
-  out->set_stages(c.stages);
-  using flashcore::QPlacement;
-  using flashcore::SmemLayout;
-  out->set_q_placement(c.q_placement == QPlacement::registers ? v1::Q_PLACEMENT_REGISTERS
-                       : c.q_placement == QPlacement::shared  ? v1::Q_PLACEMENT_SHARED
-                                                              : v1::Q_PLACEMENT_UNSPECIFIED);
-  out->set_smem_layout(c.smem_layout == SmemLayout::swizzled ? v1::SMEM_LAYOUT_SWIZZLED
-                       : c.smem_layout == SmemLayout::padded ? v1::SMEM_LAYOUT_PADDED
-                                                             : v1::SMEM_LAYOUT_UNSPECIFIED);
 }
 
 v1::Problem make_problem(const Shape& s, v1::DType dtype) {
@@ -204,7 +190,7 @@ int main(int argc, char** argv) {
               v1::KernelRequest request;
               request.set_template_id("attention_fwd");
               *request.mutable_problem() = problem;
-              set_config(configs[i], request.mutable_config());
+              flashcore::rpc::fill_config(configs[i], request.mutable_config());
               compiled_results[i].emplace(client.compile(request));
             }
           });

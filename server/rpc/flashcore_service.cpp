@@ -480,25 +480,12 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
 
 namespace {
 
-void fill_scope(const TuningScope& scope, v1::TuningResult* out) {
-  out->set_template_id(scope.template_id);
-  v1::Problem* problem = out->mutable_problem();
-  problem->set_dtype(to_proto(scope.problem.dtype));
-  problem->set_head_dim(scope.problem.head_dim);
-  problem->set_causal(scope.problem.causal);
-  out->set_bucket(canonical_bucket(scope.bucket));
-  out->set_device(scope.device_name);
-  out->set_arch(scope.arch);
-}
-
 void fill_result(const TuneResult& result, v1::TuningResult* out) {
-  fill_scope(result.scope, out);
-  v1::Problem* problem = out->mutable_problem();
-  problem->set_batch(result.shape.batch);
-  problem->set_heads(result.shape.heads);
-  problem->set_kv_heads(result.shape.kv_heads);
-  problem->set_seq_q(result.shape.seq_q);
-  problem->set_seq_k(result.shape.seq_k);
+  out->set_template_id(result.scope.template_id);
+  fill_problem(result.scope.problem, result.shape, v1::LAYOUT_UNSPECIFIED, out->mutable_problem());
+  out->set_bucket(canonical_bucket(result.scope.bucket));
+  out->set_device(result.scope.device_name);
+  out->set_arch(result.scope.arch);
   // Concrete values, as every answer: rows from before schema 2 hold automatic ones.
   fill_config(resolved(result.config, result.scope.problem), out->mutable_config());
   out->set_key(result.key);

@@ -63,19 +63,6 @@ Status check_layout(v1::Layout layout) {
   return ok_status();
 }
 
-void fill_problem(const ProblemClass& problem, const RuntimeShape& shape, v1::Layout layout,
-                  v1::Problem* out) {
-  out->set_dtype(to_proto(problem.dtype));
-  out->set_head_dim(problem.head_dim);
-  out->set_causal(problem.causal);
-  out->set_batch(shape.batch);
-  out->set_heads(shape.heads);
-  out->set_kv_heads(shape.kv_heads);
-  out->set_seq_q(shape.seq_q);
-  out->set_seq_k(shape.seq_k);
-  out->set_layout(layout);
-}
-
 void fill_dim3(const Dim3& dim, v1::Dim3* out) {
   out->set_x(dim.x);
   out->set_y(dim.y);
@@ -100,6 +87,19 @@ std::string truncated(const std::string& detail) {
 }
 
 }  // namespace
+
+void fill_problem(const ProblemClass& problem, const RuntimeShape& shape, v1::Layout layout,
+                  v1::Problem* out) {
+  out->set_dtype(to_proto(problem.dtype));
+  out->set_head_dim(problem.head_dim);
+  out->set_causal(problem.causal);
+  out->set_batch(shape.batch);
+  out->set_heads(shape.heads);
+  out->set_kv_heads(shape.kv_heads);
+  out->set_seq_q(shape.seq_q);
+  out->set_seq_k(shape.seq_k);
+  out->set_layout(layout);
+}
 
 void fill_config(const TileConfig& config, v1::TileConfig* out) {
   out->set_block_m(config.block_m);

@@ -53,6 +53,8 @@ Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpe
 void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape& shape,
                  v1::Layout layout, bool omit_cubin, v1::KernelHandle* handle);
 void fill_summary(const CachedKernel& kernel, v1::KernelSummary* summary);
+void fill_problem(const ProblemClass& problem, const RuntimeShape& shape, v1::Layout layout,
+                  v1::Problem* out);
 void fill_config(const TileConfig& config, v1::TileConfig* out);
 // Field by field, UNSPECIFIED enums as `automatic`; validity is config_error's.
 Result<TileConfig> parse_config(const v1::TileConfig& config);

@@ -152,11 +152,13 @@ Result<TuneResult> TuningManager::Job::run() {
 // stack frame). Budgets are a fifth of the measurable configs, known exactly
 // once the pass is over and bounded before.
 struct TuningManager::Job::SpaceScan {
-  explicit SpaceScan(size_t n) : reasons(n), keys(n) {}
+  explicit SpaceScan(size_t n) : reasons(n), compiled(n) {}
   std::mutex mutex;
   std::condition_variable changed;
   std::vector<std::optional<std::string>> reasons;
-  std::vector<CompiledCandidate> keys;  // resources of each compiled config, for the record
+  // Key and resources of each compiled config, for the record (no cubin:
+  // the kernel cache holds those).
+  std::vector<CompiledCandidate> compiled;
   size_t measurable = 0, pruned = 0;
   bool finished = false;
   std::atomic<bool> stop{false};  // the search is over: compile no further
@@ -214,8 +216,9 @@ void TuningManager::Job::scan_space(const SearchSpace& space, SpaceScan& scan) {
             if (!result) {
               reason = "compile: " + result.error().message;
             } else {
-              scan.keys[i] = *result;
               if (auto skip = resource_skip_reason(*result)) reason = *skip;
+              scan.compiled[i] = std::move(*result);
+              scan.compiled[i].kernel.reset();
             }
             (reason.empty() ? scan.measurable : scan.pruned) += 1;
             scan.reasons[i] = std::move(reason);
@@ -329,6 +332,24 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   bool stopping = false;
   size_t measured = 0;  // candidates that took GPU time (ok, wrong, or failed while measured)
   std::vector<bool> recorded(space->size(), false);
+  // A trial of this job with what every trial carries; the caller sets the rest.
+  auto new_trial = [&](const TileConfig& config) {
+    TrialRecord trial;
+    trial.job_id = *job_id;
+    trial.scope = scope;
+    trial.shape = settings_.shape;
+    trial.config = config;
+    trial.smem_bytes = smem_bytes(config, settings_.problem);
+    trial.gpu_index = gpu;
+    trial.toolchain = toolchain;
+    return trial;
+  };
+  auto set_resources = [](TrialRecord& trial, const CompiledCandidate& candidate) {
+    trial.cache_key = candidate.key;
+    trial.registers = candidate.registers;
+    trial.spill_store_bytes = candidate.spill_store_bytes;
+    trial.spill_load_bytes = candidate.spill_load_bytes;
+  };
 
   auto submit = [&](const TileConfig& config) {
     uint64_t id;
@@ -376,14 +397,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
       compiles_->slots.erase(front);
     }
 
-    TrialRecord trial;
-    trial.job_id = *job_id;
-    trial.scope = scope;
-    trial.shape = settings_.shape;
-    trial.config = config;
-    trial.smem_bytes = smem_bytes(config, settings_.problem);
-    trial.gpu_index = gpu;
-    trial.toolchain = toolchain;
+    TrialRecord trial = new_trial(config);
     if (auto index = space->index_of(config)) recorded[*index] = true;
     bool took_gpu_time = false;
     if (!*compiled) {
@@ -391,10 +405,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
       trial.failure_reason = "compile: " + compiled->error().message;
     } else {
       const CompiledCandidate& candidate = **compiled;
-      trial.cache_key = candidate.key;
-      trial.registers = candidate.registers;
-      trial.spill_store_bytes = candidate.spill_store_bytes;
-      trial.spill_load_bytes = candidate.spill_load_bytes;
+      set_resources(trial, candidate);
       if (auto skip = resource_skip_reason(candidate)) {
         trial.status = TrialStatus::skipped;
         trial.failure_reason = *skip;
@@ -498,18 +509,8 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   if (scanner.joinable()) scanner.join();
   for (size_t i = 0; i < space->size(); ++i) {
     if (recorded[i] || !scan.reasons[i] || scan.reasons[i]->empty()) continue;
-    TrialRecord trial;
-    trial.job_id = *job_id;
-    trial.scope = scope;
-    trial.shape = settings_.shape;
-    trial.config = space->at(i);
-    trial.cache_key = scan.keys[i].key;
-    trial.registers = scan.keys[i].registers;
-    trial.spill_store_bytes = scan.keys[i].spill_store_bytes;
-    trial.spill_load_bytes = scan.keys[i].spill_load_bytes;
-    trial.smem_bytes = smem_bytes(space->at(i), settings_.problem);
-    trial.gpu_index = gpu;
-    trial.toolchain = toolchain;
+    TrialRecord trial = new_trial(space->at(i));
+    set_resources(trial, scan.compiled[i]);
     trial.status = TrialStatus::skipped;
     trial.failure_reason = *scan.reasons[i];
     if (auto stored = db.record_trial(trial); !stored)
