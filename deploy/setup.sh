@@ -8,13 +8,26 @@
 #                                 attention kernel with the CLI, fetch it, stop
 #   deploy/setup.sh --test        install + build, then run every test with ctest
 #
-# Environment: CUDA_HOME (default /usr/local/cuda), FLASHCORE_BUILD_DIR
+# Environment: CUDA_HOME (default /usr/local/cuda, else the toolkit of the
+# nvcc on PATH), FLASHCORE_BUILD_DIR
 # (default <repo>/build), FLASHCORE_JOBS (default nproc).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${FLASHCORE_BUILD_DIR:-$ROOT/build}"
-CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+# The toolkit: $CUDA_HOME, else /usr/local/cuda, else the one whose nvcc is on PATH.
+find_cuda_home() {
+  if [[ -n "${CUDA_HOME:-}" ]]; then echo "$CUDA_HOME"; return; fi
+  if [[ -f /usr/local/cuda/include/nvrtc.h ]]; then echo /usr/local/cuda; return; fi
+  local nvcc
+  if nvcc="$(command -v nvcc 2>/dev/null)"; then
+    nvcc="$(readlink -f "$nvcc")"
+    echo "$(dirname "$(dirname "$nvcc")")"
+    return
+  fi
+  echo /usr/local/cuda
+}
+CUDA_HOME="$(find_cuda_home)"
 JOBS="${FLASHCORE_JOBS:-$(nproc)}"
 readonly ROOT BUILD_DIR CUDA_HOME JOBS
 
