@@ -1,0 +1,23 @@
+"""FlashCore's Python client.
+
+    import flashcore
+    client = flashcore.Client()          # $FLASHCORE_ADDRESS, else 127.0.0.1:50051
+    handle = client.compile(dtype="fp16", head_dim=64, heads=8, seq_q=512)
+    print(handle.key, handle.lowered_name, handle.launch.dynamic_smem_bytes)
+
+Results are the generated messages of flashcore.v1 (``flashcore.pb``); every
+failure is a :class:`FlashCoreError`. ``flashcore.torch`` (needs PyTorch)
+holds the attention op that launches the served kernels.
+"""
+
+from ._stubs import pb
+from .client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_S, Client, TuneStream
+from .errors import FlashCoreError
+from .messages import kernel_request, problem, tile_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client", "FlashCoreError", "TuneStream", "DEFAULT_ADDRESS", "DEFAULT_TIMEOUT_S",
+    "kernel_request", "pb", "problem", "tile_config", "__version__",
+]
