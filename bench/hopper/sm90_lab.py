@@ -1,0 +1,356 @@
+#!/usr/bin/env python3
+"""Lab for the Hopper attention family (kernel_templates/hopper/): compile its
+configs with NVRTC, check them against an fp64 reference and time them against
+PyTorch SDPA (cuDNN and flash backends) in one process, interleaved, CUDA-graph
+replay on both sides.
+
+    python3 bench/hopper/sm90_lab.py --compile-only      # no GPU: NVRTC time, regs, spills
+    python3 bench/hopper/sm90_lab.py --check --bench     # on the H200
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import pathlib
+import statistics
+import struct
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "lab"))
+import cudalab  # noqa: E402
+
+ELEM = {"fp16": "flashcore::fp16_t", "bf16": "flashcore::bf16_t"}
+
+
+class Cfg:
+    def __init__(self, dtype, d, causal, block_n, stages, consumers, pingpong, creg=None, preg=24):
+        self.dtype, self.d, self.causal = dtype, d, causal
+        self.block_n, self.stages, self.consumers, self.pingpong = block_n, stages, consumers, pingpong
+        self.creg = creg if creg is not None else {1: 0, 2: 240, 3: 160}[consumers]
+        self.preg = preg if consumers > 1 else 0
+
+    @property
+    def block_m(self):
+        return 64 * self.consumers
+
+    def name_expression(self):
+        return (f"flashcore::attention_fwd_sm90<{ELEM[self.dtype]}, {self.d}, "
+                f"{'true' if self.causal else 'false'}, {self.block_n}, {self.stages}, "
+                f"{self.consumers}, {'true' if self.pingpong else 'false'}, {self.creg}, {self.preg}>")
+
+    def smem_bytes(self):
+        q = self.consumers * 64 * self.d * 2
+        kv = self.block_n * self.d * 2
+        return q + 2 * self.stages * kv + 8 * (self.consumers + 4 * self.stages) + 1024
+
+    def threads(self):
+        return 128 * (self.consumers + 1)
+
+    def short(self):
+        return (f"n{self.block_n}s{self.stages}c{self.consumers}{'p' if self.pingpong else ''}"
+                f"r{self.creg}")
+
+    def __repr__(self):
+        return f"{self.dtype} d{self.d} {'causal' if self.causal else 'full'} {self.short()}"
+
+
+def default_configs(dtypes=("fp16", "bf16"), causals=(False, True)):
+    out = []
+    per_d = {
+        64: [(128, 3, 2, True), (128, 3, 2, False), (128, 2, 3, False), (192, 2, 2, True)],
+        128: [(128, 2, 2, True), (128, 2, 2, False), (176, 2, 2, True), (96, 3, 2, True)],
+        256: [(80, 2, 2, True), (64, 2, 2, True), (80, 2, 2, False)],
+    }
+    for dtype, causal, (d, lst) in itertools.product(dtypes, causals, per_d.items()):
+        for bn, st, c, pp in lst:
+            out.append(Cfg(dtype, d, causal, bn, st, c, pp))
+    return out
+
+
+_compiled = {}
+
+
+def compile_cfg(cfg: Cfg):
+    key = cfg.name_expression()
+    if key not in _compiled:
+        cubin, lowered, log, secs = cudalab.compile_template(
+            key, ["hopper/attention_fwd_sm90.cuh"], arch="sm_90a")
+        _compiled[key] = (cubin, lowered, log, secs)
+    return _compiled[key]
+
+
+# --------------------------------------------------------------- GPU side
+def params_bytes(tq, tk, tv, to, lse_ptr, q, k, v, o, B, H, KVH, SQ, SK, scale, layout):
+    def strides(t):  # (batch, head, row) in elements for the logical [B, H, S, D] view
+        return (t.stride(0), t.stride(1), t.stride(2)) if layout == "bhsd" else (
+            t.stride(0), t.stride(2), t.stride(1))
+    attn = struct.pack("<5Q", q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse_ptr)
+    for t in (q, k, v, o):
+        attn += struct.pack("<3q", *strides(t))
+    attn += struct.pack("<5i2f", B, H, KVH, SQ, SK, scale, scale * math.log2(math.e))
+    attn += b"\0" * (-len(attn) % 8)
+    blob = tq + tk + tv + to + attn
+    return blob + b"\0" * (-len(blob) % 64)
+
+
+def tensor_map(t, dtype, layout, rows_box):
+    # logical dims innermost first: (D, S, H, B)
+    if layout == "bhsd":
+        B, H, S, D = t.shape
+        st = (t.stride(2), t.stride(1), t.stride(0))
+    else:
+        B, S, H, D = t.shape
+        st = (t.stride(1), t.stride(2), t.stride(0))
+    return cudalab.encode_tensor_map(dtype, t.data_ptr(), (D, S, H, B), [x * 2 for x in st],
+                                     (64, rows_box, 1, 1), swizzle="128B", l2="256B")
+
+
+class Launch:
+    def __init__(self, cfg: Cfg):
+        cubin, lowered, log, _ = compile_cfg(cfg)
+        self.cfg = cfg
+        self.kernel = cudalab.Kernel(cubin, lowered, cfg.smem_bytes())
+
+    def prepare(self, q, k, v, o, lse, layout, causal, scale=None):
+        import torch
+        cfg = self.cfg
+        if layout == "bhsd":
+            B, H, SQ, D = q.shape
+            KVH, SK = k.shape[1], k.shape[2]
+        else:
+            B, SQ, H, D = q.shape
+            SK, KVH = k.shape[1], k.shape[2]
+        scale = scale if scale is not None else 1.0 / math.sqrt(D)
+        tq = tensor_map(q, cfg.dtype, layout, 64)
+        tk = tensor_map(k, cfg.dtype, layout, cfg.block_n)
+        tv = tensor_map(v, cfg.dtype, layout, cfg.block_n)
+        to = tensor_map(o, cfg.dtype, layout, 64)
+        self.params = params_bytes(tq, tk, tv, to, lse.data_ptr() if lse is not None else 0,
+                                   q, k, v, o, B, H, KVH, SQ, SK, scale, layout)
+        self.grid = ((SQ + cfg.block_m - 1) // cfg.block_m, H, B)
+        self.keep = (q, k, v, o, lse)
+        return self
+
+    def __call__(self):
+        import torch
+        self.kernel.launch(self.grid, (self.cfg.threads(), 1, 1), self.params,
+                           torch.cuda.current_stream().cuda_stream)
+
+
+def reference(q, k, v, causal, layout, scale=None):
+    import torch
+    if layout == "bshd":
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    q, k, v = q.double(), k.double(), v.double()
+    H, KVH = q.shape[1], k.shape[1]
+    if KVH != H:
+        k = k.repeat_interleave(H // KVH, dim=1)
+        v = v.repeat_interleave(H // KVH, dim=1)
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    s = (q @ k.transpose(-1, -2)) * scale
+    if causal:
+        SQ, SK = s.shape[-2], s.shape[-1]
+        mask = torch.ones(SQ, SK, dtype=torch.bool, device=s.device).tril()
+        s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    out = torch.softmax(s, dim=-1) @ v
+    if layout == "bshd":
+        out = out.transpose(1, 2)
+    return out, lse
+
+
+def make_inputs(B, H, KVH, SQ, SK, D, dtype, layout, gen, x_scale=1.0):
+    import torch
+    tdt = torch.float16 if dtype == "fp16" else torch.bfloat16
+    def mk(h, s):
+        shape = (B, h, s, D) if layout == "bhsd" else (B, s, h, D)
+        return (torch.randn(shape, generator=gen, device="cuda", dtype=torch.float32) * x_scale).to(tdt)
+    q, k, v = mk(H, SQ), mk(KVH, SK), mk(KVH, SK)
+    o = torch.full_like(q, float("nan"))
+    return q, k, v, o
+
+
+def check_cfg(cfg, cases, gen):
+    import torch
+    launch = Launch(cfg)
+    worst = (0.0, 0.0, 0.0)
+    fails = []
+    for (B, H, KVH, SQ, SK, layout) in cases:
+        q, k, v, o = make_inputs(B, H, KVH, SQ, SK, cfg.d, cfg.dtype, layout, gen)
+        lse = torch.full((B, H, SQ), float("nan"), device="cuda", dtype=torch.float32)
+        launch.prepare(q, k, v, o, lse, layout, cfg.causal)()
+        torch.cuda.synchronize()
+        ref, ref_lse = reference(q, k, v, cfg.causal, layout)
+        err = (o.double() - ref)
+        rel = (err.norm() / ref.norm()).item()
+        mae = err.abs().max().item()
+        lerr = (lse.double() - ref_lse).abs().max().item()
+        if not (rel < 2e-2 if cfg.dtype == "bf16" else rel < 4e-3) or not (lerr < 1e-2) \
+                or not math.isfinite(mae):
+            fails.append(f"B{B} H{H}/{KVH} Sq{SQ} Sk{SK} {layout}: rel {rel:.2e} max {mae:.2e} lse {lerr:.2e}")
+        worst = tuple(max(a, b) for a, b in zip(worst, (rel, mae, lerr)))
+    return worst, fails
+
+
+CHECK_CASES = [  # (B, H, KVH, SQ, SK, layout)
+    (2, 4, 4, 256, 256, "bhsd"),
+    (1, 4, 2, 1, 1, "bhsd"),
+    (1, 2, 2, 1, 300, "bhsd"),
+    (2, 8, 2, 197, 333, "bshd"),
+    (1, 4, 1, 515, 130, "bhsd"),
+    (1, 3, 3, 130, 515, "bshd"),
+    (1, 8, 8, 1024, 1024, "bhsd"),
+]
+
+
+def time_graph(fn, reps):
+    import torch
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            fn()
+    torch.cuda.synchronize()
+
+    def once():
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) * 1000 / reps
+    once()
+    return once
+
+
+SUITE = [  # (B, H, KVH, S, D, causal)
+    (1, 8, 8, 512, 64, False), (16, 8, 8, 512, 64, False), (4, 16, 16, 2048, 64, False),
+    (4, 16, 16, 2048, 128, False), (4, 16, 16, 2048, 128, True), (2, 16, 16, 8192, 128, False),
+    (2, 16, 16, 8192, 128, True), (1, 16, 16, 16384, 64, False), (1, 32, 8, 8192, 128, True),
+    (4, 16, 16, 4096, 256, False),
+]
+
+
+def bench(cfgs, dtypes, rounds, out_json):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel, SDPBackend
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    rows = []
+    for dtype in dtypes:
+        for (B, H, KVH, S, D, causal) in SUITE:
+            q, k, v, o = make_inputs(B, H, KVH, S, S, D, dtype, "bhsd", gen)
+            flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
+            reps = max(2, min(50, int(2e13 / flops) + 1))
+            cands = [c for c in cfgs if c.dtype == dtype and c.d == D and c.causal == causal]
+            timers = {}
+            for c in cands:
+                try:
+                    launch = Launch(c).prepare(q, k, v, o, None, "bhsd", causal)
+                    timers[c.short()] = time_graph(launch, reps)
+                except Exception as e:  # noqa: BLE001
+                    print(f"  {c}: {e}", flush=True)
+            for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+                def f(be=be, kk=k, vv=v, gqa=KVH != H):
+                    with sdpa_kernel([be]):
+                        return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal,
+                                                              enable_gqa=gqa)
+                try:
+                    timers[name] = time_graph(f, reps)
+                except Exception as e:  # noqa: BLE001
+                    # A backend without GQA: the user would expand K and V first.
+                    print(f"  sdpa {name} enable_gqa: {str(e)[:100]}; timing with K/V expanded",
+                          flush=True)
+                    ke = k.repeat_interleave(H // KVH, dim=1)
+                    ve = v.repeat_interleave(H // KVH, dim=1)
+                    try:
+                        timers[name] = time_graph(lambda: f(kk=ke, vv=ve, gqa=False), reps)
+                    except Exception as e2:  # noqa: BLE001
+                        print(f"  sdpa {name}: {str(e2)[:100]}", flush=True)
+            samples = {n: [] for n in timers}
+            for _ in range(rounds):
+                for n, t in timers.items():
+                    samples[n].append(t())
+            med = {n: statistics.median(v) for n, v in samples.items()}
+            ours = {n: m for n, m in med.items() if n not in ("cudnn", "flash")}
+            best = min(ours, key=ours.get) if ours else None
+            def spread(n):
+                xs = sorted(samples[n])
+                return 100 * (xs[int(0.9 * (len(xs) - 1))] - xs[int(0.1 * (len(xs) - 1))]) / med[n]
+            row = dict(dtype=dtype, B=B, H=H, kv_heads=KVH, S=S, D=D, causal=causal, family="sm90",
+                       config=best, flashcore_us=round(med[best], 2) if best else None,
+                       spread_pct=round(spread(best), 1) if best else None,
+                       cudnn_us=round(med["cudnn"], 2) if "cudnn" in med else None,
+                       flash_us=round(med["flash"], 2) if "flash" in med else None,
+                       tflops=round(flops / med[best] / 1e6, 1) if best else None,
+                       all={n: round(m, 2) for n, m in ours.items()})
+            rows.append(row)
+            vs = lambda x: f"{x / med[best]:.2f}x" if x and best else "-"
+            print(f"{dtype} B{B} H{H}/{KVH} S{S} D{D} {'causal' if causal else 'full  '} "
+                  f"best {best} {row['flashcore_us']} us ±{row['spread_pct']}% {row['tflops']} TF/s | "
+                  f"cudnn {row['cudnn_us']} ({vs(row['cudnn_us'])}) flash {row['flash_us']} "
+                  f"({vs(row['flash_us'])}) | " + " ".join(f"{n}:{m:.1f}" for n, m in ours.items()),
+                  flush=True)
+    if out_json:
+        pathlib.Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows),
+                  open(out_json, "w"), indent=1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--bench", action="store_true")
+    ap.add_argument("--dtypes", default="fp16,bf16")
+    ap.add_argument("--d", default="64,128,256")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--json", default="")
+    args = ap.parse_args()
+    dtypes = args.dtypes.split(",")
+    ds = [int(x) for x in args.d.split(",")]
+    cfgs = [c for c in default_configs(dtypes) if c.d in ds]
+    t0 = time.time()
+    for c in cfgs:
+        try:
+            _, _, log, secs = compile_cfg(c)
+            rr = cudalab.resource_report(log)
+            warn = [ln for ln in log.splitlines() if "warning" in ln.lower() or "C75" in ln]
+            print(f"compiled {c}: {secs:.2f} s, smem {c.smem_bytes()} B, {rr}"
+                  + (f" WARN {warn[:2]}" if warn else ""), flush=True)
+        except cudalab.CompileError as e:
+            print(f"FAILED {c}: {str(e)[:3000]}", flush=True)
+            if args.compile_only:
+                sys.exit(1)
+    print(f"compile total {time.time() - t0:.1f} s", flush=True)
+    if args.compile_only:
+        return
+    import torch
+    torch.cuda.init()
+    torch.zeros(1, device="cuda")
+    if args.check:
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        nfail = 0
+        for c in cfgs:
+            try:
+                worst, fails = check_cfg(c, CHECK_CASES, gen)
+            except Exception as e:  # noqa: BLE001
+                worst, fails = (float("nan"),) * 3, [f"exception {e}"]
+            nfail += bool(fails)
+            print(f"check {c}: worst rel {worst[0]:.2e} max {worst[1]:.2e} lse {worst[2]:.2e} "
+                  + ("OK" if not fails else "FAIL " + "; ".join(fails[:3])), flush=True)
+        print(f"check: {len(cfgs) - nfail}/{len(cfgs)} configs pass", flush=True)
+    if args.bench:
+        bench(cfgs, dtypes, args.rounds, args.json)
+
+
+if __name__ == "__main__":
+    main()
