@@ -105,6 +105,35 @@ build() {
   cmake --build "$BUILD_DIR" -j "$JOBS" "${targets[@]}"
 }
 
+# --- Python test packages ---------------------------------------------------
+
+# The Python client's tests (tests/python, run by ctest through
+# tests/python/run_pytest.sh) need grpcio, grpcio-tools, protobuf, pytest and
+# setuptools from PyPI. They go into a virtual environment in the build folder,
+# never into the system's Python, and only when one is missing.
+install_python_test_packages() {
+  step "Checking the Python test packages (grpcio, grpcio-tools, protobuf, pytest)"
+  local venv="$BUILD_DIR/python-venv"
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    local sudo=()
+    if ((EUID != 0)); then sudo=(sudo); fi
+    echo "python3 or its venv module is missing: installing python3 python3-venv"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv
+  fi
+  if [[ ! -x "$venv/bin/python" ]]; then
+    python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+  fi
+  if "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, pytest, setuptools' 2>/dev/null; then
+    echo "installed in $venv"
+    return
+  fi
+  "$venv/bin/python" -m pip install --disable-pip-version-check --quiet \
+    grpcio grpcio-tools protobuf pytest setuptools \
+    || die "pip install into $venv failed (the Python tests need PyPI)"
+  echo "installed grpcio, grpcio-tools, protobuf, pytest, setuptools into $venv"
+}
+
 run_tests() {
   step "Running the tests (ctest; GPU tests skip where there is no device)"
   ctest --test-dir "$BUILD_DIR" --output-on-failure -j2
@@ -239,7 +268,7 @@ main() {
   case "$mode" in
     build) build ;;
     demo) build flashcored flashcore; run_demo ;;
-    test) build; run_tests ;;
+    test) build; install_python_test_packages; run_tests ;;
   esac
 }
 
