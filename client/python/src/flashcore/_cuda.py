@@ -1,0 +1,143 @@
+"""The five CUDA Driver API calls the launch path needs, through ctypes on libcuda.
+
+Why ctypes rather than NVIDIA's cuda-bindings: the calls are few and their C
+ABI has been stable since CUDA 4 (cuModuleLoadData, cuModuleGetFunction,
+cuFuncSetAttribute, cuLaunchKernel, the primary-context calls), ctypes is in
+the standard library, and libcuda.so.1 comes with the driver, so the client
+needs no CUDA toolkit, no compiler and no package tied to one CUDA major
+version (cuda-bindings wheels are per CUDA major and must match the driver).
+A ctypes call costs about a microsecond, well inside the per-call budget.
+Nothing here needs PyTorch; the torch layer passes raw pointers and streams.
+"""
+
+import ctypes
+import threading
+from typing import Dict, Optional
+
+CUDA_SUCCESS = 0
+CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+
+_c_void_pp = ctypes.POINTER(ctypes.c_void_p)
+
+
+class CudaError(RuntimeError):
+    """A Driver API call failed; ``result`` is the CUresult, ``call`` the API name."""
+
+    def __init__(self, call: str, result: int, name: str, text: str):
+        self.call, self.result = call, result
+        super().__init__("%s failed: %s (%d): %s" % (call, name, result, text))
+
+
+class Driver:
+    """libcuda.so.1, loaded on first use; one per process (see driver())."""
+
+    def __init__(self):
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+        except OSError as error:
+            raise CudaError("dlopen(libcuda.so.1)", -1, "CUDA_ERROR_NO_DEVICE",
+                            "no NVIDIA driver: %s" % error) from None
+        self._lib = lib
+        # None of these calls has a versioned (_v2) entry point in cuda.h.
+        sig = {
+            "cuInit": [ctypes.c_uint],
+            "cuGetErrorName": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+            "cuGetErrorString": [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)],
+            "cuDeviceGet": [ctypes.POINTER(ctypes.c_int), ctypes.c_int],
+            "cuDevicePrimaryCtxRetain": [_c_void_pp, ctypes.c_int],
+            "cuCtxGetCurrent": [_c_void_pp],
+            "cuCtxSetCurrent": [ctypes.c_void_p],
+            "cuModuleLoadData": [_c_void_pp, ctypes.c_char_p],
+            "cuModuleGetFunction": [_c_void_pp, ctypes.c_void_p, ctypes.c_char_p],
+            "cuFuncSetAttribute": [ctypes.c_void_p, ctypes.c_int, ctypes.c_int],
+            "cuLaunchKernel": [ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                               ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                               ctypes.c_void_p, _c_void_pp, _c_void_pp],
+        }
+        for name, argtypes in sig.items():
+            function = getattr(lib, name)
+            function.argtypes = argtypes
+            function.restype = ctypes.c_int
+            setattr(self, name, function)
+        self.check(self.cuInit(0), "cuInit")
+        self._lock = threading.Lock()
+        self._contexts: Dict[int, int] = {}
+
+    def check(self, result: int, call: str) -> None:
+        if result == CUDA_SUCCESS:
+            return
+        name, text = ctypes.c_char_p(), ctypes.c_char_p()
+        self.cuGetErrorName(result, ctypes.byref(name))
+        self.cuGetErrorString(result, ctypes.byref(text))
+        raise CudaError(call, result, (name.value or b"?").decode(), (text.value or b"?").decode())
+
+    def primary_context(self, device: int) -> int:
+        """The device's primary context: the one the CUDA runtime and PyTorch use."""
+        with self._lock:
+            if device not in self._contexts:
+                handle = ctypes.c_int()
+                self.check(self.cuDeviceGet(ctypes.byref(handle), device), "cuDeviceGet")
+                context = ctypes.c_void_p()
+                self.check(self.cuDevicePrimaryCtxRetain(ctypes.byref(context), handle.value),
+                           "cuDevicePrimaryCtxRetain")
+                self._contexts[device] = context.value
+            return self._contexts[device]
+
+    def make_current(self, context: int) -> None:
+        """Makes ``context`` current on this thread unless it already is."""
+        current = ctypes.c_void_p()
+        self.check(self.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+        if current.value != context:
+            self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
+
+_driver: Optional[Driver] = None
+_driver_lock = threading.Lock()
+
+
+def driver() -> Driver:
+    global _driver
+    with _driver_lock:
+        if _driver is None:
+            _driver = Driver()
+        return _driver
+
+
+class LoadedKernel:
+    """One handle's cubin loaded into one device's primary context.
+
+    The module stays loaded for the life of the process (modules per device
+    per process); launch() packs nothing itself and takes the params bytes."""
+
+    def __init__(self, device: int, cubin: bytes, lowered_name: str, block: tuple,
+                 dynamic_smem_bytes: int):
+        api = driver()
+        self.device = device
+        self.context = api.primary_context(device)
+        api.make_current(self.context)
+        module = ctypes.c_void_p()
+        api.check(api.cuModuleLoadData(ctypes.byref(module), cubin), "cuModuleLoadData")
+        function = ctypes.c_void_p()
+        api.check(api.cuModuleGetFunction(ctypes.byref(function), module,
+                                          lowered_name.encode()), "cuModuleGetFunction")
+        # The default limit is 48 KB; most tile configs need more.
+        api.check(api.cuFuncSetAttribute(function, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                         int(dynamic_smem_bytes)),
+                  "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+        self._module = module  # kept: the function lives as long as its module
+        self._function = function
+        self._block = tuple(int(b) or 1 for b in block)
+        self._smem = int(dynamic_smem_bytes)
+        self._api = api
+
+    def launch(self, grid: tuple, params: bytes, stream: int) -> None:
+        """cuLaunchKernel with the struct as the single (__grid_constant__) argument:
+        the driver copies its bytes from the address in kernelParams[0]."""
+        api = self._api
+        api.make_current(self.context)
+        buffer = ctypes.create_string_buffer(params, len(params))
+        args = (ctypes.c_void_p * 1)(ctypes.addressof(buffer))
+        bx, by, bz = self._block
+        api.check(api.cuLaunchKernel(self._function, grid[0], grid[1], grid[2], bx, by, bz,
+                                     self._smem, stream, ctypes.cast(args, _c_void_pp), None),
+                  "cuLaunchKernel")

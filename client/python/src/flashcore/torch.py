@@ -1,0 +1,450 @@
+"""flashcore.torch.attention: a drop-in for F.scaled_dot_product_attention.
+
+    import torch, flashcore.torch
+    q = torch.randn(2, 16, 1024, 64, device="cuda", dtype=torch.float16)
+    out = flashcore.torch.attention(q, q, q, causal=True)     # as SDPA(q, q, q, is_causal=True)
+
+What it covers today (the sm80 family, served for sm_80, sm_86, sm_89 and
+sm_90a GPUs): fp16 and bf16; head_dim 32, 64, 96, 128 and 256 (the same for
+q, k and v); GQA/MQA by a smaller kv-head count dividing the query heads; the
+layouts "bhsd" (SDPA's (batch, heads, seq, dim)) and "bshd"; any sequence
+lengths, seq_k != seq_q included; causal masking top-left aligned as SDPA's
+is_causal; any strides whose last dimension is contiguous, other strides a
+multiple of 8 elements and data 16-byte aligned. The output has q's layout,
+densely packed; with return_lse=True also the natural-log sum-exp of the
+scaled scores, float32 (batch, heads, seq_q).
+
+Everything else (another dtype or head dim, a CPU tensor, an unaligned view,
+a GPU outside the family, inputs that need autograd, a daemon that cannot be
+reached and no cached kernel) goes to SDPA with one FlashCoreFallbackWarning
+per reason and process; strict=True raises NotCoveredError instead. Invalid
+inputs (wrong ranks, mismatched shapes or devices) raise ValueError either way.
+
+Which kernel: see flashcore._resolve (the tuned config of the call's bucket
+for this GPU when the daemon has one, else the family's default; handles on
+local disk by key; modules loaded once per device per process). The daemon's
+address is $FLASHCORE_ADDRESS (else 127.0.0.1:50051), or configure().
+
+The kernel is launched with the Driver API through ctypes (flashcore._cuda)
+on PyTorch's current stream of the input's device, so it is ordered with the
+surrounding work and is captured by CUDA graphs (resolve once before capture:
+a first call may compile). It is registered as the custom op
+torch.ops.flashcore.attention with a fake implementation, so torch.compile
+(fullgraph=True) traces it; in eager mode attention() calls the same
+implementation directly, skipping the dispatcher's per-call cost.
+"""
+
+import math
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import _abi, _cuda, _resolve
+from ._store import HandleStore
+from .client import Client
+from .errors import FlashCoreError
+
+__all__ = ["attention", "explain", "configure", "FlashCoreFallbackWarning", "NotCoveredError",
+           "Plan", "arch_for_capability"]
+
+LAYOUTS = ("bhsd", "bshd")
+_DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+_MAX_GRID_YZ = 65535
+_MAX_SEQ = 1 << 30
+# After a daemon is found unreachable, calls of the same bucket go to SDPA (or
+# the disk cache) without asking it again for this long.
+_UNREACHABLE_RETRY_S = 30.0
+
+
+class FlashCoreFallbackWarning(UserWarning):
+    """attention() ran SDPA instead of a FlashCore kernel; the message says why."""
+
+
+class NotCoveredError(RuntimeError):
+    """strict=True and the call cannot run a FlashCore kernel; the message says why."""
+
+
+def arch_for_capability(major: int, minor: int) -> Optional[str]:
+    """The arch to compile for a GPU of this compute capability, or None outside the family.
+
+    A cubin runs on its own major version at the same or a higher minor, so 8.7
+    takes sm_86's; 9.0 takes sm_90a, the daemon's own choice for Hopper
+    (server/cuda/driver_api.cpp), so tuning results recorded under it are found.
+    """
+    if major == 8:
+        return "sm_89" if minor >= 9 else "sm_86" if minor >= 6 else "sm_80"
+    if major == 9 and minor == 0:
+        return "sm_90a"
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What attention() does for a call: a kernel, or SDPA and why (see explain())."""
+    kernel_key: Optional[str]
+    config: Optional[str]           # "128x64w4s2", the handle's tile config
+    config_source: Optional[str]    # "tuned", "default" or "cached" (daemon unreachable)
+    handle_source: Optional[str]    # "daemon" or "disk", for the call that resolved it
+    fallback_reason: Optional[str]  # set when SDPA runs instead
+
+
+class _Kernel:
+    """A resolved kernel for one (device, class, bucket): loaded function plus ABI packer."""
+
+    def __init__(self, loaded: _cuda.LoadedKernel, layout: _abi.ParamsLayout, block_m: int,
+                 resolved: _resolve.Resolved):
+        self.loaded = loaded
+        self.params = layout
+        self.block_m = block_m
+        config = resolved.handle.config
+        self.plan = Plan(resolved.handle.key,
+                         "%dx%dw%ds%d" % (config.block_m, config.block_n, config.warps,
+                                          config.stages),
+                         resolved.config_source, resolved.handle_source, None)
+
+
+class _Runtime:
+    """Process-wide state: the client, the disk cache, resolved kernels, warnings given."""
+
+    def __init__(self, client: Optional[Client] = None, address: Optional[str] = None,
+                 cache_dir=None):
+        self._client = client
+        self._address = address
+        self.store = HandleStore(cache_dir)
+        self.resolver = _resolve.Resolver(self.client, self.store, self._store_error)
+        self.lock = threading.Lock()
+        # (device, dtype, head_dim, causal, bucket) -> _Kernel, or (reason, retry_at)
+        self.kernels: Dict[tuple, object] = {}
+        self.modules: Dict[Tuple[int, str], _cuda.LoadedKernel] = {}  # (device, key)
+        self.warned = set()
+        self.device_info: Dict[int, Tuple[Optional[str], str]] = {}  # arch, name
+
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self._address)
+        return self._client
+
+    def _store_error(self, error: OSError) -> None:
+        warn_once("store", "flashcore: cannot write the handle cache %s (%s); kernels are kept "
+                  "in memory only" % (self.store.folder, error))
+
+    def device(self, index: int) -> Tuple[Optional[str], str]:
+        info = self.device_info.get(index)
+        if info is None:
+            major, minor = torch.cuda.get_device_capability(index)
+            info = (arch_for_capability(major, minor), torch.cuda.get_device_name(index))
+            self.device_info[index] = info
+        return info
+
+
+_runtime: Optional[_Runtime] = None
+_runtime_lock = threading.Lock()
+
+
+def _state() -> _Runtime:
+    global _runtime
+    if _runtime is None:
+        with _runtime_lock:
+            if _runtime is None:
+                _runtime = _Runtime()
+    return _runtime
+
+
+def configure(*, address: Optional[str] = None, client: Optional[Client] = None,
+              cache_dir=None) -> None:
+    """Use another daemon (``address`` or a ready ``client``) or handle cache folder.
+
+    Forgets the kernels resolved so far (loaded modules stay loaded) and the
+    warnings already given."""
+    global _runtime
+    with _runtime_lock:
+        _runtime = _Runtime(client=client, address=address, cache_dir=cache_dir)
+
+
+def warn_once(kind: str, message: str) -> None:
+    state = _state()
+    if kind in state.warned:
+        return
+    state.warned.add(kind)
+    warnings.warn(message, FlashCoreFallbackWarning, stacklevel=4)
+
+
+# -- input checks -------------------------------------------------------------
+
+
+def _dims(t: torch.Tensor, layout: str) -> Tuple[int, int, int, int]:
+    """(batch, heads, seq, dim) of a 4-D tensor in ``layout``."""
+    b, x, y, d = t.shape
+    return (b, x, y, d) if layout == "bhsd" else (b, y, x, d)
+
+
+def _strides(t: torch.Tensor, layout: str) -> Tuple[int, int, int]:
+    """(batch, head, row) strides in elements; a dimension of size 1 gets 0 (it is never
+    stepped over, so any stride would do, and 0 passes the kernel's alignment rule)."""
+    s, n = t.stride(), t.shape
+    order = (0, 1, 2) if layout == "bhsd" else (0, 2, 1)
+    return tuple(0 if n[i] == 1 else s[i] for i in order)
+
+
+def _check_inputs(q, k, v, layout: str) -> None:
+    """ValueError/TypeError for what SDPA itself would refuse; nothing about coverage."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError("flashcore.torch.attention: %s must be a torch.Tensor, got %s"
+                            % (name, type(t).__name__))
+        if t.dim() != 4:
+            raise ValueError("flashcore.torch.attention: %s must be 4-D (%s), got shape %s"
+                             % (name, layout, tuple(t.shape)))
+    if layout not in LAYOUTS:
+        raise ValueError("flashcore.torch.attention: layout must be 'bhsd' or 'bshd', got %r"
+                         % (layout,))
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError("flashcore.torch.attention: q, k, v dtypes differ: %s, %s, %s"
+                         % (q.dtype, k.dtype, v.dtype))
+    if not (q.device == k.device == v.device):
+        raise ValueError("flashcore.torch.attention: q, k, v are on different devices: %s, %s, %s"
+                         % (q.device, k.device, v.device))
+    b, h, _, d = _dims(q, layout)
+    bk, hk, sk, dk = _dims(k, layout)
+    bv, hv, sv, _ = _dims(v, layout)
+    if not (b == bk == bv):
+        raise ValueError("flashcore.torch.attention: batch sizes differ: q %d, k %d, v %d"
+                         % (b, bk, bv))
+    if d != dk:
+        raise ValueError("flashcore.torch.attention: q and k head dims differ: %d, %d" % (d, dk))
+    if (hk, sk) != (hv, sv):
+        raise ValueError("flashcore.torch.attention: k and v differ in heads or sequence length:"
+                         " k %s, v %s (%s)" % (tuple(k.shape), tuple(v.shape), layout))
+    if hk == 0 or h % hk != 0:
+        raise ValueError("flashcore.torch.attention: kv heads %d must divide query heads %d"
+                         % (hk, h))
+
+
+def _not_covered(q, k, v, layout: str) -> Optional[Tuple[str, str]]:
+    """(kind, reason) when no kernel of the family can take the call, else None."""
+    if q.device.type != "cuda":
+        return "device", "the tensors are on %s, not a CUDA device" % q.device
+    if q.dtype not in _DTYPES:
+        return "dtype", "dtype %s is not covered (float16, bfloat16)" % q.dtype
+    b, h, sq, d = _dims(q, layout)
+    _, hk, sk, dv = _dims(v, layout)
+    if d not in _resolve.SUPPORTED_HEAD_DIMS:
+        return "head_dim", "head_dim %d is not covered (32, 64, 96, 128, 256)" % d
+    if dv != d:
+        return "head_dim", "v's head dim %d differs from q's %d" % (dv, d)
+    if b > _MAX_GRID_YZ or h > _MAX_GRID_YZ:
+        return "shape", "batch %d or heads %d exceeds the grid limit 65535" % (b, h)
+    if sq > _MAX_SEQ or sk > _MAX_SEQ:
+        return "shape", "a sequence length exceeds 2^30"
+    if sk == 0:
+        return "shape", "k and v have no keys (seq_k 0)"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.stride(-1) != 1 and t.shape[-1] != 1:
+            return "stride", "%s's last dimension is not contiguous (strides %s)" % (
+                name, t.stride())
+        if any(s % 8 for s in _strides(t, layout)):
+            return "stride", ("%s's strides %s are not multiples of 8 elements (the kernel "
+                              "loads 16 bytes at a time)" % (name, t.stride()))
+        if t.data_ptr() % 16:
+            return "alignment", "%s's data is not 16-byte aligned" % name
+    return None
+
+
+# -- the two implementations --------------------------------------------------
+
+
+def _sdpa(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool):
+    """The fallback: PyTorch's SDPA, plus the LSE computed in fp32 when asked for."""
+    if layout == "bshd":
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if heads != kv_heads:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    if return_lse:
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        if causal:
+            sq, sk = scores.shape[-2:]
+            mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).triu(1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+    else:
+        lse = None
+    if layout == "bshd":
+        out = out.transpose(1, 2)
+    return out.contiguous(), lse
+
+
+def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_heads: int,
+                    seq_k: int):
+    """The _Kernel for this call, or a (kind, reason) to fall back for."""
+    batch, heads, seq_q, head_dim = dims
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    memo = (device, q.dtype, head_dim, causal) + _resolve.bucket(batch, heads, seq_q, seq_k)
+    entry = state.kernels.get(memo)
+    if isinstance(entry, _Kernel):
+        return entry
+    if entry is not None and time.monotonic() < entry[2]:
+        return entry[:2]
+    with state.lock:
+        entry = state.kernels.get(memo)
+        if isinstance(entry, _Kernel):
+            return entry
+        arch, name = state.device(device)
+        if arch is None:
+            major, minor = torch.cuda.get_device_capability(device)
+            result = ("arch", "GPU %s (compute capability %d.%d) is outside the sm80 family's "
+                      "archs" % (name, major, minor))
+            state.kernels[memo] = result + (float("inf"),)
+            return result
+        query = _resolve.Query(_DTYPES[q.dtype], head_dim, causal, arch, batch, heads, kv_heads,
+                               seq_q, seq_k, layout, name)
+        try:
+            resolved = state.resolver.resolve(query)
+            handle = resolved.handle
+            loaded = state.modules.get((device, handle.key))
+            if loaded is None:
+                loaded = _cuda.LoadedKernel(device, handle.cubin, handle.lowered_name,
+                                            (handle.launch.block.x, handle.launch.block.y,
+                                             handle.launch.block.z),
+                                            handle.launch.dynamic_smem_bytes)
+                state.modules[(device, handle.key)] = loaded
+            kernel = _Kernel(loaded, _abi.ParamsLayout(handle.abi), handle.config.block_m,
+                             resolved)
+        except FlashCoreError as error:
+            unreachable = error.code in _resolve.TRANSPORT_CODES
+            result = ("unreachable" if unreachable else "daemon",
+                      "%s%s" % (error, " and no cached kernel for this bucket" if unreachable
+                                else ""))
+            retry = time.monotonic() + _UNREACHABLE_RETRY_S if unreachable else float("inf")
+            state.kernels[memo] = result + (retry,)
+            return result
+        except (_cuda.CudaError, _abi.AbiError) as error:
+            result = ("load", "cannot launch kernel on cuda:%d: %s" % (device, error))
+            state.kernels[memo] = result + (float("inf"),)
+            return result
+        state.kernels[memo] = kernel
+        return kernel
+
+
+_LOG2E = 1.4426950408889634
+
+try:  # the current stream's raw handle without building a torch.cuda.Stream per call
+    _raw_stream = torch._C._cuda_getCurrentRawStream
+except AttributeError:  # pragma: no cover
+    def _raw_stream(device):
+        return torch.cuda.current_stream(device).cuda_stream
+
+
+def _attention_impl(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool,
+                    strict: bool):
+    problem = _not_covered(q, k, v, layout)
+    dims = _dims(q, layout)
+    batch, heads, seq_q, head_dim = dims
+    if problem is None and (batch == 0 or heads == 0 or seq_q == 0):
+        out = q.new_empty(tuple(q.shape))
+        lse = q.new_empty((batch, heads, seq_q), dtype=torch.float32) if return_lse else None
+        return out, lse
+    state = _state()
+    if problem is None:
+        _, kv_heads, seq_k, _ = _dims(k, layout)
+        kernel = _resolve_kernel(state, q, layout, causal, dims, kv_heads, seq_k)
+        if isinstance(kernel, _Kernel):
+            return _launch(kernel, q, k, v, causal, scale, layout, return_lse, dims, kv_heads,
+                           seq_k)
+        problem = kernel
+    kind, reason = problem
+    if strict:
+        raise NotCoveredError("flashcore.torch.attention: " + reason)
+    warn_once(kind, "flashcore.torch.attention runs SDPA instead: %s" % reason)
+    return _sdpa(q, k, v, causal, scale, layout, return_lse)
+
+
+def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, kv_heads, seq_k):
+    batch, heads, seq_q, _ = dims
+    out = torch.empty(tuple(q.shape), dtype=q.dtype, device=q.device)
+    if return_lse:
+        lse = torch.empty((batch, heads, seq_q), dtype=torch.float32, device=q.device)
+        lse_ptr = lse.data_ptr()
+    else:
+        lse, lse_ptr = None, 0  # the op's signature wants a tensor: _attention_op makes one
+    values = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse_ptr,
+              *_strides(q, layout), *_strides(k, layout), *_strides(v, layout),
+              *_strides(out, layout),
+              batch, heads, kv_heads, seq_q, seq_k, scale, scale * _LOG2E)
+    grid = ((seq_q + kernel.block_m - 1) // kernel.block_m, heads, batch)
+    kernel.loaded.launch(grid, kernel.params.pack(values), _raw_stream(q.device.index))
+    return out, lse
+
+
+# -- the custom op ------------------------------------------------------------
+
+
+@torch.library.custom_op("flashcore::attention", mutates_args=())
+def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                  layout: str, return_lse: bool,
+                  strict: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    out, lse = _attention_impl(q, k, v, causal, scale, layout, return_lse, strict)
+    if lse is None:
+        lse = q.new_empty((0,), dtype=torch.float32)
+    return out, lse
+
+
+@_attention_op.register_fake
+def _attention_fake(q, k, v, causal, scale, layout, return_lse, strict):
+    batch, heads, seq_q, _ = _dims(q, layout)
+    out = q.new_empty(tuple(q.shape[:-1]) + (v.shape[-1],))
+    lse = q.new_empty((batch, heads, seq_q) if return_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+              scale: Optional[float] = None, layout: str = "bhsd", return_lse: bool = False,
+              strict: bool = False):
+    """softmax(q k^T * scale [causal mask]) v, as F.scaled_dot_product_attention(q, k, v,
+    is_causal=causal, scale=scale) for "bhsd" inputs (see the module's doc for coverage).
+
+    q: (batch, heads, seq_q, dim) for layout "bhsd", (batch, seq_q, heads, dim) for "bshd";
+    k, v: the same with kv_heads (dividing heads) and seq_k. scale defaults to
+    1/sqrt(dim). Returns the output in q's layout, or (output, lse) with
+    return_lse=True, lse float32 (batch, heads, seq_q), natural log. strict=True
+    raises NotCoveredError where the call would otherwise fall back to SDPA.
+    """
+    _check_inputs(q, k, v, layout)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        if strict:
+            raise NotCoveredError("flashcore.torch.attention: the kernels are forward only and "
+                                  "an input requires grad")
+        warn_once("autograd", "flashcore.torch.attention runs SDPA instead: an input requires "
+                  "grad and the kernels are forward only")
+        out, lse = _sdpa(q, k, v, causal, float(scale), layout, return_lse)
+    elif torch.compiler.is_compiling():
+        out, lse = torch.ops.flashcore.attention(q, k, v, causal, float(scale), layout,
+                                                 return_lse, strict)
+    else:
+        out, lse = _attention_impl(q, k, v, causal, float(scale), layout, return_lse, strict)
+    return (out, lse) if return_lse else out
+
+
+def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+            layout: str = "bhsd") -> Plan:
+    """What attention() would do for these inputs: the kernel (key, config, where its
+    config and handle came from) or the reason it would run SDPA. Resolves (and so
+    may compile) the kernel like a call does, without launching anything."""
+    _check_inputs(q, k, v, layout)
+    problem = _not_covered(q, k, v, layout)
+    if problem is None:
+        _, kv_heads, seq_k, _ = _dims(k, layout)
+        kernel = _resolve_kernel(_state(), q, layout, causal, _dims(q, layout), kv_heads, seq_k)
+        if isinstance(kernel, _Kernel):
+            return kernel.plan
+        problem = kernel
+    return Plan(None, None, None, None, problem[1])

@@ -1,0 +1,66 @@
+"""The shapes test_torch_gpu.py runs, in one place so that prepare_gpu_handles.py can
+resolve their kernels ahead (for a GPU machine that cannot run the daemon).
+
+Plain data: no torch here.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    dtype: str          # "fp16" or "bf16"
+    batch: int
+    heads: int
+    kv_heads: int
+    seq_q: int
+    seq_k: int
+    head_dim: int
+    causal: bool
+    layout: str = "bhsd"
+    view: str = "dense"  # "dense", "packed_qkv" (q/k/v views into one tensor), "transposed"
+    input_scale: float = 1.0
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+
+# Ones the C++ GPU tests do not use: odd S, S=1 decode against a long KV, GQA
+# 32/8 and MQA, D 256, non-contiguous views, x8-scaled inputs (softmax
+# overflow), bf16, seq_q > seq_k causal, odd batch and head counts.
+CASES = [
+    Case("fp16_d64_s512", "fp16", 2, 8, 8, 512, 512, 64, False),
+    Case("fp16_d64_s1000_causal", "fp16", 1, 8, 8, 1000, 1000, 64, True),
+    Case("fp16_d128_odd_s77_causal", "fp16", 2, 4, 4, 77, 77, 128, True),
+    Case("bf16_d64_odd_sq129_sk257", "bf16", 2, 6, 6, 129, 257, 64, False),
+    Case("fp16_d128_decode_s1_kv4096_gqa32_8", "fp16", 2, 32, 8, 1, 4096, 128, False),
+    Case("bf16_d128_decode_s1_kv3001_causal", "bf16", 1, 16, 16, 1, 3001, 128, True),
+    Case("fp16_d128_gqa32_8_s1024_causal", "fp16", 1, 32, 8, 1024, 1024, 128, True),
+    Case("fp16_d256_s384_causal", "fp16", 1, 4, 4, 384, 384, 256, True),
+    Case("bf16_d256_sq200_sk333", "bf16", 2, 2, 2, 200, 333, 256, False),
+    Case("fp16_d96_s500_causal", "fp16", 1, 6, 6, 500, 500, 96, True),
+    Case("bf16_d32_s1024", "bf16", 2, 4, 4, 1024, 1024, 32, False),
+    Case("fp16_d64_packed_qkv_view_bshd", "fp16", 2, 8, 8, 300, 300, 64, True, "bshd",
+         "packed_qkv"),
+    Case("bf16_d128_transposed_view_bhsd", "bf16", 2, 8, 8, 257, 257, 128, False, "bhsd",
+         "transposed"),
+    Case("fp16_d64_x8_inputs_causal", "fp16", 1, 8, 8, 512, 512, 64, True, input_scale=8.0),
+    Case("bf16_d128_x8_inputs", "bf16", 1, 4, 4, 256, 640, 128, False, input_scale=8.0),
+    Case("fp16_d128_bshd_gqa16_4_s777_causal", "fp16", 1, 16, 4, 777, 777, 128, True, "bshd"),
+    Case("bf16_d64_mqa16_1_s300_causal", "bf16", 2, 16, 1, 300, 300, 64, True),
+    Case("fp16_d64_sq300_sk100_causal_top_left", "fp16", 1, 4, 4, 300, 100, 64, True),
+    Case("fp16_d32_b3_h5_s65", "fp16", 3, 5, 5, 65, 65, 32, False),
+]
+
+# The extra tests' shapes: LSE, CUDA graph, torch.compile module, call overhead.
+LSE_CASES = [
+    Case("lse_fp16_d64_causal", "fp16", 2, 4, 4, 333, 333, 64, True),
+    Case("lse_bf16_d128_gqa", "bf16", 1, 8, 2, 100, 700, 128, False),
+]
+GRAPH_CASE = Case("graph_fp16_d64", "fp16", 2, 8, 8, 256, 256, 64, True)
+COMPILE_CASE = Case("compile_module_fp16_d64", "fp16", 2, 4, 4, 128, 128, 64, True, "bshd")
+OVERHEAD_CASE = Case("overhead_fp16_d64_small", "fp16", 1, 8, 8, 128, 128, 64, False)
+
+ALL = CASES + LSE_CASES + [GRAPH_CASE, COMPILE_CASE, OVERHEAD_CASE]

@@ -1,0 +1,42 @@
+"""Resolves test_torch_gpu.py's kernels through a daemon into a client handle cache,
+for a GPU machine that cannot run the daemon itself.
+
+    python prepare_gpu_handles.py --address 127.0.0.1:PORT --cache-dir DIR [--arch sm_90a]
+
+On that machine, FLASHCORE_TEST_OFFLINE_CACHE=DIR makes test_torch_gpu.py use
+DIR with no daemon: flashcore.torch then serves each call's kernel from the
+disk cache (the path a process takes when its daemon is unreachable).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import flashcore  # noqa: E402
+from flashcore import _resolve, _store  # noqa: E402
+
+import gpu_cases  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--cache-dir", required=True)
+    parser.add_argument("--arch", default="sm_90a")
+    args = parser.parse_args()
+    client = flashcore.Client(args.address, timeout=600)
+    resolver = _resolve.Resolver(lambda: client, _store.HandleStore(args.cache_dir))
+    for case in gpu_cases.ALL:
+        query = _resolve.Query(case.dtype, case.head_dim, case.causal, args.arch, case.batch,
+                               case.heads, case.kv_heads, case.seq_q, case.seq_k, case.layout,
+                               "")
+        resolved = resolver.resolve(query)
+        print("%-40s %s %s %s" % (case.name, resolved.handle.key[:16], resolved.config_source,
+                                  resolved.handle.config.block_m))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The torch layer's parts that need neither PyTorch nor a GPU, against a real daemon:
+which kernel a call gets (tuned or default config), the handle cache on disk and its
+use without a daemon, the shape buckets, and filling the params struct from a
+handle's ABI.
+"""
+
+import re
+import struct
+
+import grpc
+import pytest
+
+
+@pytest.fixture
+def parts(flashcore):
+    from flashcore import _abi, _resolve, _store
+    return _abi, _resolve, _store
+
+
+def query(resolve, **overrides):
+    fields = dict(dtype="fp16", head_dim=128, causal=True, arch="sm_90a", batch=2, heads=16,
+                  kv_heads=4, seq_q=1000, seq_k=1000, layout="bhsd", device_name="NVIDIA H200")
+    fields.update(overrides)
+    return resolve.Query(**fields)
+
+
+# -- shape buckets ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [
+    dict(batch=5, heads=6, seq_q=1000, seq_k=33),
+    dict(batch=1, heads=1, seq_q=1, seq_k=65536),
+    dict(batch=3, heads=32, seq_q=4097, seq_k=64),
+])
+def test_buckets_match_the_daemons(flashcore, client, parts, shape):
+    _, resolve, _ = parts
+    seq_q, seq_k, batch_heads = resolve.bucket(shape["batch"], shape["heads"], shape["seq_q"],
+                                               shape["seq_k"])
+    with pytest.raises(flashcore.FlashCoreError) as info:
+        client.get_tuning_result(head_dim=64, device="any", **shape)
+    assert info.value.code == grpc.StatusCode.NOT_FOUND
+    assert "bucket seq_q=%d;seq_k=%d;batch_heads=%d;" % (seq_q, seq_k, batch_heads) \
+        in info.value.message
+
+
+# -- the family's default configs ---------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_86", "sm_90a"])
+@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 256])
+def test_default_configs_compile_without_spills(client, parts, head_dim, arch):
+    _, resolve, _ = parts
+    handle = client.compile(query(resolve, head_dim=head_dim, arch=arch, causal=False).request(
+        resolve.default_config(head_dim)))
+    assert handle.resources.spill_store_bytes == 0 and handle.resources.stack_frame_bytes == 0
+    block_m, block_n, warps, stages = resolve.DEFAULT_CONFIGS[head_dim]
+    assert (handle.config.block_m, handle.config.block_n, handle.config.warps,
+            handle.config.stages) == (block_m, block_n, warps, stages)
+
+
+# -- resolution and the disk cache --------------------------------------------
+
+
+def test_untuned_bucket_gets_the_default_config_and_is_cached_on_disk(flashcore, client, parts,
+                                                                     tmp_path):
+    _, resolve, store_module = parts
+    store = store_module.HandleStore(tmp_path / "cache")
+    resolver = resolve.Resolver(lambda: client, store)
+    q = query(resolve)
+    first = resolver.resolve(q)
+    assert first.config_source == "default" and first.handle_source == "daemon"
+    handle = first.handle
+    assert handle.cubin[:4] == b"\x7fELF"
+    assert (handle.config.block_m, handle.config.warps) == (128, 8)  # D 128's default
+    assert handle.problem.causal and handle.arch == "sm_90a"
+    path = tmp_path / "cache" / "handles" / handle.key[:2] / (handle.key + ".pb")
+    assert path.is_file()
+    assert store.lookup(q.index_text()) == handle.key
+
+    # A new process (a new resolver) finds the cubin on disk: only metadata crosses the wire.
+    again = resolve.Resolver(lambda: client, store_module.HandleStore(tmp_path / "cache"))
+    second = again.resolve(query(resolve, seq_q=900, batch=1, heads=32))  # same bucket
+    assert second.handle_source == "disk" and second.handle.key == handle.key
+    assert second.handle.cubin == handle.cubin
+
+
+def test_a_corrupt_cached_handle_is_dropped_and_fetched_again(client, parts, tmp_path):
+    _, resolve, store_module = parts
+    store = store_module.HandleStore(tmp_path / "cache")
+    key = resolve.Resolver(lambda: client, store).resolve(query(resolve)).handle.key
+    path = tmp_path / "cache" / "handles" / key[:2] / (key + ".pb")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a bit flip inside the cubin
+    path.write_bytes(bytes(data))
+    assert store.get(key) is None and not path.exists()
+    resolved = resolve.Resolver(lambda: client, store).resolve(query(resolve))
+    assert resolved.handle_source == "daemon" and path.exists()
+
+
+def test_without_a_daemon_the_last_kernel_of_the_bucket_comes_from_disk(flashcore, parts,
+                                                                       start_daemon, tmp_path):
+    _, resolve, store_module = parts
+    daemon = start_daemon()
+    c = flashcore.Client(daemon.address, timeout=60)
+    store = store_module.HandleStore(tmp_path / "cache")
+    online = resolve.Resolver(lambda: c, store).resolve(query(resolve))
+    assert daemon.stop() == 0
+
+    offline = resolve.Resolver(lambda: c, store)
+    served = offline.resolve(query(resolve, seq_q=600))  # same bucket (1024)
+    assert served.config_source == "cached" and served.handle_source == "disk"
+    assert served.handle.key == online.handle.key
+    with pytest.raises(flashcore.FlashCoreError) as info:
+        offline.resolve(query(resolve, seq_q=5000))  # another bucket: nothing cached
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert "cannot reach flashcored" in info.value.message
+    c.close()
+
+
+def test_a_refusal_is_not_hidden_by_the_disk_cache(flashcore, client, parts, tmp_path):
+    _, resolve, store_module = parts
+    resolver = resolve.Resolver(lambda: client, store_module.HandleStore(tmp_path / "cache"))
+    with pytest.raises(flashcore.FlashCoreError) as info:
+        resolver.resolve(query(resolve, heads=16, kv_heads=5))
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "kv_heads" in info.value.message
+
+
+def test_an_unwritable_cache_is_reported_and_resolution_goes_on(client, parts, tmp_path):
+    _, resolve, store_module = parts
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    errors = []
+    resolver = resolve.Resolver(lambda: client, store_module.HandleStore(blocker / "cache"),
+                                errors.append)
+    resolved = resolver.resolve(query(resolve, head_dim=64))
+    assert resolved.handle.cubin and resolved.handle_source == "daemon"
+    assert errors and all(isinstance(e, OSError) for e in errors)
+
+
+# -- the params struct from the handle's ABI ----------------------------------
+
+
+def test_params_are_packed_at_the_offsets_the_handle_gives(client, parts):
+    abi_module, resolve, _ = parts
+    handle = client.compile(query(resolve, head_dim=64).request(resolve.default_config(64)))
+    layout = abi_module.ParamsLayout(handle.abi)
+    assert layout.size == handle.abi.params_size == 168
+    values = [0x7F0000001000 + 0x100 * i for i in range(5)] + list(range(8, 8 * 13, 8)) + \
+        [2, 16, 4, 1000, 999, 0.125, 0.125 * 1.4426950408889634]
+    data = layout.pack(values)
+    assert len(data) == 168
+    codes = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}
+    by_name = dict(zip(abi_module.FIELDS, values))
+    for field in handle.abi.fields:
+        (value,) = struct.unpack_from(codes[field.type], data, field.offset)
+        assert value == pytest.approx(by_name[field.name], rel=1e-7), field.name
+
+
+def test_params_follow_a_field_that_moves(flashcore, client, parts):
+    abi_module, resolve, _ = parts
+    abi = client.compile(query(resolve, head_dim=64).request(
+        resolve.default_config(64))).abi
+    moved = flashcore.pb.KernelAbi()
+    moved.CopyFrom(abi)
+    # Swap the offsets of seq_q and seq_k: the packer must write each where it is told.
+    by_name = {f.name: f for f in moved.fields}
+    by_name["seq_q"].offset, by_name["seq_k"].offset = by_name["seq_k"].offset, \
+        by_name["seq_q"].offset
+    data = abi_module.ParamsLayout(moved).pack(
+        [0] * 5 + [0] * 12 + [1, 1, 1, 111, 222, 1.0, 1.0])
+    assert struct.unpack_from("<i", data, by_name["seq_q"].offset)[0] == 111
+    assert struct.unpack_from("<i", data, by_name["seq_k"].offset)[0] == 222
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda abi: setattr(abi, "abi_version", 2), "ABI version 2"),
+    (lambda abi: setattr(abi, "params_struct", "other::Params"), "other::Params"),
+    (lambda abi: setattr(abi.fields[3], "type", "f64"), "'f64'"),
+    (lambda abi: setattr(abi.fields[3], "size", 4), "is 8 bytes, the handle says 4"),
+    (lambda abi: abi.fields.pop(), "missing ['softmax_scale_log2']"),
+    (lambda abi: setattr(abi.fields[1], "offset", 4), "overlaps"),
+])
+def test_an_abi_this_client_cannot_fill_is_refused(flashcore, client, parts, tamper, message):
+    abi_module, resolve, _ = parts
+    abi = flashcore.pb.KernelAbi()
+    abi.CopyFrom(client.compile(query(resolve, head_dim=64).request(
+        resolve.default_config(64))).abi)
+    tamper(abi)
+    with pytest.raises(abi_module.AbiError, match=re.escape(message)):
+        abi_module.ParamsLayout(abi)
