@@ -26,9 +26,11 @@ ELEM = {"fp16": "flashcore::fp16_t", "bf16": "flashcore::bf16_t"}
 
 
 class Cfg:
-    def __init__(self, dtype, d, causal, block_n, stages, consumers, pingpong, creg=None, preg=24):
+    def __init__(self, dtype, d, causal, block_n, stages, consumers, pingpong, separate_o=False,
+                 persistent=False, creg=None, preg=24):
         self.dtype, self.d, self.causal = dtype, d, causal
         self.block_n, self.stages, self.consumers, self.pingpong = block_n, stages, consumers, pingpong
+        self.separate_o, self.persistent = separate_o, persistent
         self.creg = creg if creg is not None else {1: 0, 2: 240, 3: 160}[consumers]
         self.preg = preg if consumers > 1 else 0
 
@@ -37,21 +39,27 @@ class Cfg:
         return 64 * self.consumers
 
     def name_expression(self):
-        return (f"flashcore::attention_fwd_sm90<{ELEM[self.dtype]}, {self.d}, "
-                f"{'true' if self.causal else 'false'}, {self.block_n}, {self.stages}, "
-                f"{self.consumers}, {'true' if self.pingpong else 'false'}, {self.creg}, {self.preg}>")
+        b = lambda x: "true" if x else "false"
+        return (f"flashcore::attention_fwd_sm90<{ELEM[self.dtype]}, {self.d}, {b(self.causal)}, "
+                f"{self.block_n}, {self.stages}, {self.consumers}, {b(self.pingpong)}, "
+                f"{b(self.separate_o)}, {self.creg}, {self.preg}>")
 
-    def smem_bytes(self):
+    def smem_bytes(self):  # Sm90Layout::kBytes
         q = self.consumers * 64 * self.d * 2
         kv = self.block_n * self.d * 2
-        return q + 2 * self.stages * kv + 8 * (self.consumers + 4 * self.stages) + 1024
+        return (q * (2 if self.separate_o else 1) + 2 * self.stages * kv
+                + 8 * (2 * self.consumers + 4 * self.stages) + 1024)
 
     def threads(self):
         return 128 * (self.consumers + 1)
 
+    def grid(self, B, H, SQ, sms):
+        tiles = (SQ + self.block_m - 1) // self.block_m * H * B
+        return (min(tiles, sms) if self.persistent else tiles, 1, 1)
+
     def short(self):
         return (f"n{self.block_n}s{self.stages}c{self.consumers}{'p' if self.pingpong else ''}"
-                f"r{self.creg}")
+                f"{'o' if self.separate_o else ''}{'P' if self.persistent else ''}")
 
     def __repr__(self):
         return f"{self.dtype} d{self.d} {'causal' if self.causal else 'full'} {self.short()}"
@@ -59,14 +67,17 @@ class Cfg:
 
 def default_configs(dtypes=("fp16", "bf16"), causals=(False, True)):
     out = []
-    per_d = {
-        64: [(128, 3, 2, True), (128, 3, 2, False), (128, 2, 3, False), (192, 2, 2, True)],
-        128: [(128, 2, 2, True), (128, 2, 2, False), (176, 2, 2, True), (96, 3, 2, True)],
-        256: [(80, 2, 2, True), (64, 2, 2, True), (80, 2, 2, False)],
+    per_d = {  # (block_n, stages, consumers, pingpong, separate_o, persistent)
+        64: [(128, 3, 2, True, True, True), (128, 2, 2, True, True, True),
+             (192, 2, 2, True, True, True), (128, 2, 3, False, True, True)],
+        128: [(128, 2, 2, True, True, True), (128, 2, 2, True, False, False),
+              (112, 2, 2, True, True, True), (176, 2, 2, True, False, True)],
+        256: [(80, 2, 2, True, False, True), (80, 2, 2, True, False, False),
+              (64, 2, 2, True, False, True)],
     }
     for dtype, causal, (d, lst) in itertools.product(dtypes, causals, per_d.items()):
-        for bn, st, c, pp in lst:
-            out.append(Cfg(dtype, d, causal, bn, st, c, pp))
+        for bn, st, c, pp, so, pe in lst:
+            out.append(Cfg(dtype, d, causal, bn, st, c, pp, so, pe))
     return out
 
 
@@ -130,7 +141,8 @@ class Launch:
         to = tensor_map(o, cfg.dtype, layout, 64)
         self.params = params_bytes(tq, tk, tv, to, lse.data_ptr() if lse is not None else 0,
                                    q, k, v, o, B, H, KVH, SQ, SK, scale, layout)
-        self.grid = ((SQ + cfg.block_m - 1) // cfg.block_m, H, B)
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        self.grid = cfg.grid(B, H, SQ, sms)
         self.keep = (q, k, v, o, lse)
         return self
 
@@ -203,6 +215,8 @@ CHECK_CASES = [  # (B, H, KVH, SQ, SK, layout)
     (1, 4, 1, 515, 130, "bhsd"),
     (1, 3, 3, 130, 515, "bshd"),
     (1, 8, 8, 1024, 1024, "bhsd"),
+    (2, 16, 4, 1024, 1024, "bshd"),  # more tiles than SMs: persistent CTAs take several
+    (3, 12, 12, 777, 777, "bhsd"),
 ]
 
 
