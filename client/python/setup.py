@@ -62,7 +62,6 @@ def generate(out: Path) -> None:
 
 def requirements() -> list:
     """grpcio and protobuf no older than the generator that writes the stubs."""
-    import grpc_tools.protoc  # noqa: F401  (grpc_tools.__version__ needs the package loaded)
     from importlib.metadata import version
 
     grpc_version = version("grpcio-tools")

@@ -1,12 +1,10 @@
 """flashcore.Client against a real flashcored on loopback (no GPU needed)."""
 
 import hashlib
-import os
 import shutil
 import socket
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest

@@ -8,7 +8,6 @@ build, grpcio and protobuf for the install).
 import os
 import re
 import subprocess
-import sys
 import venv
 
 import pytest

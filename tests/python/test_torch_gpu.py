@@ -231,15 +231,19 @@ def test_python_call_overhead_on_a_small_shape(ft):
     q, k, v = make_inputs(case)
 
     def ours():
-        return ft.attention(q, k, v)
+        return ft.attention(q, k, v, strict=True)
+
+    def op():
+        return torch.ops.flashcore.attention(q, k, v, False, 0.125, "bhsd", False, True)
 
     def sdpa():
         return F.scaled_dot_product_attention(q, k, v)
 
     ours()  # resolved before timing
-    ours_call, sdpa_call = [], []
+    ours_call, op_call, sdpa_call = [], [], []
     for _ in range(3):  # interleaved
         ours_call.append(_per_call_us(ours))
+        op_call.append(_per_call_us(op))
         sdpa_call.append(_per_call_us(sdpa))
     result = {
         "shape": "batch=%d heads=%d seq=%d head_dim=%d fp16" % (
@@ -250,6 +254,7 @@ def test_python_call_overhead_on_a_small_shape(ft):
         "flashcore_kernel_us": _graph_kernel_us(ours),
         "sdpa_call_us": statistics.median(sdpa_call),
         "sdpa_kernel_us": _graph_kernel_us(sdpa),
+        "custom_op_call_us": statistics.median(op_call),  # through torch.ops (the dispatcher)
     }
     result["flashcore_overhead_us"] = result["flashcore_call_us"] - result["flashcore_kernel_us"]
     result["sdpa_overhead_us"] = result["sdpa_call_us"] - result["sdpa_kernel_us"]

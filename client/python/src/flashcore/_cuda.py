@@ -135,9 +135,23 @@ class LoadedKernel:
         the driver copies its bytes from the address in kernelParams[0]."""
         api = self._api
         api.make_current(self.context)
-        buffer = ctypes.create_string_buffer(params, len(params))
-        args = (ctypes.c_void_p * 1)(ctypes.addressof(buffer))
+        buffer, args = _launch_buffers(len(params))
+        ctypes.memmove(buffer, params, len(params))
         bx, by, bz = self._block
         api.check(api.cuLaunchKernel(self._function, grid[0], grid[1], grid[2], bx, by, bz,
-                                     self._smem, stream, ctypes.cast(args, _c_void_pp), None),
+                                     self._smem, stream, args, None),
                   "cuLaunchKernel")
+
+
+_thread = threading.local()
+
+
+def _launch_buffers(size: int):
+    """This thread's params buffer and its one-entry kernelParams array. Reusing them is
+    safe: cuLaunchKernel copies the argument bytes before it returns."""
+    buffers = getattr(_thread, "buffers", None)
+    if buffers is None or len(buffers[0]) < size:
+        buffer = ctypes.create_string_buffer(max(size, 256))
+        array = (ctypes.c_void_p * 1)(ctypes.addressof(buffer))
+        buffers = _thread.buffers = (buffer, ctypes.cast(array, _c_void_pp), array)
+    return buffers[0], buffers[1]

@@ -15,8 +15,8 @@ health messages are made from it in a private pool, conflicting with nothing.
 from importlib import resources
 
 try:
-    from flashcore.v1 import flashcore_pb2 as pb
-    from flashcore.v1 import flashcore_pb2_grpc as pb_grpc
+    from flashcore.v1 import flashcore_pb2 as pb  # noqa: F401  (re-exported)
+    from flashcore.v1 import flashcore_pb2_grpc as pb_grpc  # noqa: F401
 except ImportError as error:  # pragma: no cover - only in a source tree without a build
     raise ImportError(
         "flashcore's generated gRPC stubs are missing (flashcore.v1.flashcore_pb2); they are "

@@ -186,9 +186,10 @@ def _dims(t: torch.Tensor, layout: str) -> Tuple[int, int, int, int]:
 def _strides(t: torch.Tensor, layout: str) -> Tuple[int, int, int]:
     """(batch, head, row) strides in elements; a dimension of size 1 gets 0 (it is never
     stepped over, so any stride would do, and 0 passes the kernel's alignment rule)."""
-    s, n = t.stride(), t.shape
-    order = (0, 1, 2) if layout == "bhsd" else (0, 2, 1)
-    return tuple(0 if n[i] == 1 else s[i] for i in order)
+    s, n = t.stride(), t.shape  # unrolled: this runs four times per call
+    if layout == "bhsd":
+        return (0 if n[0] == 1 else s[0], 0 if n[1] == 1 else s[1], 0 if n[2] == 1 else s[2])
+    return (0 if n[0] == 1 else s[0], 0 if n[2] == 1 else s[2], 0 if n[1] == 1 else s[1])
 
 
 def _check_inputs(q, k, v, layout: str) -> None:
