@@ -37,7 +37,7 @@
 #include "flashcore/client.hpp"
 #include "rpc/translate.hpp"
 #include "search/search_space.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace {
 

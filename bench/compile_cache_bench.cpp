@@ -28,7 +28,7 @@
 #include "app/config.hpp"
 #include "app/daemon.hpp"
 #include "flashcore/client.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace {
 

@@ -81,16 +81,20 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
     return make_error(ErrorCode::failed_precondition,
                       "launch: handle " + handle.key() + " carries no cubin (fetched with "
                       "omit_cubin?)");
-  if (handle.abi().abi_version() != FLASHCORE_ATTENTION_ABI_VERSION)
+  const unsigned abi = handle.abi().abi_version();
+  if (abi != FLASHCORE_ATTENTION_ABI_VERSION && abi != FLASHCORE_ATTENTION_TMA_ABI_VERSION)
     return make_error(ErrorCode::failed_precondition,
-                      "launch: kernel ABI version " + std::to_string(handle.abi().abi_version()) +
-                          " does not match this client's " +
-                          std::to_string(FLASHCORE_ATTENTION_ABI_VERSION));
-  if (handle.abi().params_size() != 0 && handle.abi().params_size() != sizeof(AttentionParams))
+                      "launch: kernel ABI version " + std::to_string(abi) +
+                          " is not one this client knows (" +
+                          std::to_string(FLASHCORE_ATTENTION_ABI_VERSION) + ", " +
+                          std::to_string(FLASHCORE_ATTENTION_TMA_ABI_VERSION) + ")");
+  const size_t params_size = abi == FLASHCORE_ATTENTION_ABI_VERSION ? sizeof(AttentionParams)
+                                                                   : sizeof(AttentionTmaParams);
+  if (handle.abi().params_size() != 0 && handle.abi().params_size() != params_size)
     return make_error(ErrorCode::failed_precondition,
                       "launch: kernel params struct is " +
                           std::to_string(handle.abi().params_size()) + " bytes, this client's " +
-                          std::to_string(sizeof(AttentionParams)));
+                          std::to_string(params_size));
   if (handle.config().block_m() <= 0 || handle.launch().block().x() == 0)
     return make_error(ErrorCode::failed_precondition,
                       "launch: handle " + handle.key() + " has no tile config or block size");
@@ -106,6 +110,11 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
   config.block_y = handle.launch().block().y();
   config.block_z = handle.launch().block().z();
   config.dynamic_smem_bytes = handle.launch().dynamic_smem_bytes();
+  config.abi_version = abi;
+  config.bf16 = handle.problem().dtype() == v1::DTYPE_BF16;
+  config.head_dim = handle.problem().head_dim();
+  config.block_n = static_cast<unsigned>(handle.config().block_n());
+  config.persistent = handle.config().persistent();
   return cuda::launch_attention(*function, config, params, stream);
 }
 

@@ -14,23 +14,13 @@
 // dropped by the copy engine, so ragged lengths need no padding.
 #pragma once
 
-#include "common/attention_params.cuh"
+#include "common/attention_tma_params.cuh"
 #include "common/element_types.cuh"
 #include "common/sm80_primitives.cuh"  // negative_infinity
 #include "hopper/sm90_primitives.cuh"
 #include "hopper/wgmma_ops.cuh"
 
-#define FLASHCORE_ATTENTION_TMA_ABI_VERSION 2
-
 namespace flashcore {
-
-struct AttentionTmaParams {
-  sm90::TmaDescriptor q;  // box (64, 64, 1, 1)
-  sm90::TmaDescriptor k;  // box (64, block_n, 1, 1)
-  sm90::TmaDescriptor v;  // box (64, block_n, 1, 1)
-  sm90::TmaDescriptor o;  // box (64, 64, 1, 1)
-  AttentionParams attn;
-};
 
 namespace sm90 {
 

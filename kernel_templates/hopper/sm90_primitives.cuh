@@ -3,14 +3,9 @@
 // barriers. No host headers, so NVRTC compiles it as it is.
 #pragma once
 
-namespace flashcore::sm90 {
+#include "common/attention_tma_params.cuh"  // TmaDescriptor
 
-// The driver's CUtensorMap: 128 opaque bytes, 64-byte aligned. The launcher
-// encodes it with cuTensorMapEncodeTiled and passes it inside the
-// __grid_constant__ params struct.
-struct alignas(64) TmaDescriptor {
-  unsigned long long opaque[16];
-};
+namespace flashcore::sm90 {
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
   return static_cast<unsigned>(__cvta_generic_to_shared(p));

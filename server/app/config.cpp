@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <optional>
 
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 namespace {

@@ -4,8 +4,18 @@
 #include <vector>
 
 #include "common/digest.hpp"
+#include "family/template_catalog.hpp"
 
 namespace flashcore {
+namespace {
+// A key is computed for anything read back too (a disk entry may name a
+// template this build lacks): an unknown family keys the config as stored.
+TileConfig resolved_config(const KernelSpec& spec) {
+  const TemplateInfo* family = find_template(spec.template_id);
+  return family != nullptr ? family->resolve(spec.config, spec.problem) : spec.config;
+}
+}  // namespace
+
 
 std::string cache_key(const KernelSpec& spec, const ToolchainFingerprint& toolchain) {
   // The compiler hands options over sorted already; sorting again here keeps
@@ -19,7 +29,7 @@ std::string cache_key(const KernelSpec& spec, const ToolchainFingerprint& toolch
       .field("template_id", spec.template_id)
       .field("template_source_hash", toolchain.template_source_hash)
       .field("problem", canonical_problem_class(spec.problem))
-      .field("config", canonical_config(resolved(spec.config, spec.problem)))
+      .field("config", canonical_config(resolved_config(spec)))
       .field("arch", spec.arch)
       .field("nvrtc_version", toolchain.nvrtc_version)
       // The count first, so options can never be confused with a field a

@@ -1,5 +1,6 @@
 #include "cuda/attention_launch.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -107,6 +108,92 @@ Status set_max_dynamic_smem(CUfunction function, unsigned bytes) {
                "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)");
 }
 
+Result<AttentionTmaParams> encode_attention_tma_params(const AttentionLaunchConfig& config,
+                                                       const AttentionParams& params) {
+  if (config.head_dim <= 0 || config.head_dim % 64 != 0)
+    return invalid("launch config: head_dim " + std::to_string(config.head_dim) +
+                   " is not a multiple of 64 (the Hopper family's tensor-map boxes)");
+  if (config.block_n == 0 || config.block_n > 256)
+    return invalid("launch config: block_n " + std::to_string(config.block_n) +
+                   " must be in [1, 256] (a tensor-map box dimension)");
+  auto api = driver();
+  if (!api) return api.error();
+  AttentionTmaParams out{};
+  out.attn = params;
+  struct Operand {
+    const char* name;
+    const void* base;
+    long long seq, heads, row, head, batch;
+    unsigned rows;
+    TmaDescriptor* map;
+  };
+  const Operand operands[] = {
+      {"q", params.q, params.seq_q, params.heads, params.q_row_stride, params.q_head_stride,
+       params.q_batch_stride, 64, &out.q},
+      {"k", params.k, params.seq_k, params.kv_heads, params.k_row_stride, params.k_head_stride,
+       params.k_batch_stride, config.block_n, &out.k},
+      {"v", params.v, params.seq_k, params.kv_heads, params.v_row_stride, params.v_head_stride,
+       params.v_batch_stride, config.block_n, &out.v},
+      {"o", params.o, params.seq_q, params.heads, params.o_row_stride, params.o_head_stride,
+       params.o_batch_stride, 64, &out.o}};
+  for (const Operand& op : operands) {
+    if (reinterpret_cast<uintptr_t>(op.base) % 16 != 0)
+      return invalid(std::string("params.") + op.name +
+                     ": not 16-byte aligned (the tensor memory accelerator needs it)");
+    const cuuint64_t dims[4] = {static_cast<cuuint64_t>(config.head_dim),
+                                static_cast<cuuint64_t>(op.seq), static_cast<cuuint64_t>(op.heads),
+                                static_cast<cuuint64_t>(params.batch)};
+    const cuuint64_t strides[3] = {static_cast<cuuint64_t>(op.row) * 2,
+                                   static_cast<cuuint64_t>(op.head) * 2,
+                                   static_cast<cuuint64_t>(op.batch) * 2};
+    const cuuint32_t box[4] = {64, op.rows, 1, 1};
+    const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+    static_assert(sizeof(TmaDescriptor) == sizeof(CUtensorMap), "TmaDescriptor mirrors CUtensorMap");
+    const CUresult r = (*api)->cuTensorMapEncodeTiled(
+        reinterpret_cast<CUtensorMap*>(op.map),
+        config.bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+        const_cast<void*>(op.base), dims, strides, box, element_strides,
+        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+      Status s = check(r, "cuTensorMapEncodeTiled");
+      Error e = s.error();
+      e.message = std::string("params.") + op.name + ": " + e.message;
+      return e;
+    }
+  }
+  return out;
+}
+
+namespace {
+Status launch_attention_tma(CUfunction function, const AttentionLaunchConfig& config,
+                            const AttentionParams& params, CUstream stream) {
+  auto tma = encode_attention_tma_params(config, params);
+  if (!tma) return tma.error();
+  auto api = driver();
+  if (!api) return api.error();
+  long long grid = (static_cast<long long>(params.seq_q) + config.block_m - 1) / config.block_m *
+                   params.heads * params.batch;
+  if (config.persistent) {
+    CUdevice device = 0;
+    int sms = 0;
+    if (auto s = check((*api)->cuCtxGetDevice(&device), "cuCtxGetDevice"); !s) return s;
+    if (auto s = check((*api)->cuDeviceGetAttribute(
+                           &sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device),
+                       "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)");
+        !s)
+      return s;
+    grid = std::min<long long>(grid, sms);
+  }
+  if (grid > 0x7fffffffLL)
+    return invalid("params: " + std::to_string(grid) + " tiles exceed the grid limit 2^31-1");
+  void* args[] = {&tma.value()};
+  return check((*api)->cuLaunchKernel(function, static_cast<unsigned>(grid), 1, 1, config.block_x,
+                                      1, 1, config.dynamic_smem_bytes, stream, args, nullptr),
+               "cuLaunchKernel");
+}
+}  // namespace
+
 Status launch_attention(CUfunction function, const AttentionLaunchConfig& config,
                         const AttentionParams& params, CUstream stream) {
   if (auto s = attention_params_error(params); !s) return s;
@@ -115,6 +202,11 @@ Status launch_attention(CUfunction function, const AttentionLaunchConfig& config
                       "launch config: block_m and block size must be set (from the handle)");
   if (function == nullptr)
     return make_error(ErrorCode::failed_precondition, "launch: no kernel function");
+  if (config.abi_version == FLASHCORE_ATTENTION_TMA_ABI_VERSION)
+    return launch_attention_tma(function, config, params, stream);
+  if (config.abi_version != FLASHCORE_ATTENTION_ABI_VERSION)
+    return make_error(ErrorCode::failed_precondition,
+                      "launch config: unknown ABI version " + std::to_string(config.abi_version));
 
   const unsigned grid_x =
       static_cast<unsigned>((static_cast<long long>(params.seq_q) + config.block_m - 1) /

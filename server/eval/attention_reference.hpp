@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore::eval {
 

@@ -140,10 +140,12 @@ std::optional<std::string> kernel_error(const v1::EvalKernel& kernel, const std:
   if (kernel.block_threads() < 1 || kernel.block_threads() > 1024)
     return field + ".block_threads: " + std::to_string(kernel.block_threads()) +
            " must be in [1, 1024]";
-  if (kernel.abi_version() != FLASHCORE_ATTENTION_ABI_VERSION)
+  if (kernel.abi_version() != FLASHCORE_ATTENTION_ABI_VERSION &&
+      kernel.abi_version() != FLASHCORE_ATTENTION_TMA_ABI_VERSION)
     return field + ".abi_version: " + std::to_string(kernel.abi_version()) +
-           ", but this worker fills AttentionParams version " +
-           std::to_string(FLASHCORE_ATTENTION_ABI_VERSION);
+           ", but this worker fills AttentionParams (version " +
+           std::to_string(FLASHCORE_ATTENTION_ABI_VERSION) + ") or AttentionTmaParams (version " +
+           std::to_string(FLASHCORE_ATTENTION_TMA_ABI_VERSION) + ")";
   return std::nullopt;
 }
 
@@ -426,6 +428,11 @@ Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta
   config.block_m = static_cast<unsigned>(meta.config().block_m());
   config.block_x = meta.block_threads();
   config.dynamic_smem_bytes = meta.dynamic_smem_bytes();
+  config.abi_version = meta.abi_version();
+  config.bf16 = problem_.dtype() == v1::DTYPE_BF16;
+  config.head_dim = problem_.head_dim();
+  config.block_n = static_cast<unsigned>(meta.config().block_n());
+  config.persistent = meta.config().persistent();
   // The legacy default stream: it orders launches with the cuMemsetD8 poison
   // and the synchronous copies, which a non-blocking stream would not.
   return gpu(cuda::launch_attention(kernel.function, config, p, nullptr));

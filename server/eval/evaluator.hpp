@@ -20,7 +20,7 @@
 
 #include "common/result.hpp"
 #include "flashcore/v1/worker.pb.h"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore::eval {
 

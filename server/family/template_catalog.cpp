@@ -1,12 +1,29 @@
-#include "jit/template_catalog.hpp"
+#include "family/template_catalog.hpp"
 
 #include <array>
+#include <cstdlib>
+
+#include "common/attention_params.cuh"
+#include "common/attention_tma_params.cuh"
+#include "family/attention_sm90.hpp"
 
 namespace flashcore {
+namespace {
+
+TileConfig sm80_default_config(const ProblemClass& problem) { return resolved(TileConfig{}, problem); }
+TileConfig as_given(const TileConfig& config, const ProblemClass&) { return config; }
+
+}  // namespace
 
 std::span<const TemplateInfo> template_catalog() {
-  static constexpr std::array<TemplateInfo, 1> catalog = {{
-      {kAttentionTemplateId, "attention/attention_fwd.cuh", &name_expression},
+  static constexpr std::array<TemplateInfo, 2> catalog = {{
+      {kAttentionTemplateId, "attention/attention_fwd.cuh", &name_expression, &config_error,
+       &smem_bytes, &launch_geometry, &grid_formula, &sm80_default_config, &resolved,
+       FLASHCORE_ATTENTION_ABI_VERSION},
+      {sm90_family::kTemplateId, "hopper/attention_fwd_sm90.cuh", &sm90_family::name_expression,
+       &sm90_family::config_error, &sm90_family::smem_bytes, &sm90_family::launch_geometry,
+       &sm90_family::grid_formula, &sm90_family::default_config, &as_given,
+       FLASHCORE_ATTENTION_TMA_ABI_VERSION},
   }};
   return catalog;
 }
@@ -15,6 +32,12 @@ const TemplateInfo* find_template(std::string_view id) {
   for (const auto& info : template_catalog())
     if (info.id == id) return &info;
   return nullptr;
+}
+
+const TemplateInfo& template_info(std::string_view id) {
+  const TemplateInfo* info = find_template(id);
+  if (info == nullptr) std::abort();  // ids are validated where requests are parsed
+  return *info;
 }
 
 }  // namespace flashcore

@@ -1,14 +1,16 @@
-// The kernel templates the jit knows: for each template id, the header that
-// defines its kernel and how a (problem, config) becomes the NVRTC name
-// expression that instantiates it. Adding a template is one entry in
-// template_catalog.cpp.
+// The kernel families by template id: for each, the header that defines its
+// kernel and the functions that define its configs (validity, NVRTC name
+// expression, shared memory, launch geometry, default) and its ABI version.
+// Everything that compiles, launches or evaluates a kernel asks here, so
+// adding a family is one entry in template_catalog.cpp.
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 
@@ -16,9 +18,23 @@ struct TemplateInfo {
   std::string_view id;            // "attention_fwd"
   std::string_view entry_header;  // path under kernel_templates/
   std::string (*name_expression)(const ProblemClass& problem, const TileConfig& config);
+  std::optional<std::string> (*config_error)(const TileConfig& config, const ProblemClass& problem,
+                                             const ArchInfo& arch);
+  int (*smem_bytes)(const TileConfig& config, const ProblemClass& problem);
+  LaunchGeometry (*launch_geometry)(const TileConfig& config, const ProblemClass& problem,
+                                    const RuntimeShape& shape);
+  std::string (*grid_formula)(const TileConfig& config);
+  TileConfig (*default_config)(const ProblemClass& problem);
+  // The config with its automatic fields replaced by the family's rule (the
+  // identity where a family has none); keys and handles hold the result.
+  TileConfig (*resolve)(const TileConfig& config, const ProblemClass& problem);
+  unsigned abi_version;  // 1: AttentionParams; 2: AttentionTmaParams
 };
 
 std::span<const TemplateInfo> template_catalog();
 const TemplateInfo* find_template(std::string_view id);  // nullptr when unknown
+// The entry for `id`, which the caller has already validated (an unknown id
+// is a programming error here).
+const TemplateInfo& template_info(std::string_view id);
 
 }  // namespace flashcore

@@ -1,4 +1,4 @@
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -101,6 +101,9 @@ std::string config_label(const TileConfig& config) {
   if (config.q_placement == QPlacement::shared) label += "-qsmem";
   if (config.smem_layout == SmemLayout::swizzled) label += "-swz";
   if (config.smem_layout == SmemLayout::padded) label += "-pad";
+  if (config.pingpong) label += "-pp";
+  if (config.separate_o) label += "-so";
+  if (config.persistent) label += "-pers";
   return label;
 }
 
@@ -124,7 +127,8 @@ std::optional<TileConfig> parse_config_label(std::string_view label) {
   if (!number(&c.block_m) || !separator('x') || !number(&c.block_n) || !separator('w') ||
       !number(&c.warps) || !separator('s') || !number(&c.stages))
     return std::nullopt;
-  bool q_given = false, layout_given = false;
+  bool q_given = false, layout_given = false, pp_given = false, so_given = false,
+       pers_given = false;
   while (pos < label.size()) {
     if (label[pos] != '-') return std::nullopt;
     const size_t next = label.find('-', pos + 1);
@@ -137,6 +141,15 @@ std::optional<TileConfig> parse_config_label(std::string_view label) {
     } else if (suffix == "swz" || suffix == "pad") {
       c.smem_layout = suffix == "swz" ? SmemLayout::swizzled : SmemLayout::padded;
       given = &layout_given;
+    } else if (suffix == "pp") {
+      c.pingpong = true;
+      given = &pp_given;
+    } else if (suffix == "so") {
+      c.separate_o = true;
+      given = &so_given;
+    } else if (suffix == "pers") {
+      c.persistent = true;
+      given = &pers_given;
     } else {
       return std::nullopt;
     }
@@ -187,6 +200,9 @@ std::optional<std::string> runtime_shape_error(const RuntimeShape& shape) {
 
 std::optional<std::string> config_error(const TileConfig& config, const ProblemClass& problem,
                                         const ArchInfo& arch) {
+  if (config.pingpong) return field("config.pingpong", "is a field of the Hopper family only");
+  if (config.separate_o) return field("config.separate_o", "is a field of the Hopper family only");
+  if (config.persistent) return field("config.persistent", "is a field of the Hopper family only");
   if (config.warps < 1 || config.warps > 16 || !power_of_two(config.warps))
     return field("config.warps", std::to_string(config.warps) + " must be 1, 2, 4, 8 or 16");
   if (config.block_m < kMmaRows || config.block_m > 256 || config.block_m % kMmaRows != 0)
@@ -245,6 +261,10 @@ std::string canonical_config(const TileConfig& config) {
       << ";warps=" << config.warps << ";stages=" << config.stages
       << ";q_placement=" << q_placement_name(config.q_placement)
       << ";smem_layout=" << smem_layout_name(config.smem_layout) << ";";
+  // Hopper fields only when set, so every sm80 key stays what it was.
+  if (config.pingpong) out << "pingpong=1;";
+  if (config.separate_o) out << "separate_o=1;";
+  if (config.persistent) out << "persistent=1;";
   return out.str();
 }
 

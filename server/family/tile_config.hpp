@@ -1,7 +1,10 @@
-// The one definition of the attention problem and its tile configuration.
-// The NVRTC template arguments, the launch geometry, the shared-memory budget
-// and (later) the tuning search space are all derived from here, so a config
-// that passes config_error() is one the template can compile.
+// The attention problem and the sm80 family's tile configuration (the
+// FlashAttention-2 template, attention_fwd). The NVRTC template arguments,
+// the launch geometry, the shared-memory budget and the tuning search space
+// are derived from here, so a config that passes config_error() is one the
+// template can compile. The Hopper family (attention_sm90.hpp) shares
+// TileConfig and adds the fields marked below; template_catalog.hpp maps a
+// template id to its family's functions.
 #pragma once
 
 #include <array>
@@ -56,6 +59,10 @@ struct TileConfig {
   int stages = 2;
   QPlacement q_placement = QPlacement::automatic;
   SmemLayout smem_layout = SmemLayout::automatic;
+  // Hopper family only (the sm80 family rejects them set):
+  bool pingpong = false;    // the two consumer warpgroups take turns on the tensor cores
+  bool separate_o = false;  // O leaves through its own tile, so the next Q loads under the epilogue
+  bool persistent = false;  // grid = min(tiles, multiprocessors); each CTA walks tiles
 
   int threads() const { return warps * 32; }
   int rows_per_warp() const { return block_m / warps; }

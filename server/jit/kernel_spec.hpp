@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 

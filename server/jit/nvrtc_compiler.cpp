@@ -7,7 +7,7 @@
 #include <chrono>
 #include <regex>
 
-#include "jit/template_catalog.hpp"
+#include "family/template_catalog.hpp"
 
 namespace flashcore {
 namespace {
@@ -92,7 +92,7 @@ Result<CompiledKernel> NvrtcCompiler::compile(const KernelSpec& spec) const {
   if (!arch) return make_error(ErrorCode::invalid_argument, "arch: unsupported arch " + spec.arch);
   if (auto error = problem_class_error(spec.problem))
     return make_error(ErrorCode::invalid_argument, *error);
-  if (auto error = config_error(spec.config, spec.problem, *arch))
+  if (auto error = info->config_error(spec.config, spec.problem, *arch))
     return make_error(ErrorCode::invalid_argument, *error);
   auto header = templates_->entry_header(spec.template_id);
   if (!header)  // the template exists, but this registry (a directory override) lacks it

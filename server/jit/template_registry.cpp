@@ -6,7 +6,7 @@
 #include <system_error>
 
 #include "common/digest.hpp"
-#include "jit/template_catalog.hpp"
+#include "family/template_catalog.hpp"
 
 namespace flashcore {
 

@@ -12,7 +12,7 @@
 #include <thread>
 
 #include "cache/cache_key.hpp"
-#include "jit/template_catalog.hpp"
+#include "family/template_catalog.hpp"
 #include "rpc/translate.hpp"
 #include "search/shape_bucket.hpp"
 
@@ -487,7 +487,8 @@ void fill_result(const TuneResult& result, v1::TuningResult* out) {
   out->set_device(result.scope.device_name);
   out->set_arch(result.scope.arch);
   // Concrete values, as every answer: rows from before schema 2 hold automatic ones.
-  fill_config(resolved(result.config, result.scope.problem), out->mutable_config());
+  fill_config(template_info(result.scope.template_id).resolve(result.config, result.scope.problem),
+              out->mutable_config());
   out->set_key(result.key);
   out->set_median_us(result.median_us);
   out->set_tflops(result.tflops);
@@ -699,11 +700,13 @@ Status FlashCoreService::apply_tuned_config(CompileRequest& request) const {
                           canonical_bucket(scope.bucket) + " on " + device + " (" + scope.arch +
                           "); run Tune first");
   const auto arch = find_arch(request.spec.arch);
-  if (auto error = config_error((*best)->config, request.spec.problem, *arch))
+  if (auto error = template_info(request.spec.template_id)
+                       .config_error((*best)->config, request.spec.problem, *arch))
     return make_error(ErrorCode::internal, "stored tuned config is invalid: " + *error);
   // Rows from before schema 2 hold automatic fields: compile, cache and
   // answer the concrete kernel they stand for.
-  request.spec.config = resolved((*best)->config, request.spec.problem);
+  request.spec.config =
+      template_info(request.spec.template_id).resolve((*best)->config, request.spec.problem);
   return ok_status();
 }
 

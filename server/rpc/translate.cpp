@@ -6,8 +6,10 @@
 
 #include "cache/cache_key.hpp"
 #include "common/attention_params.cuh"
+#include "common/attention_tma_params.cuh"
 #include "common/digest.hpp"
-#include "jit/template_catalog.hpp"
+#include "family/attention_sm90.hpp"
+#include "family/template_catalog.hpp"
 
 namespace flashcore::rpc {
 namespace {
@@ -116,6 +118,9 @@ void fill_config(const TileConfig& config, v1::TileConfig* out) {
     case SmemLayout::swizzled: out->set_smem_layout(v1::SMEM_LAYOUT_SWIZZLED); break;
     case SmemLayout::padded: out->set_smem_layout(v1::SMEM_LAYOUT_PADDED); break;
   }
+  out->set_pingpong(config.pingpong);
+  out->set_separate_o(config.separate_o);
+  out->set_persistent(config.persistent);
 }
 
 Result<TileConfig> parse_config(const v1::TileConfig& config) {
@@ -140,6 +145,9 @@ Result<TileConfig> parse_config(const v1::TileConfig& config) {
       return invalid("config.smem_layout: unknown enum value " +
                      std::to_string(static_cast<int>(config.smem_layout())));
   }
+  out.pingpong = config.pingpong();
+  out.separate_o = config.separate_o();
+  out.persistent = config.persistent();
   return out;
 }
 
@@ -203,15 +211,18 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
   // An absent config is the default tile; a present one is taken field by
   // field, so a forgotten field shows up as an error rather than a guess.
   if (!with_config) return parsed;
+  const TemplateInfo& family = template_info(parsed.spec.template_id);
   if (request.has_config()) {
     auto config = parse_config(request.config());
     if (!config) return config.error();
     parsed.spec.config = *config;
+  } else {
+    parsed.spec.config = family.default_config(parsed.spec.problem);
   }
-  if (auto error = config_error(parsed.spec.config, parsed.spec.problem, *arch))
+  if (auto error = family.config_error(parsed.spec.config, parsed.spec.problem, *arch))
     return invalid(*error);
   // Keyed, compiled and answered with concrete values.
-  parsed.spec.config = resolved(parsed.spec.config, parsed.spec.problem);
+  parsed.spec.config = family.resolve(parsed.spec.config, parsed.spec.problem);
   return parsed;
 }
 }  // namespace
@@ -273,14 +284,13 @@ Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpe
   return shape;
 }
 
-void fill_abi(v1::KernelAbi* abi) {
-  abi->set_params_struct("flashcore::AttentionParams");
-  abi->set_abi_version(FLASHCORE_ATTENTION_ABI_VERSION);
-  abi->set_params_size(sizeof(AttentionParams));
-  auto add = [abi](const char* name, size_t offset, size_t size, const char* type) {
+namespace {
+// AttentionParams' fields at `base` within the params struct, named with `prefix`.
+void add_attention_fields(v1::KernelAbi* abi, size_t base, const std::string& prefix) {
+  auto add = [abi, base, &prefix](const char* name, size_t offset, size_t size, const char* type) {
     v1::AbiField* field = abi->add_fields();
-    field->set_name(name);
-    field->set_offset(static_cast<uint32_t>(offset));
+    field->set_name(prefix + name);
+    field->set_offset(static_cast<uint32_t>(base + offset));
     field->set_size(static_cast<uint32_t>(size));
     field->set_type(type);
   };
@@ -313,6 +323,60 @@ void fill_abi(v1::KernelAbi* abi) {
   FLASHCORE_ABI_FIELD(softmax_scale_log2);
 #undef FLASHCORE_ABI_FIELD
 }
+}  // namespace
+
+void fill_abi(v1::KernelAbi* abi) {
+  abi->set_params_struct("flashcore::AttentionParams");
+  abi->set_abi_version(FLASHCORE_ATTENTION_ABI_VERSION);
+  abi->set_params_size(sizeof(AttentionParams));
+  add_attention_fields(abi, 0, "");
+}
+
+void fill_tma_abi(const KernelSpec& spec, v1::KernelAbi* abi) {
+  abi->set_params_struct("flashcore::AttentionTmaParams");
+  abi->set_abi_version(FLASHCORE_ATTENTION_TMA_ABI_VERSION);
+  abi->set_params_size(sizeof(AttentionTmaParams));
+  struct Operand {
+    const char* name;
+    size_t offset;
+    bool kv;
+  };
+  const Operand operands[] = {{"q", offsetof(AttentionTmaParams, q), false},
+                              {"k", offsetof(AttentionTmaParams, k), true},
+                              {"v", offsetof(AttentionTmaParams, v), true},
+                              {"o", offsetof(AttentionTmaParams, o), false}};
+  for (const Operand& op : operands) {
+    v1::AbiField* field = abi->add_fields();
+    field->set_name(op.name);
+    field->set_offset(static_cast<uint32_t>(op.offset));
+    field->set_size(sizeof(TmaDescriptor));
+    field->set_type("tensormap");
+
+    // cuTensorMapEncodeTiled's arguments; the enum values are cuda.h's.
+    v1::TensorMapRecipe* map = abi->add_tensor_maps();
+    const std::string name = op.name;
+    map->set_operand(name);
+    map->set_params_offset(static_cast<uint32_t>(op.offset));
+    map->set_global_address("attn." + name);
+    map->set_data_type(spec.problem.dtype == DType::fp16 ? 6u /* FLOAT16 */ : 9u /* BFLOAT16 */);
+    map->set_rank(4);
+    for (const char* dim : {"head_dim", op.kv ? "seq_k" : "seq_q", op.kv ? "kv_heads" : "heads",
+                            "batch"})
+      map->add_global_dims(dim);
+    for (const char* stride : {"row_stride", "head_stride", "batch_stride"})
+      map->add_global_strides_bytes("attn." + name + "_" + stride + "*2");
+    map->add_box_dims(sm90_family::kTmaColumns);
+    map->add_box_dims(op.kv ? static_cast<uint32_t>(spec.config.block_n) : sm90_family::kQRows);
+    map->add_box_dims(1);
+    map->add_box_dims(1);
+    for (int i = 0; i < 4; ++i) map->add_element_strides(1);
+    map->set_interleave(0);    // CU_TENSOR_MAP_INTERLEAVE_NONE
+    map->set_swizzle(3);       // CU_TENSOR_MAP_SWIZZLE_128B
+    map->set_l2_promotion(3);  // CU_TENSOR_MAP_L2_PROMOTION_L2_256B
+    map->set_oob_fill(0);      // CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE: zeros past the tensor
+  }
+  add_attention_fields(abi, offsetof(AttentionTmaParams, attn), "attn.");
+}
 
 void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape& shape,
                  v1::Layout layout, bool omit_cubin, v1::KernelHandle* handle) {
@@ -328,12 +392,14 @@ void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape&
   fill_problem(kernel.spec.problem, shape, layout, handle->mutable_problem());
   fill_config(kernel.spec.config, handle->mutable_config());
 
-  const LaunchGeometry geometry = launch_geometry(kernel.spec.config, kernel.spec.problem, shape);
+  const TemplateInfo& family = template_info(kernel.spec.template_id);
+  const LaunchGeometry geometry =
+      family.launch_geometry(kernel.spec.config, kernel.spec.problem, shape);
   v1::LaunchGeometry* launch = handle->mutable_launch();
   fill_dim3(geometry.grid, launch->mutable_grid());
   fill_dim3(geometry.block, launch->mutable_block());
   launch->set_dynamic_smem_bytes(geometry.dynamic_smem_bytes);
-  launch->set_grid_formula(grid_formula(kernel.spec.config));
+  launch->set_grid_formula(family.grid_formula(kernel.spec.config));
 
   const ResourceReport& r = compiled.resources;
   v1::ResourceReport* resources = handle->mutable_resources();
@@ -345,7 +411,10 @@ void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape&
   resources->set_constant_bytes(r.constant_bytes);
   resources->set_ptxas_log(r.ptxas_log);
 
-  fill_abi(handle->mutable_abi());
+  if (family.abi_version == FLASHCORE_ATTENTION_TMA_ABI_VERSION)
+    fill_tma_abi(kernel.spec, handle->mutable_abi());
+  else
+    fill_abi(handle->mutable_abi());
 
   v1::Toolchain* toolchain = handle->mutable_toolchain();
   toolchain->set_nvrtc_version(compiled.toolchain.nvrtc_version);

@@ -60,6 +60,8 @@ void fill_config(const TileConfig& config, v1::TileConfig* out);
 Result<TileConfig> parse_config(const v1::TileConfig& config);
 // The params struct's layout, from offsetof over the one ABI header.
 void fill_abi(v1::KernelAbi* abi);
+// The Hopper family's params struct and the recipe of each tensor map in it.
+void fill_tma_abi(const KernelSpec& spec, v1::KernelAbi* abi);
 
 v1::DType to_proto(DType dtype);
 v1::CacheTier to_proto(CacheTier tier);

@@ -1,5 +1,6 @@
 #include "rpc/tuning_backends.hpp"
 
+#include "family/template_catalog.hpp"
 #include "rpc/translate.hpp"
 
 namespace flashcore::rpc {
@@ -14,7 +15,8 @@ CompiledCandidate to_candidate(const CachedKernel& kernel,
   candidate.spill_store_bytes = resources.spill_store_bytes;
   candidate.spill_load_bytes = resources.spill_load_bytes;
   candidate.stack_frame_bytes = resources.stack_frame_bytes;
-  candidate.smem_bytes = smem_bytes(kernel.spec.config, kernel.spec.problem);
+  candidate.smem_bytes =
+      template_info(kernel.spec.template_id).smem_bytes(kernel.spec.config, kernel.spec.problem);
   candidate.kernel = std::move(owner);
   return candidate;
 }

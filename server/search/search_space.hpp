@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 

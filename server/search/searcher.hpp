@@ -21,7 +21,7 @@
 #include "common/result.hpp"
 #include "search/search_space.hpp"
 #include "search/stop_condition.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 

@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 

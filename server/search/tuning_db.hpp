@@ -20,7 +20,7 @@
 
 #include "common/result.hpp"
 #include "search/shape_bucket.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 struct sqlite3;
 

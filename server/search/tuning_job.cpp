@@ -1,5 +1,7 @@
 #include "search/tuning_job.hpp"
 
+#include "family/template_catalog.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -339,7 +341,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     trial.scope = scope;
     trial.shape = settings_.shape;
     trial.config = config;
-    trial.smem_bytes = smem_bytes(config, settings_.problem);
+    trial.smem_bytes = template_info(settings_.template_id).smem_bytes(config, settings_.problem);
     trial.gpu_index = gpu;
     trial.toolchain = toolchain;
     return trial;

@@ -26,7 +26,7 @@
 #include "common/result.hpp"
 #include "search/searcher.hpp"
 #include "search/shape_bucket.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 #include "search/tuning_db.hpp"
 
 namespace flashcore {

@@ -19,7 +19,7 @@
 #include "eval/attention_reference.hpp"
 #include "gpu_environment.hpp"
 #include "search/search_space.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 namespace {

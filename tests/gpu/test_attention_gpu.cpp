@@ -27,6 +27,7 @@ namespace v1 = ::flashcore::v1;
 using eval::AttentionShape;
 
 struct AttentionCase {
+  std::string template_id = "attention_fwd";  // or the Hopper family, "attention_fwd_sm90"
   v1::DType dtype = v1::DTYPE_FP16;
   int head_dim = 64;
   bool causal = false;
@@ -37,6 +38,7 @@ struct AttentionCase {
 
   std::string name() const {
     std::ostringstream out;
+    if (hopper()) out << "sm90_";
     out << (dtype == v1::DTYPE_FP16 ? "fp16" : "bf16") << "_D" << head_dim
         << (causal ? "_causal" : "_full") << "_B" << batch << "H" << heads;
     if (kv_heads) out << "KV" << kv_heads;
@@ -51,8 +53,12 @@ struct AttentionCase {
     if (config.q_placement() == v1::Q_PLACEMENT_SHARED) out << "_qsmem";
     if (config.smem_layout() == v1::SMEM_LAYOUT_SWIZZLED) out << "_swz";
     if (config.smem_layout() == v1::SMEM_LAYOUT_PADDED) out << "_pad";
+    if (config.pingpong()) out << "_pp";
+    if (config.separate_o()) out << "_so";
+    if (config.persistent()) out << "_pers";
     return out.str();
   }
+  bool hopper() const { return template_id == "attention_fwd_sm90"; }
 };
 
 std::ostream& operator<<(std::ostream& out, const AttentionCase& c) { return out << c.name(); }
@@ -69,8 +75,13 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   const AttentionCase& c = GetParam();
   auto& env = testing::gpu_environment();
 
+  if (c.hopper()) {
+    auto devices = cuda::probe_devices();
+    if (!devices || devices->empty() || (*devices)[0].cc_major != 9)
+      GTEST_SKIP() << "the Hopper family needs a compute capability 9.0 GPU";
+  }
   v1::KernelRequest request;
-  request.set_template_id("attention_fwd");
+  request.set_template_id(c.template_id);
   v1::Problem* problem = request.mutable_problem();
   problem->set_dtype(c.dtype);
   problem->set_head_dim(c.head_dim);
@@ -83,6 +94,8 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   problem->set_layout(c.bhsd ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
   if (c.config.block_m()) {
     *request.mutable_config() = c.config;
+  } else if (c.hopper()) {
+    // no config: the family's default for the head dim
   } else {
     // D 256 needs small tiles to fit registers and shared memory.
     request.mutable_config()->set_block_m(c.head_dim >= 256 ? 64 : 128);
@@ -99,9 +112,15 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   ASSERT_TRUE(handle.ok()) << handle.error().message;
   ASSERT_FALSE(handle->cubin().empty());
   EXPECT_EQ(handle->resources().spill_store_bytes(), 0) << "kernel spills registers";
-  // The kernel is the one asked for; UNSPECIFIED comes back as the rule's choice.
-  EXPECT_NE(handle->config().q_placement(), v1::Q_PLACEMENT_UNSPECIFIED);
-  EXPECT_NE(handle->config().smem_layout(), v1::SMEM_LAYOUT_UNSPECIFIED);
+  EXPECT_EQ(handle->resources().stack_frame_bytes(), 0) << "kernel uses local memory";
+  if (c.hopper()) {
+    EXPECT_EQ(handle->abi().abi_version(), 2u);
+    EXPECT_EQ(handle->abi().tensor_maps_size(), 4);
+  } else {
+    // The kernel is the one asked for; UNSPECIFIED comes back as the rule's choice.
+    EXPECT_NE(handle->config().q_placement(), v1::Q_PLACEMENT_UNSPECIFIED);
+    EXPECT_NE(handle->config().smem_layout(), v1::SMEM_LAYOUT_UNSPECIFIED);
+  }
   if (c.config.q_placement() != v1::Q_PLACEMENT_UNSPECIFIED) {
     EXPECT_EQ(handle->config().q_placement(), c.config.q_placement());
   }
@@ -179,8 +198,93 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   EXPECT_LE(lse_max_error, 1e-2);
 }
 
-std::vector<AttentionCase> cases() {
+// The Hopper family through the same path: its default config per head dim
+// over ragged lengths, S = 1, seq_k != seq_q, GQA, both layouts, and the
+// other structural choices (one and three consumer warpgroups, no ping-pong,
+// not persistent, O through the Q tile, one and three stages).
+std::vector<AttentionCase> hopper_cases() {
   std::vector<AttentionCase> all;
+  AttentionCase base;
+  base.template_id = "attention_fwd_sm90";
+  for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})
+    for (int d : {64, 128, 256})
+      for (bool causal : {false, true})
+        for (int s : {1, 17, 500, 2048}) {
+          AttentionCase c = base;
+          c.dtype = dtype;
+          c.head_dim = d;
+          c.causal = causal;
+          c.seq_q = s;
+          c.batch = s >= 2048 ? 1 : 2;
+          all.push_back(c);
+        }
+  AttentionCase gqa = base;
+  gqa.heads = 8;
+  gqa.kv_heads = 2;
+  gqa.seq_q = 300;
+  gqa.causal = true;
+  all.push_back(gqa);
+  AttentionCase mqa = base;
+  mqa.heads = 6;
+  mqa.kv_heads = 1;
+  mqa.seq_q = 129;
+  mqa.bhsd = true;
+  all.push_back(mqa);
+  AttentionCase bhsd = base;
+  bhsd.bhsd = true;
+  bhsd.seq_q = 257;
+  bhsd.causal = true;
+  bhsd.head_dim = 128;
+  all.push_back(bhsd);
+  AttentionCase cross = base;
+  cross.seq_q = 100;
+  cross.seq_k = 333;
+  all.push_back(cross);
+  AttentionCase cross_causal = cross;
+  cross_causal.causal = true;
+  cross_causal.seq_q = 333;
+  cross_causal.seq_k = 100;
+  all.push_back(cross_causal);
+  AttentionCase many_tiles = base;  // more tiles than multiprocessors: CTAs walk several
+  many_tiles.batch = 3;
+  many_tiles.heads = 16;
+  many_tiles.seq_q = 1000;
+  many_tiles.head_dim = 128;
+  many_tiles.causal = true;
+  all.push_back(many_tiles);
+  struct Variant {
+    int d, bm, bn, stages;
+    bool pp, so, pers;
+  };
+  for (const Variant& v : {Variant{64, 64, 128, 2, false, true, true},
+                           Variant{64, 192, 128, 2, false, true, true},
+                           Variant{128, 128, 128, 2, true, false, false},
+                           Variant{128, 128, 176, 2, true, false, true},
+                           Variant{128, 128, 64, 1, false, true, true},
+                           Variant{256, 128, 64, 2, true, false, false},
+                           Variant{64, 128, 96, 3, true, true, false}}) {
+    for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16}) {
+      AttentionCase c = base;
+      c.dtype = dtype;
+      c.head_dim = v.d;
+      c.causal = dtype == v1::DTYPE_BF16;
+      c.seq_q = 777;
+      c.kv_heads = 1;
+      c.config.set_block_m(v.bm);
+      c.config.set_block_n(v.bn);
+      c.config.set_warps(4 * (v.bm / 64 + 1));
+      c.config.set_stages(v.stages);
+      c.config.set_pingpong(v.pp);
+      c.config.set_separate_o(v.so);
+      c.config.set_persistent(v.pers);
+      all.push_back(c);
+    }
+  }
+  return all;
+}
+
+std::vector<AttentionCase> cases() {
+  std::vector<AttentionCase> all = hopper_cases();
   // The matrix the serving slice promises: both dtypes, D 64/128, causal and
   // not, ragged and tile-aligned sequence lengths from 1 to 2048.
   for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})

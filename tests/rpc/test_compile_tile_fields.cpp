@@ -9,7 +9,7 @@
 #include <string>
 
 #include "rpc_test_support.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 namespace {

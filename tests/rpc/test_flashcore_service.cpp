@@ -10,7 +10,7 @@
 #include "common/digest.hpp"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc_test_support.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore {
 namespace {

@@ -20,7 +20,7 @@
 #include "rpc/translate.hpp"
 #include "rpc_test_support.hpp"
 #include "search/search_space.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 #include "search/tuning_db.hpp"
 
 namespace flashcore {

@@ -19,7 +19,7 @@
 
 #include "search/search_space.hpp"
 #include "search/searcher.hpp"
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 namespace flashcore::test {
 

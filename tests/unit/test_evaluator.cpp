@@ -24,6 +24,7 @@
 
 #include "common/attention_params.cuh"
 #include "eval/attention_reference.hpp"
+#include "common/attention_tma_params.cuh"
 #include "eval/evaluator.hpp"
 #include "eval/worker_service.hpp"
 #include "scratch_dir.hpp"
@@ -225,7 +226,7 @@ TEST(RequestError, NamesTheOffendingField) {
   r.mutable_kernel()->set_block_threads(2048);
   expect_rejected(r, "kernel.block_threads");
   r = valid_request();
-  r.mutable_kernel()->set_abi_version(FLASHCORE_ATTENTION_ABI_VERSION + 1);
+  r.mutable_kernel()->set_abi_version(FLASHCORE_ATTENTION_TMA_ABI_VERSION + 1);  // neither family's
   expect_rejected(r, "kernel.abi_version");
   r = valid_request();
   *r.mutable_reference() = r.kernel();

@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "jit/template_catalog.hpp"
+#include "family/template_catalog.hpp"
 #include "scratch_dir.hpp"
 
 namespace flashcore {

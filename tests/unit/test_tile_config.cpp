@@ -1,4 +1,4 @@
-#include "search/tile_config.hpp"
+#include "family/tile_config.hpp"
 
 #include <gtest/gtest.h>
 

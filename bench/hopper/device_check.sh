@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One device call for the Hopper family: GPU tests from the bundle (fp64 reference,
+# poisoned outputs), compute-sanitizer on the sm90 S=17 cases, HGMMA/LDL counts in
+# the SASS of three served configs, and the lab bench against SDPA. Run from the
+# repo root on the GPU box after deploy/bundle.sh:  OUT=dir bash bench/hopper/device_check.sh
+set -u
+B=dist/flashcore-0.1.0-linux-x86_64/bin
+export FLASHCORE_LOG_LEVEL=warn
+nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
+timeout 200 $B/flashcore_gpu_tests 2>&1 > $OUT/gpu_tests.log; echo "gpu tests rc $?"
+grep -E '^\[  (PASSED|FAILED)  \]|FAILED  \]' $OUT/gpu_tests.log | head -20
+grep -E '^\[ result' $OUT/gpu_tests.log | grep sm90_ | awk '{print $4, $6, $8}' | sort -k2 -g | tail -3
+for tool in memcheck racecheck synccheck; do
+  timeout 60 compute-sanitizer --tool $tool --error-exitcode 9 $B/flashcore_gpu_tests --gtest_filter='*sm90_*_S17' > $OUT/san_$tool.log 2>&1
+  echo "sanitizer $tool rc $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_$tool.log | tail -1) ok=$(grep -cE '^\[       OK' $OUT/san_$tool.log)"
+done
+python3 - <<'PY'
+import sys; sys.path.insert(0,'bench/hopper'); sys.path.insert(0,'bench/lab')
+import sm90_lab
+for c in [sm90_lab.Cfg('fp16',128,True,128,2,2,True,True,True), sm90_lab.Cfg('bf16',256,False,80,2,2,True,False,True), sm90_lab.Cfg('fp16',64,False,128,3,2,True,True,True)]:
+    open(f'/tmp/{c.short()}_{c.d}.cubin','wb').write(sm90_lab.compile_cfg(c)[0])
+PY
+for f in /tmp/*.cubin; do echo "$f HGMMA=$(cuobjdump -sass $f | grep -c HGMMA) LDL/STL=$(cuobjdump -sass $f | grep -cE 'LDL|STL')"; done
+timeout 250 python3 bench/hopper/sm90_lab.py --bench --rounds 11 --json $OUT/h200-sm90-lab.json 2>&1 | grep -v "^compiled" | tail -25
