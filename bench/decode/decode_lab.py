@@ -86,7 +86,10 @@ class Cfg:
         return f"{self.dtype} d{self.d} r{self.rows} {self.short()}"
 
 
-def num_splits_rule(B, H, KVH, SQ, SK, D, block_n, sms, bps, max_splits=128):
+MAX_SPLITS = 1024  # kDecodeMaxSplits
+
+
+def num_splits_rule(B, H, KVH, SQ, SK, D, block_n, sms, bps=1, max_splits=128):
     """Mirrors decode_num_splits in decode_params.cuh (checked against it with g++)."""
     tiles = -(-SK // block_n)
     slots = sms * max(bps, 1)
@@ -117,12 +120,14 @@ def effective_splits(SK, block_n, s):
 # (block_n, warps, stages) per (D, packed rows): spill-free on sm_90a and sm_80.
 BASE = {(64, 16): (64, 4, 4), (64, 32): (64, 4, 4), (64, 64): (64, 4, 4),
         (128, 16): (64, 4, 3), (128, 32): (32, 2, 4), (128, 64): (64, 4, 3),
-        (256, 16): (64, 4, 2), (256, 32): (64, 4, 2), (256, 64): (32, 4, 3)}
+        (256, 16): (64, 4, 2), (256, 32): (64, 4, 2), (256, 64): (32, 8, 3)}
 # D 128, 16 packed rows (every timed shape): (block_n, warps, stages). 64x2x4
 # is left out: it spills 8 bytes on sm_90a.
 SWEEP = [(32, 2, 3), (32, 2, 4), (32, 2, 8), (64, 4, 3), (64, 4, 4), (64, 4, 6),
          (128, 4, 2), (128, 4, 3), (128, 8, 3)]
-DEFAULT = (64, 4, 3, False)  # the family's default for D 128 until tuned
+# The family's default for D 128 until tuned: within 3% of the best of the
+# sweep on every timed shape of the first H200 run.
+DEFAULT = (64, 4, 3, True)
 
 
 def base_configs(dtypes, ds):
@@ -346,12 +351,17 @@ def check_cfg(cfg, gen, sms, bps, full=True):
     cases = list(itertools.product(GROUPS[cfg.rows], SEQ_KS))
     if not full:
         cases = cases[::3]
+    if cfg.rows == 64:  # splits x rows past the fused combine's shared memory: row passes
+        cases.append(((8, 1, 8), 40000))
     for idx, ((H, KVH, SQ), SK) in enumerate(cases):
         B = 1 + idx % 3
         layout = "bhsd" if idx % 2 == 0 else "bshd"
         tiles = -(-SK // cfg.block_n)
-        rule = num_splits_rule(B, H, KVH, SQ, SK, cfg.d, cfg.block_n, sms, bps)
-        for splits in sorted({1, rule, min(tiles, 7), tiles + 2}):  # tiles + 2: empty splits
+        rule = num_splits_rule(B, H, KVH, SQ, SK, cfg.d, cfg.block_n, sms)
+        splits_list = sorted({1, rule, min(tiles, 7), min(tiles + 2, MAX_SPLITS)})  # tiles + 2: empty splits
+        if (H, KVH, SQ, SK) == (8, 1, 8, 40000):
+            splits_list = [min(tiles, MAX_SPLITS)]
+        for splits in splits_list:
             q, k, v, o = make_qkvo(B, H, KVH, SQ, SK, cfg.d, cfg.dtype, layout, gen)
             lse = torch.full((B, H, SQ), float("nan"), device="cuda")
             ws = Workspace(B, H, KVH, SQ, cfg.d, splits, poison=True) if splits > 1 else None
@@ -446,8 +456,7 @@ def bench(cfgs, reports, rounds, out_json, sms, check_best=True):
                  and c.rows == 16]
         timers, rule_of, meta = {}, {}, {}
         for c in cands:
-            bps = c.blocks_per_sm(reports[c.name_expression()]["registers"])
-            rule = num_splits_rule(B, H, KVH, SQ, SK, D, c.block_n, sms, bps)
+            rule = num_splits_rule(B, H, KVH, SQ, SK, D, c.block_n, sms)
             tiles = -(-SK // c.block_n)
             opts = {rule, max(1, rule // 2), rule * 2, max(1, (rule * 3) // 4), (rule * 3) // 2}
             opts = sorted({effective_splits(SK, c.block_n, min(s, tiles)) for s in opts if s >= 1})
@@ -566,7 +575,7 @@ def write_json(out_json, rows, sms):
 
 def copy_bandwidth(gib=2):
     import torch
-    x = torch.empty(gib * 2 ** 30, dtype=torch.uint8, device="cuda")
+    x = torch.randn(gib * 2 ** 28, device="cuda")
     y = torch.empty_like(x)
     y.copy_(x)
     t = graph_timer([lambda: y.copy_(x)], 10)

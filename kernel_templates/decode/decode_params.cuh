@@ -51,7 +51,7 @@ struct DecodeParams {
   int kv_heads;    // divides heads; query head h reads kv head h / (heads / kv_heads)
   int seq_q;       // rows per head; group * seq_q must fit the kernel's PackedRows
   int seq_k;       // >= 1
-  int num_splits;  // >= 1; splits past the last key tile write an empty partial
+  int num_splits;  // 1..kDecodeMaxSplits; splits past the last key tile write an empty partial
 
   float softmax_scale;       // usually 1/sqrt(head_dim)
   float softmax_scale_log2;  // softmax_scale * log2(e): the kernels work in exp2
@@ -66,6 +66,7 @@ struct DecodeParams {
 // kDecodeCombineThreads threads, no dynamic shared memory.
 
 constexpr int kDecodeCombineThreads = 128;
+constexpr int kDecodeMaxSplits = 1024;
 
 FLASHCORE_HOST_DEVICE constexpr int decode_ceil_div(long long a, long long b) {
   return static_cast<int>((a + b - 1) / b);
@@ -123,11 +124,14 @@ FLASHCORE_HOST_DEVICE constexpr long long decode_workspace_bytes(int batch, int 
 // (pipeline fill, epilogue) and, when s > 1, the combine's cost (writing and
 // reading the fp32 partials, as tiles of K+V bytes, plus one tile for its
 // launch). The smallest cost wins; ties go to fewer splits.
-// blocks_per_sm: resident split blocks per multiprocessor (from shared memory
-// and registers).
+// blocks_per_sm: split blocks counted per multiprocessor. 1 is measured best
+// on the H200 (bench/decode/decode_lab.py, first run): configs with room for
+// 2 to 4 resident blocks still ran fastest at about one block per SM (B 1,
+// 8192 keys: 16 splits 11.75 us, 32 splits 12.18 us at 64-key tiles), since
+// fewer, longer streams pay the per-block fixed cost less often.
 FLASHCORE_HOST_DEVICE inline int decode_num_splits(int batch, int heads, int kv_heads, int seq_q,
                                                    int seq_k, int head_dim, int block_n,
-                                                   int sm_count, int blocks_per_sm,
+                                                   int sm_count, int blocks_per_sm = 1,
                                                    int max_splits = 128) {
   const int tiles = decode_key_tiles(seq_k, block_n);
   const long long slots = static_cast<long long>(sm_count) * (blocks_per_sm > 0 ? blocks_per_sm : 1);
