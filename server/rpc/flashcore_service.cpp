@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "cache/cache_key.hpp"
+#include "family/attention_sm90.hpp"
 #include "family/template_catalog.hpp"
 #include "rpc/translate.hpp"
 #include "search/shape_bucket.hpp"
@@ -693,6 +694,22 @@ Status FlashCoreService::apply_tuned_config(CompileRequest& request) const {
   const TuningScope scope = tuning_scope(request, device);
   auto best = tuning_db_->best_for(scope);
   if (!best) return best.error();
+  // On sm_90a both attention families solve the same problem: the faster of
+  // their stored bests (same device, bucket and arch) is what is served, and
+  // the handle's template_id says which family that is.
+  if (request.spec.arch == "sm_90a") {
+    for (std::string_view other : {kAttentionTemplateId, sm90_family::kTemplateId}) {
+      if (other == scope.template_id) continue;
+      TuningScope other_scope = scope;
+      other_scope.template_id = std::string(other);
+      auto rival = tuning_db_->best_for(other_scope);
+      if (!rival) return rival.error();
+      if (*rival && (!*best || (*rival)->median_us < (*best)->median_us)) {
+        best = std::move(rival);
+        request.spec.template_id = std::string(other);
+      }
+    }
+  }
   if (!*best)
     return make_error(ErrorCode::not_found,
                       "use_tuned_config: no tuning result for " +

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "family/attention_sm90.hpp"
+#include "family/template_catalog.hpp"
+
 namespace flashcore {
 namespace {
 
@@ -20,6 +23,9 @@ auto& axis_of(Axes& axes, TileField field) {
     case TileField::stages: return axes.stages;
     case TileField::q_placement: return axes.q_placement;
     case TileField::smem_layout: return axes.smem_layout;
+    case TileField::pingpong: return axes.pingpong;
+    case TileField::separate_o: return axes.separate_o;
+    case TileField::persistent: return axes.persistent;
     case TileField::block_m: break;
   }
   return axes.block_m;
@@ -40,6 +46,9 @@ std::string_view tile_field_name(TileField field) {
     case TileField::stages: return "stages";
     case TileField::q_placement: return "q_placement";
     case TileField::smem_layout: return "smem_layout";
+    case TileField::pingpong: return "pingpong";
+    case TileField::separate_o: return "separate_o";
+    case TileField::persistent: return "persistent";
   }
   return "?";
 }
@@ -52,6 +61,9 @@ int field_value(const TileConfig& config, TileField field) {
     case TileField::stages: return config.stages;
     case TileField::q_placement: return static_cast<int>(config.q_placement);
     case TileField::smem_layout: return static_cast<int>(config.smem_layout);
+    case TileField::pingpong: return config.pingpong ? 1 : 0;
+    case TileField::separate_o: return config.separate_o ? 1 : 0;
+    case TileField::persistent: return config.persistent ? 1 : 0;
   }
   return 0;
 }
@@ -64,6 +76,9 @@ void set_field_value(TileConfig& config, TileField field, int value) {
     case TileField::stages: config.stages = value; break;
     case TileField::q_placement: config.q_placement = static_cast<QPlacement>(value); break;
     case TileField::smem_layout: config.smem_layout = static_cast<SmemLayout>(value); break;
+    case TileField::pingpong: config.pingpong = value != 0; break;
+    case TileField::separate_o: config.separate_o = value != 0; break;
+    case TileField::persistent: config.persistent = value != 0; break;
   }
 }
 
@@ -81,13 +96,37 @@ double unit_interval(std::mt19937_64& rng) { return static_cast<double>(rng() >>
 
 bool bernoulli(std::mt19937_64& rng, double p) { return unit_interval(rng) < p; }
 
+SearchSpaceAxes family_axes(std::string_view template_id) {
+  if (template_id != sm90_family::kTemplateId) return SearchSpaceAxes{};
+  SearchSpaceAxes axes;
+  axes.block_m = {64, 128, 192};
+  axes.block_n = {64, 80, 96, 112, 128, 144, 160, 176, 192};
+  axes.warps = {8, 12, 16};
+  axes.stages = {1, 2, 3};
+  axes.q_placement = {static_cast<int>(QPlacement::automatic)};
+  axes.smem_layout = {static_cast<int>(SmemLayout::automatic)};
+  axes.pingpong = {0, 1};
+  axes.separate_o = {0, 1};
+  axes.persistent = {0, 1};
+  return axes;
+}
+
 Result<SearchSpace> SearchSpace::create(const ProblemClass& problem, const ArchInfo& arch,
-                                        const SearchSpaceAxes& axes) {
+                                        const SearchSpaceAxes& axes,
+                                        std::string_view template_id) {
   if (auto error = problem_class_error(problem))
     return make_error(ErrorCode::invalid_argument, *error);
+  const TemplateInfo* family = find_template(template_id);
+  if (family == nullptr)
+    return make_error(ErrorCode::invalid_argument,
+                      "template_id: unknown template '" + std::string(template_id) + "'");
+  // A family that resolves automatic fields (sm80) needs concrete axis
+  // values; one that has no such fields keeps them automatic.
+  const bool resolves = template_id == kAttentionTemplateId;
 
   SearchSpace space;
   space.problem_ = problem;
+  space.template_id_ = std::string(template_id);
   space.arch_ = arch;
   space.axes_ = axes;
   for (TileField field : kTileFields) {
@@ -106,7 +145,7 @@ Result<SearchSpace> SearchSpace::create(const ProblemClass& problem, const ArchI
   };
   for (TileField field : kTileFields)
     for (int value : axis_of(space.axes_, field))
-      if (value == automatic_value(field))
+      if (resolves && value == automatic_value(field))
         return make_error(ErrorCode::invalid_argument,
                           "search space axis " + std::string(tile_field_name(field)) +
                               " must list concrete values, not automatic");
@@ -115,7 +154,7 @@ Result<SearchSpace> SearchSpace::create(const ProblemClass& problem, const ArchI
     TileConfig config;
     for (size_t i = 0; i < kTileFields.size(); ++i)
       set_field_value(config, kTileFields[i], axis_of(space.axes_, kTileFields[i])[digit[i]]);
-    if (auto error = config_error(config, problem, arch))
+    if (auto error = family->config_error(config, problem, arch))
       space.rejected_.push_back({config, *error});
     else
       space.configs_.push_back(config);
@@ -154,7 +193,7 @@ size_t SearchSpace::prune(const KeepPredicate& keep) {
 }
 
 std::optional<size_t> SearchSpace::index_of(const TileConfig& config) const {
-  auto it = index_.find(key_of(resolved(config, problem_)));
+  auto it = index_.find(key_of(template_info(template_id_).resolve(config, problem_)));
   if (it == index_.end()) return std::nullopt;
   return it->second;
 }
@@ -170,7 +209,7 @@ std::optional<TileConfig> SearchSpace::neighbour(const TileConfig& automatic_or_
                                                  TileField field, int direction) const {
   // From the concrete twin: an automatic field is no axis value, and stepping
   // from it could land on the value the rule already picks (the same kernel).
-  const TileConfig config = resolved(automatic_or_not, problem_);
+  const TileConfig config = template_info(template_id_).resolve(automatic_or_not, problem_);
   const auto& values = axis(field);
   const int value = field_value(config, field);
   // Position of the value on its axis; a value between axis points (a seed

@@ -32,13 +32,26 @@ struct SearchSpaceAxes {
                                static_cast<int>(QPlacement::shared)};
   std::vector<int> smem_layout{static_cast<int>(SmemLayout::swizzled),
                                static_cast<int>(SmemLayout::padded)};
+  // The Hopper family's switches (0/1); the sm80 family has only 0.
+  std::vector<int> pingpong{0};
+  std::vector<int> separate_o{0};
+  std::vector<int> persistent{0};
 };
 
+// The axes a family is searched over: the defaults above for the sm80 family
+// (attention_fwd); for the Hopper family (attention_fwd_sm90) block_m
+// 64/128/192 with their warp counts, block_n 64..192, 1-3 stages, the enum
+// fields automatic (not its fields) and every switch both ways.
+SearchSpaceAxes family_axes(std::string_view template_id);
+
 // The fields of a TileConfig as search dimensions, in canonical_config() order.
-enum class TileField { block_m, block_n, warps, stages, q_placement, smem_layout };
-inline constexpr std::array<TileField, 6> kTileFields = {
-    TileField::block_m, TileField::block_n,     TileField::warps,
-    TileField::stages,  TileField::q_placement, TileField::smem_layout};
+enum class TileField {
+  block_m, block_n, warps, stages, q_placement, smem_layout, pingpong, separate_o, persistent
+};
+inline constexpr std::array<TileField, 9> kTileFields = {
+    TileField::block_m,     TileField::block_n,  TileField::warps,
+    TileField::stages,      TileField::q_placement, TileField::smem_layout,
+    TileField::pingpong,    TileField::separate_o,  TileField::persistent};
 
 std::string_view tile_field_name(TileField field);  // "block_m", ...
 int field_value(const TileConfig& config, TileField field);
@@ -64,8 +77,11 @@ class SearchSpace {
   // kTileFields with each axis ascending, filtered by
   // config_error(). Fails on an invalid problem class, an empty axis, or when
   // no combination is valid (the error names the first rejection's reason).
+  // `template_id` picks the family whose config_error() filters and whose
+  // resolve() maps automatic fields (axes should come from family_axes()).
   static Result<SearchSpace> create(const ProblemClass& problem, const ArchInfo& arch,
-                                    const SearchSpaceAxes& axes = {});
+                                    const SearchSpaceAxes& axes = {},
+                                    std::string_view template_id = kAttentionTemplateId);
 
   using KeepPredicate = std::function<bool(const TileConfig&, std::string* why)>;
   // Drops every config for which keep() returns false, recording `why` (or a
@@ -82,6 +98,7 @@ class SearchSpace {
   bool contains(const TileConfig& config) const { return index_of(config).has_value(); }
 
   const ProblemClass& problem() const { return problem_; }
+  const std::string& template_id() const { return template_id_; }
   const ArchInfo& arch() const { return arch_; }
   const SearchSpaceAxes& axes() const { return axes_; }
   const std::vector<RejectedConfig>& rejected() const { return rejected_; }
@@ -109,6 +126,7 @@ class SearchSpace {
   const std::vector<int>& axis(TileField field) const;
 
   ProblemClass problem_;
+  std::string template_id_;
   ArchInfo arch_;
   SearchSpaceAxes axes_;
   std::vector<TileConfig> configs_;

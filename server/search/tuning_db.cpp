@@ -131,6 +131,15 @@ ALTER TABLE best ADD COLUMN kv_heads INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN seq_q INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN seq_k INTEGER NOT NULL DEFAULT 0;
 )sql",
+      // 3: the Hopper family's switches (0 on older rows: sm80 configs).
+      R"sql(
+ALTER TABLE trials ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
+)sql",
   };
   return steps;
 }
@@ -148,8 +157,8 @@ constexpr std::string_view kScopeKeyWhere =
     "template_id = ? AND dtype = ? AND head_dim = ? AND causal = ? AND bucket = ? AND "
     "device_name = ? AND arch = ?";
 constexpr std::string_view kConfigCols =
-    "block_m, block_n, warps, stages, q_placement, smem_layout";
-constexpr int kConfigColCount = 6;
+    "block_m, block_n, warps, stages, q_placement, smem_layout, pingpong, separate_o, persistent";
+constexpr int kConfigColCount = 9;
 constexpr std::string_view kToolchainCols = "nvrtc_version, template_source_hash, driver_version";
 constexpr std::string_view kTrialCols =
     "job_id, batch, heads, kv_heads, seq_q, seq_k, cache_key, status, failure_reason, median_us, "
@@ -374,6 +383,7 @@ TuningScope read_scope(Statement& st) {
 void bind_config(Statement& st, const TileConfig& c) {
   st.bind(c.block_m).bind(c.block_n).bind(c.warps).bind(c.stages);
   st.bind(q_placement_name(c.q_placement)).bind(smem_layout_name(c.smem_layout));
+  st.bind(c.pingpong ? 1 : 0).bind(c.separate_o ? 1 : 0).bind(c.persistent ? 1 : 0);
 }
 
 TileConfig read_config(Statement& st) {
@@ -384,6 +394,9 @@ TileConfig read_config(Statement& st) {
   c.stages = st.i32();
   c.q_placement = st.parsed<QPlacement>(parse_q_placement, "q_placement");
   c.smem_layout = st.parsed<SmemLayout>(parse_smem_layout, "smem_layout");
+  c.pingpong = st.i32() != 0;
+  c.separate_o = st.i32() != 0;
+  c.persistent = st.i32() != 0;
   return c;
 }
 
@@ -838,6 +851,8 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
            "DO UPDATE SET block_m = excluded.block_m, block_n = excluded.block_n, "
            "warps = excluded.warps, stages = excluded.stages, "
            "q_placement = excluded.q_placement, smem_layout = excluded.smem_layout, "
+           "pingpong = excluded.pingpong, separate_o = excluded.separate_o, "
+           "persistent = excluded.persistent, "
            "batch = excluded.batch, heads = excluded.heads, kv_heads = excluded.kv_heads, "
            "seq_q = excluded.seq_q, seq_k = excluded.seq_k, "
            "nvrtc_version = excluded.nvrtc_version, "

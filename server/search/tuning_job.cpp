@@ -237,7 +237,8 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
                                             const ToolchainRecord& toolchain, int gpu) {
   const auto arch = find_arch(settings_.arch);
   if (!arch) return make_error(ErrorCode::invalid_argument, "arch: '" + settings_.arch + "' is not supported");
-  auto space = SearchSpace::create(settings_.problem, *arch);
+  auto space = SearchSpace::create(settings_.problem, *arch, family_axes(settings_.template_id),
+                                   settings_.template_id);
   if (!space) return space.error();
 
   TuningDb& db = *manager_->db_;

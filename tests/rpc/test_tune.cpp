@@ -24,6 +24,8 @@
 #include "search/shape_bucket.hpp"
 #include "search/tuning_db.hpp"
 #include "search/tuning_job.hpp"
+#include "family/attention_sm90.hpp"
+#include "jit/template_registry.hpp"
 
 namespace flashcore {
 namespace {
@@ -623,6 +625,73 @@ TEST(Tune, WithoutEvaluationWorkersIsFailedPrecondition) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().code, ErrorCode::invalid_argument);
   EXPECT_NE(refused.error().message.find("searcher"), std::string::npos);
+}
+
+// On sm_90a both attention families answer the same problem: Compile with
+// use_tuned_config serves whichever family's stored best is faster for the
+// bucket, whichever family the request names, and the handle says which.
+TEST(Tune, OnSm90aTheFasterFamilysBestIsServed) {
+  auto d = std::make_unique<TuneDaemon>();
+  test_support::write_attention_templates(d->templates, test_support::kSmallAttentionTemplate);
+  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
+    if (path.rfind("hopper/", 0) == 0 || path == "common/attention_tma_params.cuh" ||
+        path == "common/element_types.cuh" || path == "common/sm80_primitives.cuh")
+      d->templates.write(path, contents);
+  d->start(std::make_shared<SyntheticObjectiveBackend>());
+
+  v1::KernelRequest request;
+  request.set_template_id("attention_fwd");
+  request.set_arch("sm_90a");
+  request.set_omit_cubin(true);
+  request.set_use_tuned_config(true);
+  v1::Problem* problem = request.mutable_problem();
+  problem->set_dtype(v1::DTYPE_FP16);
+  problem->set_head_dim(64);  // the small template is slow to compile at 128
+  problem->set_batch(2);
+  problem->set_heads(8);
+  problem->set_seq_q(2048);
+  const ProblemClass problem_class{DType::fp16, 64, false};
+  const TileConfig sm80_config = resolved(TileConfig{128, 64, 4, 2}, problem_class);
+  const TileConfig hopper_config = sm90_family::default_config(problem_class);
+
+  auto store = [&](const std::string& template_id, const TileConfig& config, double us) {
+    auto db = open_db(*d);
+    ASSERT_NE(db, nullptr);
+    BestRecord best;
+    best.scope.template_id = template_id;
+    best.scope.problem = problem_class;
+    best.scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 2048, 0});
+    best.scope.device_name = "Synthetic Test Device";
+    best.scope.arch = "sm_90a";
+    best.shape = RuntimeShape{2, 8, 0, 2048, 0};
+    best.config = config;
+    best.cache_key = std::string(64, 'a');
+    best.median_us = us;
+    best.tflops = 1.0;
+    best.searcher = "exhaustive";
+    best.toolchain = ToolchainRecord{"13.0", std::string(64, 'f'), "580"};
+    ASSERT_TRUE(db->update_best_if_better(best, BestUpdate::force).ok());
+  };
+  store("attention_fwd", sm80_config, 100.0);
+  store("attention_fwd_sm90", hopper_config, 60.0);
+
+  auto handle = d->client->compile(request);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->template_id(), "attention_fwd_sm90");
+  EXPECT_EQ(handle->abi().abi_version(), 2u);
+  EXPECT_EQ(handle->config().block_n(), hopper_config.block_n);
+  EXPECT_TRUE(handle->config().pingpong());
+
+  // The sm80 family becomes the faster: it is served, asked by either name.
+  store("attention_fwd", sm80_config, 50.0);
+  for (const char* id : {"attention_fwd", "attention_fwd_sm90"}) {
+    request.set_template_id(id);
+    auto again = d->client->compile(request);
+    ASSERT_TRUE(again.ok()) << again.error().message;
+    EXPECT_EQ(again->template_id(), "attention_fwd") << id;
+    EXPECT_EQ(again->abi().abi_version(), 1u);
+    EXPECT_EQ(again->config().block_n(), 64);
+  }
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "search/search_space.hpp"
 
+#include "family/attention_sm90.hpp"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -44,6 +46,9 @@ const std::vector<int>& axis_values(const SearchSpaceAxes& axes, TileField field
     case TileField::stages: return axes.stages;
     case TileField::q_placement: return axes.q_placement;
     case TileField::smem_layout: return axes.smem_layout;
+    case TileField::pingpong: return axes.pingpong;
+    case TileField::separate_o: return axes.separate_o;
+    case TileField::persistent: return axes.persistent;
   }
   return axes.block_m;
 }
@@ -422,6 +427,44 @@ TEST(SearchSpace, RandomDrawsAreInRangeRoughlyUniformAndReplay) {
   }
   EXPECT_NEAR(sum / 10000, 0.5, 0.02);
   EXPECT_EQ(uniform_index(a, 1), 0u);
+}
+
+// The Hopper family's space: its own axes and validity, every member one its
+// config_error accepts, each switch both ways, and moves that stay inside.
+TEST(SearchSpaceTest, HopperFamilySpaceHoldsOnlyValidConfigsWithEverySwitchBothWays) {
+  for (int d : {64, 128, 256}) {
+    SCOPED_TRACE("head_dim " + std::to_string(d));
+    const ProblemClass problem{DType::bf16, d, true};
+    auto space = SearchSpace::create(problem, arch("sm_90a"),
+                                     family_axes(sm90_family::kTemplateId),
+                                     sm90_family::kTemplateId);
+    ASSERT_TRUE(space.ok()) << space.error().message;
+    EXPECT_EQ(space->template_id(), sm90_family::kTemplateId);
+    EXPECT_GE(space->size(), 20u);
+    EXPECT_FALSE(space->rejected().empty());  // warps not matching block_m, spilling tiles, ...
+    std::set<int> pingpong, separate_o, persistent, block_m;
+    for (const TileConfig& c : space->configs()) {
+      EXPECT_EQ(sm90_family::config_error(c, problem, arch("sm_90a")), std::nullopt)
+          << config_label(c);
+      EXPECT_EQ(c.warps, 4 * (c.block_m / 64 + 1));
+      pingpong.insert(c.pingpong);
+      separate_o.insert(c.separate_o);
+      persistent.insert(c.persistent);
+      block_m.insert(c.block_m);
+      for (const TileConfig& n : space->neighbours(c)) EXPECT_TRUE(space->contains(n));
+    }
+    EXPECT_EQ(pingpong.size(), 2u);
+    EXPECT_EQ(persistent.size(), 2u);
+    EXPECT_EQ(separate_o.size(), 2u);
+    EXPECT_TRUE(block_m.count(128));
+  }
+  // Not on sm_80: every member would be rejected.
+  auto sm80 = SearchSpace::create(ProblemClass{DType::fp16, 128, false}, arch("sm_80"),
+                                  family_axes(sm90_family::kTemplateId), sm90_family::kTemplateId);
+  ASSERT_FALSE(sm80.ok());
+  EXPECT_NE(sm80.error().message.find("sm_90a"), std::string::npos) << sm80.error().message;
+  // The sm80 family's default axes are unchanged by the Hopper switches.
+  EXPECT_EQ(family_axes("attention_fwd").pingpong, std::vector<int>{0});
 }
 
 }  // namespace

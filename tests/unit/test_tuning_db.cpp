@@ -820,12 +820,13 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
         kToolchain.template_source_hash + "', '580.65.06', 1700000001000)");
   }
 
-  ASSERT_EQ(TuningDb::schema_version(), 2);
+  ASSERT_EQ(TuningDb::schema_version(), 3);
   auto db = open_ok(path);
   ASSERT_NE(db, nullptr);
   {
     RawDb raw(path);
-    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "2");
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "3");
+    EXPECT_EQ(raw.scalar("SELECT pingpong + separate_o + persistent FROM best"), "0");
     EXPECT_EQ(raw.scalar("SELECT q_placement || '/' || smem_layout FROM best"), "auto/auto");
     EXPECT_EQ(raw.scalar("SELECT q_placement || '/' || smem_layout FROM trials"), "auto/auto");
   }
@@ -874,8 +875,40 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
   db.reset();
   ASSERT_NE(open_ok(path), nullptr);
   RawDb raw(path);
-  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "2");
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "3");
   EXPECT_EQ(raw.scalar("SELECT count(*) FROM best"), "1");
+}
+
+// The Hopper family's switches survive the database both as a best and as
+// trials, and configs differing only in them are distinct.
+TEST(TuningDb, HopperSwitchesRoundTrip) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope scope = scope_at(kBucket);
+  TileConfig hopper{128, 128, 12, 2};
+  hopper.pingpong = true;
+  hopper.persistent = true;
+  BestRecord best = best_for_scope(scope, hopper, 40.0);
+  ASSERT_TRUE(*db->update_best_if_better(best));
+  auto stored = db->best_for(scope);
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  EXPECT_EQ((*stored)->config, hopper) << config_label((*stored)->config);
+
+  auto job = db->begin_job(scope, "exhaustive", kToolchain);
+  ASSERT_TRUE(job.ok());
+  std::vector<TileConfig> recorded;
+  for (int bits = 0; bits < 8; ++bits) {
+    TileConfig c{128, 128, 12, 2};
+    c.pingpong = bits & 1;
+    c.separate_o = bits & 2;
+    c.persistent = bits & 4;
+    recorded.push_back(c);
+    ASSERT_TRUE(db->record_trial(trial_for(scope, *job, c, 30.0 + bits)).ok());
+  }
+  auto trials = db->trials_for_job(*job);
+  ASSERT_TRUE(trials.ok());
+  ASSERT_EQ(trials->size(), recorded.size());
+  for (size_t i = 0; i < recorded.size(); ++i) EXPECT_EQ((*trials)[i].config, recorded[i]);
 }
 
 TEST(TuningDb, BestAndTrialsRoundTripQPlacementLayoutAndShape) {
