@@ -253,7 +253,30 @@ SUITE = [  # (B, H, KVH, S, D, causal)
 ]
 
 
-def bench(cfgs, dtypes, rounds, out_json):
+def load_tuned(folder):
+    """TuningResult JSON files (flashcore --json tune ...) -> {row key: (Cfg, result)}:
+    the configs the daemon's own Tune chose, to be timed here beside SDPA."""
+    out = {}
+    for f in sorted(pathlib.Path(folder).glob("*.json")):
+        try:
+            r = json.loads(f.read_text())
+        except ValueError:
+            continue
+        if r.get("template_id") != "attention_fwd_sm90" or "config" not in r:
+            continue
+        pr, c = r["problem"], r["config"]
+        dtype = "bf16" if pr.get("dtype") == "DTYPE_BF16" else "fp16"
+        d, causal = int(pr["head_dim"]), bool(pr.get("causal", False))
+        heads = int(pr.get("heads", 1))
+        kvh = int(pr.get("kv_heads", 0)) or heads
+        key = (dtype, int(pr.get("batch", 1)), heads, kvh, int(pr["seq_q"]), d, causal)
+        cfg = Cfg(dtype, d, causal, int(c["block_n"]), int(c["stages"]), int(c["block_m"]) // 64,
+                  bool(c.get("pingpong")), bool(c.get("separate_o")), bool(c.get("persistent")))
+        out[key] = (cfg, r)
+    return out
+
+
+def bench(cfgs, dtypes, rounds, out_json, tuned=None):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -265,6 +288,15 @@ def bench(cfgs, dtypes, rounds, out_json):
             flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
             reps = max(2, min(50, int(2e13 / flops) + 1))
             cands = [c for c in cfgs if c.dtype == dtype and c.d == D and c.causal == causal]
+            tuned_cfg = None
+            if tuned is not None:
+                hit = tuned.get((dtype, B, H, KVH, S, D, causal))
+                if hit is None:
+                    print(f"  no tuned result for {dtype} B{B} H{H}/{KVH} S{S} D{D} causal={causal}",
+                          flush=True)
+                else:
+                    tuned_cfg = hit[0]
+                    cands = [tuned_cfg] + [c for c in cands if c.short() != tuned_cfg.short()]
             timers = {}
             for c in cands:
                 try:
@@ -296,6 +328,8 @@ def bench(cfgs, dtypes, rounds, out_json):
             med = {n: statistics.median(v) for n, v in samples.items()}
             ours = {n: m for n, m in med.items() if n not in ("cudnn", "flash")}
             best = min(ours, key=ours.get) if ours else None
+            if tuned_cfg is not None and tuned_cfg.short() in ours:
+                best = tuned_cfg.short()  # the row reports the daemon's pick, not our sweep
             def spread(n):
                 xs = sorted(samples[n])
                 return 100 * (xs[int(0.9 * (len(xs) - 1))] - xs[int(0.1 * (len(xs) - 1))]) / med[n]
@@ -305,6 +339,7 @@ def bench(cfgs, dtypes, rounds, out_json):
                        cudnn_us=round(med["cudnn"], 2) if "cudnn" in med else None,
                        flash_us=round(med["flash"], 2) if "flash" in med else None,
                        tflops=round(flops / med[best] / 1e6, 1) if best else None,
+                       tuned=tuned_cfg is not None,
                        all={n: round(m, 2) for n, m in ours.items()})
             rows.append(row)
             vs = lambda x: f"{x / med[best]:.2f}x" if x and best else "-"
@@ -328,6 +363,8 @@ def main():
     ap.add_argument("--d", default="64,128,256")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--json", default="")
+    ap.add_argument("--tuned", default="", help="folder of TuningResult JSON files: time the "
+                    "configs the daemon's Tune chose (rows report them)")
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
     ds = [int(x) for x in args.d.split(",")]
@@ -363,7 +400,7 @@ def main():
                   + ("OK" if not fails else "FAIL " + "; ".join(fails[:3])), flush=True)
         print(f"check: {len(cfgs) - nfail}/{len(cfgs)} configs pass", flush=True)
     if args.bench:
-        bench(cfgs, dtypes, args.rounds, args.json)
+        bench(cfgs, dtypes, args.rounds, args.json, load_tuned(args.tuned) if args.tuned else None)
 
 
 if __name__ == "__main__":

@@ -116,12 +116,16 @@ struct KernelFlags {
   int head_dim = 0;
   bool causal = false;
   int64_t batch = 1, heads = 1, kv_heads = 0, seq_q = 0, seq_k = 0;
-  int block_m = 128, block_n = 64, warps = 4, stages = 2;
+  // 0 everywhere: no config in the request, so the family's default is used.
+  int block_m = 0, block_n = 0, warps = 0, stages = 0;
   std::string q_placement = "auto", smem_layout = "auto";
+  bool pingpong = false, separate_o = false, persistent = false;
 };
 
 void add_problem_options(CLI::App& command, KernelFlags& f) {
-  command.add_option("--template", f.template_id, "kernel template id")->capture_default_str();
+  command.add_option("--template", f.template_id,
+                     "kernel family: attention_fwd (sm80+) or attention_fwd_sm90 (sm_90a)")
+      ->capture_default_str();
   command.add_option("--dtype", f.dtype, "element type of Q, K, V, O")
       ->required()
       ->check(CLI::IsMember({"fp16", "bf16"}));
@@ -141,10 +145,20 @@ void add_problem_options(CLI::App& command, KernelFlags& f) {
 }
 
 void add_tile_options(CLI::App& command, KernelFlags& f) {
-  command.add_option("--block-m", f.block_m, "query rows per thread block")->capture_default_str();
+  command.add_option("--block-m", f.block_m,
+                     "query rows per thread block (give all four of --block-m, --block-n, "
+                     "--warps, --stages, or none for the family's default config)")
+      ->capture_default_str();
   command.add_option("--block-n", f.block_n, "key rows per inner-loop tile")->capture_default_str();
-  command.add_option("--warps", f.warps, "warps per thread block")->capture_default_str();
+  command.add_option("--warps", f.warps,
+                     "warps per thread block (Hopper family: 4 x (block_m / 64 + 1))")
+      ->capture_default_str();
   command.add_option("--stages", f.stages, "K/V pipeline depth")->capture_default_str();
+  command.add_flag("--pingpong", f.pingpong,
+                   "Hopper family: the two consumer warpgroups take turns on the tensor cores");
+  command.add_flag("--separate-o", f.separate_o, "Hopper family: O gets its own shared tile");
+  command.add_flag("--persistent", f.persistent,
+                   "Hopper family: persistent CTAs over min(tiles, multiprocessors)");
   command.add_option("--q-placement", f.q_placement,
                      "Q operand held in registers or re-read from shared memory; auto = the "
                      "family's rule")
@@ -171,7 +185,10 @@ v1::KernelRequest kernel_request(const KernelFlags& f, bool with_tile) {
   problem->set_seq_q(f.seq_q);
   problem->set_seq_k(f.seq_k);
   problem->set_layout(f.layout == "bhsd" ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
-  if (with_tile) {
+  const bool tile_given = f.block_m != 0 || f.block_n != 0 || f.warps != 0 || f.stages != 0 ||
+                          f.q_placement != "auto" || f.smem_layout != "auto" || f.pingpong ||
+                          f.separate_o || f.persistent;
+  if (with_tile && tile_given) {
     auto* config = request.mutable_config();
     config->set_block_m(f.block_m);
     config->set_block_n(f.block_n);
@@ -183,6 +200,9 @@ v1::KernelRequest kernel_request(const KernelFlags& f, bool with_tile) {
     config->set_smem_layout(f.smem_layout == "swizzled" ? v1::SMEM_LAYOUT_SWIZZLED
                             : f.smem_layout == "padded" ? v1::SMEM_LAYOUT_PADDED
                                                         : v1::SMEM_LAYOUT_UNSPECIFIED);
+    config->set_pingpong(f.pingpong);
+    config->set_separate_o(f.separate_o);
+    config->set_persistent(f.persistent);
   }
   request.set_arch(f.arch);
   return request;
