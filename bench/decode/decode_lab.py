@@ -120,7 +120,7 @@ def effective_splits(SK, block_n, s):
 # (block_n, warps, stages) per (D, packed rows): spill-free on sm_90a and sm_80.
 BASE = {(64, 16): (64, 4, 4), (64, 32): (64, 4, 4), (64, 64): (64, 4, 4),
         (128, 16): (64, 4, 3), (128, 32): (32, 2, 4), (128, 64): (64, 4, 3),
-        (256, 16): (64, 4, 2), (256, 32): (64, 4, 2), (256, 64): (32, 8, 3)}
+        (256, 16): (64, 4, 2), (256, 32): (64, 4, 2), (256, 64): (32, 4, 3)}
 # D 128, 16 packed rows (every timed shape): (block_n, warps, stages). 64x2x4
 # is left out: it spills 8 bytes on sm_90a.
 SWEEP = [(32, 2, 3), (32, 2, 4), (32, 2, 8), (64, 4, 3), (64, 4, 4), (64, 4, 6),

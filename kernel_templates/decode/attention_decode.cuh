@@ -10,12 +10,10 @@
 //   num_splits blocks (grid: num_splits x kv_heads x batch), so that a short
 //   batch still fills the GPU. Each split writes its output, normalised by
 //   its own sum, and its base-2 log-sum-exp to the workspace; a combine merges
-//   them in a fixed order (the result is deterministic). The combine is the
-//   second kernel below, or, with FusedCombine, the last split block of a
+//   them in split order (fixed: the result is deterministic). The combine is
+//   the second kernel below, or, with FusedCombine, the last split block of a
 //   (batch, kv head) to arrive (an atomic counter per pair, reset by that
-//   block), which saves a launch and its ramp (measured on the H200: 16.3 vs
-//   11.8 us at B 1, 8192 keys). With num_splits == 1 the split kernel writes
-//   O and LSE itself.
+//   block). With num_splits == 1 the split kernel writes O and LSE itself.
 // - Inside a block, warp w takes 16 packed rows (m-tile w % MTiles) and a
 //   BlockN / (Warps / MTiles)-key slice of every K/V tile, with its own online
 //   softmax state; the warps' states merge through shared memory at the end.
@@ -71,7 +69,6 @@ __device__ __forceinline__ void combine_chunk(const DecodeParams& p, long long r
   const int splits = p.num_splits;
   const float* lse_row = p.lse_partial + row * splits;
   float row_max = negative_infinity();
-#pragma unroll 8
   for (int s = 0; s < splits; ++s) row_max = fmaxf(row_max, load_cg(lse_row + s));
   float acc[8];
 #pragma unroll
@@ -79,7 +76,7 @@ __device__ __forceinline__ void combine_chunk(const DecodeParams& p, long long r
   float sum = 0.f;
   if (row_max != negative_infinity()) {
     const float* o_row = p.o_partial + row * splits * HeadDim + col;
-#pragma unroll 8
+#pragma unroll 4
     for (int s = 0; s < splits; ++s) {
       const float weight = exp2_approx(load_cg(lse_row + s) - row_max);  // -inf -> 0
       const float4 lo = load_cg4(o_row + s * HeadDim);
@@ -113,7 +110,7 @@ __device__ __forceinline__ void combine_chunk(const DecodeParams& p, long long r
 
 template <typename Element, int HeadDim, int PackedRows, int BlockN, int Warps, int Stages,
           bool FusedCombine>
-__global__ void __launch_bounds__(Warps * 32, 1)
+__global__ void __launch_bounds__(Warps * 32)
     attention_decode_split(const __grid_constant__ DecodeParams p) {
   constexpr int kThreads = Warps * 32;
   constexpr int kMTiles = PackedRows / 16;     // 16-row m-tiles of packed rows
@@ -405,77 +402,12 @@ __global__ void __launch_bounds__(Warps * 32, 1)
     __syncthreads();
     if (!last_block) return;
     __threadfence();
-    // The merge is a chain of L2 round trips at the end of the launch, so it
-    // is built for few of them (measured on the H200: a serial loop over 64
-    // splits cost 11 us): all the pair's partial LSEs come in at once into
-    // shared memory (the ring is free), one warp per row turns them into
-    // weights, then each thread sums one 4-column slice of O over the
-    // splits with 8 loads in flight. The pair's output rows are contiguous
-    // (packed row m is output row row0 + m), so are its partials.
-    const int splits = p.num_splits;
-    const long long row0 = (static_cast<long long>(batch) * p.heads + kv_head * group) * p.seq_q;
-    constexpr int kScratchFloats =
-        (2 * Stages * BlockN * HeadDim * 2 > Warps * 16 * (HeadDim + 4 + 2) * 4
-             ? 2 * Stages * BlockN * HeadDim * 2
-             : Warps * 16 * (HeadDim + 4 + 2) * 4) / 4;
-    static_assert(kScratchFloats >= kDecodeMaxSplits, "a row's weights must fit shared memory");
-    float* weights = scratch;  // [rows of this pass][splits]
-    const int rows_per_pass = min(rows, kScratchFloats / splits);
-    if (rows_per_pass < 1) __trap();  // num_splits past kDecodeMaxSplits: fault, never hang
-    for (int r0 = 0; r0 < rows; r0 += rows_per_pass) {
-      const int pass_rows = min(rows_per_pass, rows - r0);
-      __syncthreads();  // the previous pass is done with `weights`
-      const float* lse_src = p.lse_partial + (row0 + r0) * splits;
-#pragma unroll 4
-      for (int i = threadIdx.x; i < pass_rows * splits; i += kThreads)
-        weights[i] = decode_detail::load_cg(lse_src + i);
-      __syncthreads();
-      for (int m = warp; m < pass_rows; m += Warps) {
-        float* w = weights + m * splits;
-        float mx = negative_infinity();
-        for (int s = lane; s < splits; s += 32) mx = fmaxf(mx, w[s]);
-#pragma unroll
-        for (int o = 16; o > 0; o /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        float sum = 0.f;
-        for (int s = lane; s < splits; s += 32) {
-          const float e = mx == negative_infinity() ? 0.f : exp2_approx(w[s] - mx);
-          w[s] = e;
-          sum += e;
-        }
-#pragma unroll
-        for (int o = 16; o > 0; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        const float inverse = sum > 0.f ? 1.f / sum : 0.f;
-        for (int s = lane; s < splits; s += 32) w[s] *= inverse;
-        if (lane == 0 && p.lse != nullptr)
-          p.lse[row0 + r0 + m] =
-              sum > 0.f ? (mx + __log2f(sum)) * 0.69314718055994530942f : negative_infinity();
-      }
-      __syncthreads();
-      constexpr int kQuads = HeadDim / 4;
-      for (int i = threadIdx.x; i < pass_rows * kQuads; i += kThreads) {
-        const int m = i / kQuads;
-        const int c4 = i % kQuads;
-        const float* src = p.o_partial + (row0 + r0 + m) * splits * HeadDim + c4 * 4;
-        const float* w = weights + m * splits;
-        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int s = 0; s < splits; ++s) {
-          const float4 x = decode_detail::load_cg4(src + s * HeadDim);
-          const float ws = w[s];
-          acc.x += ws * x.x;
-          acc.y += ws * x.y;
-          acc.z += ws * x.z;
-          acc.w += ws * x.w;
-        }
-        const int pm = r0 + m;
-        const int head = kv_head * group + pm / p.seq_q;
-        unsigned short* o = static_cast<unsigned short*>(p.o) + batch * p.o_batch_stride +
-                            head * p.o_head_stride + (pm % p.seq_q) * p.o_row_stride + c4 * 4;
-        uint2 packed;
-        packed.x = Ops::pack(acc.x, acc.y);
-        packed.y = Ops::pack(acc.z, acc.w);
-        *reinterpret_cast<uint2*>(o) = packed;
-      }
+    for (int i = threadIdx.x; i < rows * kColChunks; i += kThreads) {
+      const int m = i / kColChunks;
+      const int head = kv_head * group + m / p.seq_q;
+      const long long out_row =
+          (static_cast<long long>(batch) * p.heads + head) * p.seq_q + m % p.seq_q;
+      decode_detail::combine_chunk<Element, HeadDim>(p, out_row, (i % kColChunks) * 8);
     }
     if (threadIdx.x == 0) *counter = 0u;  // every split has arrived: ready for the next launch
   }

@@ -66,6 +66,9 @@ struct DecodeParams {
 // kDecodeCombineThreads threads, no dynamic shared memory.
 
 constexpr int kDecodeCombineThreads = 128;
+// The most splits a launch may use (the fused combine of branch
+// decode-combine-v2 stages a row's weights in shared memory; today's kernels
+// take any number).
 constexpr int kDecodeMaxSplits = 1024;
 
 FLASHCORE_HOST_DEVICE constexpr int decode_ceil_div(long long a, long long b) {
