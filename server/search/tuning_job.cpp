@@ -298,8 +298,12 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   if (settings_.patience > 0) rules.push_back(patience(static_cast<size_t>(settings_.patience)));
   const StopConditionPtr stop = any_of(std::move(rules));
 
-  // Transfer: the bests of the nearest tuned buckets are tried first.
-  std::vector<TileConfig> seeds;
+  // The family's default (what the daemon serves an untuned bucket) is tried
+  // first, so a tuned result is never slower than not tuning; then the bests
+  // of the nearest tuned buckets (transfer).
+  const TemplateInfo& family = template_info(settings_.template_id);
+  std::vector<TileConfig> seeds{family.resolve(family.default_config(settings_.problem),
+                                               settings_.problem)};
   if (auto near = db.nearest_best(scope, 4); near)
     for (const auto& entry : *near) seeds.push_back(entry.best.config);
 

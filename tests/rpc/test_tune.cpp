@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <sstream>
@@ -625,6 +626,24 @@ TEST(Tune, WithoutEvaluationWorkersIsFailedPrecondition) {
   ASSERT_FALSE(refused.ok());
   EXPECT_EQ(refused.error().code, ErrorCode::invalid_argument);
   EXPECT_NE(refused.error().message.find("searcher"), std::string::npos);
+}
+
+// The family's default config (what an untuned bucket is served) is among
+// the first trials, so a tuned result is never slower than not tuning.
+TEST(Tune, TheFamilyDefaultIsTriedFirst) {
+  auto d = make_daemon();
+  v1::TuneRequest request = large_tune();  // sm_80, D 64: the default 128x64w4s2 is a member
+  request.set_max_evaluations(3);
+  const ProblemClass problem{DType::fp16, 64, false};
+  const TileConfig default_config = resolved(TileConfig{}, problem);
+  std::vector<TileConfig> tried;
+  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) {
+    if (p.has_trial()) tried.push_back(tile_of(p.trial().config()));
+  });
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  ASSERT_FALSE(tried.empty());
+  EXPECT_NE(std::find(tried.begin(), tried.end(), default_config), tried.end())
+      << "first trial: " << config_label(tried.front());
 }
 
 // On sm_90a both attention families answer the same problem: Compile with
