@@ -22,7 +22,7 @@ for dtype in fp16 bf16; do
     IFS=, read -r b h kv s d c <<<"$shape"
     args=(--template attention_fwd_sm90 --arch sm_90a --dtype "$dtype" --head-dim "$d" --batch "$b"
           --heads "$h" --kv-heads "$kv" --seq-q "$s" --layout bhsd --searcher evolutionary
-          --max-evals "$evals")
+          --max-evals "$evals" --time-budget-ms "${TUNE_TIME_BUDGET_MS:-60000}")
     [[ $c == 1 ]] && args+=(--causal)
     tag=${dtype}_${shape//,/_}
     start=$SECONDS
