@@ -27,10 +27,10 @@ ELEM = {"fp16": "flashcore::fp16_t", "bf16": "flashcore::bf16_t"}
 
 class Cfg:
     def __init__(self, dtype, d, causal, block_n, stages, consumers, pingpong, separate_o=False,
-                 persistent=False, fma_exp=0, creg=None, preg=24):
+                 persistent=False, creg=None, preg=24):
         self.dtype, self.d, self.causal = dtype, d, causal
         self.block_n, self.stages, self.consumers, self.pingpong = block_n, stages, consumers, pingpong
-        self.separate_o, self.persistent, self.fma_exp = separate_o, persistent, fma_exp
+        self.separate_o, self.persistent = separate_o, persistent
         self.creg = creg if creg is not None else {1: 0, 2: 240, 3: 160}[consumers]
         self.preg = preg if consumers > 1 else 0
 
@@ -42,8 +42,7 @@ class Cfg:
         b = lambda x: "true" if x else "false"
         return (f"flashcore::attention_fwd_sm90<{ELEM[self.dtype]}, {self.d}, {b(self.causal)}, "
                 f"{self.block_n}, {self.stages}, {self.consumers}, {b(self.pingpong)}, "
-                f"{b(self.separate_o)}, {self.creg}, {self.preg}"
-                + (f", {self.fma_exp}>" if self.fma_exp else ">"))
+                f"{b(self.separate_o)}, {self.creg}, {self.preg}>")
 
     def smem_bytes(self):  # Sm90Layout::kBytes
         q = self.consumers * 64 * self.d * 2
@@ -60,8 +59,7 @@ class Cfg:
 
     def short(self):
         return (f"n{self.block_n}s{self.stages}c{self.consumers}{'p' if self.pingpong else ''}"
-                f"{'o' if self.separate_o else ''}{'P' if self.persistent else ''}"
-                + (f"e{self.fma_exp}" if self.fma_exp else ""))
+                f"{'o' if self.separate_o else ''}{'P' if self.persistent else ''}")
 
     def __repr__(self):
         return f"{self.dtype} d{self.d} {'causal' if self.causal else 'full'} {self.short()}"
@@ -69,16 +67,16 @@ class Cfg:
 
 def default_configs(dtypes=("fp16", "bf16"), causals=(False, True)):
     out = []
-    per_d = {  # (block_n, stages, consumers, pingpong, separate_o, persistent, fma_exp)
-        64: [(128, 3, 2, True, True, True, 0), (128, 3, 2, True, True, True, 2),
-             (128, 3, 2, True, True, True, 3), (128, 2, 3, False, True, True, 2)],
-        128: [(128, 2, 2, True, True, True, 0), (128, 2, 2, True, True, True, 2),
-              (192, 2, 2, True, False, True, 2)],
-        256: [(80, 2, 2, True, False, True, 0), (80, 2, 2, True, False, True, 2)],
+    per_d = {  # (block_n, stages, consumers, pingpong, separate_o, persistent): the family defaults first
+        64: [(128, 3, 2, True, True, True), (128, 2, 3, False, True, True),
+             (192, 2, 2, True, True, True)],
+        128: [(128, 2, 2, True, True, True), (128, 2, 2, True, False, False),
+              (176, 2, 2, True, False, True)],
+        256: [(80, 2, 2, True, False, True), (80, 2, 2, True, False, False)],
     }
     for dtype, causal, (d, lst) in itertools.product(dtypes, causals, per_d.items()):
-        for bn, st, c, pp, so, pe, fe in lst:
-            out.append(Cfg(dtype, d, causal, bn, st, c, pp, so, pe, fe))
+        for bn, st, c, pp, so, pe in lst:
+            out.append(Cfg(dtype, d, causal, bn, st, c, pp, so, pe))
     return out
 
 

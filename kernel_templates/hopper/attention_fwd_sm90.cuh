@@ -30,20 +30,6 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// exp2 on the FMA pipe instead of the MUFU unit (16 results per clock per SM
-// against 128 FMAs): x = j + f with j = round(x), 2^f by a degree-3 minimax
-// polynomial on [-0.5, 0.5] (relative error 7.5e-5, below fp16's rounding of
-// P), 2^j added into the exponent bits. x <= 0 here; -inf (masked) clamps to
-// 2^-126, which P's 16-bit rounding makes 0.
-__device__ __forceinline__ float ex2_fma(float x) {
-  x = fmaxf(x, -126.f);
-  const float t = x + 12582912.f;  // 1.5 * 2^23: round(x) lands in the low mantissa bits
-  const float f = x - (t - 12582912.f);
-  const float p = fmaf(fmaf(fmaf(0.0551716359f, f, 0.242611168f), f, 0.693260996f), f,
-                       0.999928071f);
-  return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
-}
-
 // Shared memory, every tile 1024-byte aligned (the 128-byte swizzle atom):
 // Q per consumer warpgroup (64 rows x head_dim), then optionally O per
 // warpgroup (else O goes out through the Q tile), the K ring, the V ring,
@@ -89,7 +75,7 @@ __device__ __forceinline__ TileCoord tile_coord(int tile, int m_blocks, int head
 // tiles = ceil(seq_q / (64 * Consumers)) * heads * batch; block 128 *
 // (Consumers + 1) threads; each CTA walks tiles blockIdx.x, + gridDim.x, ...
 template <typename Element, int HeadDim, bool Causal, int BlockN, int Stages, int Consumers,
-          bool Pingpong, bool SeparateO, int ConsumerRegs, int ProducerRegs, int FmaExp = 0>
+          bool Pingpong, bool SeparateO, int ConsumerRegs, int ProducerRegs>
 __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
     attention_fwd_sm90(const __grid_constant__ AttentionTmaParams p) {
   using namespace sm90;
@@ -97,7 +83,6 @@ __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
   static_assert(HeadDim % 64 == 0 && HeadDim <= 256, "head_dim must be 64, 128, 192 or 256");
   static_assert(BlockN % 16 == 0 && BlockN <= 256, "block_n must be a multiple of 16, <= 256");
   static_assert(!Pingpong || Consumers == 2, "ping-pong takes two consumer warpgroups");
-  static_assert(FmaExp >= 0 && FmaExp <= 8, "FmaExp: exponentials of every 8 done on the FMA pipe");
   constexpr int BlockM = 64 * Consumers;
   constexpr int SRegs = BlockN / 2;
   constexpr int ORegs = HeadDim / 2;
@@ -259,9 +244,7 @@ __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
     float sum_lo = 0.f, sum_hi = 0.f;
 #pragma unroll
     for (int i = 0; i < SRegs; ++i) {
-      const float x = fmaf(s[i], sl2, (i & 2) ? -ms_hi : -ms_lo);
-      // FmaExp of every 8 scores take the FMA pipe, balancing it with MUFU.
-      s[i] = (i % 8) < FmaExp ? ex2_fma(x) : ex2(x);
+      s[i] = ex2(fmaf(s[i], sl2, (i & 2) ? -ms_hi : -ms_lo));
       if (i & 2) sum_hi += s[i];
       else sum_lo += s[i];
     }
