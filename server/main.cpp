@@ -1,4 +1,6 @@
 // flashcored: loads the config, serves until SIGTERM/SIGINT, then drains.
+// SIGHUP re-reads the config (file, environment, flags as at start) and
+// applies what can change while serving: the log level.
 #include <spdlog/spdlog.h>
 
 #include <csignal>
@@ -37,7 +39,17 @@ int main(int argc, char** argv) {
   }
   spdlog::info("flashcored listening on {}", (*daemon)->address());
 
-  const int received = wait_for_shutdown_signal();
+  const int received = wait_for_shutdown_signal([&] {
+    auto reloaded = load_config(argc, argv);
+    if (!reloaded) {
+      spdlog::error("SIGHUP: config not reloaded, keeping the running one: {}",
+                    reloaded.error().message);
+      return;
+    }
+    spdlog::set_level(spdlog::level::from_str(reloaded->log_level));
+    spdlog::warn("SIGHUP: log level now {}; other settings take effect at the next start",
+                 reloaded->log_level);
+  });
   spdlog::info("SIG{} received, draining for up to {} ms", sigabbrev_np(received),
                config->drain_timeout.count());
   (*daemon)->shutdown(config->drain_timeout);

@@ -14,6 +14,7 @@ sigset_t shutdown_signals() {
   sigemptyset(&set);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
   return set;
 }
 
@@ -26,12 +27,15 @@ Status block_shutdown_signals() {
   return ok_status();
 }
 
-int wait_for_shutdown_signal() {
+int wait_for_shutdown_signal(const std::function<void()>& on_reload) {
   const sigset_t set = shutdown_signals();
-  int received = 0;
-  // sigwait fails only for an invalid set; treat that as a request to stop.
-  if (sigwait(&set, &received) != 0) return SIGTERM;
-  return received;
+  for (;;) {
+    int received = 0;
+    // sigwait fails only for an invalid set; treat that as a request to stop.
+    if (sigwait(&set, &received) != 0) return SIGTERM;
+    if (received != SIGHUP) return received;
+    if (on_reload) on_reload();
+  }
 }
 
 }  // namespace flashcore

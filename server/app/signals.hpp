@@ -6,16 +6,21 @@
 // whatever handler NVRTC has installed at that moment.
 #pragma once
 
+#include <functional>
+
 #include "common/result.hpp"
 
 namespace flashcore {
 
-// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it
-// starts afterwards: call first thing in main. Children spawned later inherit
-// the mask across exec and must unblock the signals (posix_spawnattr_setsigmask).
+// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread, and so in every
+// thread it starts afterwards: call first thing in main. Children spawned
+// later inherit the mask across exec and must unblock the signals
+// (posix_spawnattr_setsigmask).
 Status block_shutdown_signals();
 
-// Waits for SIGTERM or SIGINT and returns its number.
-int wait_for_shutdown_signal();
+// Waits for SIGTERM or SIGINT and returns its number. Each SIGHUP on the way
+// calls `on_reload` (the daemon re-reads what can change while it runs) and
+// goes on waiting: a hang-up never stops the daemon.
+int wait_for_shutdown_signal(const std::function<void()>& on_reload = {});
 
 }  // namespace flashcore

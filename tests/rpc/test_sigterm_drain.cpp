@@ -6,8 +6,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
 #include <future>
 #include <thread>
 
@@ -119,6 +124,83 @@ TEST(SigtermDrainTest, InFlightCompileCompletesAndTheDaemonExitsZero) {
   ASSERT_TRUE(exit_status.has_value()) << "flashcored still running past the drain deadline";
   ASSERT_TRUE(WIFEXITED(*exit_status)) << "flashcored died of signal " << WTERMSIG(*exit_status);
   EXPECT_EQ(WEXITSTATUS(*exit_status), 0);
+}
+
+// SIGHUP never stops the daemon: it re-reads the config and applies the log
+// level; a config that no longer loads is reported and the running one kept.
+TEST(SighupTest, ReloadsTheLogLevelAndKeepsServing) {
+  ScratchDir dir;
+  const auto config = dir / "flashcored.toml";
+  const auto log = dir / "daemon.log";
+  auto write_config = [&](const std::string& text) { std::ofstream(config) << text; };
+  write_config("log_level = \"warn\"\n");
+
+  // The log (stdout and stderr) to a file, and an environment without FLASHCORE_* (which would
+  // override the file's log level).
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e)
+    if (std::string(*e).rfind("FLASHCORE_", 0) != 0) env_strings.emplace_back(*e);
+  std::vector<char*> envp;
+  for (auto& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv = {FLASHCORE_DAEMON_PATH, "--config", config.string(), "--listen",
+                                   "127.0.0.1:0", "--port-file", (dir / "port").string(),
+                                   "--cache-dir", (dir / "cache").string()};
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  ASSERT_EQ(posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data()), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      if (pid > 0 && waitpid(pid, nullptr, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, nullptr, 0);
+      }
+    }
+  } reaper{pid};
+
+  const int port = wait_for_port(dir / "port", Clock::now() + std::chrono::seconds(20));
+  ASSERT_GT(port, 0) << "no port file from flashcored";
+  auto stub = v1::FlashCore::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  auto log_text = [&] {
+    std::ifstream in(log);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  auto wait_for_log = [&](const std::string& needle) {
+    for (int i = 0; i < 250; ++i) {
+      if (log_text().find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  };
+
+  write_config("log_level = \"info\"\n");
+  ASSERT_EQ(kill(pid, SIGHUP), 0);
+  EXPECT_TRUE(wait_for_log("log level now info")) << log_text();
+  v1::ServerInfo info;
+  EXPECT_TRUE(server_info(*stub, &info).ok()) << "not serving after SIGHUP";
+
+  write_config("no_such_setting = 1\n");
+  ASSERT_EQ(kill(pid, SIGHUP), 0);
+  EXPECT_TRUE(wait_for_log("config not reloaded")) << log_text();
+  EXPECT_TRUE(wait_for_log("no_such_setting")) << log_text();
+  EXPECT_TRUE(server_info(*stub, &info).ok()) << "not serving after a bad reload";
+  EXPECT_EQ(waitpid(pid, nullptr, WNOHANG), 0) << "flashcored exited on SIGHUP";
+
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  reaper.pid = -1;
+  ASSERT_TRUE(WIFEXITED(status)) << "died of signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 }  // namespace
