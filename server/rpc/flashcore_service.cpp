@@ -74,7 +74,7 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
     if (state.finished) return;
     state.finished = true;
     state.service->release();
-    state.reactor->Finish(status);
+    state.reactor->Finish(bounded_status(status));
   }
 
   static void answer(State& state, Result<CacheLookup> result) {
@@ -188,7 +188,7 @@ class FlashCoreService::ValidateReactor final : public grpc::ServerUnaryReactor 
     if (state.finished) return;
     state.finished = true;
     state.service->release();
-    state.reactor->Finish(status);
+    state.reactor->Finish(bounded_status(status));
   }
 
   static void finish_locked(State& state, const grpc::Status& status) {
@@ -315,7 +315,7 @@ Status FlashCoreService::admit() {
 grpc::ServerUnaryReactor* FlashCoreService::finish_now(grpc::CallbackServerContext* context,
                                                        const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(status);
+  reactor->Finish(bounded_status(status));
   return reactor;
 }
 
@@ -643,7 +643,7 @@ class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::
   static void finish(State& state, grpc::Status status) {
     std::lock_guard lock(state.mutex);
     if (state.status) return;
-    state.status = std::move(status);
+    state.status = bounded_status(status);
     pump(state);
   }
 
@@ -732,7 +732,7 @@ grpc::ServerWriteReactor<v1::TuneProgress>* FlashCoreService::Tune(
   auto refuse = [&](const grpc::Status& status) {
     class Refused final : public grpc::ServerWriteReactor<v1::TuneProgress> {
      public:
-      explicit Refused(const grpc::Status& status) { Finish(status); }
+      explicit Refused(const grpc::Status& status) { Finish(bounded_status(status)); }
       void OnDone() override { delete this; }
     };
     return new Refused(status);

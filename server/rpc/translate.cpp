@@ -1,5 +1,6 @@
 #include "rpc/translate.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <type_traits>
@@ -439,6 +440,29 @@ void fill_summary(const CachedKernel& kernel, v1::KernelSummary* summary) {
   summary->set_spill_store_bytes(kernel.compiled.resources.spill_store_bytes);
   summary->set_compile_ms(kernel.compiled.compile_ms);
   summary->set_created_unix_ms(kernel.created_unix_ms);
+}
+
+grpc::Status bounded_status(const grpc::Status& status) {
+  if (status.ok()) return status;
+  std::string message;
+  const std::string& in = status.error_message();
+  message.reserve(std::min(in.size(), kMaxStatusMessageBytes) + 32);
+  size_t i = 0;
+  for (; i < in.size() && message.size() < kMaxStatusMessageBytes; ++i) {
+    const auto c = static_cast<unsigned char>(in[i]);
+    if (c < 0x20 && c != '\n' && c != '\t') {
+      static constexpr char kHex[] = "0123456789abcdef";
+      message += "\\x";
+      message += kHex[c >> 4];
+      message += kHex[c & 15];
+    } else {
+      message += static_cast<char>(c);
+    }
+  }
+  if (i < in.size()) message += "... (" + std::to_string(in.size() - i) + " more bytes)";
+  std::string details = status.error_details();
+  if (details.size() > kMaxStatusDetailBytes) details.resize(kMaxStatusDetailBytes);
+  return grpc::Status(status.error_code(), message, details);
 }
 
 grpc::Status to_grpc_status(const Error& error) {

@@ -70,5 +70,12 @@ v1::CacheTier to_proto(CacheTier tier);
 // in trailers, which peers limit to 8 KiB by default.
 grpc::Status to_grpc_status(const Error& error);
 inline constexpr size_t kMaxStatusDetailBytes = 2048;
+// Every status the service sends goes through bounded_status(): its message
+// (which may echo request fields) has control characters escaped and is cut
+// at kMaxStatusMessageBytes, its binary details at kMaxStatusDetailBytes, so
+// no status's trailing metadata nears gRPC's 8 KB limit (past which the
+// transport fails the other calls on the connection).
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+grpc::Status bounded_status(const grpc::Status& status);
 
 }  // namespace flashcore::rpc

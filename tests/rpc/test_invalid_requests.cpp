@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "rpc/translate.hpp"
 #include "rpc_test_support.hpp"
 
 namespace flashcore {
@@ -153,6 +154,37 @@ TEST_F(InvalidRequestTest, ListKernelsRejectsBadPaging) {
   expect_invalid(list_kernels(*server_->stub, 10, "garbage", &response), "page_token", "garbage");
   // The largest page is allowed.
   EXPECT_TRUE(list_kernels(*server_->stub, 1000, "", &response).ok());
+}
+
+// Request strings echoed into a status are escaped and capped: a 64 KB
+// template id or key with control characters gets a bounded INVALID_ARGUMENT,
+// and the connection it came on keeps serving the calls after it.
+TEST_F(InvalidRequestTest, HugeOrControlCharacterFieldsGetABoundedStatus) {
+  const std::string huge = std::string("\x01\x1b[31m") + std::string(64 * 1024, 'x');
+  v1::KernelRequest request = quick_request();
+  request.set_template_id(huge);
+  v1::KernelHandle handle;
+  const grpc::Status compiled = compile(*server_->stub, request, &handle, 10);
+  EXPECT_EQ(compiled.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(compiled.error_message().rfind("template_id:", 0), 0u) << compiled.error_message();
+  EXPECT_LE(compiled.error_message().size(), rpc::kMaxStatusMessageBytes + 64);
+  EXPECT_NE(compiled.error_message().find("more bytes"), std::string::npos);
+  EXPECT_NE(compiled.error_message().find("\\x01"), std::string::npos) << "control character not escaped";
+  EXPECT_EQ(compiled.error_message().find('\x1b'), std::string::npos);
+
+  v1::GetKernelRequest get;
+  get.set_key(huge);
+  const grpc::Status got = get_kernel(*server_->stub, get, &handle);
+  EXPECT_EQ(got.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LE(got.error_message().size(), rpc::kMaxStatusMessageBytes + 64);
+  v1::ListKernelsResponse page;
+  const grpc::Status listed = list_kernels(*server_->stub, 10, huge, &page);
+  EXPECT_EQ(listed.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LE(listed.error_message().size(), rpc::kMaxStatusMessageBytes + 64);
+
+  // The same channel still serves.
+  v1::ServerInfo info;
+  EXPECT_TRUE(server_info(*server_->stub, &info).ok());
 }
 
 // Runs last in this suite (gtest keeps declaration order): nothing above
