@@ -33,6 +33,7 @@ struct Layer {
   std::optional<std::string> listen_address;
   std::optional<std::string> cache_dir;
   std::optional<int64_t> memory_cache_mb;
+  std::optional<int64_t> disk_cache_mb;
   std::optional<int64_t> compile_threads;
   std::optional<int64_t> max_queued_compiles;
   std::optional<int64_t> max_concurrent_rpcs;
@@ -56,6 +57,7 @@ void apply(Layer& base, const Layer& top) {
   over(base.listen_address, top.listen_address);
   over(base.cache_dir, top.cache_dir);
   over(base.memory_cache_mb, top.memory_cache_mb);
+  over(base.disk_cache_mb, top.disk_cache_mb);
   over(base.compile_threads, top.compile_threads);
   over(base.max_queued_compiles, top.max_queued_compiles);
   over(base.max_concurrent_rpcs, top.max_concurrent_rpcs);
@@ -102,6 +104,7 @@ Result<Layer> read_toml(const std::string& path) {
     if (k == "listen_address") status = string_key(k, node, layer.listen_address);
     else if (k == "cache_dir") status = string_key(k, node, layer.cache_dir);
     else if (k == "memory_cache_mb") status = int_key(k, node, layer.memory_cache_mb);
+    else if (k == "disk_cache_mb") status = int_key(k, node, layer.disk_cache_mb);
     else if (k == "compile_threads") status = int_key(k, node, layer.compile_threads);
     else if (k == "max_queued_compiles") status = int_key(k, node, layer.max_queued_compiles);
     else if (k == "max_concurrent_rpcs") status = int_key(k, node, layer.max_concurrent_rpcs);
@@ -156,6 +159,11 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     auto mb = count("memory_cache_mb", *layer.memory_cache_mb, 1, int64_t{1} << 24);
     if (!mb) return mb.error();
     config.memory_cache_bytes = *mb * kMiB;
+  }
+  if (layer.disk_cache_mb) {
+    auto mb = count("disk_cache_mb", *layer.disk_cache_mb, 1, int64_t{1} << 30);
+    if (!mb) return mb.error();
+    config.disk_cache_bytes = static_cast<uint64_t>(*mb) * kMiB;
   }
   if (layer.compile_threads) {
     auto n = count("compile_threads", *layer.compile_threads, 0, 1024);
@@ -242,6 +250,8 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
   str("--cache-dir", flags.cache_dir,
       "on-disk kernel cache (FLASHCORE_CACHE_DIR; default $XDG_CACHE_HOME/flashcore)");
   num("--memory-cache-mb", flags.memory_cache_mb, "memory tier budget in MiB");
+  num("--disk-cache-mb", flags.disk_cache_mb,
+      "disk tier bound in MiB; least recently used entries are evicted past it");
   num("--compile-threads", flags.compile_threads, "NVRTC threads, 0 = one per core");
   num("--max-queued-compiles", flags.max_queued_compiles,
       "compiles waiting for a thread before RESOURCE_EXHAUSTED");

@@ -15,6 +15,7 @@ struct DaemonConfig {
   std::string listen_address = "127.0.0.1:50051";  // loopback by default: a shared box
   std::filesystem::path cache_dir;                 // default: $XDG_CACHE_HOME/flashcore or ~/.cache/flashcore
   size_t memory_cache_bytes = size_t{256} << 20;
+  uint64_t disk_cache_bytes = uint64_t{10240} << 20;  // least recently used entries evicted past it
   size_t compile_threads = 0;                      // 0 = hardware concurrency
   size_t max_queued_compiles = 64;                 // beyond: RESOURCE_EXHAUSTED
   size_t max_concurrent_rpcs = 256;                // beyond: RESOURCE_EXHAUSTED

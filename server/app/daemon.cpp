@@ -160,7 +160,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   impl->pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
   impl->compiler = std::make_shared<const NvrtcCompiler>(templates);
   impl->cache = std::make_shared<KernelCache>(
-      KernelCacheOptions{config.memory_cache_bytes, impl->config.cache_dir}, impl->compiler,
+      KernelCacheOptions{config.memory_cache_bytes, impl->config.cache_dir, config.disk_cache_bytes}, impl->compiler,
       impl->pool);
 
   rpc::ServiceOptions options;
@@ -226,9 +226,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
           "cannot write port file " + config.port_file.string() + ": " + written.error().message);
   }
 
-  spdlog::info("templates: {}; cache: {} ({} MiB in memory); {} compile threads; default arch {}",
-               config.templates_dir.empty() ? "embedded" : config.templates_dir.string(),
-               impl->config.cache_dir.string(), config.memory_cache_bytes >> 20, threads,
+  spdlog::info(
+      "templates: {}; cache: {} ({} MiB in memory, {} MiB on disk); {} compile threads; "
+      "default arch {}",
+      config.templates_dir.empty() ? "embedded" : config.templates_dir.string(),
+      impl->config.cache_dir.string(), config.memory_cache_bytes >> 20,
+      config.disk_cache_bytes >> 20, threads,
                options.default_arch);
   return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -221,7 +222,76 @@ ReadOutcome read_prefix(const fs::path& path, size_t max_bytes, std::string* out
 
 }  // namespace
 
-DiskStore::DiskStore(fs::path root) : root_(std::move(root)) {}
+DiskStore::DiskStore(fs::path root, uint64_t max_bytes)
+    : root_(std::move(root)), max_bytes_(max_bytes) {
+  scan();
+}
+
+void DiskStore::scan() {
+  // Temp files are written next to their entry and renamed over it; one
+  // older than this start (with a minute's grace for a concurrent writer
+  // sharing the folder) belongs to a writer that died.
+  const auto stale_before = fs::file_time_type::clock::now() - std::chrono::minutes(1);
+  std::error_code ec;
+  std::lock_guard lock(index_mutex_);
+  for (fs::directory_iterator shards(root_, ec), end; !ec && shards != end; shards.increment(ec)) {
+    std::error_code entry_ec;
+    if (!shards->is_directory(entry_ec) || shards->path().filename().string().size() != 2) continue;
+    for (fs::directory_iterator files(shards->path(), entry_ec); !entry_ec && files != end;
+         files.increment(entry_ec)) {
+      const fs::path& file = files->path();
+      std::error_code file_ec;
+      const auto time = fs::last_write_time(file, file_ec);
+      if (file_ec) continue;
+      const std::string name = file.filename().string();
+      if (name.find(".tmp.") != std::string::npos) {
+        if (time < stale_before && fs::remove(file, file_ec)) ++stale_temps_removed_;
+        continue;
+      }
+      if (file.extension() != kExtension) continue;
+      const std::string key = file.stem().string();
+      if (!is_well_formed_key(key)) continue;
+      const auto size = fs::file_size(file, file_ec);
+      if (file_ec) continue;
+      index_[key] = Indexed{size, time};
+      total_bytes_ += size;
+    }
+  }
+  if (stale_temps_removed_ > 0)
+    spdlog::info("cache folder {}: removed {} temp files a crashed writer left", root_.string(),
+                 stale_temps_removed_);
+  evict_to_fit("");
+}
+
+uint64_t DiskStore::bytes() const {
+  std::lock_guard lock(index_mutex_);
+  return total_bytes_;
+}
+
+void DiskStore::forget(const std::string& key) {
+  std::lock_guard lock(index_mutex_);
+  auto it = index_.find(key);
+  if (it == index_.end()) return;
+  total_bytes_ -= it->second.size;
+  index_.erase(it);
+}
+
+void DiskStore::evict_to_fit(const std::string& keep_key) {
+  if (max_bytes_ == 0) return;
+  while (total_bytes_ > max_bytes_) {
+    auto oldest = index_.end();
+    for (auto it = index_.begin(); it != index_.end(); ++it)
+      if (it->first != keep_key && (oldest == index_.end() || it->second.used < oldest->second.used))
+        oldest = it;
+    if (oldest == index_.end()) return;  // only the entry just stored: it stays
+    std::error_code ec;
+    fs::remove(path_for(oldest->first), ec);
+    if (ec) spdlog::warn("cache entry {}: cannot evict: {}", oldest->first, ec.message());
+    total_bytes_ -= oldest->second.size;
+    index_.erase(oldest);
+    ++evicted_;
+  }
+}
 
 fs::path DiskStore::path_for(const std::string& key) const {
   return root_ / key.substr(0, 2) / (key + std::string(kExtension));
@@ -293,7 +363,17 @@ std::optional<CachedKernel> DiskStore::load(const std::string& key) {
     spdlog::warn("cache entry {} is unusable ({}); removing it", path.string(), why);
     fs::remove(path, ec);
     ++corrupt_;
+    forget(key);
     return std::nullopt;
+  }
+  // A hit is a use: the file time orders eviction, now and after a restart.
+  const auto now = fs::file_time_type::clock::now();
+  fs::last_write_time(path, now, ec);
+  {
+    std::lock_guard lock(index_mutex_);
+    auto [it, inserted] = index_.try_emplace(key, Indexed{size, now});
+    if (inserted) total_bytes_ += size;
+    else it->second.used = now;
   }
   return entry;
 }
@@ -302,7 +382,15 @@ Status DiskStore::store(const CachedKernel& entry) {
   if (!is_well_formed_key(entry.key))
     return make_error(ErrorCode::invalid_argument, "malformed cache key '" + entry.key + "'");
   const fs::path path = path_for(entry.key);
-  Status written = write_file_atomically(path, encode(entry));
+  const std::string bytes = encode(entry);
+  Status written = write_file_atomically(path, bytes);
+  if (written.ok()) {
+    std::lock_guard lock(index_mutex_);
+    auto& slot = index_[entry.key];
+    total_bytes_ = total_bytes_ - slot.size + bytes.size();
+    slot = Indexed{bytes.size(), fs::file_time_type::clock::now()};
+    evict_to_fit(entry.key);
+  }
   if (!written.ok()) {
     std::call_once(unwritable_logged_, [&] {
       spdlog::warn("cache folder {} is not writable ({}); kernels stay cached in memory only",
@@ -364,6 +452,7 @@ std::vector<CachedKernel> DiskStore::list(const std::string& after_key, size_t l
     if (!entry) {
       spdlog::warn("cache entry {} is unusable ({}); removing it", path.string(), why);
       fs::remove(path, ec);
+      forget(key);
       ++corrupt_;
       continue;
     }

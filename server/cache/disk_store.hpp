@@ -4,10 +4,18 @@
 // truncated file is removed, logged and reported as a miss so the caller
 // recompiles. An unwritable folder is logged once and caching goes on in
 // memory.
+//
+// Bounded: with max_bytes > 0, each store evicts the least recently used
+// entries (by file time, which a hit refreshes, so the order survives a
+// restart) until the folder's entries fit. Eviction is an unlink, atomic,
+// and a reader that already opened the file keeps reading it. Temp files a
+// crashed writer left (older than this store's start) are removed at start.
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -20,7 +28,7 @@ namespace flashcore {
 
 class DiskStore {
  public:
-  explicit DiskStore(std::filesystem::path root);
+  explicit DiskStore(std::filesystem::path root, uint64_t max_bytes = 0);
 
   // nullopt on a miss (absent, or corrupt and now removed).
   std::optional<CachedKernel> load(const std::string& key);
@@ -33,13 +41,30 @@ class DiskStore {
   std::filesystem::path path_for(const std::string& key) const;
   const std::filesystem::path& root() const { return root_; }
   size_t corrupt_entries() const { return corrupt_.load(); }
+  uint64_t bytes() const;                 // of the entries this store knows of
+  size_t evicted_entries() const { return evicted_.load(); }
+  size_t stale_temp_files_removed() const { return stale_temps_removed_; }
 
   // The entry file format, exposed for tests that corrupt files on purpose.
   static std::string encode(const CachedKernel& entry);
   static std::optional<CachedKernel> decode(std::string_view bytes, std::string* why);
 
  private:
+  void scan();                                    // index existing entries, drop stale temps
+  void forget(const std::string& key);            // after a removal
+  void evict_to_fit(const std::string& keep_key);  // caller holds index_mutex_
+
   std::filesystem::path root_;
+  uint64_t max_bytes_ = 0;
+  struct Indexed {
+    uint64_t size = 0;
+    std::filesystem::file_time_type used;
+  };
+  mutable std::mutex index_mutex_;
+  std::map<std::string, Indexed> index_;
+  uint64_t total_bytes_ = 0;
+  std::atomic<size_t> evicted_{0};
+  size_t stale_temps_removed_ = 0;
   std::atomic<size_t> corrupt_{0};
   std::once_flag unwritable_logged_;
 };

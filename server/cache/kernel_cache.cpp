@@ -34,7 +34,7 @@ KernelCache::KernelCache(KernelCacheOptions options, std::shared_ptr<const Nvrtc
       compiler_(std::move(compiler)),
       pool_(std::move(pool)),
       memory_(options_.memory_bytes) {
-  if (!options_.disk_dir.empty()) disk_ = std::make_unique<DiskStore>(options_.disk_dir);
+  if (!options_.disk_dir.empty()) disk_ = std::make_unique<DiskStore>(options_.disk_dir, options_.disk_max_bytes);
 }
 
 KernelCache::~KernelCache() {

@@ -42,6 +42,7 @@ struct CacheStats {
 struct KernelCacheOptions {
   size_t memory_bytes = size_t{256} << 20;
   std::filesystem::path disk_dir;  // empty = no disk tier
+  uint64_t disk_max_bytes = 0;     // 0 = unbounded; else LRU entries are evicted past it
 };
 
 class KernelCache {

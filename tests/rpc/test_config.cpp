@@ -78,6 +78,7 @@ TEST_F(ConfigTest, EveryTomlKeyIsRead) {
 listen_address = "0.0.0.0:7000"
 cache_dir = "/var/cache/fc"
 memory_cache_mb = 32
+disk_cache_mb = 640
 compile_threads = 3
 max_queued_compiles = 9
 max_concurrent_rpcs = 17
@@ -93,6 +94,7 @@ port_file = "/run/fc.port"
   EXPECT_EQ(config->listen_address, "0.0.0.0:7000");
   EXPECT_EQ(config->cache_dir, std::filesystem::path("/var/cache/fc"));
   EXPECT_EQ(config->memory_cache_bytes, size_t{32} << 20);
+  EXPECT_EQ(config->disk_cache_bytes, uint64_t{640} << 20);
   EXPECT_EQ(config->compile_threads, 3u);
   EXPECT_EQ(config->max_queued_compiles, 9u);
   EXPECT_EQ(config->max_concurrent_rpcs, 17u);

@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cache/cache_key.hpp"
@@ -273,6 +275,66 @@ TEST(DiskStore, ListIsSortedPaginatedAndSkipsCorruptFiles) {
   EXPECT_EQ(store.list("", 0).size(), 0u);
   EXPECT_EQ(store.list(entries.back().key, 10).size(), 0u);
   EXPECT_TRUE(DiskStore(dir.path() / "absent").list("", 10).empty());
+}
+
+// The bound: past max_bytes the least recently used entries go, a hit
+// counts as a use, the entry just stored always stays, and the order and
+// the total survive a restart.
+TEST(DiskStore, BoundEvictsTheLeastRecentlyUsedEntries) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "cache";
+  std::vector<CachedKernel> entries;
+  for (int i = 0; i < 5; ++i)
+    entries.push_back(sample_entry(test_key("lru" + std::to_string(i)), sample_cubin(10000, i)));
+  const uint64_t one = DiskStore::encode(entries[0]).size();
+  {
+    DiskStore store(root, 3 * one + one / 2);  // room for three
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(store.store(entries[i]).ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // distinct file times
+    }
+    ASSERT_TRUE(store.load(entries[0].key).has_value());  // 0 is now the most recent
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    ASSERT_TRUE(store.store(entries[3]).ok());           // evicts 1, the least recent
+    EXPECT_EQ(store.evicted_entries(), 1u);
+    EXPECT_FALSE(fs::exists(store.path_for(entries[1].key)));
+    for (int i : {0, 2, 3}) EXPECT_TRUE(store.load(entries[i].key).has_value()) << i;
+    EXPECT_LE(store.bytes(), 3 * one + one / 2);
+  }
+  // A new store on the folder counts what is there and keeps evicting by time.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  DiskStore reopened(root, 3 * one + one / 2);
+  EXPECT_EQ(reopened.bytes(), 3 * one);
+  ASSERT_TRUE(reopened.store(entries[4]).ok());
+  EXPECT_EQ(reopened.evicted_entries(), 1u);
+  EXPECT_EQ(reopened.list("", 10).size(), 3u);
+  EXPECT_TRUE(reopened.load(entries[4].key).has_value());
+  // A bound smaller than one entry keeps just the newest.
+  DiskStore tiny(root, 1);
+  EXPECT_EQ(tiny.list("", 10).size(), 0u);  // start evicts everything over the bound
+  ASSERT_TRUE(tiny.store(entries[1]).ok());
+  EXPECT_TRUE(tiny.load(entries[1].key).has_value());
+  EXPECT_EQ(tiny.list("", 10).size(), 1u);
+}
+
+// Temp files a crashed writer left are removed at start; a fresh one (a
+// writer sharing the folder right now) is left alone.
+TEST(DiskStore, StaleTempFilesAreRemovedAtStart) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "cache";
+  const CachedKernel entry = sample_entry(test_key("tmp"), sample_cubin(1000, 9));
+  { ASSERT_TRUE(DiskStore(root).store(entry).ok()); }
+  const fs::path shard = root / entry.key.substr(0, 2);
+  const fs::path stale = shard / (entry.key + ".fck.tmp.4242.7");
+  const fs::path fresh = shard / (entry.key + ".fck.tmp.4243.8");
+  std::ofstream(stale) << "half a write";
+  std::ofstream(fresh) << "being written";
+  fs::last_write_time(stale, fs::file_time_type::clock::now() - std::chrono::hours(2));
+  DiskStore store(root);
+  EXPECT_EQ(store.stale_temp_files_removed(), 1u);
+  EXPECT_FALSE(fs::exists(stale));
+  EXPECT_TRUE(fs::exists(fresh));
+  EXPECT_TRUE(store.load(entry.key).has_value());
 }
 
 }  // namespace
