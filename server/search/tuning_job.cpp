@@ -358,13 +358,8 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     trial.spill_load_bytes = candidate.spill_load_bytes;
   };
 
-  auto submit = [&](const TileConfig& config) {
-    uint64_t id;
-    {
-      std::lock_guard lock(compiles_->mutex);
-      id = compiles_->next_id++;
-      compiles_->slots[id].config = config;
-    }
+  // `id` keeps the proposal's place in the queue; a resubmission reuses it.
+  auto compile_into = [&](uint64_t id, const TileConfig& config) {
     manager_->compiler_->compile(
         settings_.template_id, settings_.problem, config, settings_.arch, settings_.shape,
         [queue = compiles_, id](Result<CompiledCandidate> result) {
@@ -376,6 +371,20 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
           queue->ready.notify_all();
         });
   };
+  auto submit = [&](const TileConfig& config) {
+    uint64_t id;
+    {
+      std::lock_guard lock(compiles_->mutex);
+      id = compiles_->next_id++;
+      compiles_->slots[id].config = config;
+    }
+    compile_into(id, config);
+  };
+  // A full compile queue (other clients' work) is not the config's fault:
+  // the proposal is compiled again, in its place, rather than recorded as a
+  // compile failure that would keep it out of this and later searches.
+  constexpr int kBusyRetries = 50;
+  std::map<uint64_t, int> busy_retries;
 
   while (!cancelled()) {
     // Keep the compile pipeline full while the GPU measures.
@@ -400,6 +409,18 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
       compiles_->ready.wait(lock, [&] { return compiles_->cancelled || front->second.result; });
       if (compiles_->cancelled) break;
       config = front->second.config;
+      const uint64_t id = front->first;
+      const Result<CompiledCandidate>& result = *front->second.result;
+      if (!result && result.error().code == ErrorCode::resource_exhausted &&
+          busy_retries[id] < kBusyRetries) {
+        ++busy_retries[id];
+        front->second.result.reset();
+        lock.unlock();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        compile_into(id, config);
+        continue;
+      }
+      busy_retries.erase(id);
       compiled = std::move(front->second.result);
       compiles_->slots.erase(front);
     }
@@ -428,6 +449,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
         request.repetitions = settings_.repetitions;
         request.target_loop_ms = settings_.target_loop_ms;
         request.deadline = begin + time_limit + std::chrono::minutes(2);
+        request.cancelled = &cancelled_;
         took_gpu_time = true;
         auto measured = manager_->backend_->measure(request);
         if (!measured) {

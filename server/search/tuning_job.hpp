@@ -76,6 +76,9 @@ struct MeasureRequest {
   int repetitions = 0;
   double target_loop_ms = 0.0;
   std::chrono::steady_clock::time_point deadline;
+  // True once the job is cancelled (client gone, deadline, drain): a backend
+  // may give up a measurement in progress then; the job stops after it.
+  const std::atomic<bool>* cancelled = nullptr;
 };
 
 struct Measurement {

@@ -11,6 +11,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <optional>
 #include <fstream>
 #include <sstream>
 #include <chrono>
@@ -36,11 +39,29 @@ using namespace std::chrono_literals;
 // Measures nothing: each compiled config's "time" is the synthetic test
 // objective's, the trap config is "wrong", other objective failures are
 // worker failures. `delay` stands in for GPU time.
+//
+// Tests that are about order (queued before started, cancelled while
+// measuring) hold measurements at a gate instead of relying on delays: a
+// held measurement waits until the test opens the gate or its job is
+// cancelled (then it fails as a worker would), so the outcome does not
+// depend on how fast a loaded machine runs.
 class SyntheticObjectiveBackend final : public EvaluationBackend {
  public:
   explicit SyntheticObjectiveBackend(std::chrono::milliseconds delay = 0ms) : delay_(delay) {}
 
   Result<Measurement> measure(const MeasureRequest& request) override {
+    {
+      std::unique_lock lock(mutex_);
+      const int index = begun_++;
+      changed_.notify_all();
+      if (on_measure_) on_measure_(index);
+      auto held = [&] { return hold_ && hold_(index, request); };
+      while (held() && !(request.cancelled && request.cancelled->load())) {
+        // The job's flag is an atomic without a notification: look again soon.
+        changed_.wait_for(lock, 2ms);
+      }
+      if (held()) return make_error(ErrorCode::cancelled, "measurement abandoned: job cancelled");
+    }
     std::this_thread::sleep_for(delay_);
     ++measured_;
     if (request.reference == nullptr) ++without_reference_;
@@ -66,11 +87,60 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
   int gpu_count() const override { return 1; }
   std::string device_name(int) const override { return "Synthetic Test Device"; }
 
+  // Measurements for which `hold` is true (given their index, 0 first) wait
+  // at the gate.
+  void hold_if(std::function<bool(int, const MeasureRequest&)> hold) {
+    std::lock_guard lock(mutex_);
+    hold_ = std::move(hold);
+    changed_.notify_all();
+  }
+  // Measurements after the first `n` wait at the gate.
+  void hold_after(int n) {
+    hold_if([n](int index, const MeasureRequest&) { return index >= n; });
+  }
+  void open_gate() { hold_if(nullptr); }
+  // Blocks until `n` measurements have begun (held ones included).
+  void wait_for_measurements(int n) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return begun_ >= n; });
+  }
+  // Runs at the start of each measurement, with its index (0 first).
+  void on_measure(std::function<void(int)> hook) {
+    std::lock_guard lock(mutex_);
+    on_measure_ = std::move(hook);
+  }
+
   std::atomic<int> measured_{0};
   std::atomic<int> without_reference_{0};
 
  private:
   std::chrono::milliseconds delay_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int begun_ = 0;
+  std::function<bool(int, const MeasureRequest&)> hold_;
+  std::function<void(int)> on_measure_;
+};
+
+// Holds a value one thread sets and another waits for.
+template <typename T>
+class Latch {
+ public:
+  void set(T value) {
+    std::lock_guard lock(mutex_);
+    value_ = std::move(value);
+    changed_.notify_all();
+  }
+  T wait() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return value_.has_value(); });
+    return *value_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::optional<T> value_;
 };
 
 struct TuneDaemon {
@@ -125,6 +195,9 @@ v1::TuneRequest small_tune(int64_t seq = 1000, bool causal = false) {
   problem->set_seq_q(seq);
   request.set_max_evaluations(6);
   request.set_seed(7);
+  // Tests count evaluations: a loaded 2-core machine must not end a search
+  // on the clock (60 s by default) before the count is reached.
+  request.set_time_budget_ms(3'600'000);
   return request;
 }
 
@@ -179,14 +252,18 @@ std::unique_ptr<TuningDb> open_db(const TuneDaemon& d) {
   return db.ok() ? std::move(db).value() : nullptr;
 }
 
-// Waits until the job is no longer running (the job thread records its end
-// after the call has finished).
+// Waits until the job is no longer running. A job cancelled by its client
+// records its end after the call has returned (it first waits for its
+// compiles in flight), so this waits for that event; the bound only keeps a
+// broken build from hanging.
 std::optional<JobRecord> finished_job(TuningDb& db, int64_t job_id) {
-  for (int i = 0; i < 200; ++i) {
+  const auto give_up = std::chrono::steady_clock::now() + 10min;
+  while (std::chrono::steady_clock::now() < give_up) {
     auto job = db.job(job_id);
     if (job.ok() && *job && (*job)->status != JobStatus::running) return **job;
-    std::this_thread::sleep_for(25ms);
+    std::this_thread::sleep_for(10ms);
   }
+  ADD_FAILURE() << "tuning job " << job_id << " never finished";
   return std::nullopt;
 }
 
@@ -322,7 +399,7 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   const CliRun cli = run_cli(
       scratch, {"--address", d->daemon->address(), "tune", "--dtype", "fp16", "--head-dim", "256",
                 "--batch", "2", "--heads", "8", "--seq-q", "1000", "--arch", "sm_86",
-                "--max-evals", space_size, "--seed", "7", "--force"});
+                "--max-evals", space_size, "--seed", "7", "--time-budget-ms", "3600000", "--force"});
   ASSERT_EQ(cli.exit_code, 0) << cli.out << cli.err;
   const std::string best_label = std::to_string(optimum->config.block_m) + "x" +
                                  std::to_string(optimum->config.block_n) + " w" +
@@ -388,26 +465,27 @@ TEST(Tune, MeasuresWhileTheSpaceStillCompilesAndDefaultsToAFifthOfIt) {
   auto space = SearchSpace::create(problem_of(request), *arch);
   ASSERT_TRUE(space.ok());
 
+  // Kernels in the daemon's cache when the first candidate is measured,
+  // counted from inside that measurement (the job waits for it), so a
+  // loaded machine delivering the stream late cannot blur the count.
   std::optional<int> compiled_at_first_trial;
-  std::vector<v1::TuneProgress> events;
-  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) {
-    events.push_back(p);
-    if (p.has_trial() && !compiled_at_first_trial) {
-      // Kernels in the daemon's cache when the first candidate was measured.
-      int count = 0;
-      std::string token;
-      do {
-        auto page = d->client->list_kernels(100, token);
-        if (!page.ok()) {
-          count = -1;
-          break;
-        }
-        count += page->kernels_size();
-        token = page->next_page_token();
-      } while (!token.empty());
-      compiled_at_first_trial = count;
-    }
+  d->backend->on_measure([&](int index) {
+    if (index != 0) return;
+    int count = 0;
+    std::string token;
+    do {
+      auto page = d->client->list_kernels(100, token);
+      if (!page.ok()) {
+        count = -1;
+        break;
+      }
+      count += page->kernels_size();
+      token = page->next_page_token();
+    } while (!token.empty());
+    compiled_at_first_trial = count;
   });
+  std::vector<v1::TuneProgress> events;
+  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) { events.push_back(p); });
   ASSERT_TRUE(result.ok()) << result.error().message;
   ASSERT_TRUE(compiled_at_first_trial.has_value());
   EXPECT_GE(*compiled_at_first_trial, 1);
@@ -486,7 +564,10 @@ TEST(Tune, ABestStoredBeforeSchemaTwoIsAnsweredAsItsConcreteKernel) {
 }
 
 TEST(Tune, ClientCancelStopsTheJobAndRecordsItCancelled) {
-  auto d = make_daemon(100ms);
+  auto d = make_daemon();
+  // The third measurement is held until the job is cancelled: the client
+  // cancels after the second trial, so the job ends with at most three.
+  d->backend->hold_after(2);
   auto cancel = std::make_shared<client::TuneCancel>();
   int64_t job_id = 0;
   int trials = 0;
@@ -501,37 +582,41 @@ TEST(Tune, ClientCancelStopsTheJobAndRecordsItCancelled) {
   auto job = finished_job(*db, job_id);
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->status, JobStatus::cancelled);
-  EXPECT_LT(job->evaluations, 10);
+  EXPECT_GE(job->evaluations, 2);
+  EXPECT_LE(job->evaluations, 3);
 }
 
 TEST(Tune, DeadlineStopsTheJobAndRecordsItCancelled) {
-  auto d = make_daemon(100ms);
+  auto d = make_daemon();
+  // Every measurement is held until the job is cancelled, so the deadline
+  // always falls while the job measures, however slow the machine.
+  d->backend->hold_after(0);
   int64_t job_id = 0;
   auto result = d->client->tune(
       large_tune(),
       [&](const v1::TuneProgress& p) {
         if (p.has_started()) job_id = p.started().job_id();
       },
-      nullptr, 1500ms);
+      nullptr, 3000ms);
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.error().code, ErrorCode::deadline_exceeded);
-  // The job is on record from its start; `started` is sent only once the
-  // whole space (180 configs) has been compiled for resource pruning, which
-  // can outlast the deadline, so a job stopped while still compiling is
-  // found as the daemon's only job.
+  // The job is on record from its start; the daemon's only job.
   if (job_id == 0) job_id = 1;
   auto db = open_db(*d);
   auto job = finished_job(*db, job_id);
   ASSERT_TRUE(job.has_value());
   EXPECT_EQ(job->status, JobStatus::cancelled);
-  EXPECT_LT(job->evaluations, 45);
+  EXPECT_LE(job->evaluations, 1);
   auto none_after = db->job(job_id + 1);
   ASSERT_TRUE(none_after.ok());
   EXPECT_FALSE(none_after->has_value());
 }
 
 TEST(Tune, SecondJobOnOneGpuIsQueuedAndRunsAfterTheFirst) {
-  auto d = make_daemon(60ms);
+  auto d = make_daemon();
+  // The first job's measurements wait until the second is queued: without
+  // the gate a fast first job could end before the second arrives.
+  d->backend->hold_after(0);
   std::mutex mutex;
   std::vector<std::string> order;  // "<job>:<event>" as they arrive
   auto log = [&](const char* who) {
@@ -542,22 +627,21 @@ TEST(Tune, SecondJobOnOneGpuIsQueuedAndRunsAfterTheFirst) {
       if (p.has_done()) order.push_back(std::string(who) + ":done");
     };
   };
-  std::atomic<bool> first_started{false};
   Result<v1::TuningResult> first = make_error(ErrorCode::internal, "not run");
   std::thread runner([&] {
-    auto on_first = log("a");
     v1::TuneRequest request = small_tune(1000);
     request.set_max_evaluations(2);
-    first = d->client->tune(request, [&](const v1::TuneProgress& p) {
-      on_first(p);
-      if (p.has_started()) first_started = true;
-    });
+    first = d->client->tune(request, log("a"));
   });
-  while (!first_started) std::this_thread::sleep_for(5ms);
+  d->backend->wait_for_measurements(1);  // the first job holds the GPU
   // Another bucket of the same class: its kernels are cache hits, so the test stays short.
   v1::TuneRequest later_request = small_tune(5000);
   later_request.set_max_evaluations(2);
-  auto second = d->client->tune(later_request, log("b"));
+  auto on_second = log("b");
+  auto second = d->client->tune(later_request, [&](const v1::TuneProgress& p) {
+    on_second(p);
+    if (p.has_queued()) d->backend->open_gate();
+  });
   runner.join();
   ASSERT_TRUE(first.ok()) << first.error().message;
   ASSERT_TRUE(second.ok()) << second.error().message;
@@ -577,16 +661,15 @@ TEST(Tune, SecondJobOnOneGpuIsQueuedAndRunsAfterTheFirst) {
 }
 
 TEST(Tune, CancelledWhileQueuedLeavesTheQueueWithoutAJob) {
-  auto d = make_daemon(100ms);
+  auto d = make_daemon();
+  // The first job (seq_q 1000) holds the GPU until it is cancelled.
+  d->backend->hold_if([](int, const MeasureRequest& r) { return r.shape.seq_q == 1000; });
   auto cancel_first = std::make_shared<client::TuneCancel>();
-  std::atomic<bool> first_started{false};
   Result<v1::TuningResult> first = make_error(ErrorCode::internal, "not run");
-  std::thread runner([&] {
-    first = d->client->tune(large_tune(), [&](const v1::TuneProgress& p) {
-      if (p.has_started()) first_started = true;
-    }, cancel_first);
-  });
-  while (!first_started) std::this_thread::sleep_for(5ms);
+  std::thread runner([&] { first = d->client->tune(large_tune(), nullptr, cancel_first); });
+  d->backend->wait_for_measurements(1);
+
+  // The second job cancels itself as soon as it is queued.
   auto cancel_second = std::make_shared<client::TuneCancel>();
   bool second_started = false;
   v1::TuneRequest other = large_tune();
@@ -597,16 +680,35 @@ TEST(Tune, CancelledWhileQueuedLeavesTheQueueWithoutAJob) {
   }, cancel_second);
   EXPECT_FALSE(second.ok());
   EXPECT_FALSE(second_started);
-  // A client-side cancel returns before the server has seen it: give the
-  // server time to take the job out of the queue before the GPU frees up.
-  std::this_thread::sleep_for(300ms);
-  cancel_first->cancel();
+
+  // A client-side cancel returns before the server has seen it. A third job
+  // tells when it has: it is first in line only once the second has left
+  // the queue. Then the first job is let go, and the third runs.
+  v1::TuneRequest third_request = small_tune(5000);
+  third_request.set_max_evaluations(1);
+  std::vector<int> third_positions;
+  auto third = d->client->tune(third_request, [&](const v1::TuneProgress& p) {
+    if (!p.has_queued()) return;
+    third_positions.push_back(p.queued().position());
+    if (p.queued().position() == 1) cancel_first->cancel();
+  });
   runner.join();
   EXPECT_FALSE(first.ok());
-  // Only the first job ever began.
+  ASSERT_TRUE(third.ok()) << third.error().message;
+  ASSERT_FALSE(third_positions.empty());
+  EXPECT_EQ(third_positions.back(), 1);
+
+  // Only the first and the third job ever began; the second has no record.
   auto db = open_db(*d);
-  ASSERT_TRUE(finished_job(*db, 1).has_value());
-  auto never = db->job(2);
+  auto first_job = finished_job(*db, 1);
+  ASSERT_TRUE(first_job.has_value());
+  EXPECT_EQ(first_job->status, JobStatus::cancelled);
+  EXPECT_FALSE(first_job->scope.problem.causal);
+  auto third_job = finished_job(*db, 2);
+  ASSERT_TRUE(third_job.has_value());
+  EXPECT_EQ(third_job->status, JobStatus::succeeded);
+  EXPECT_EQ(third_job->scope.bucket.seq_q, 8192);
+  auto never = db->job(3);
   ASSERT_TRUE(never.ok());
   EXPECT_FALSE(never->has_value());
 }
