@@ -46,13 +46,13 @@ std::string KernelCache::key_for(const KernelSpec& spec) const {
   return cache_key(spec, compiler_->fingerprint(spec));
 }
 
-void KernelCache::get_or_compile(const KernelSpec& spec, const RuntimeShape& first_shape,
-                                 Callback done) {
+KernelCache::Ticket KernelCache::get_or_compile(const KernelSpec& spec,
+                                                const RuntimeShape& first_shape, Callback done) {
   const std::string key = key_for(spec);
   if (auto hit = memory_.get(key)) {
     ++memory_hits_;
     done(CacheLookup{std::move(hit), CacheTier::memory});
-    return;
+    return Ticket{key, 0};
   }
   if (disk_) {
     if (auto loaded = disk_->load(key)) {
@@ -60,31 +60,33 @@ void KernelCache::get_or_compile(const KernelSpec& spec, const RuntimeShape& fir
       memory_.put(entry);
       ++disk_hits_;
       done(CacheLookup{std::move(entry), CacheTier::disk});
-      return;
+      return Ticket{key, 0};
     }
   }
 
   std::shared_ptr<const CachedKernel> landed;
+  uint64_t waiter = 0;
   {
     std::lock_guard lock(inflight_mutex_);
+    waiter = next_waiter_++;
     if (auto it = inflight_.find(key); it != inflight_.end()) {
-      it->second.push_back(std::move(done));
+      it->second.waiters.emplace_back(waiter, std::move(done));
       ++joins_;
-      return;
+      return Ticket{key, waiter};
     }
     // A compile of this key may have finished between the lookups above and
     // this lock; it puts its entry in memory before leaving inflight_, so
     // looking again here keeps a just-finished key from compiling twice.
     landed = memory_.get(key);
     if (!landed) {
-      inflight_.emplace(key, std::vector<Callback>{}).first->second.push_back(std::move(done));
+      inflight_[key].waiters.emplace_back(waiter, std::move(done));
       ++tasks_running_;
     }
   }
   if (landed) {
     ++memory_hits_;
     done(CacheLookup{std::move(landed), CacheTier::memory});
-    return;
+    return Ticket{key, 0};
   }
 
   Status submitted = pool_->submit([this, key, spec, first_shape] {
@@ -97,10 +99,40 @@ void KernelCache::get_or_compile(const KernelSpec& spec, const RuntimeShape& fir
     finish_compile(key, submitted.error());
     task_done();
   }
+  return Ticket{key, waiter};
+}
+
+void KernelCache::abandon(const Ticket& ticket) {
+  if (ticket.waiter == 0) return;
+  Callback done;
+  {
+    std::lock_guard lock(inflight_mutex_);
+    auto it = inflight_.find(ticket.key);
+    if (it == inflight_.end()) return;  // answered already
+    auto& waiters = it->second.waiters;
+    for (auto w = waiters.begin(); w != waiters.end(); ++w)
+      if (w->first == ticket.waiter) {
+        done = std::move(w->second);
+        waiters.erase(w);
+        break;
+      }
+  }
+  if (done) done(make_error(ErrorCode::cancelled, "compile abandoned: its caller went away"));
 }
 
 void KernelCache::compile_task(const std::string& key, const KernelSpec& spec,
                                const RuntimeShape& first_shape) {
+  {
+    // Every waiter went away while this waited in the queue: nobody wants it.
+    std::lock_guard lock(inflight_mutex_);
+    auto it = inflight_.find(key);
+    if (it == inflight_.end() || it->second.waiters.empty()) {
+      if (it != inflight_.end()) inflight_.erase(it);
+      ++abandoned_;
+      --compiles_;
+      return;
+    }
+  }
   // Every waiter must hear back exactly once, whatever the compiler throws.
   try {
     Result<CompiledKernel> compiled = compiler_->compile(spec);
@@ -130,15 +162,15 @@ void KernelCache::compile_task(const std::string& key, const KernelSpec& spec,
 }
 
 void KernelCache::finish_compile(const std::string& key, Result<CacheLookup> result) {
-  std::vector<Callback> waiters;
+  std::vector<std::pair<uint64_t, Callback>> waiters;
   {
     std::lock_guard lock(inflight_mutex_);
     auto it = inflight_.find(key);
     if (it == inflight_.end()) return;
-    waiters = std::move(it->second);
+    waiters = std::move(it->second.waiters);
     inflight_.erase(it);
   }
-  for (auto& waiter : waiters) waiter(result);
+  for (auto& waiter : waiters) waiter.second(result);
 }
 
 void KernelCache::task_done() {
@@ -199,6 +231,7 @@ CacheStats KernelCache::stats() const {
   stats.disk_hits = disk_hits_.load();
   stats.compiles = compiles_.load();
   stats.single_flight_joins = joins_.load();
+  stats.abandoned_compiles = abandoned_.load();
   stats.corrupt_entries = disk_ ? disk_->corrupt_entries() : 0;
   stats.memory_bytes = memory_.bytes();
   stats.memory_entries = memory_.size();

@@ -33,6 +33,7 @@ struct CacheStats {
   size_t disk_hits = 0;
   size_t compiles = 0;          // NVRTC compiles started
   size_t single_flight_joins = 0;  // requests that waited on another's compile
+  size_t abandoned_compiles = 0;   // queued compiles dropped: every waiter had gone
   size_t corrupt_entries = 0;
   size_t memory_bytes = 0;
   size_t memory_entries = 0;
@@ -60,10 +61,20 @@ class KernelCache {
   // The key a spec maps to with this cache's compiler.
   std::string key_for(const KernelSpec& spec) const;
 
+  // Names one waiter of one compile, for abandon(); waiter 0: answered at once.
+  struct Ticket {
+    std::string key;
+    uint64_t waiter = 0;
+  };
   // Answers from memory or disk on the calling thread; otherwise compiles on
   // the pool (or joins the compile already running for this key) and calls
   // `done` from the pool thread. `done` is called exactly once.
-  void get_or_compile(const KernelSpec& spec, const RuntimeShape& first_shape, Callback done);
+  Ticket get_or_compile(const KernelSpec& spec, const RuntimeShape& first_shape, Callback done);
+  // The waiter has gone (its call was cancelled): its `done` is called now
+  // with `cancelled`, and a compile left with no waiter before it starts is
+  // never run. A compile already running finishes and is cached. Waiters that
+  // never abandon (tuning) keep their compiles.
+  void abandon(const Ticket& ticket);
   // Blocking convenience for tests and tools; never call it from a pool thread.
   Result<CacheLookup> get_or_compile_sync(const KernelSpec& spec, const RuntimeShape& first_shape);
 
@@ -87,11 +98,15 @@ class KernelCache {
   std::unique_ptr<DiskStore> disk_;
 
   std::mutex inflight_mutex_;
-  std::unordered_map<std::string, std::vector<Callback>> inflight_;
+  struct Inflight {
+    std::vector<std::pair<uint64_t, Callback>> waiters;
+  };
+  std::unordered_map<std::string, Inflight> inflight_;
+  uint64_t next_waiter_ = 1;  // under inflight_mutex_
   size_t tasks_running_ = 0;  // submitted compile tasks not yet returned
   std::condition_variable tasks_idle_;
 
-  std::atomic<size_t> memory_hits_{0}, disk_hits_{0}, compiles_{0}, joins_{0};
+  std::atomic<size_t> memory_hits_{0}, disk_hits_{0}, compiles_{0}, joins_{0}, abandoned_{0};
 };
 
 }  // namespace flashcore

@@ -44,14 +44,26 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
   // Asks the cache; the reply may come back before this returns (a hit).
   void start(KernelCache& cache) {
     const CompileRequest& request = state_->request;
-    cache.get_or_compile(request.spec, request.shape, [state = state_](Result<CacheLookup> result) {
-      answer(*state, std::move(result));
-    });
+    KernelCache::Ticket ticket = cache.get_or_compile(
+        request.spec, request.shape,
+        [state = state_](Result<CacheLookup> result) { answer(*state, std::move(result)); });
+    std::lock_guard lock(state_->mutex);
+    state_->cache = &cache;
+    state_->ticket = std::move(ticket);
   }
 
+  // The caller has gone: answer CANCELLED, and let the cache drop the compile
+  // if nobody else waits for it (outside the lock: abandon() calls back).
   void OnCancel() override {
-    std::lock_guard lock(state_->mutex);
-    finish(*state_, grpc::Status(grpc::StatusCode::CANCELLED, "compile cancelled"));
+    KernelCache* cache = nullptr;
+    KernelCache::Ticket ticket;
+    {
+      std::lock_guard lock(state_->mutex);
+      finish(*state_, grpc::Status(grpc::StatusCode::CANCELLED, "compile cancelled"));
+      cache = state_->cache;
+      ticket = state_->ticket;
+    }
+    if (cache != nullptr) cache->abandon(ticket);
   }
 
   void OnDone() override { delete this; }
@@ -67,6 +79,8 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
     v1::KernelHandle* response = nullptr;
     CompileRequest request;
     bool omit_cubin = false;
+    KernelCache* cache = nullptr;  // set once the cache was asked
+    KernelCache::Ticket ticket;
   };
 
   // Caller holds state.mutex.

@@ -295,6 +295,47 @@ TEST_F(KernelCacheTest, SaturatedPoolReportsResourceExhausted) {
   EXPECT_EQ(retried->tier, CacheTier::compiled);
 }
 
+// A queued compile whose every waiter abandons it never runs; one that
+// still has a waiter does, and the abandoning waiter hears `cancelled` at once.
+TEST_F(KernelCacheTest, AQueuedCompileEveryWaiterAbandonedNeverRuns) {
+  auto cache = make_cache(/*with_disk=*/true, /*threads=*/1);
+  PoolBlocker running(*pool_);  // keeps the compiles below queued
+
+  std::promise<Result<CacheLookup>> gone;
+  const KernelCache::Ticket lone = cache->get_or_compile(
+      spec_with(false), kShape, [&gone](Result<CacheLookup> r) { gone.set_value(std::move(r)); });
+  ASSERT_NE(lone.waiter, 0u);
+  std::promise<Result<CacheLookup>> first, second;
+  const KernelCache::Ticket a = cache->get_or_compile(
+      spec_with(true), kShape, [&first](Result<CacheLookup> r) { first.set_value(std::move(r)); });
+  cache->get_or_compile(spec_with(true), kShape,
+                        [&second](Result<CacheLookup> r) { second.set_value(std::move(r)); });
+
+  cache->abandon(lone);
+  auto gone_result = gone.get_future();
+  ASSERT_EQ(gone_result.wait_for(std::chrono::seconds(0)), std::future_status::ready);
+  EXPECT_EQ(gone_result.get().error().code, ErrorCode::cancelled);
+  cache->abandon(a);  // the other waiter of this key stays
+  auto first_result = first.get_future();
+  EXPECT_EQ(first_result.get().error().code, ErrorCode::cancelled);
+  cache->abandon(lone);  // a second abandon changes nothing
+
+  running.release();
+  Result<CacheLookup> kept = second.get_future().get();
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+  EXPECT_EQ(kept->tier, CacheTier::compiled);
+  // Wait for the abandoned task to be skipped, then check it never compiled.
+  for (int i = 0; i < 500 && cache->stats().abandoned_compiles == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(cache->stats().abandoned_compiles, 1u);
+  EXPECT_EQ(cache->stats().compiles, 1u);
+  EXPECT_FALSE(cache->get(cache->key_for(spec_with(false))).ok()) << "the abandoned kernel was cached";
+  // Asked again, it compiles normally.
+  auto again = cache->get_or_compile_sync(spec_with(false), kShape);
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  EXPECT_EQ(again->tier, CacheTier::compiled);
+}
+
 TEST_F(KernelCacheTest, CompileErrorsReachEveryWaiterAndAreNotCached) {
   auto cache = make_cache(/*with_disk=*/false);
   KernelSpec bad = spec_with(false);
