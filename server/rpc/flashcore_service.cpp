@@ -495,9 +495,19 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
 
 namespace {
 
+v1::Layout layout_of(QkvLayout layout) {
+  return layout == QkvLayout::bhsd ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD;
+}
+
+QkvLayout qkv_layout_of(v1::Layout layout) {
+  return layout == v1::LAYOUT_BHSD ? QkvLayout::bhsd : QkvLayout::bshd;
+}
+
 void fill_result(const TuneResult& result, v1::TuningResult* out) {
   out->set_template_id(result.scope.template_id);
-  fill_problem(result.scope.problem, result.shape, v1::LAYOUT_UNSPECIFIED, out->mutable_problem());
+  // The layout the result was tuned in (bshd for rows from before schema 4).
+  fill_problem(result.scope.problem, result.shape, layout_of(result.scope.bucket.layout),
+               out->mutable_problem());
   out->set_bucket(canonical_bucket(result.scope.bucket));
   out->set_device(result.scope.device_name);
   out->set_arch(result.scope.arch);
@@ -691,7 +701,7 @@ TuningScope FlashCoreService::tuning_scope(const CompileRequest& request,
   TuningScope scope;
   scope.template_id = request.spec.template_id;
   scope.problem = request.spec.problem;
-  scope.bucket = bucket_of(request.shape);
+  scope.bucket = bucket_of(request.shape, qkv_layout_of(request.layout));
   scope.device_name = device;
   scope.arch = request.spec.arch;
   return scope;
@@ -764,6 +774,7 @@ grpc::ServerWriteReactor<v1::TuneProgress>* FlashCoreService::Tune(
     out.template_id = parsed->spec.template_id;
     out.problem = parsed->spec.problem;
     out.shape = parsed->shape;
+    out.layout = qkv_layout_of(parsed->layout);
     out.arch = parsed->spec.arch;
     const std::string searcher = request->searcher().empty() ? "evolutionary" : request->searcher();
     auto kind = parse_searcher_kind(searcher);
@@ -809,7 +820,8 @@ grpc::ServerWriteReactor<v1::TuneProgress>* FlashCoreService::Tune(
       }
     }
   }
-  auto* reactor = new TuneReactor(this, canonical_bucket(bucket_of(settings->shape)));
+  auto* reactor =
+      new TuneReactor(this, canonical_bucket(bucket_of(settings->shape, settings->layout)));
   reactor->start(*tuning_, std::move(settings).value());
   return reactor;
 }

@@ -58,9 +58,14 @@ std::string WorkerPoolBackend::driver_version() const {
 
 namespace {
 
-v1::EvalKernel eval_kernel_of(const CompiledCandidate& candidate, const RuntimeShape& shape) {
+v1::Layout to_v1(QkvLayout layout) {
+  return layout == QkvLayout::bhsd ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD;
+}
+
+v1::EvalKernel eval_kernel_of(const CompiledCandidate& candidate, const RuntimeShape& shape,
+                              QkvLayout layout) {
   v1::KernelHandle handle;
-  fill_handle(*candidate.kernel, CacheTier::memory, shape, v1::LAYOUT_UNSPECIFIED,
+  fill_handle(*candidate.kernel, CacheTier::memory, shape, to_v1(layout),
               /*omit_cubin=*/false, &handle);
   v1::EvalKernel kernel;
   fill_eval_kernel(handle, &kernel);
@@ -73,10 +78,12 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
   if (!request.candidate || !request.candidate->kernel)
     return make_error(ErrorCode::internal, "candidate without a compiled kernel");
   v1::EvaluateRequest call;
-  *call.mutable_kernel() = eval_kernel_of(*request.candidate, request.shape);
+  // The request's layout: its strides are what the candidate is timed and
+  // checked with (the problem below carries it to the worker).
+  *call.mutable_kernel() = eval_kernel_of(*request.candidate, request.shape, request.layout);
   v1::KernelHandle handle;
   fill_handle(*request.candidate->kernel, CacheTier::memory, request.shape,
-              v1::LAYOUT_UNSPECIFIED, /*omit_cubin=*/true, &handle);
+              to_v1(request.layout), /*omit_cubin=*/true, &handle);
   *call.mutable_problem() = handle.problem();
   call.set_validate(true);
   // One stability trial and a few determinism runs: tuning needs "correct",
@@ -84,7 +91,8 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
   call.mutable_validation()->set_determinism_runs(2);
   call.mutable_validation()->set_stability_trials(1);
   if (request.reference) {
-    *call.mutable_reference() = eval_kernel_of(*request.reference, request.shape);
+    *call.mutable_reference() =
+        eval_kernel_of(*request.reference, request.shape, request.layout);
   } else if (request.shape.seq_q > kReferenceRows) {
     call.mutable_validation()->set_reference_rows(kReferenceRows);
   }

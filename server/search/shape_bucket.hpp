@@ -22,10 +22,23 @@ inline constexpr int64_t kMinSeqBucket = 64;
 // The largest sequence runtime_shape_error() accepts is 2^30, a power of two.
 inline constexpr int64_t kMaxSeqBucket = int64_t{1} << 30;
 
+// Memory layout of Q, K, V and O as the request gives it (Problem.layout).
+// The same cubin serves both, but it reads rows with other strides, so the
+// fastest tile config of one layout says nothing sure about the other: each
+// is tuned, stored and served on its own.
+enum class QkvLayout { bshd, bhsd };
+std::string_view qkv_layout_name(QkvLayout layout);  // "bshd", "bhsd"
+std::optional<QkvLayout> parse_qkv_layout(std::string_view name);
+
 struct ShapeBucket {
   int64_t seq_q = kMinSeqBucket;  // power of two in [kMinSeqBucket, kMaxSeqBucket]
   int64_t seq_k = kMinSeqBucket;  // the same, bucketed separately (cross-attention, KV cache)
   int64_t batch_heads = 1;        // batch * heads rounded up to a power of two (>= 1)
+  // Query heads per K/V head (GQA), rounded up to a power of two: 1 for
+  // MHA. Blocks of one K/V head share its tiles in L2, so the ratio moves
+  // the memory traffic a config sees.
+  int64_t gqa_ratio = 1;
+  QkvLayout layout = QkvLayout::bshd;
 
   bool operator==(const ShapeBucket&) const = default;
 };
@@ -34,20 +47,21 @@ struct ShapeBucket {
 int64_t next_power_of_two(int64_t value);
 
 // Rounds each dimension of a valid shape up to its bucket. seq_k = 0 means
-// seq_q (RuntimeShape::effective_seq_k). kv_heads is not part of the bucket:
-// the grid and the work per block follow the query heads.
-ShapeBucket bucket_of(const RuntimeShape& shape);
+// seq_q (RuntimeShape::effective_seq_k), kv_heads = 0 means heads.
+ShapeBucket bucket_of(const RuntimeShape& shape, QkvLayout layout);
 
-// "seq_q=1024;seq_k=1024;batch_heads=32;" — fixed field order, the text the
-// tuning database keys on.
+// "seq_q=1024;seq_k=1024;batch_heads=32;gqa=1;layout=bshd;" — fixed field
+// order, the text the tuning database keys on. The first three fields are
+// as they were before gqa and layout joined the key (schema 4), so text
+// that matched on them still does.
 std::string canonical_bucket(const ShapeBucket& bucket);
 // Inverse of canonical_bucket; nullopt for text it would not have produced.
 std::optional<ShapeBucket> parse_bucket(std::string_view text);
 
-// Doublings between two buckets: the sum over the three dimensions of
-// |log2(a) - log2(b)|. Symmetric, zero only for equal buckets, and a
-// bucket twice as long in one dimension is 1 away. An integer, so ordering
-// by distance is exact.
+// Doublings between two buckets: the sum over the four numeric dimensions
+// of |log2(a) - log2(b)|, plus 1 when the layouts differ. Symmetric, zero
+// only for equal buckets, and a bucket twice as long in one dimension is 1
+// away. An integer, so ordering by distance is exact.
 int bucket_distance(const ShapeBucket& a, const ShapeBucket& b);
 
 }  // namespace flashcore

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <filesystem>
 #include <chrono>
 #include <cmath>
 #include <tuple>
@@ -15,8 +16,23 @@ namespace {
 
 // Ordered schema migrations: step i takes user_version i to i + 1. Append new
 // steps; never edit a released one, since databases in the field already ran it.
-const std::vector<std::string_view>& migrations() {
-  static const std::vector<std::string_view> steps = {
+// ceil(heads / kv_heads) rounded up to a power of two in SQL (bucket_of's
+// gqa_ratio), for rows that recorded a shape; 1 where none was recorded.
+std::string gqa_ratio_sql() {
+  const std::string ratio = "((heads + kv_heads - 1) / kv_heads)";
+  std::string sql = "CASE WHEN kv_heads <= 0 OR heads <= kv_heads THEN 1";
+  for (int bit = 1; bit <= 31; ++bit)
+    sql += " WHEN " + ratio + " <= " + std::to_string(int64_t{1} << bit) + " THEN " +
+           std::to_string(int64_t{1} << bit);
+  return sql + " ELSE 1 END";
+}
+
+// PRAGMA application_id of a FlashCore tuning database ("FCTD"), written by
+// migration 4: a SQLite file of another application is refused, not migrated.
+constexpr int32_t kApplicationId = 0x46435444;
+
+const std::vector<std::string>& migrations() {
+  static const std::vector<std::string> steps = {
       // 1: jobs, trials, best.
       R"sql(
 CREATE TABLE jobs (
@@ -140,6 +156,26 @@ ALTER TABLE best ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
 )sql",
+      // 4: the layout and the GQA ratio join the key (in the bucket text, so
+      // the best table's UNIQUE key covers them). Every earlier row was
+      // measured in (B,S,H,D); its ratio comes from the shape it recorded
+      // (1 where none was: MHA, or a best from before schema 2), a job's
+      // from its trials.
+      std::string(R"sql(
+ALTER TABLE jobs ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
+ALTER TABLE trials ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE trials ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
+ALTER TABLE best ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE best ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
+)sql") + "UPDATE trials SET gqa_ratio = " + gqa_ratio_sql() + ";\n" +
+          "UPDATE best SET gqa_ratio = " + gqa_ratio_sql() + ";\n" + R"sql(
+UPDATE jobs SET gqa_ratio = COALESCE(
+  (SELECT gqa_ratio FROM trials WHERE trials.job_id = jobs.id ORDER BY id LIMIT 1), 1);
+UPDATE trials SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
+UPDATE best SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
+UPDATE jobs SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
+)sql" + "PRAGMA application_id = " + std::to_string(kApplicationId) + ";\n",
   };
   return steps;
 }
@@ -149,10 +185,12 @@ ALTER TABLE best ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
 // read back from the numeric bucket fields.
 constexpr std::string_view kScopeInsertCols =
     "template_id, dtype, head_dim, causal, bucket, seq_q_bucket, seq_k_bucket, "
-    "batch_heads_bucket, device_name, arch";
+    "batch_heads_bucket, gqa_ratio, layout, device_name, arch";
+constexpr int kScopeColCount = 12;
+// The bucket text is read too, and checked against the fields it was made of.
 constexpr std::string_view kScopeSelectCols =
-    "template_id, dtype, head_dim, causal, seq_q_bucket, seq_k_bucket, batch_heads_bucket, "
-    "device_name, arch";
+    "template_id, dtype, head_dim, causal, bucket, seq_q_bucket, seq_k_bucket, "
+    "batch_heads_bucket, gqa_ratio, layout, device_name, arch";
 constexpr std::string_view kScopeKeyWhere =
     "template_id = ? AND dtype = ? AND head_dim = ? AND causal = ? AND bucket = ? AND "
     "device_name = ? AND arch = ?";
@@ -212,12 +250,19 @@ ErrorCode code_for(int rc) {
   }
 }
 
+// How to get a fresh database without losing the old one: said in every
+// refusal, since the daemon never does it itself.
+std::string move_aside_hint(const std::string& path) {
+  return "; the daemon never recreates it over stored results: move it aside (mv " + path + " " +
+         path + ".bad) to start with an empty database, or point --tuning-db elsewhere";
+}
+
 Error sqlite_error(sqlite3* db, int rc, const std::string& path, std::string_view what) {
   std::string message =
       "tuning database " + path + ": " + std::string(what) + ": " + sqlite3_errstr(rc);
   const int basic = rc & 0xff;
   if (basic == SQLITE_NOTADB || basic == SQLITE_CORRUPT)
-    message += " (not a SQLite database, or damaged; move it aside to start afresh)";
+    message += " (not a SQLite database, or damaged)" + move_aside_hint(path);
   return make_error(code_for(rc), std::move(message), db ? sqlite3_errmsg(db) : "");
 }
 
@@ -257,6 +302,7 @@ class Statement {
   Result<bool> step() {
     if (bind_rc_ != SQLITE_OK) return sqlite_error(db_, bind_rc_, path_, what_);
     next_col_ = 0;
+    row_error_.clear();  // each row is judged on its own
     const int rc = sqlite3_step(stmt_);
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
@@ -286,9 +332,13 @@ class Statement {
     if (row_error_.empty()) row_error_ = std::string(column) + " '" + value + "' is not known";
     return T{};
   }
+  // A value this build can read but must not trust (see read_scope).
+  void row_fault(std::string message) {
+    if (row_error_.empty()) row_error_ = std::move(message);
+  }
   Status row_status() const {
     if (row_error_.empty()) return ok_status();
-    return make_error(ErrorCode::internal,
+    return make_error(ErrorCode::failed_precondition,
                       "tuning database " + path_ + ": " + std::string(what_) + ": " + row_error_);
   }
 
@@ -352,6 +402,8 @@ void bind_scope(Statement& st, const TuningScope& scope) {
       .bind(scope.bucket.seq_q)
       .bind(scope.bucket.seq_k)
       .bind(scope.bucket.batch_heads)
+      .bind(scope.bucket.gqa_ratio)
+      .bind(qkv_layout_name(scope.bucket.layout))
       .bind(scope.device_name)
       .bind(scope.arch);
 }
@@ -372,11 +424,19 @@ TuningScope read_scope(Statement& st) {
   scope.problem.dtype = st.parsed<DType>(parse_dtype, "dtype");
   scope.problem.head_dim = st.i32();
   scope.problem.causal = st.i64() != 0;
+  const std::string bucket_text = st.text();
   scope.bucket.seq_q = st.i64();
   scope.bucket.seq_k = st.i64();
   scope.bucket.batch_heads = st.i64();
+  scope.bucket.gqa_ratio = st.i64();
+  scope.bucket.layout = st.parsed<QkvLayout>(parse_qkv_layout, "layout");
   scope.device_name = st.text();
   scope.arch = st.text();
+  // The key text and the fields must tell one story: a row edited by hand
+  // or by another tool is not served under a key it does not match.
+  if (const auto parsed = parse_bucket(bucket_text); !parsed || !(*parsed == scope.bucket))
+    st.row_fault("bucket '" + bucket_text + "' does not match its fields (" +
+                 canonical_bucket(scope.bucket) + ")");
   return scope;
 }
 
@@ -450,9 +510,11 @@ Result<TrialRecord> read_trial(Statement& st) {
 const std::string kBestSelect = cat({"SELECT id, ", kScopeSelectCols, ", ", kConfigCols, ", ",
                                      kToolchainCols, ", ", kBestCols, " FROM best "});
 
-// Also returns the row id, which list_best pages on.
-Result<std::pair<int64_t, BestRecord>> read_best(Statement& st) {
+// Also returns the row id, which list_best pages on (set even when the row
+// itself does not read).
+Result<BestRecord> read_best(Statement& st, int64_t* id_out = nullptr) {
   const int64_t id = st.i64();
+  if (id_out) *id_out = id;
   BestRecord b;
   b.scope = read_scope(st);
   b.config = read_config(st);
@@ -470,8 +532,17 @@ Result<std::pair<int64_t, BestRecord>> read_best(Statement& st) {
   b.shape.kv_heads = st.i64();
   b.shape.seq_q = st.i64();
   b.shape.seq_k = st.i64();
-  if (auto s = st.row_status(); !s) return s.error();
-  return std::pair{id, std::move(b)};
+  // A best is served as "the fastest": a time that cannot have been
+  // measured, or no kernel to name, is a damaged row, not a result.
+  if (!(b.median_us > 0.0) || !std::isfinite(b.median_us))
+    st.row_fault("median_us " + std::to_string(b.median_us) + " is not a measured time");
+  if (b.cache_key.empty()) st.row_fault("cache_key is empty");
+  if (auto s = st.row_status(); !s) {
+    Error e = s.error();
+    e.message += " (best row " + std::to_string(id) + ")";
+    return e;
+  }
+  return b;
 }
 
 Result<int> read_user_version(sqlite3* db, const std::string& path) {
@@ -496,8 +567,8 @@ Status quick_check(sqlite3* db, const std::string& path) {
   }
   if (problems.empty()) return ok_status();
   return make_error(ErrorCode::failed_precondition,
-                    "tuning database " + path +
-                        " failed SQLite's quick_check (damaged; move it aside to start afresh)",
+                    "tuning database " + path + " failed SQLite's quick_check (damaged)" +
+                        move_aside_hint(path),
                     problems);
 }
 
@@ -594,7 +665,71 @@ std::optional<JobStatus> parse_job_status(std::string_view name) {
 
 int TuningDb::schema_version() { return static_cast<int>(migrations().size()); }
 
+namespace {
+
+bool is_file_path(const std::string& path) {
+  return !path.empty() && path != ":memory:" && path.rfind("file:", 0) != 0;
+}
+
+// A FlashCore tuning database has our application_id (schema 4 on) or, from
+// before it, 0 with our three tables; version 0 means "never written" and
+// must then hold nothing at all.
+Status check_ours(sqlite3* db, const std::string& path, int version) {
+  Statement app(db, path, "read application id");
+  if (auto s = app.prepare("PRAGMA application_id"); !s) return s;
+  auto row = app.step();
+  if (!row) return row.error();
+  const int64_t application_id = *row ? app.i64() : 0;
+  if (application_id != 0 && application_id != kApplicationId)
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning database " + path + " is a SQLite file of another application "
+                          "(application_id " + std::to_string(application_id) + ")" +
+                          move_aside_hint(path));
+  Statement tables(db, path, "list tables");
+  if (auto s = tables.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT "
+                              "LIKE 'sqlite_%' ORDER BY name");
+      !s)
+    return s;
+  std::vector<std::string> names;
+  for (;;) {
+    auto next = tables.step();
+    if (!next) return next.error();
+    if (!*next) break;
+    names.push_back(tables.text());
+  }
+  auto has = [&](std::string_view name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  };
+  std::string listed;
+  for (const auto& n : names) listed += (listed.empty() ? "" : ", ") + n;
+  if (version == 0 && !names.empty())
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning database " + path +
+                          " is a SQLite database but not a FlashCore tuning database (schema "
+                          "version 0 with tables: " + listed + ")" + move_aside_hint(path));
+  if (version > 0 && !(has("jobs") && has("trials") && has("best")))
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning database " + path + " says schema version " +
+                          std::to_string(version) + " but lacks its tables (has: " +
+                          (listed.empty() ? "none" : listed) + ")" + move_aside_hint(path));
+  return ok_status();
+}
+
+}  // namespace
+
 Result<std::unique_ptr<TuningDb>> TuningDb::open(const std::string& path) {
+  // SQLite treats an empty file as an empty database and would write a
+  // fresh schema into it. A file this daemon made is never empty (the
+  // schema is written at creation), so an empty one was truncated or
+  // replaced: whatever it held is not ours to paper over.
+  if (is_file_path(path)) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (!ec && size == 0)
+      return make_error(ErrorCode::failed_precondition,
+                        "tuning database " + path + " is an empty file (0 bytes): truncated or "
+                            "replaced, its results are gone" + move_aside_hint(path));
+  }
   sqlite3* raw = nullptr;
   const int rc =
       sqlite3_open_v2(path.c_str(), &raw,
@@ -604,6 +739,12 @@ Result<std::unique_ptr<TuningDb>> TuningDb::open(const std::string& path) {
   std::unique_ptr<sqlite3, int (*)(sqlite3*)> db(raw, sqlite3_close_v2);
   if (rc != SQLITE_OK) return sqlite_error(raw, rc, path, "open");
   sqlite3_busy_timeout(raw, kBusyTimeoutMs);
+  // SQLite falls back to read-only where the file is not writable; every
+  // job would then fail at its first trial. Refused up front instead.
+  if (sqlite3_db_readonly(raw, "main") == 1)
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning database " + path + " is not writable (opened read-only); fix its "
+                          "permissions or point --tuning-db at a writable file");
 
   // The version is read before anything writes: a file from a newer build is
   // left exactly as it is.
@@ -616,6 +757,9 @@ Result<std::unique_ptr<TuningDb>> TuningDb::open(const std::string& path) {
                           std::to_string(schema_version()) +
                           "; refusing to open it (upgrade flashcored)");
   }
+  // Before anything writes (setting WAL mode rewrites the header): another
+  // application's file is left exactly as it is.
+  if (auto s = check_ours(raw, path, *version); !s) return s.error();
   // WAL lets readers run beside the one writer; synchronous=NORMAL is safe
   // from corruption in WAL mode and only risks the last commits on power loss,
   // which for measurements means re-measuring a few candidates.
@@ -639,7 +783,7 @@ Result<int64_t> TuningDb::begin_job(const TuningScope& scope, std::string_view s
   Statement st(db_, path_, "begin job");
   const std::string sql =
       cat({"INSERT INTO jobs (", kScopeInsertCols, ", ", kToolchainCols,
-           ", searcher, status, started_unix_ms) VALUES (", placeholders(10 + 3 + 3), ")"});
+           ", searcher, status, started_unix_ms) VALUES (", placeholders(kScopeColCount + 3 + 3), ")"});
   if (auto s = st.prepare(sql); !s) return s.error();
   bind_scope(st, scope);
   bind_toolchain(st, toolchain);
@@ -731,7 +875,7 @@ Result<int64_t> TuningDb::record_trial(const TrialRecord& trial) {
     Statement st(db_, path_, "record trial");
     const std::string sql =
         cat({"INSERT INTO trials (", kScopeInsertCols, ", ", kConfigCols, ", ", kToolchainCols,
-             ", ", kTrialCols, ") VALUES (", placeholders(10 + kConfigColCount + 3 + 22), ")"});
+             ", ", kTrialCols, ") VALUES (", placeholders(kScopeColCount + kConfigColCount + 3 + 22), ")"});
     if (auto s = st.prepare(sql); !s) return s.error();
     bind_scope(st, trial.scope);
     bind_config(st, trial.config);
@@ -846,9 +990,12 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
   // comparison and the store; the transaction makes that explicit.
   const std::string sql =
       cat({"INSERT INTO best (", kScopeInsertCols, ", ", kConfigCols, ", ", kToolchainCols, ", ",
-           kBestCols, ") VALUES (", placeholders(10 + kConfigColCount + 3 + 13),
+           kBestCols, ") VALUES (", placeholders(kScopeColCount + kConfigColCount + 3 + 13),
            ") ON CONFLICT (template_id, dtype, head_dim, causal, bucket, device_name, arch) "
-           "DO UPDATE SET block_m = excluded.block_m, block_n = excluded.block_n, "
+           "DO UPDATE SET seq_q_bucket = excluded.seq_q_bucket, "
+           "seq_k_bucket = excluded.seq_k_bucket, "
+           "batch_heads_bucket = excluded.batch_heads_bucket, gqa_ratio = excluded.gqa_ratio, "
+           "layout = excluded.layout, block_m = excluded.block_m, block_n = excluded.block_n, "
            "warps = excluded.warps, stages = excluded.stages, "
            "q_placement = excluded.q_placement, smem_layout = excluded.smem_layout, "
            "pingpong = excluded.pingpong, separate_o = excluded.separate_o, "
@@ -862,7 +1009,7 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
            "trial_id = excluded.trial_id, evaluations = excluded.evaluations, "
            "wall_seconds = excluded.wall_seconds, searcher = excluded.searcher, "
            "updated_unix_ms = excluded.updated_unix_ms "
-           "WHERE ? OR excluded.median_us < best.median_us "
+           "WHERE ? OR excluded.median_us < best.median_us OR NOT (best.median_us > 0) "
            "OR excluded.nvrtc_version <> best.nvrtc_version "
            "OR excluded.template_source_hash <> best.template_source_hash"});
   std::lock_guard lock(mutex_);
@@ -905,7 +1052,7 @@ Result<std::optional<BestRecord>> TuningDb::best_for(const TuningScope& scope) {
   if (!*row) return std::optional<BestRecord>{};
   auto best = read_best(st);
   if (!best) return best.error();
-  return std::optional<BestRecord>(std::move(best->second));
+  return std::optional<BestRecord>(std::move(best).value());
 }
 
 Result<BestPage> TuningDb::list_best(int page_size, std::string_view page_token) {
@@ -923,8 +1070,10 @@ Result<BestPage> TuningDb::list_best(int page_size, std::string_view page_token)
   }
   std::lock_guard lock(mutex_);
   Statement st(db_, path_, "list best");
-  if (auto s = st.prepare(kBestSelect + "WHERE id > ? ORDER BY id LIMIT ?"); !s) return s.error();
-  st.bind(after).bind(page_size + 1);
+  // No LIMIT: rows that do not read are skipped, so how many rows make a
+  // page is known only while stepping (SQLite reads them lazily).
+  if (auto s = st.prepare(kBestSelect + "WHERE id > ? ORDER BY id"); !s) return s.error();
+  st.bind(after);
   BestPage page;
   int64_t last_id = 0;
   for (;;) {
@@ -935,10 +1084,16 @@ Result<BestPage> TuningDb::list_best(int page_size, std::string_view page_token)
       page.next_page_token = std::to_string(last_id);
       break;
     }
-    auto best = read_best(st);
-    if (!best) return best.error();
-    last_id = best->first;
-    page.items.push_back(std::move(best->second));
+    auto best = read_best(st, &last_id);
+    if (!best) {
+      // One bad row must not hide every good one: it is left out, said
+      // in the log and counted in the page.
+      spdlog::warn("{}; left out of the list", best.error().message);
+      ++page.skipped;
+      page.skipped_reasons.push_back(best.error().message);
+      continue;
+    }
+    page.items.push_back(std::move(best).value());
   }
   return page;
 }
@@ -967,9 +1122,12 @@ Result<std::vector<NearBest>> TuningDb::nearest_best(const TuningScope& scope, i
       if (!row) return row.error();
       if (!*row) break;
       auto best = read_best(st);
-      if (!best) return best.error();
-      const int distance = bucket_distance(scope.bucket, best->second.scope.bucket);
-      out.push_back(NearBest{std::move(best->second), distance});
+      if (!best) {
+        spdlog::warn("{}; not used as a nearby result", best.error().message);
+        continue;
+      }
+      const int distance = bucket_distance(scope.bucket, best->scope.bucket);
+      out.push_back(NearBest{std::move(best).value(), distance});
     }
   }
   std::sort(out.begin(), out.end(), [](const NearBest& a, const NearBest& b) {

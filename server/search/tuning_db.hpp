@@ -1,6 +1,13 @@
 // The tuning database (DESIGN.md §5): one SQLite file holding one row per
 // measured candidate (`trials`), one row per tuned key (`best`: problem
-// class, shape bucket, device name, arch) and one row per tuning job (`jobs`).
+// class, shape bucket with its GQA ratio and layout, device name, arch) and
+// one row per tuning job (`jobs`).
+//
+// It never loses results silently: a file that is empty, not SQLite, of
+// another application, damaged, of a newer schema or not writable is
+// refused at open with an error naming it and how to move it aside, and is
+// left exactly as it was. A stored row that does not read is an error for
+// its own key and is left out (counted) of lists.
 // Every row names the toolchain that produced it, so a result measured with
 // another NVRTC or another template source can be told apart.
 //
@@ -115,6 +122,11 @@ struct JobRecord {
 struct BestPage {
   std::vector<BestRecord> items;
   std::string next_page_token;  // empty on the last page
+  // Rows of this page's range that did not read (an unknown enum name, a
+  // bucket text that disagrees with its fields, a time that was never
+  // measured): left out, each logged with its reason.
+  int64_t skipped = 0;
+  std::vector<std::string> skipped_reasons;
 };
 
 struct NearBest {
@@ -141,8 +153,12 @@ class TuningDb {
   static int schema_version();
 
   // Opens or creates the database at `path` (":memory:" for a private one)
-  // and applies pending migrations. A file that is not a SQLite database, or
-  // fails SQLite's quick_check, is an error naming the path.
+  // and applies pending migrations in one transaction. Refused
+  // (failed_precondition, the path and a way out in the message, the file
+  // untouched): an empty file, one that is not SQLite or fails quick_check,
+  // another application's (application_id, or tables without our schema
+  // version), one whose schema version lacks its tables, a newer schema, a
+  // file SQLite can only open read-only.
   static Result<std::unique_ptr<TuningDb>> open(const std::string& path);
 
   ~TuningDb();

@@ -122,13 +122,14 @@ class TuningManager::Job {
   std::atomic<bool> finished_{false};
   int position_ = 0;
   std::optional<int> gpu_;  // held from acquire_gpu until after on_done
+  bool replace_stored_ = false;  // the stored best does not read: overwrite it
 };
 
 Result<TuneResult> TuningManager::Job::run() {
   TuningScope scope;
   scope.template_id = settings_.template_id;
   scope.problem = settings_.problem;
-  scope.bucket = bucket_of(settings_.shape);
+  scope.bucket = bucket_of(settings_.shape, settings_.layout);
   scope.device_name = manager_->backend_->device_name(0);
   scope.arch = settings_.arch;
   ToolchainRecord toolchain = manager_->compiler_->toolchain();
@@ -136,7 +137,12 @@ Result<TuneResult> TuningManager::Job::run() {
 
   if (!settings_.force) {
     auto stored = manager_->db_->best_for(scope);
-    if (!stored) return stored.error();
+    if (!stored) {
+      // A stored row that does not read is no result: tune, and replace it.
+      spdlog::warn("{}; tuning the bucket again to replace it", stored.error().message);
+      replace_stored_ = true;
+      stored = std::optional<BestRecord>{};
+    }
     // A best from another NVRTC or template source names a cubin no longer served.
     if (*stored && (*stored)->toolchain.nvrtc_version == toolchain.nvrtc_version &&
         (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
@@ -443,6 +449,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
         request.reference = reference ? &*reference : nullptr;
         request.problem = settings_.problem;
         request.shape = settings_.shape;
+        request.layout = settings_.layout;
         request.gpu = gpu;
         request.seed = settings_.seed == 0 ? 1 : settings_.seed;
         request.warmup = settings_.warmup;
@@ -568,7 +575,9 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     record.wall_seconds = wall;
     record.searcher = searcher_name;
     record.toolchain = toolchain;
-    if (auto stored = db.update_best_if_better(record); !stored)
+    if (auto stored = db.update_best_if_better(
+            record, replace_stored_ ? BestUpdate::force : BestUpdate::if_faster);
+        !stored)
       spdlog::warn("tuning job {}: {}", *job_id, stored.error().message);
   }
   if (was_cancelled)

@@ -70,6 +70,7 @@ struct MeasureRequest {
   const CompiledCandidate* reference = nullptr;
   ProblemClass problem;
   RuntimeShape shape;
+  QkvLayout layout = QkvLayout::bshd;  // measured and checked in the request's layout
   int gpu = 0;
   uint64_t seed = 1;
   int warmup = 0;  // 0: the worker's defaults
@@ -111,6 +112,7 @@ struct TuneSettings {
   std::string template_id{kAttentionTemplateId};
   ProblemClass problem;
   RuntimeShape shape;
+  QkvLayout layout = QkvLayout::bshd;  // part of the key: each layout is tuned on its own
   std::string arch;  // resolved, never empty
   SearcherKind searcher = SearcherKind::evolutionary;
   int max_evaluations = 0;  // 0: 20% of the pruned space (rounded down), at least 8

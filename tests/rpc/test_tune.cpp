@@ -21,6 +21,8 @@
 #include <thread>
 #include <vector>
 
+#include <sqlite3.h>
+
 #include "../unit/search_test_objective.hpp"
 #include "flashcore/client.hpp"
 #include "rpc_test_support.hpp"
@@ -63,6 +65,10 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
       if (held()) return make_error(ErrorCode::cancelled, "measurement abandoned: job cancelled");
     }
     std::this_thread::sleep_for(delay_);
+    {
+      std::lock_guard lock(mutex_);
+      shapes_.push_back({request.shape, request.layout});
+    }
     ++measured_;
     if (request.reference == nullptr) ++without_reference_;
     // The candidate must be a real compile: a key and a kernel.
@@ -110,10 +116,17 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
     on_measure_ = std::move(hook);
   }
 
+  // The shape and layout of every measurement so far.
+  std::vector<std::pair<RuntimeShape, QkvLayout>> shapes() {
+    std::lock_guard lock(mutex_);
+    return shapes_;
+  }
+
   std::atomic<int> measured_{0};
   std::atomic<int> without_reference_{0};
 
  private:
+  std::vector<std::pair<RuntimeShape, QkvLayout>> shapes_;
   std::chrono::milliseconds delay_;
   std::mutex mutex_;
   std::condition_variable changed_;
@@ -331,7 +344,8 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   EXPECT_FALSE(result->from_database());
   EXPECT_EQ(result->evaluations(), static_cast<int64_t>(space->size()));
   EXPECT_EQ(result->device(), "Synthetic Test Device");
-  EXPECT_EQ(result->bucket(), "seq_q=1024;seq_k=1024;batch_heads=16;");
+  EXPECT_EQ(result->bucket(), "seq_q=1024;seq_k=1024;batch_heads=16;gqa=1;layout=bshd;");
+  EXPECT_EQ(result->problem().layout(), v1::LAYOUT_BSHD);
   EXPECT_EQ(result->key().size(), 64u);
   expect_small_tune_shape(*result);
 
@@ -519,7 +533,7 @@ TEST(Tune, ABestStoredBeforeSchemaTwoIsAnsweredAsItsConcreteKernel) {
     BestRecord old;
     old.scope.template_id = "attention_fwd";
     old.scope.problem = problem;
-    old.scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 5000, 0});
+    old.scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 5000, 0}, QkvLayout::bshd);
     old.scope.device_name = "Synthetic Test Device";
     old.scope.arch = "sm_86";
     old.shape = RuntimeShape{0, 0, 0, 0, 0};  // what migration 2 gives older rows
@@ -781,7 +795,7 @@ TEST(Tune, OnSm90aTheFasterFamilysBestIsServed) {
     BestRecord best;
     best.scope.template_id = template_id;
     best.scope.problem = problem_class;
-    best.scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 2048, 0});
+    best.scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 2048, 0}, QkvLayout::bshd);
     best.scope.device_name = "Synthetic Test Device";
     best.scope.arch = "sm_90a";
     best.shape = RuntimeShape{2, 8, 0, 2048, 0};
@@ -813,6 +827,105 @@ TEST(Tune, OnSm90aTheFasterFamilysBestIsServed) {
     EXPECT_EQ(again->abi().abi_version(), 1u);
     EXPECT_EQ(again->config().block_n(), 64);
   }
+}
+
+// The layout and the GQA ratio are part of the tuning key: candidates are
+// measured in the request's layout and with its kv_heads, the result says
+// what it was tuned for, and a request in another layout or with another
+// ratio is never served it as its own.
+TEST(Tune, TheRequestsLayoutAndGqaRatioAreTunedAndKeyTheResult) {
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune();
+  request.set_max_evaluations(2);
+  v1::Problem* problem = request.mutable_kernel()->mutable_problem();
+  problem->set_layout(v1::LAYOUT_BHSD);
+  problem->set_kv_heads(2);  // 8 query heads on 2 K/V heads: ratio 4
+  auto result = d->client->tune(request, nullptr);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_EQ(result->bucket(), "seq_q=1024;seq_k=1024;batch_heads=16;gqa=4;layout=bhsd;");
+  EXPECT_EQ(result->problem().layout(), v1::LAYOUT_BHSD);
+  EXPECT_EQ(result->problem().kv_heads(), 2);
+  const auto shapes = d->backend->shapes();
+  ASSERT_EQ(shapes.size(), 2u);
+  for (const auto& [shape, layout] : shapes) {
+    EXPECT_EQ(layout, QkvLayout::bhsd);
+    EXPECT_EQ(shape.kv_heads, 2);
+    EXPECT_EQ(shape.heads, 8);
+  }
+
+  // Served for its own key.
+  v1::KernelRequest tuned = request.kernel();
+  tuned.set_use_tuned_config(true);
+  tuned.set_omit_cubin(true);
+  auto handle = d->client->compile(tuned);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->key(), result->key());
+  v1::GetTuningResultRequest get;
+  *get.mutable_kernel() = request.kernel();
+  auto stored = d->client->get_tuning_result(get);
+  ASSERT_TRUE(stored.ok()) << stored.error().message;
+  EXPECT_EQ(stored->problem().layout(), v1::LAYOUT_BHSD);
+  EXPECT_EQ(stored->bucket(), result->bucket());
+
+  // The same shape in (B,S,H,D), or as MHA, is another key: not tuned.
+  v1::KernelRequest bshd = tuned;
+  bshd.mutable_problem()->set_layout(v1::LAYOUT_BSHD);
+  v1::KernelRequest mha = tuned;
+  mha.mutable_problem()->set_kv_heads(0);
+  for (const auto& other : {bshd, mha}) {
+    auto refused = d->client->compile(other);
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.error().code, ErrorCode::not_found) << refused.error().message;
+    v1::GetTuningResultRequest other_get;
+    *other_get.mutable_kernel() = other;
+    auto none = d->client->get_tuning_result(other_get);
+    ASSERT_FALSE(none.ok());
+    EXPECT_EQ(none.error().code, ErrorCode::not_found);
+  }
+  auto bshd_refused = d->client->compile(bshd);
+  ASSERT_FALSE(bshd_refused.ok());
+  EXPECT_NE(bshd_refused.error().message.find("layout=bshd"), std::string::npos)
+      << bshd_refused.error().message;
+}
+
+// A damaged row never takes the list down with it, and Tune replaces it.
+TEST(Tune, ARowThatDoesNotReadIsLeftOutOfTheListAndTuneReplacesIt) {
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune();
+  request.set_max_evaluations(1);
+  ASSERT_TRUE(d->client->tune(request, nullptr).ok());
+  v1::TuneRequest other = small_tune(5000);
+  other.set_max_evaluations(1);
+  ASSERT_TRUE(d->client->tune(other, nullptr).ok());
+  {
+    // Written by some other (future or broken) tool.
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open((d->cache.path() / "tuning.db").c_str(), &raw), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw, "UPDATE best SET smem_layout = 'diagonal' WHERE seq_q_bucket = 1024",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  auto listed = d->client->list_tuning_results(10, "");
+  ASSERT_TRUE(listed.ok()) << listed.error().message;
+  ASSERT_EQ(listed->results_size(), 1);
+  EXPECT_EQ(listed->results(0).problem().seq_q(), 5000);
+
+  // Its own key is an error naming the row, not a guess and not NOT_FOUND.
+  v1::GetTuningResultRequest get;
+  *get.mutable_kernel() = request.kernel();
+  auto damaged = d->client->get_tuning_result(get);
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_EQ(damaged.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(damaged.error().message.find("diagonal"), std::string::npos)
+      << damaged.error().message;
+  // Tune (not forced) tunes the bucket again and stores over the damaged row.
+  auto retuned = d->client->tune(request, nullptr);
+  ASSERT_TRUE(retuned.ok()) << retuned.error().message;
+  EXPECT_FALSE(retuned->from_database());
+  auto repaired = d->client->get_tuning_result(get);
+  ASSERT_TRUE(repaired.ok()) << repaired.error().message;
+  EXPECT_EQ(repaired->key(), retuned->key());
 }
 
 }  // namespace

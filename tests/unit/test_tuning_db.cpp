@@ -137,6 +137,10 @@ BestRecord best_for_scope(const TuningScope& scope, TileConfig config, double me
 
 const ShapeBucket kBucket{1024, 1024, 16};
 
+// A file at schema `version` (1 to 3) as those builds made it (defined below
+// the released schema copies).
+void make_old_schema(RawDb& raw, int version);
+
 TEST(TuningDb, MigratesAnEmptyFileToTheCurrentSchemaInWalMode) {
   ScratchDir dir;
   const std::string path = dir.file("tuning.db");
@@ -157,18 +161,118 @@ TEST(TuningDb, FailedMigrationRollsBackEntirely) {
   ScratchDir dir;
   const std::string path = dir.file("tuning.db");
   {
-    // A version-0 file whose `best` table clashes with the schema's.
+    // A version-3 file whose jobs table already has step 4's second column:
+    // step 4 fails part-way, after it has added gqa_ratio.
     RawDb raw(path);
-    raw.exec("CREATE TABLE best (x INTEGER)");
+    make_old_schema(raw, 3);
+    raw.exec("ALTER TABLE jobs ADD COLUMN layout TEXT");
   }
   auto db = TuningDb::open(path);
   ASSERT_FALSE(db.ok());
-  EXPECT_NE(db.error().message.find("migration to schema version 1"), std::string::npos)
+  EXPECT_NE(db.error().message.find("migration to schema version 4"), std::string::npos)
       << db.error().message;
   RawDb raw(path);
-  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "0");
-  // The steps before the failing statement were undone with it.
-  EXPECT_EQ(raw.scalar("SELECT count(*) FROM sqlite_master WHERE name IN ('jobs', 'trials')"), "0");
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "3");
+  // The statements before the failing one were undone with it.
+  EXPECT_EQ(raw.scalar("SELECT count(*) FROM pragma_table_info('jobs') WHERE name = 'gqa_ratio'"),
+            "0");
+}
+
+TEST(TuningDb, ASqliteFileOfAnotherApplicationIsRefusedAndLeftUntouched) {
+  ScratchDir dir;
+  // Version 0 (never written by us) but holding tables: someone else's.
+  const std::string foreign = dir.file("foreign.db");
+  {
+    RawDb raw(foreign);
+    raw.exec("CREATE TABLE best (x INTEGER)");
+    raw.exec("INSERT INTO best VALUES (42)");
+  }
+  const std::string before = read_bytes(foreign);
+  auto db = TuningDb::open(foreign);
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(db.error().message.find(foreign), std::string::npos) << db.error().message;
+  EXPECT_NE(db.error().message.find("not a FlashCore tuning database"), std::string::npos)
+      << db.error().message;
+  EXPECT_NE(db.error().message.find("move it aside"), std::string::npos) << db.error().message;
+  EXPECT_TRUE(read_bytes(foreign) == before) << "the refused file was changed";
+
+  // Another application's id, whatever its tables.
+  const std::string other_app = dir.file("other_app.db");
+  {
+    RawDb raw(other_app);
+    make_old_schema(raw, 3);
+    raw.exec("PRAGMA application_id = 1234");
+  }
+  auto refused = TuningDb::open(other_app);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.error().message.find("application_id 1234"), std::string::npos)
+      << refused.error().message;
+  EXPECT_EQ(RawDb(other_app).scalar("PRAGMA user_version"), "3");  // not migrated
+
+  // Our schema version without our tables.
+  const std::string hollow = dir.file("hollow.db");
+  {
+    RawDb raw(hollow);
+    raw.exec("CREATE TABLE notes (x TEXT)");
+    raw.exec("PRAGMA user_version = 2");
+  }
+  auto lacking = TuningDb::open(hollow);
+  ASSERT_FALSE(lacking.ok());
+  EXPECT_NE(lacking.error().message.find("lacks its tables"), std::string::npos)
+      << lacking.error().message;
+}
+
+TEST(TuningDb, AnEmptyFileIsRefusedNeverRecreated) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  write_bytes(path, "");
+  auto db = TuningDb::open(path);
+  ASSERT_FALSE(db.ok());
+  EXPECT_EQ(db.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(db.error().message.find(path), std::string::npos) << db.error().message;
+  EXPECT_NE(db.error().message.find("empty file (0 bytes)"), std::string::npos)
+      << db.error().message;
+  EXPECT_NE(db.error().message.find("mv " + path + " " + path + ".bad"), std::string::npos)
+      << db.error().message;
+  EXPECT_EQ(fs::file_size(path), 0u);
+  EXPECT_FALSE(fs::exists(path + "-wal"));
+  // A path with no file is created, as on a first start.
+  ASSERT_NE(open_ok(dir.file("fresh.db")), nullptr);
+  EXPECT_GT(fs::file_size(dir.file("fresh.db")), 0u);
+}
+
+TEST(TuningDb, ATruncatedFileIsRefusedAndKept) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  {
+    auto db = open_ok(path);
+    ASSERT_NE(db, nullptr);
+    auto job = db->begin_job(scope_at(kBucket), "exhaustive", kToolchain);
+    ASSERT_TRUE(job.ok());
+    for (int i = 0; i < 200; ++i)
+      ASSERT_TRUE(
+          db->record_trial(trial_for(scope_at(kBucket), *job, TileConfig{}, 50.0 + i)).ok());
+    ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope_at(kBucket), TileConfig{}, 50.0)));
+  }
+  {
+    RawDb raw(path);
+    raw.exec("PRAGMA wal_checkpoint(TRUNCATE)");  // everything in the main file
+  }
+  std::string bytes = read_bytes(path);
+  const size_t page_size = std::stoul(RawDb(path).scalar("PRAGMA page_size"));
+  ASSERT_GT(bytes.size(), 4 * page_size);
+  bytes.resize(bytes.size() / 2);  // a copy cut short, a disk that filled up
+  write_bytes(path, bytes);
+  fs::remove(path + "-wal");
+  fs::remove(path + "-shm");
+
+  auto db = TuningDb::open(path);
+  ASSERT_FALSE(db.ok()) << "a truncated database opened";
+  EXPECT_EQ(db.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(db.error().message.find(path), std::string::npos) << db.error().message;
+  EXPECT_NE(db.error().message.find("move it aside"), std::string::npos) << db.error().message;
+  EXPECT_EQ(read_bytes(path), bytes);
 }
 
 TEST(TuningDb, ReopeningKeepsDataAcrossObjectsAndRestarts) {
@@ -780,6 +884,41 @@ CREATE TABLE best (
 CREATE INDEX best_by_class ON best(template_id, dtype, head_dim, causal, device_name, arch);
 )sql";
 
+// Copies of migrations 2 and 3 as released, for files of those versions.
+constexpr const char* kSchemaVersion2Step = R"sql(
+ALTER TABLE trials ADD COLUMN q_placement TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE trials ADD COLUMN smem_layout TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE best ADD COLUMN q_placement TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE best ADD COLUMN smem_layout TEXT NOT NULL DEFAULT 'auto';
+ALTER TABLE best ADD COLUMN batch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN heads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN kv_heads INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN seq_q INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN seq_k INTEGER NOT NULL DEFAULT 0;
+)sql";
+constexpr const char* kSchemaVersion3Step = R"sql(
+ALTER TABLE trials ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
+)sql";
+
+// The bucket text before schema 4 (no gqa, no layout).
+std::string legacy_bucket(const ShapeBucket& b) {
+  return "seq_q=" + std::to_string(b.seq_q) + ";seq_k=" + std::to_string(b.seq_k) +
+         ";batch_heads=" + std::to_string(b.batch_heads) + ";";
+}
+
+// A file at schema `version` (1 to 3) as those builds made it.
+void make_old_schema(RawDb& raw, int version) {
+  raw.exec(kSchemaVersion1);
+  if (version >= 2) raw.exec(kSchemaVersion2Step);
+  if (version >= 3) raw.exec(kSchemaVersion3Step);
+  raw.exec("PRAGMA user_version = " + std::to_string(version));
+}
+
 TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
   ScratchDir dir;
   const std::string path = dir.file("tuning.db");
@@ -793,7 +932,7 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
         "seq_k_bucket, batch_heads_bucket, device_name, arch, searcher, status, started_unix_ms, "
         "finished_unix_ms, evaluations, best_trial_id, nvrtc_version, template_source_hash, "
         "driver_version) VALUES (1, 'attention_fwd', 'fp16', 128, 1, '" +
-        canonical_bucket(kBucket) +
+        legacy_bucket(kBucket) +
         "', 1024, 1024, 16, 'NVIDIA H100 80GB HBM3', 'sm_90a', 'evolutionary', 'succeeded', "
         "1700000000000, 1700000001000, 1, 1, '13.0', '" + kToolchain.template_source_hash +
         "', '580.65.06')");
@@ -804,7 +943,7 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
         "failure_reason, median_us, p10_us, p90_us, samples, tflops, rel_error, max_abs_error, "
         "registers, spill_store_bytes, spill_load_bytes, smem_bytes, gpu_index, nvrtc_version, "
         "template_source_hash, driver_version, created_unix_ms) VALUES (1, 1, 'attention_fwd', "
-        "'fp16', 128, 1, '" + canonical_bucket(kBucket) +
+        "'fp16', 128, 1, '" + legacy_bucket(kBucket) +
         "', 1024, 1024, 16, 'NVIDIA H100 80GB HBM3', 'sm_90a', 2, 8, 0, 1000, 1024, 128, 64, 8, 2, "
         "'" + std::string(64, 'c') + "', 'ok', '', 61.5, 60.0, 63.0, 50, 16.0, 1e-3, 2e-3, 128, "
         "0, 0, 98304, 0, '13.0', '" + kToolchain.template_source_hash +
@@ -814,19 +953,23 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
         "seq_k_bucket, batch_heads_bucket, device_name, arch, block_m, block_n, warps, stages, "
         "cache_key, median_us, tflops, trial_id, evaluations, wall_seconds, searcher, "
         "nvrtc_version, template_source_hash, driver_version, updated_unix_ms) VALUES "
-        "('attention_fwd', 'fp16', 128, 1, '" + canonical_bucket(kBucket) +
+        "('attention_fwd', 'fp16', 128, 1, '" + legacy_bucket(kBucket) +
         "', 1024, 1024, 16, 'NVIDIA H100 80GB HBM3', 'sm_90a', 128, 64, 8, 2, '" +
         std::string(64, 'b') + "', 61.5, 16.0, 1, 1, 2.5, 'evolutionary', '13.0', '" +
         kToolchain.template_source_hash + "', '580.65.06', 1700000001000)");
   }
 
-  ASSERT_EQ(TuningDb::schema_version(), 3);
+  ASSERT_EQ(TuningDb::schema_version(), 4);
   auto db = open_ok(path);
   ASSERT_NE(db, nullptr);
   {
     RawDb raw(path);
-    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "3");
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "4");
     EXPECT_EQ(raw.scalar("SELECT pingpong + separate_o + persistent FROM best"), "0");
+    // Schema 4: every old row was tuned in (B,S,H,D); no shape means MHA.
+    EXPECT_EQ(raw.scalar("SELECT layout || '/' || gqa_ratio FROM best"), "bshd/1");
+    EXPECT_EQ(raw.scalar("SELECT bucket FROM best"), canonical_bucket(kBucket));
+    EXPECT_EQ(raw.scalar("SELECT bucket FROM jobs"), canonical_bucket(kBucket));
     EXPECT_EQ(raw.scalar("SELECT q_placement || '/' || smem_layout FROM best"), "auto/auto");
     EXPECT_EQ(raw.scalar("SELECT q_placement || '/' || smem_layout FROM trials"), "auto/auto");
   }
@@ -875,7 +1018,7 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
   db.reset();
   ASSERT_NE(open_ok(path), nullptr);
   RawDb raw(path);
-  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "3");
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "4");
   EXPECT_EQ(raw.scalar("SELECT count(*) FROM best"), "1");
 }
 
@@ -1010,6 +1153,169 @@ TEST(TuningDb, RejectsScopesThatNameNoProblem) {
     auto job = db->begin_job(scope, "random", kToolchain);
     ASSERT_FALSE(job.ok());
     EXPECT_EQ(job.error().code, ErrorCode::invalid_argument);
+  }
+}
+
+// Files of every earlier schema version migrate to the current one: old rows
+// become layout bshd, their GQA ratio comes from the shape they recorded, and
+// a GQA result is served for its own ratio only.
+TEST(TuningDb, EveryEarlierSchemaVersionMigratesWithLayoutAndGqaRatio) {
+  for (int version : {1, 2, 3}) {
+    SCOPED_TRACE("from schema version " + std::to_string(version));
+    ScratchDir dir;
+    const std::string path = dir.file("tuning.db");
+    {
+      RawDb raw(path);
+      make_old_schema(raw, version);
+      const std::string bucket = "'" + legacy_bucket(kBucket) + "', 1024, 1024, 16";
+      raw.exec(
+          "INSERT INTO jobs (id, template_id, dtype, head_dim, causal, bucket, seq_q_bucket, "
+          "seq_k_bucket, batch_heads_bucket, device_name, arch, searcher, status, "
+          "started_unix_ms, finished_unix_ms, evaluations, best_trial_id, nvrtc_version, "
+          "template_source_hash, driver_version) VALUES (1, 'attention_fwd', 'fp16', 128, 1, " +
+          bucket + ", 'NVIDIA H100 80GB HBM3', 'sm_90a', 'random', 'succeeded', 1, 2, 1, 1, "
+          "'13.0', 'h', 'd')");
+      // A GQA trial: 16 query heads on 4 K/V heads.
+      raw.exec(
+          "INSERT INTO trials (id, job_id, template_id, dtype, head_dim, causal, bucket, "
+          "seq_q_bucket, seq_k_bucket, batch_heads_bucket, device_name, arch, batch, heads, "
+          "kv_heads, seq_q, seq_k, block_m, block_n, warps, stages, cache_key, status, "
+          "failure_reason, median_us, p10_us, p90_us, samples, tflops, rel_error, "
+          "max_abs_error, registers, spill_store_bytes, spill_load_bytes, smem_bytes, "
+          "gpu_index, nvrtc_version, template_source_hash, driver_version, created_unix_ms) "
+          "VALUES (1, 1, 'attention_fwd', 'fp16', 128, 1, " + bucket +
+          ", 'NVIDIA H100 80GB HBM3', 'sm_90a', 1, 16, 4, 1000, 1024, 128, 64, 8, 2, 'k', 'ok', "
+          "'', 61.5, 60.0, 63.0, 50, 16.0, 0, 0, 128, 0, 0, 0, 0, '13.0', 'h', 'd', 1)");
+      std::string best_cols =
+          "template_id, dtype, head_dim, causal, bucket, seq_q_bucket, seq_k_bucket, "
+          "batch_heads_bucket, device_name, arch, block_m, block_n, warps, stages, cache_key, "
+          "median_us, tflops, trial_id, evaluations, wall_seconds, searcher, nvrtc_version, "
+          "template_source_hash, driver_version, updated_unix_ms";
+      std::string best_values = "'attention_fwd', 'fp16', 128, 1, " + bucket +
+                                ", 'NVIDIA H100 80GB HBM3', 'sm_90a', 128, 64, 8, 2, '" +
+                                std::string(64, 'b') +
+                                "', 61.5, 16.0, 1, 1, 2.5, 'random', '13.0', 'h', 'd', 1";
+      if (version >= 2) {  // the shape it was tuned on is recorded: GQA ratio 4
+        best_cols += ", batch, heads, kv_heads, seq_q, seq_k";
+        best_values += ", 1, 16, 4, 1000, 1024";
+      }
+      raw.exec("INSERT INTO best (" + best_cols + ") VALUES (" + best_values + ")");
+    }
+    auto db = open_ok(path);
+    ASSERT_NE(db, nullptr);
+    RawDb raw(path);
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), std::to_string(TuningDb::schema_version()));
+    EXPECT_NE(raw.scalar("PRAGMA application_id"), "0");
+    EXPECT_EQ(raw.scalar("SELECT layout || '/' || gqa_ratio FROM trials"), "bshd/4");
+    EXPECT_EQ(raw.scalar("SELECT layout || '/' || gqa_ratio FROM jobs"), "bshd/4");
+
+    ShapeBucket gqa = kBucket;
+    gqa.gqa_ratio = version >= 2 ? 4 : 1;  // schema 1 recorded no shape with the best
+    ShapeBucket other_ratio = gqa;
+    other_ratio.gqa_ratio = version >= 2 ? 1 : 4;
+    ShapeBucket bhsd = gqa;
+    bhsd.layout = QkvLayout::bhsd;
+    auto best = db->best_for(scope_at(gqa));
+    ASSERT_TRUE(best.ok()) << best.error().message;
+    ASSERT_TRUE(best->has_value());
+    EXPECT_EQ((*best)->scope.bucket, gqa);
+    EXPECT_DOUBLE_EQ((*best)->median_us, 61.5);
+    for (const ShapeBucket& not_tuned : {other_ratio, bhsd}) {
+      auto none = db->best_for(scope_at(not_tuned));
+      ASSERT_TRUE(none.ok());
+      EXPECT_FALSE(none->has_value()) << canonical_bucket(not_tuned);
+    }
+    auto trials = db->trials_for_job(1);
+    ASSERT_TRUE(trials.ok()) << trials.error().message;
+    ASSERT_EQ(trials->size(), 1u);
+    EXPECT_EQ((*trials)[0].scope.bucket.gqa_ratio, 4);
+    auto job = db->job(1);
+    ASSERT_TRUE(job.ok() && job->has_value());
+    EXPECT_EQ((*job)->scope.bucket.gqa_ratio, 4);
+  }
+}
+
+TEST(TuningDb, EachLayoutAndGqaRatioHasItsOwnBest) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  std::vector<ShapeBucket> keys;
+  for (QkvLayout layout : {QkvLayout::bshd, QkvLayout::bhsd})
+    for (int64_t ratio : {1, 4}) keys.push_back(ShapeBucket{1024, 1024, 16, ratio, layout});
+  for (size_t i = 0; i < keys.size(); ++i)
+    ASSERT_TRUE(*db->update_best_if_better(
+        best_for_scope(scope_at(keys[i]), TileConfig{128, 64, 4, 2}, 10.0 + i)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    auto best = db->best_for(scope_at(keys[i]));
+    ASSERT_TRUE(best.ok() && best->has_value()) << canonical_bucket(keys[i]);
+    EXPECT_DOUBLE_EQ((*best)->median_us, 10.0 + i);
+    EXPECT_EQ((*best)->scope.bucket, keys[i]);
+  }
+  // The nearest of the others is one step away: the ratio or the layout.
+  auto near = db->nearest_best(scope_at(keys[0]), 4);
+  ASSERT_TRUE(near.ok());
+  ASSERT_EQ(near->size(), 4u);
+  EXPECT_EQ((*near)[0].distance, 0);
+  EXPECT_EQ((*near)[1].distance, 1);  // bshd with ratio 4 is 2 doublings, bhsd ratio 1 is 1
+  EXPECT_EQ((*near)[1].best.scope.bucket, keys[2]);
+}
+
+TEST(TuningDb, ARowThatDoesNotReadIsLeftOutOfListsAndCounted) {
+  ScratchDir dir;
+  const std::string path = dir.file("tuning.db");
+  auto db = open_ok(path);
+  ASSERT_NE(db, nullptr);
+  std::vector<ShapeBucket> buckets;
+  for (int64_t seq : {256, 512, 1024, 2048, 4096}) buckets.push_back(ShapeBucket{seq, seq, 16});
+  for (const auto& b : buckets)
+    ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope_at(b), TileConfig{}, 40.0)));
+  {
+    // Damage two rows the ways another tool (or a bad disk) might.
+    RawDb raw(path);
+    raw.exec("UPDATE best SET q_placement = 'sideways' WHERE seq_q_bucket = 512");
+    raw.exec("UPDATE best SET seq_k_bucket = 64 WHERE seq_q_bucket = 2048");
+  }
+  auto page = db->list_best(0);
+  ASSERT_TRUE(page.ok()) << page.error().message;
+  EXPECT_EQ(page->items.size(), 3u);
+  EXPECT_EQ(page->skipped, 2);
+  ASSERT_EQ(page->skipped_reasons.size(), 2u);
+  EXPECT_NE(page->skipped_reasons[0].find("sideways"), std::string::npos)
+      << page->skipped_reasons[0];
+  EXPECT_NE(page->skipped_reasons[1].find("does not match its fields"), std::string::npos)
+      << page->skipped_reasons[1];
+  // Paging one row at a time still reaches every good row once.
+  std::vector<int64_t> seen;
+  std::string token;
+  int64_t skipped = 0;
+  do {
+    auto one = db->list_best(1, token);
+    ASSERT_TRUE(one.ok()) << one.error().message;
+    for (const auto& b : one->items) seen.push_back(b.scope.bucket.seq_q);
+    skipped += one->skipped;
+    token = one->next_page_token;
+  } while (!token.empty());
+  EXPECT_EQ(seen, (std::vector<int64_t>{256, 1024, 4096}));
+  EXPECT_EQ(skipped, 2);
+
+  // Its own key answers an error naming the row, never a guess; a new best
+  // for the key replaces the damaged row, whatever its time said.
+  auto damaged = db->best_for(scope_at(buckets[3]));
+  ASSERT_FALSE(damaged.ok());
+  EXPECT_EQ(damaged.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(damaged.error().message.find("best row"), std::string::npos)
+      << damaged.error().message;
+  RawDb(path).exec("UPDATE best SET median_us = -1 WHERE seq_q_bucket = 4096");
+  auto negative = db->best_for(scope_at(buckets[4]));
+  ASSERT_FALSE(negative.ok());
+  EXPECT_NE(negative.error().message.find("not a measured time"), std::string::npos);
+  ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope_at(buckets[3]), TileConfig{}, 90.0),
+                                         BestUpdate::force));
+  ASSERT_TRUE(*db->update_best_if_better(best_for_scope(scope_at(buckets[4]), TileConfig{}, 90.0)));
+  for (int i : {3, 4}) {
+    auto repaired = db->best_for(scope_at(buckets[static_cast<size_t>(i)]));
+    ASSERT_TRUE(repaired.ok()) << repaired.error().message;
+    ASSERT_TRUE(repaired->has_value());
+    EXPECT_DOUBLE_EQ((*repaired)->median_us, 90.0);
   }
 }
 
