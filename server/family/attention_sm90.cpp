@@ -86,6 +86,9 @@ std::optional<std::string> config_error(const TileConfig& config, const ProblemC
     return field("config.q_placement", "is a field of the sm80 family; leave it unset");
   if (config.smem_layout != SmemLayout::automatic)
     return field("config.smem_layout", "is a field of the sm80 family; leave it unset");
+  if (config.fused_combine)
+    return field("config.fused_combine", "is a field of the decode family only");
+  if (config.splits != 0) return field("config.splits", "is a field of the decode family only");
   if (config.pingpong && consumers(config) != 2)
     return field("config.pingpong", "needs two consumer warpgroups (block_m 128)");
   if (consumers(config) > 1) {

@@ -104,6 +104,8 @@ std::string config_label(const TileConfig& config) {
   if (config.pingpong) label += "-pp";
   if (config.separate_o) label += "-so";
   if (config.persistent) label += "-pers";
+  if (config.fused_combine) label += "-fused";
+  if (config.splits != 0) label += "-k" + std::to_string(config.splits);
   return label;
 }
 
@@ -128,7 +130,7 @@ std::optional<TileConfig> parse_config_label(std::string_view label) {
       !number(&c.warps) || !separator('s') || !number(&c.stages))
     return std::nullopt;
   bool q_given = false, layout_given = false, pp_given = false, so_given = false,
-       pers_given = false;
+       pers_given = false, fused_given = false, splits_given = false;
   while (pos < label.size()) {
     if (label[pos] != '-') return std::nullopt;
     const size_t next = label.find('-', pos + 1);
@@ -150,6 +152,14 @@ std::optional<TileConfig> parse_config_label(std::string_view label) {
     } else if (suffix == "pers") {
       c.persistent = true;
       given = &pers_given;
+    } else if (suffix == "fused") {
+      c.fused_combine = true;
+      given = &fused_given;
+    } else if (suffix.size() > 1 && suffix[0] == 'k' &&
+               std::all_of(suffix.begin() + 1, suffix.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) &&
+               suffix.size() <= 6) {
+      c.splits = std::stoi(std::string(suffix.substr(1)));
+      given = &splits_given;
     } else {
       return std::nullopt;
     }
@@ -203,6 +213,9 @@ std::optional<std::string> config_error(const TileConfig& config, const ProblemC
   if (config.pingpong) return field("config.pingpong", "is a field of the Hopper family only");
   if (config.separate_o) return field("config.separate_o", "is a field of the Hopper family only");
   if (config.persistent) return field("config.persistent", "is a field of the Hopper family only");
+  if (config.fused_combine)
+    return field("config.fused_combine", "is a field of the decode family only");
+  if (config.splits != 0) return field("config.splits", "is a field of the decode family only");
   if (config.warps < 1 || config.warps > 16 || !power_of_two(config.warps))
     return field("config.warps", std::to_string(config.warps) + " must be 1, 2, 4, 8 or 16");
   if (config.block_m < kMmaRows || config.block_m > 256 || config.block_m % kMmaRows != 0)
@@ -265,6 +278,8 @@ std::string canonical_config(const TileConfig& config) {
   if (config.pingpong) out << "pingpong=1;";
   if (config.separate_o) out << "separate_o=1;";
   if (config.persistent) out << "persistent=1;";
+  if (config.fused_combine) out << "fused_combine=1;";
+  if (config.splits != 0) out << "splits=" << config.splits << ";";
   return out.str();
 }
 

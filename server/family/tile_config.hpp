@@ -63,6 +63,9 @@ struct TileConfig {
   bool pingpong = false;    // the two consumer warpgroups take turns on the tensor cores
   bool separate_o = false;  // O leaves through its own tile, so the next Q loads under the epilogue
   bool persistent = false;  // grid = min(tiles, multiprocessors); each CTA walks tiles
+  // Decode family only (the others reject them set):
+  bool fused_combine = false;  // the last split block merges the partials
+  int splits = 0;              // key splits; 0 = the family's rule
 
   int threads() const { return warps * 32; }
   int rows_per_warp() const { return block_m / warps; }

@@ -122,6 +122,8 @@ void fill_config(const TileConfig& config, v1::TileConfig* out) {
   out->set_pingpong(config.pingpong);
   out->set_separate_o(config.separate_o);
   out->set_persistent(config.persistent);
+  out->set_fused_combine(config.fused_combine);
+  out->set_splits(config.splits);
 }
 
 Result<TileConfig> parse_config(const v1::TileConfig& config) {
@@ -149,6 +151,8 @@ Result<TileConfig> parse_config(const v1::TileConfig& config) {
   out.pingpong = config.pingpong();
   out.separate_o = config.separate_o();
   out.persistent = config.persistent();
+  out.fused_combine = config.fused_combine();
+  out.splits = config.splits();
   return out;
 }
 

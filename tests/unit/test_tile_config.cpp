@@ -336,5 +336,30 @@ TEST(TileConfig, CanonicalTextDiffersForEveryField) {
   EXPECT_EQ(texts.size(), 9u);
 }
 
+// The other families' fields: labelled and parsed back, keyed only when set
+// (an sm80 key never changes), and refused by the sm80 family by name.
+TEST(TileConfig, OtherFamiliesFieldsRoundTripAndTheSm80FamilyRefusesThem) {
+  TileConfig decode{16, 64, 4, 3};
+  decode.fused_combine = true;
+  decode.splits = 16;
+  EXPECT_EQ(config_label(decode), "16x64w4s3-fused-k16");
+  EXPECT_EQ(parse_config_label("16x64w4s3-fused-k16"), decode);
+  TileConfig hopper{128, 128, 12, 2};
+  hopper.pingpong = hopper.separate_o = hopper.persistent = true;
+  EXPECT_EQ(parse_config_label(config_label(hopper)), hopper);
+  EXPECT_EQ(parse_config_label("16x64w4s3-k"), std::nullopt);
+  EXPECT_EQ(parse_config_label("16x64w4s3-fused-fused"), std::nullopt);
+  EXPECT_EQ(canonical_config(TileConfig{128, 64, 4, 2}).find("splits"), std::string::npos);
+  EXPECT_NE(canonical_config(decode), canonical_config(TileConfig{16, 64, 4, 3}));
+
+  const ProblemClass problem{DType::fp16, 64, false};
+  for (auto [config, name] : {std::pair{decode, "config.fused_combine"},
+                              std::pair{hopper, "config.pingpong"}}) {
+    const auto error = config_error(config, problem, *find_arch("sm_90a"));
+    ASSERT_TRUE(error.has_value()) << name;
+    EXPECT_EQ(error->rfind(std::string(name) + ":", 0), 0u) << *error;
+  }
+}
+
 }  // namespace
 }  // namespace flashcore
