@@ -14,6 +14,7 @@ size_t CachedKernel::footprint_bytes() const {
   size_t bytes = kEntryOverheadBytes;
   bytes += key.size() + spec.template_id.size() + spec.arch.size();
   bytes += compiled.name_expression.size() + compiled.lowered_name.size() + compiled.cubin.size();
+  for (const auto& [name, lowered] : compiled.extra_kernels) bytes += name.size() + lowered.size();
   bytes += compiled.resources.ptxas_log.size();
   bytes += compiled.toolchain.nvrtc_version.size() + compiled.toolchain.template_source_hash.size();
   for (const auto& option : compiled.toolchain.options) bytes += option.size();

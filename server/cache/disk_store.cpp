@@ -90,7 +90,7 @@ std::optional<Header> parse_header(std::string_view bytes, uint64_t total_size, 
 json metadata_json(const CachedKernel& entry) {
   const auto& c = entry.compiled;
   const auto& r = c.resources;
-  return json{
+  json doc = json{
       {"key", entry.key},
       {"spec",
        {{"template_id", entry.spec.template_id},
@@ -128,6 +128,22 @@ json metadata_json(const CachedKernel& entry) {
           {"options", c.toolchain.options}}}}},
       {"created_unix_ms", entry.created_unix_ms},
   };
+  // The other families' config fields, only when set: entries of the sm80
+  // family read the same as before they existed.
+  json& config = doc["spec"];
+  const TileConfig& t = entry.spec.config;
+  if (t.pingpong) config["pingpong"] = true;
+  if (t.separate_o) config["separate_o"] = true;
+  if (t.persistent) config["persistent"] = true;
+  if (t.fused_combine) config["fused_combine"] = true;
+  if (t.splits != 0) config["splits"] = t.splits;
+  if (!c.extra_kernels.empty()) {
+    json extra = json::array();
+    for (const auto& [name, lowered] : c.extra_kernels)
+      extra.push_back(json{{"name_expression", name}, {"lowered_name", lowered}});
+    doc["compiled"]["extra_kernels"] = std::move(extra);
+  }
+  return doc;
 }
 
 // Fills everything but the cubin; nlohmann throws on a missing field or a
@@ -163,6 +179,11 @@ std::optional<CachedKernel> parse_metadata(std::string_view text, std::string* w
     }
     entry.spec.config.q_placement = *q_placement;
     entry.spec.config.smem_layout = *smem_layout;
+    entry.spec.config.pingpong = spec.value("pingpong", false);
+    entry.spec.config.separate_o = spec.value("separate_o", false);
+    entry.spec.config.persistent = spec.value("persistent", false);
+    entry.spec.config.fused_combine = spec.value("fused_combine", false);
+    entry.spec.config.splits = spec.value("splits", 0);
     entry.spec.arch = spec.at("arch").get<std::string>();
 
     const json& shape = doc.at("first_shape");
@@ -176,6 +197,10 @@ std::optional<CachedKernel> parse_metadata(std::string_view text, std::string* w
     auto& c = entry.compiled;
     c.name_expression = compiled.at("name_expression").get<std::string>();
     c.lowered_name = compiled.at("lowered_name").get<std::string>();
+    if (compiled.contains("extra_kernels"))
+      for (const json& k : compiled.at("extra_kernels"))
+        c.extra_kernels.emplace_back(k.at("name_expression").get<std::string>(),
+                                     k.at("lowered_name").get<std::string>());
     c.compile_ms = compiled.at("compile_ms").get<double>();
     const json& res = compiled.at("resources");
     c.resources.registers = res.at("registers").get<int>();

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "family/tile_config.hpp"
@@ -38,6 +39,9 @@ struct ToolchainFingerprint {
 struct CompiledKernel {
   std::string name_expression;
   std::string lowered_name;
+  // Further kernels of the same program (a multi-kernel family: the decode
+  // family's combine), as (name expression, lowered name), in launch order.
+  std::vector<std::pair<std::string, std::string>> extra_kernels;
   std::string cubin;  // raw bytes
   ResourceReport resources;
   double compile_ms = 0.0;

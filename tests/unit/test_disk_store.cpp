@@ -88,6 +88,28 @@ TEST(DiskStore, EveryQPlacementAndLayoutRoundTripsByName) {
     }
 }
 
+// The Hopper and decode families' config fields and a second kernel survive
+// the disk (an entry read back must be the kernel its key names).
+TEST(DiskStore, OtherFamiliesFieldsAndExtraKernelsRoundTrip) {
+  CachedKernel entry = sample_entry(test_key("families"), sample_cubin(300, 4));
+  entry.spec.template_id = "attention_fwd_sm90";
+  entry.spec.config = TileConfig{128, 128, 12, 2};
+  entry.spec.config.pingpong = entry.spec.config.persistent = true;
+  entry.spec.config.fused_combine = true;
+  entry.spec.config.splits = 7;
+  entry.compiled.extra_kernels = {{"flashcore::combine<1>", "_Z7combineILi1EEvv"}};
+  std::string why;
+  auto decoded = DiskStore::decode(DiskStore::encode(entry), &why);
+  ASSERT_TRUE(decoded.has_value()) << why;
+  EXPECT_EQ(decoded->spec.config, entry.spec.config) << config_label(decoded->spec.config);
+  EXPECT_EQ(decoded->compiled.extra_kernels, entry.compiled.extra_kernels);
+  // An sm80 entry writes none of them (its metadata is what it always was).
+  const CachedKernel plain = sample_entry(test_key("plain"), sample_cubin(300, 5));
+  const std::string bytes = DiskStore::encode(plain);
+  EXPECT_EQ(bytes.find("pingpong"), std::string::npos);
+  EXPECT_EQ(bytes.find("extra_kernels"), std::string::npos);
+}
+
 TEST(DiskStore, DecodeRefusesAnUnknownEnumAndTheOlderFormat) {
   // An out-of-range value is written as a name no parser accepts, and the
   // entry is then refused rather than read back as some other kernel.
