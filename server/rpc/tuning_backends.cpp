@@ -85,12 +85,14 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
   fill_handle(*request.candidate->kernel, CacheTier::memory, request.shape,
               to_v1(request.layout), /*omit_cubin=*/true, &handle);
   *call.mutable_problem() = handle.problem();
-  call.set_validate(true);
-  // One stability trial and a few determinism runs: tuning needs "correct",
-  // the full matrix is Validate's job.
+  call.set_validate(request.validate);
+  // One stability trial and a few determinism runs: the search needs
+  // "correct"; the winner gets the full matrix (validate_fully).
   call.mutable_validation()->set_determinism_runs(2);
   call.mutable_validation()->set_stability_trials(1);
-  if (request.reference) {
+  if (!request.validate) {
+    // Re-timing a finalist: it passed the gate already.
+  } else if (request.reference) {
     *call.mutable_reference() =
         eval_kernel_of(*request.reference, request.shape, request.layout);
   } else if (request.shape.seq_q > kReferenceRows) {
@@ -106,7 +108,7 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
   if (!response) return response.error();
   Measurement measured;
   const v1::ValidationRecord& validation = response->validation();
-  measured.correct = validation.passed();
+  measured.correct = request.validate ? validation.passed() : true;
   measured.validation_detail = validation.detail();
   measured.rel_error = validation.rel_error();
   measured.max_abs_error = validation.max_abs_error();
@@ -123,6 +125,38 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
     measured.validation_detail = "no timing returned";
   }
   return measured;
+}
+
+Result<std::optional<FullValidation>> WorkerPoolBackend::validate_fully(
+    const MeasureRequest& request) {
+  if (!request.candidate || !request.candidate->kernel)
+    return make_error(ErrorCode::internal, "candidate without a compiled kernel");
+  v1::EvaluateRequest call;
+  *call.mutable_kernel() = eval_kernel_of(*request.candidate, request.shape, request.layout);
+  v1::KernelHandle handle;
+  fill_handle(*request.candidate->kernel, CacheTier::memory, request.shape,
+              to_v1(request.layout), /*omit_cubin=*/true, &handle);
+  *call.mutable_problem() = handle.problem();
+  call.set_validate(true);
+  // reference_rows 0: every row of every (batch, head), the ragged tail included.
+  call.mutable_validation()->set_reference_rows(0);
+  call.mutable_validation()->set_determinism_runs(kFullDeterminismRuns);
+  call.mutable_validation()->set_stability_trials(kFullStabilityTrials);
+  call.set_time(false);
+  call.set_seed(request.seed);
+  auto response = pool_->evaluate_on(request.gpu, call, request.deadline);
+  if (!response) return response.error();
+  const v1::ValidationRecord& validation = response->validation();
+  FullValidation full;
+  full.passed = validation.passed();
+  full.rel_error = validation.rel_error();
+  full.max_abs_error = validation.max_abs_error();
+  full.detail = validation.detail();
+  if (full.passed && full.detail.empty())
+    full.detail = "every row against fp64, " + std::to_string(kFullDeterminismRuns) +
+                  " determinism runs, " + std::to_string(kFullStabilityTrials) +
+                  " stability trials";
+  return std::optional<FullValidation>(std::move(full));
 }
 
 }  // namespace flashcore::rpc

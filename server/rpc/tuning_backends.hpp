@@ -35,6 +35,9 @@ class WorkerPoolBackend final : public EvaluationBackend {
  public:
   explicit WorkerPoolBackend(std::shared_ptr<eval::WorkerPool> pool) : pool_(std::move(pool)) {}
   Result<Measurement> measure(const MeasureRequest& request) override;
+  // Every row against fp64, kFullDeterminismRuns launches hashed alike,
+  // kFullStabilityTrials fresh inputs; no timing.
+  Result<std::optional<FullValidation>> validate_fully(const MeasureRequest& request) override;
   int gpu_count() const override { return pool_->gpu_count(); }
   std::string device_name(int gpu) const override;
   std::string driver_version() const override;
@@ -42,6 +45,9 @@ class WorkerPoolBackend final : public EvaluationBackend {
   // Rows per (batch, head) checked against fp64 on big shapes: the CPU
   // reference is O(seq^2) per row, so full checks of long sequences take minutes.
   static constexpr int kReferenceRows = 64;
+  // The winner's full validation: Validate's own matrix (DESIGN.md §6).
+  static constexpr int kFullDeterminismRuns = 100;
+  static constexpr int kFullStabilityTrials = 10;
 
  private:
   std::shared_ptr<eval::WorkerPool> pool_;

@@ -176,6 +176,14 @@ UPDATE trials SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
 UPDATE best SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
 UPDATE jobs SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
 )sql" + "PRAGMA application_id = " + std::to_string(kApplicationId) + ";\n",
+      // 5: a best carries its spread and whether the full validation matrix
+      // passed before it was stored (older rows: spread unknown, not validated).
+      R"sql(
+ALTER TABLE best ADD COLUMN p10_us REAL NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN p90_us REAL NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN validated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN validation_detail TEXT NOT NULL DEFAULT '';
+)sql",
   };
   return steps;
 }
@@ -204,7 +212,8 @@ constexpr std::string_view kTrialCols =
     "spill_load_bytes, smem_bytes, gpu_index, created_unix_ms";
 constexpr std::string_view kBestCols =
     "cache_key, median_us, tflops, trial_id, evaluations, wall_seconds, searcher, updated_unix_ms, "
-    "batch, heads, kv_heads, seq_q, seq_k";
+    "batch, heads, kv_heads, seq_q, seq_k, p10_us, p90_us, validated, validation_detail";
+constexpr int kBestColCount = 17;
 constexpr std::string_view kJobCols =
     "searcher, status, started_unix_ms, finished_unix_ms, evaluations, best_trial_id";
 
@@ -532,6 +541,10 @@ Result<BestRecord> read_best(Statement& st, int64_t* id_out = nullptr) {
   b.shape.kv_heads = st.i64();
   b.shape.seq_q = st.i64();
   b.shape.seq_k = st.i64();
+  b.p10_us = st.real();
+  b.p90_us = st.real();
+  b.validated = st.i64() != 0;
+  b.validation_detail = st.text();
   // A best is served as "the fastest": a time that cannot have been
   // measured, or no kernel to name, is a damaged row, not a result.
   if (!(b.median_us > 0.0) || !std::isfinite(b.median_us))
@@ -792,7 +805,38 @@ Result<int64_t> TuningDb::begin_job(const TuningScope& scope, std::string_view s
   return static_cast<int64_t>(sqlite3_last_insert_rowid(db_));
 }
 
-Status TuningDb::finish_job(int64_t job_id, JobStatus status) {
+Status TuningDb::set_trial_status(int64_t trial_id, TrialStatus status, std::string_view reason) {
+  std::lock_guard lock(mutex_);
+  Transaction tx(db_, path_);
+  if (auto s = tx.begin(); !s) return s;
+  {
+    Statement st(db_, path_, "look up trial");
+    if (auto s = st.prepare("SELECT jobs.status FROM trials LEFT JOIN jobs ON jobs.id = "
+                            "trials.job_id WHERE trials.id = ?");
+        !s)
+      return s;
+    st.bind(trial_id);
+    auto row = st.step();
+    if (!row) return row.error();
+    if (!*row)
+      return make_error(ErrorCode::not_found, "trial " + std::to_string(trial_id) + " not found");
+    if (const std::string job = st.text(); job != job_status_name(JobStatus::running))
+      return make_error(ErrorCode::failed_precondition,
+                        "trial " + std::to_string(trial_id) + ": its job is " +
+                            (job.empty() ? std::string("none") : job) + ", not running");
+  }
+  {
+    Statement st(db_, path_, "set trial status");
+    if (auto s = st.prepare("UPDATE trials SET status = ?, failure_reason = ? WHERE id = ?"); !s)
+      return s;
+    st.bind(trial_status_name(status)).bind(reason).bind(trial_id);
+    if (auto s = st.run(); !s) return s;
+  }
+  return tx.commit();
+}
+
+Status TuningDb::finish_job(int64_t job_id, JobStatus status,
+                            std::optional<int64_t> best_trial_id) {
   if (status == JobStatus::running)
     return make_error(ErrorCode::invalid_argument, "status: a job cannot finish as running");
   std::lock_guard lock(mutex_);
@@ -815,11 +859,16 @@ Status TuningDb::finish_job(int64_t job_id, JobStatus status) {
   {
     Statement st(db_, path_, "finish job");
     if (auto s = st.prepare("UPDATE jobs SET status = ?, finished_unix_ms = ?, best_trial_id = "
-                            "(SELECT id FROM trials WHERE job_id = ? AND status = 'ok' "
-                            "ORDER BY median_us, id LIMIT 1) WHERE id = ?");
+                            "COALESCE(?, (SELECT id FROM trials WHERE job_id = ? AND status = "
+                            "'ok' ORDER BY median_us, id LIMIT 1)) WHERE id = ?");
         !s)
       return s;
-    st.bind(job_status_name(status)).bind(now_unix_ms()).bind(job_id).bind(job_id);
+    st.bind(job_status_name(status)).bind(now_unix_ms());
+    if (best_trial_id && *best_trial_id != 0)
+      st.bind(*best_trial_id);
+    else
+      st.bind_id(0);
+    st.bind(job_id).bind(job_id);
     if (auto s = st.run(); !s) return s;
   }
   return tx.commit();
@@ -990,7 +1039,7 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
   // comparison and the store; the transaction makes that explicit.
   const std::string sql =
       cat({"INSERT INTO best (", kScopeInsertCols, ", ", kConfigCols, ", ", kToolchainCols, ", ",
-           kBestCols, ") VALUES (", placeholders(kScopeColCount + kConfigColCount + 3 + 13),
+           kBestCols, ") VALUES (", placeholders(kScopeColCount + kConfigColCount + 3 + kBestColCount),
            ") ON CONFLICT (template_id, dtype, head_dim, causal, bucket, device_name, arch) "
            "DO UPDATE SET seq_q_bucket = excluded.seq_q_bucket, "
            "seq_k_bucket = excluded.seq_k_bucket, "
@@ -1008,7 +1057,9 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
            "median_us = excluded.median_us, tflops = excluded.tflops, "
            "trial_id = excluded.trial_id, evaluations = excluded.evaluations, "
            "wall_seconds = excluded.wall_seconds, searcher = excluded.searcher, "
-           "updated_unix_ms = excluded.updated_unix_ms "
+           "updated_unix_ms = excluded.updated_unix_ms, p10_us = excluded.p10_us, "
+           "p90_us = excluded.p90_us, validated = excluded.validated, "
+           "validation_detail = excluded.validation_detail "
            "WHERE ? OR excluded.median_us < best.median_us OR NOT (best.median_us > 0) "
            "OR excluded.nvrtc_version <> best.nvrtc_version "
            "OR excluded.template_source_hash <> best.template_source_hash"});
@@ -1034,6 +1085,10 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
         .bind(candidate.shape.kv_heads)
         .bind(candidate.shape.seq_q)
         .bind(candidate.shape.seq_k)
+        .bind(candidate.p10_us)
+        .bind(candidate.p90_us)
+        .bind(candidate.validated)
+        .bind(candidate.validation_detail)
         .bind(mode == BestUpdate::force);
     if (auto s = st.run(); !s) return s.error();
   }

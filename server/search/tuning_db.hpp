@@ -105,6 +105,15 @@ struct BestRecord {
   std::string searcher;  // "exhaustive", "evolutionary", ...
   ToolchainRecord toolchain;
   int64_t updated_unix_ms = 0;  // 0: now
+  // The spread of median_us (the finalists' interleaved re-timing); 0 on
+  // rows from before schema 5.
+  double p10_us = 0.0;
+  double p90_us = 0.0;
+  // Whether the whole validation matrix passed on the tuned shape before
+  // the row was stored, and what it said (false before schema 5, or where
+  // the evaluation backend cannot run it).
+  bool validated = false;
+  std::string validation_detail;
 };
 
 struct JobRecord {
@@ -171,7 +180,14 @@ class TuningDb {
                             const ToolchainRecord& toolchain);
   // Sets the final status and the job's fastest ok trial. Unknown job:
   // not_found; already finished: failed_precondition.
-  Status finish_job(int64_t job_id, JobStatus status);
+  // `best_trial_id`: the trial the job chose (after re-timing and full
+  // validation); nullopt: the fastest ok trial.
+  Status finish_job(int64_t job_id, JobStatus status,
+                    std::optional<int64_t> best_trial_id = std::nullopt);
+  // Re-marks a trial of a running job (a winner that failed the full
+  // validation becomes `wrong` with the reason). Unknown trial: not_found;
+  // its job finished: failed_precondition.
+  Status set_trial_status(int64_t trial_id, TrialStatus status, std::string_view reason);
   Result<std::optional<JobRecord>> job(int64_t job_id);
 
   // Inserts the trial (and counts it toward its job's evaluations); returns its id.

@@ -345,6 +345,16 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   bool stopping = false;
   size_t measured = 0;  // candidates that took GPU time (ok, wrong, or failed while measured)
   std::vector<bool> recorded(space->size(), false);
+  // The fastest correct candidates so far (kFinalists), and the family
+  // default if it was correct: the finalists, with their compiled kernels.
+  struct Kept {
+    TileConfig config;
+    CompiledCandidate candidate;
+    int64_t trial_id = 0;
+    double median_us = 0.0, p10_us = 0.0, p90_us = 0.0, tflops = 0.0;
+  };
+  std::vector<Kept> top;
+  std::optional<Kept> default_kept;
   // A trial of this job with what every trial carries; the caller sets the rest.
   auto new_trial = [&](const TileConfig& config) {
     TrialRecord trial;
@@ -518,6 +528,15 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     event.eta_ms = eta_ms;
     emit(event);
 
+    if (trial.status == TrialStatus::ok) {
+      Kept kept{config, **compiled, trial_id ? *trial_id : 0, trial.median_us, trial.p10_us,
+                trial.p90_us, trial.tflops};
+      if (config == seeds.front()) default_kept = kept;
+      top.push_back(std::move(kept));
+      std::stable_sort(top.begin(), top.end(),
+                       [](const Kept& a, const Kept& b) { return a.median_us < b.median_us; });
+      if (top.size() > kFinalists) top.pop_back();
+    }
     if (trial.status == TrialStatus::ok && (!best || trial.median_us < best->outcome.time_us)) {
       best = Trial{config, outcome};
       best_tflops = trial.tflops;
@@ -531,7 +550,7 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     if (stopping) break;
   }
 
-  const bool was_cancelled = cancelled();
+  bool was_cancelled = cancelled();
   {
     // Compiles still running finish into a queue nobody reads.
     std::lock_guard lock(compiles_->mutex);
@@ -554,15 +573,147 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   }
   spdlog::info("tuning job {}: {} of {} configs scanned, {} pruned before measurement", *job_id,
                scan.measurable + scan.pruned, space->size(), scan.pruned);
+  // The choice (DESIGN.md §6): the finalists re-timed interleaved, a
+  // challenger displacing the incumbent (the family default where it is a
+  // finalist) only by more than the spread; then the whole validation matrix
+  // on the chosen one, the next in line where it fails.
+  std::vector<Finalist> finalists;
+  bool validated = false;
+  std::string validation_detail;
+  if (best && !was_cancelled) {
+    std::vector<Kept> entrants = top;
+    if (default_kept &&
+        std::none_of(entrants.begin(), entrants.end(),
+                     [&](const Kept& k) { return k.config == default_kept->config; }))
+      entrants.push_back(*default_kept);
+    MeasureRequest base;
+    base.reference = nullptr;
+    base.problem = settings_.problem;
+    base.shape = settings_.shape;
+    base.layout = settings_.layout;
+    base.gpu = gpu;
+    base.seed = settings_.seed == 0 ? 1 : settings_.seed;
+    base.warmup = settings_.warmup;
+    base.repetitions = settings_.repetitions;
+    base.target_loop_ms = settings_.target_loop_ms;
+    base.cancelled = &cancelled_;
+    std::vector<std::vector<Measurement>> rounds(entrants.size());
+    if (entrants.size() >= 2) {
+      base.validate = false;
+      for (int round = 0; round < kRetimeRounds && !cancelled(); ++round)
+        for (size_t i = 0; i < entrants.size() && !cancelled(); ++i) {
+          MeasureRequest request = base;
+          request.candidate = &entrants[i].candidate;
+          request.deadline = Clock::now() + std::chrono::minutes(2);
+          auto timed = manager_->backend_->measure(request);
+          if (timed && timed->correct && timed->median_us > 0.0)
+            rounds[i].push_back(*timed);
+          else
+            spdlog::warn("tuning job {}: re-timing {}: {}", *job_id,
+                         config_label(entrants[i].config),
+                         timed ? std::string("no time") : timed.error().message);
+        }
+    }
+    auto median_of = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
+    std::vector<size_t> order;  // entrants that have times, fastest first
+    for (size_t i = 0; i < entrants.size(); ++i) {
+      Finalist f{entrants[i].config, entrants[i].median_us, entrants[i].p10_us,
+                 entrants[i].p90_us};
+      if (entrants.size() >= 2) {
+        if (rounds[i].empty()) continue;  // it did not time again: not a finalist
+        std::vector<double> med, p10, p90;
+        for (const auto& m : rounds[i]) {
+          med.push_back(m.median_us);
+          p10.push_back(m.p10_us);
+          p90.push_back(m.p90_us);
+        }
+        f.median_us = median_of(med);
+        f.p10_us = std::min(median_of(p10), f.median_us);
+        f.p90_us = std::max(median_of(p90), f.median_us);
+      }
+      finalists.push_back(f);
+      order.push_back(i);
+    }
+    std::vector<size_t> by_time(finalists.size());
+    for (size_t i = 0; i < by_time.size(); ++i) by_time[i] = i;
+    std::stable_sort(by_time.begin(), by_time.end(), [&](size_t a, size_t b) {
+      return finalists[a].median_us < finalists[b].median_us;
+    });
+    // Validation order: the chosen one first, then the rest by time.
+    std::vector<size_t> candidates_in_order;
+    if (!by_time.empty()) {
+      size_t incumbent = by_time.front();
+      for (size_t i = 0; i < finalists.size(); ++i)
+        if (default_kept && finalists[i].config == default_kept->config) incumbent = i;
+      for (size_t i : by_time)
+        if (i != incumbent && displaces(finalists[i], finalists[incumbent])) incumbent = i;
+      candidates_in_order.push_back(incumbent);
+      for (size_t i : by_time)
+        if (i != incumbent) candidates_in_order.push_back(i);
+    }
+    best.reset();
+    for (size_t f : candidates_in_order) {
+      if (cancelled()) break;
+      const Kept& entrant = entrants[order[f]];
+      MeasureRequest request = base;
+      request.validate = true;
+      request.candidate = &entrant.candidate;
+      request.deadline = Clock::now() + std::chrono::minutes(30);
+      auto full = manager_->backend_->validate_fully(request);
+      std::string failure;
+      if (!full) {
+        failure = "winner validation: " + full.error().message;
+      } else if (*full && !(*full)->passed) {
+        failure = "winner validation: " + ((*full)->detail.empty() ? std::string("wrong result")
+                                                                   : (*full)->detail);
+      }
+      if (!failure.empty()) {
+        spdlog::warn("tuning job {}: {} {}; the next finalist is validated", *job_id,
+                     config_label(entrant.config), failure);
+        if (entrant.trial_id != 0)
+          if (Status marked = db.set_trial_status(entrant.trial_id, TrialStatus::wrong, failure);
+              !marked)
+            spdlog::warn("tuning job {}: {}", *job_id, marked.error().message);
+        continue;
+      }
+      validated = full->has_value();
+      validation_detail = validated ? (*full)->detail
+                                    : std::string("not run: the evaluation backend has no full "
+                                                  "validation");
+      TrialOutcome outcome;
+      outcome.ok = true;
+      outcome.time_us = finalists[f].median_us;
+      best = Trial{entrant.config, outcome};
+      best_tflops = entrant.tflops * entrant.median_us / finalists[f].median_us;
+      best_key = entrant.candidate.key;
+      best_trial_id = entrant.trial_id;
+      // The winner first in the answer, the rest by time.
+      std::vector<Finalist> ordered{finalists[f]};
+      for (size_t i : by_time)
+        if (i != f) ordered.push_back(finalists[i]);
+      finalists = std::move(ordered);
+      break;
+    }
+    if (!best) finalists.clear();
+    was_cancelled = cancelled();
+  }
+
   const double wall = std::chrono::duration<double>(Clock::now() - begin).count();
   const JobStatus status =
       was_cancelled ? JobStatus::cancelled : (best ? JobStatus::succeeded : JobStatus::failed);
-  if (Status finished = db.finish_job(*job_id, status); !finished)
+  if (Status finished = db.finish_job(*job_id, status,
+                                      best ? std::optional<int64_t>(best_trial_id) : std::nullopt);
+      !finished)
     spdlog::warn("tuning job {}: {}", *job_id, finished.error().message);
   spdlog::info("tuning job {} {} after {} measurements in {:.1f} s", *job_id,
                job_status_name(status), measured, wall);
 
-  if (best) {
+  // Only a chosen and validated winner is stored: a cancelled job leaves the
+  // stored best as it was.
+  if (best && !was_cancelled) {
     BestRecord record;
     record.scope = scope;
     record.shape = settings_.shape;
@@ -575,6 +726,10 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     record.wall_seconds = wall;
     record.searcher = searcher_name;
     record.toolchain = toolchain;
+    record.p10_us = finalists.empty() ? 0.0 : finalists.front().p10_us;
+    record.p90_us = finalists.empty() ? 0.0 : finalists.front().p90_us;
+    record.validated = validated;
+    record.validation_detail = validation_detail;
     if (auto stored = db.update_best_if_better(
             record, replace_stored_ ? BestUpdate::force : BestUpdate::if_faster);
         !stored)
@@ -584,6 +739,11 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
     return make_error(ErrorCode::cancelled,
                       "tuning job " + std::to_string(*job_id) + " cancelled after " +
                           std::to_string(measured) + " measurements");
+  if (!best && !top.empty())
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning job " + std::to_string(*job_id) + ": none of the " +
+                          std::to_string(std::max(top.size(), finalists.size())) +
+                          " finalists passed the full validation (see the job's trials)");
   if (!best)
     return make_error(ErrorCode::failed_precondition,
                       "tuning job " + std::to_string(*job_id) + ": none of " +
@@ -600,7 +760,15 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   result.evaluations = static_cast<int64_t>(measured);
   result.wall_seconds = wall;
   result.searcher = searcher_name;
+  result.finalists = finalists;
+  result.validated = validated;
+  result.validation_detail = validation_detail;
   return result;
+}
+
+bool displaces(const Finalist& challenger, const Finalist& incumbent) {
+  const double spread = std::max(challenger.spread_us(), incumbent.spread_us());
+  return incumbent.median_us - challenger.median_us > spread;
 }
 
 TuningManager::TuningManager(std::shared_ptr<CandidateCompiler> compiler,
@@ -703,6 +871,8 @@ TuneResult tune_result_from_best(const BestRecord& best) {
   result.wall_seconds = best.wall_seconds;
   result.searcher = best.searcher;
   result.from_database = true;
+  result.validated = best.validated;
+  result.validation_detail = best.validation_detail;
   return result;
 }
 

@@ -80,6 +80,20 @@ struct MeasureRequest {
   // True once the job is cancelled (client gone, deadline, drain): a backend
   // may give up a measurement in progress then; the job stops after it.
   const std::atomic<bool>* cancelled = nullptr;
+  // False for the finalists' re-timing: they passed the gate already, only
+  // their times are asked for (`correct` is then true whenever timed).
+  bool validate = true;
+};
+
+// The whole validation matrix on the tuned shape, run on the winner before
+// it is stored as best (DESIGN.md §3: "winner validated"): every output row
+// against fp64 (the ragged tail included), determinism over many launches,
+// several stability trials.
+struct FullValidation {
+  bool passed = false;
+  std::string detail;  // why it failed, or what ran
+  double rel_error = 0.0;
+  double max_abs_error = 0.0;
 };
 
 struct Measurement {
@@ -102,6 +116,13 @@ class EvaluationBackend {
  public:
   virtual ~EvaluationBackend() = default;
   virtual Result<Measurement> measure(const MeasureRequest& request) = 0;
+  // Runs the full validation matrix on request.candidate (no reference
+  // kernel: fp64 on every row). nullopt: this backend cannot, and the
+  // winner is stored as not fully validated (validated = false).
+  virtual Result<std::optional<FullValidation>> validate_fully(const MeasureRequest& request) {
+    (void)request;
+    return std::optional<FullValidation>{};
+  }
   // GPUs this backend measures on, and each one's device name and NVRTC arch.
   virtual int gpu_count() const = 0;
   virtual std::string device_name(int gpu) const = 0;
@@ -128,6 +149,26 @@ inline constexpr std::chrono::milliseconds kDefaultTuneTimeBudget{60000};
 // max_evaluations when the request leaves it 0.
 size_t default_max_evaluations(size_t space_size);
 
+// How many of the fastest correct candidates are re-timed at the end, and
+// how many interleaved rounds: the search's single measurements pick them,
+// the re-timing decides between them (DESIGN.md §6).
+inline constexpr size_t kFinalists = 3;
+inline constexpr int kRetimeRounds = 3;
+
+// A finalist's times from the interleaved re-timing: the median over rounds
+// of each round's median, p10 and p90.
+struct Finalist {
+  TileConfig config;
+  double median_us = 0.0;
+  double p10_us = 0.0;
+  double p90_us = 0.0;
+  double spread_us() const { return p90_us - p10_us; }
+};
+
+// Whether `challenger` displaces `incumbent`: only when it is faster by more
+// than the larger of the two spreads (a win inside the noise is not a win).
+bool displaces(const Finalist& challenger, const Finalist& incumbent);
+
 struct TuneResult {
   TuningScope scope;
   RuntimeShape shape;  // the shape tuned on (all 0 for bests stored before schema 2)
@@ -139,6 +180,11 @@ struct TuneResult {
   double wall_seconds = 0.0;
   std::string searcher;
   bool from_database = false;
+  // The finalists as re-timed (the winner first), and what the winner's
+  // full validation said; validated = false where the backend cannot run it.
+  std::vector<Finalist> finalists;
+  bool validated = false;
+  std::string validation_detail;
 };
 
 // A stored best as a job's result (from_database = true).

@@ -65,18 +65,30 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
       if (held()) return make_error(ErrorCode::cancelled, "measurement abandoned: job cancelled");
     }
     std::this_thread::sleep_for(delay_);
-    {
-      std::lock_guard lock(mutex_);
-      shapes_.push_back({request.shape, request.layout});
-    }
-    ++measured_;
-    if (request.reference == nullptr) ++without_reference_;
     // The candidate must be a real compile: a key and a kernel.
     if (request.candidate->key.size() != 64 || !request.candidate->kernel)
       return make_error(ErrorCode::internal, "candidate was not compiled");
     const TrialOutcome outcome = test::test_objective(request.candidate->config);
     Measurement measured;
     measured.device = device_name(0);
+    if (!request.validate) {  // a finalist re-timed: times only
+      ++retimed_;
+      std::lock_guard lock(mutex_);
+      const auto times = retime_ ? retime_(request.candidate->config) : std::nullopt;
+      measured.correct = true;
+      measured.median_us = times ? times->median : outcome.time_us;
+      measured.p10_us = times ? times->p10 : measured.median_us;
+      measured.p90_us = times ? times->p90 : measured.median_us;
+      measured.samples = 1;
+      measured.tflops = 1000.0 / measured.median_us;
+      return measured;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      shapes_.push_back({request.shape, request.layout});
+    }
+    ++measured_;
+    if (request.reference == nullptr) ++without_reference_;
     if (request.candidate->config == test::kTestObjectiveTrap) {
       measured.correct = false;
       measured.validation_detail = outcome.failure;
@@ -90,8 +102,39 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
     measured.tflops = 1000.0 / outcome.time_us;
     return measured;
   }
+  // The full matrix, as a worker would run it: fails for the configs named
+  // by fail_full_validation (say, wrong only on the ragged tail, which the
+  // sampled gate of the search does not see).
+  Result<std::optional<FullValidation>> validate_fully(const MeasureRequest& request) override {
+    std::lock_guard lock(mutex_);
+    full_validated_.push_back(request.candidate->config);
+    FullValidation full;
+    full.passed = std::find(fail_full_.begin(), fail_full_.end(), request.candidate->config) ==
+                  fail_full_.end();
+    full.detail = full.passed ? "every row, 100 determinism runs, 10 stability trials"
+                              : "row 999 of (0, 0) (the ragged tail): rel error 0.5";
+    return std::optional<FullValidation>(full);
+  }
   int gpu_count() const override { return 1; }
   std::string device_name(int) const override { return "Synthetic Test Device"; }
+
+  struct Times {
+    double median, p10, p90;
+  };
+  // What re-timing a finalist answers (nullopt: the objective's time, no spread).
+  void retime_with(std::function<std::optional<Times>(const TileConfig&)> retime) {
+    std::lock_guard lock(mutex_);
+    retime_ = std::move(retime);
+  }
+  void fail_full_validation(std::vector<TileConfig> configs) {
+    std::lock_guard lock(mutex_);
+    fail_full_ = std::move(configs);
+  }
+  std::vector<TileConfig> full_validated() {
+    std::lock_guard lock(mutex_);
+    return full_validated_;
+  }
+  std::atomic<int> retimed_{0};
 
   // Measurements for which `hold` is true (given their index, 0 first) wait
   // at the gate.
@@ -127,6 +170,9 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
 
  private:
   std::vector<std::pair<RuntimeShape, QkvLayout>> shapes_;
+  std::function<std::optional<Times>(const TileConfig&)> retime_;
+  std::vector<TileConfig> fail_full_;
+  std::vector<TileConfig> full_validated_;
   std::chrono::milliseconds delay_;
   std::mutex mutex_;
   std::condition_variable changed_;
@@ -926,6 +972,120 @@ TEST(Tune, ARowThatDoesNotReadIsLeftOutOfTheListAndTuneReplacesIt) {
   auto repaired = d->client->get_tuning_result(get);
   ASSERT_TRUE(repaired.ok()) << repaired.error().message;
   EXPECT_EQ(repaired->key(), retuned->key());
+}
+
+// The winner is the re-timed finalists' choice, and it passes the whole
+// validation matrix before it is stored: one that fails is recorded wrong
+// with the reason and the next finalist is validated instead.
+TEST(Tune, AWinnerThatFailsTheFullValidationIsRecordedWrongAndTheNextIsStored) {
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune();
+  request.set_searcher("exhaustive");
+  const auto arch = find_arch("sm_86");
+  auto space = SearchSpace::create(problem_of(request), *arch);
+  ASSERT_TRUE(space.ok());
+  request.set_max_evaluations(static_cast<int>(space->size()));
+  // The space's correct configs by time: the optimum fails the full matrix.
+  std::vector<std::pair<double, TileConfig>> ranked;
+  for (const auto& c : space->configs()) {
+    const TrialOutcome o = test::test_objective(c);
+    if (o.ok && !(c == test::kTestObjectiveTrap)) ranked.push_back({o.time_us, c});
+  }
+  std::sort(ranked.begin(), ranked.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  ASSERT_GE(ranked.size(), 3u);
+  d->backend->fail_full_validation({ranked[0].second});
+
+  int64_t job_id = 0;
+  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) {
+    if (p.has_started()) job_id = p.started().job_id();
+  });
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_EQ(tile_of(result->config()), ranked[1].second);
+  EXPECT_DOUBLE_EQ(result->median_us(), ranked[1].first);
+  // The finalists were re-timed (3, or 4 with the family default), 3 rounds each.
+  EXPECT_GE(d->backend->retimed_.load(), 9);
+  const auto validated = d->backend->full_validated();
+  ASSERT_EQ(validated.size(), 2u);
+  EXPECT_EQ(validated[0], ranked[0].second);
+  EXPECT_EQ(validated[1], ranked[1].second);
+
+  auto db = open_db(*d);
+  ASSERT_NE(db, nullptr);
+  auto job = finished_job(*db, job_id);
+  ASSERT_TRUE(job.has_value());
+  EXPECT_EQ(job->status, JobStatus::succeeded);
+  auto trials = db->trials_for_job(job_id);
+  ASSERT_TRUE(trials.ok());
+  bool optimum_marked = false;
+  for (const auto& t : *trials) {
+    if (t.config == ranked[0].second) {
+      EXPECT_EQ(t.status, TrialStatus::wrong);
+      EXPECT_NE(t.failure_reason.find("winner validation: row 999"), std::string::npos)
+          << t.failure_reason;
+      optimum_marked = true;
+    }
+    if (t.id == job->best_trial_id) EXPECT_EQ(t.config, ranked[1].second);
+  }
+  EXPECT_TRUE(optimum_marked);
+  TuningScope scope;
+  scope.problem = problem_of(request);
+  scope.problem.dtype = DType::fp16;
+  scope.bucket = bucket_of(RuntimeShape{2, 8, 0, 1000, 0}, QkvLayout::bshd);
+  scope.device_name = "Synthetic Test Device";
+  scope.arch = "sm_86";
+  auto best = db->best_for(scope);
+  ASSERT_TRUE(best.ok() && best->has_value()) << (best.ok() ? "none" : best.error().message);
+  EXPECT_EQ((*best)->config, ranked[1].second);
+  EXPECT_TRUE((*best)->validated);
+  EXPECT_NE((*best)->validation_detail.find("100 determinism runs"), std::string::npos);
+
+  // When every finalist fails, nothing is stored and the job says why.
+  d->backend->fail_full_validation(space->configs());
+  v1::TuneRequest forced = request;
+  forced.set_force(true);
+  auto refused = d->client->tune(forced, nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(refused.error().message.find("full validation"), std::string::npos)
+      << refused.error().message;
+  auto kept = db->best_for(scope);
+  ASSERT_TRUE(kept.ok() && kept->has_value());
+  EXPECT_EQ((*kept)->config, ranked[1].second);  // the earlier, validated best stays
+}
+
+// A challenger displaces the incumbent (the family default) only when it is
+// faster by more than the measured spread in the interleaved re-timing.
+TEST(Tune, AWinInsideTheSpreadIsNotAWin) {
+  auto d = make_daemon();
+  v1::TuneRequest request = large_tune();  // sm_80 D64: the default is a space member
+  request.set_max_evaluations(6);
+  const ProblemClass problem{DType::fp16, 64, false};
+  const TileConfig default_config = resolved(TileConfig{}, problem);
+  using Times = SyntheticObjectiveBackend::Times;
+  // Every other finalist 5 us faster, the spread 20 us: the default stays.
+  d->backend->retime_with([&](const TileConfig& c) -> std::optional<Times> {
+    if (c == default_config) return Times{100.0, 90.0, 110.0};
+    return Times{95.0, 85.0, 105.0};
+  });
+  auto kept = d->client->tune(request, nullptr);
+  ASSERT_TRUE(kept.ok()) << kept.error().message;
+  EXPECT_EQ(tile_of(kept->config()), default_config);
+  EXPECT_DOUBLE_EQ(kept->median_us(), 100.0);
+
+  // Faster by more than the spread: the fastest challenger wins, at its
+  // re-timed median.
+  d->backend->retime_with([&](const TileConfig& c) -> std::optional<Times> {
+    if (c == default_config) return Times{100.0, 98.0, 102.0};
+    const double t = test::test_objective(c).time_us;  // distinct per config
+    return Times{50.0 + t / 1000.0, 49.0, 52.0};
+  });
+  v1::TuneRequest forced = request;
+  forced.set_force(true);
+  auto won = d->client->tune(forced, nullptr);
+  ASSERT_TRUE(won.ok()) << won.error().message;
+  EXPECT_NE(tile_of(won->config()), default_config);
+  EXPECT_LT(won->median_us(), 60.0);
 }
 
 }  // namespace

@@ -959,12 +959,12 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
         kToolchain.template_source_hash + "', '580.65.06', 1700000001000)");
   }
 
-  ASSERT_EQ(TuningDb::schema_version(), 4);
+  ASSERT_EQ(TuningDb::schema_version(), 5);
   auto db = open_ok(path);
   ASSERT_NE(db, nullptr);
   {
     RawDb raw(path);
-    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "4");
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "5");
     EXPECT_EQ(raw.scalar("SELECT pingpong + separate_o + persistent FROM best"), "0");
     // Schema 4: every old row was tuned in (B,S,H,D); no shape means MHA.
     EXPECT_EQ(raw.scalar("SELECT layout || '/' || gqa_ratio FROM best"), "bshd/1");
@@ -993,6 +993,8 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
   EXPECT_EQ(old.cache_key, std::string(64, 'b'));
   EXPECT_EQ(old.toolchain.nvrtc_version, "13.0");
   EXPECT_EQ(old.updated_unix_ms, 1700000001000);
+  EXPECT_FALSE(old.validated);  // schema 5: not fully validated, spread unknown
+  EXPECT_EQ(old.p10_us, 0.0);
 
   auto trials = db->trials_for_job(1);
   ASSERT_TRUE(trials.ok()) << trials.error().message;
@@ -1018,7 +1020,7 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
   db.reset();
   ASSERT_NE(open_ok(path), nullptr);
   RawDb raw(path);
-  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "4");
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "5");
   EXPECT_EQ(raw.scalar("SELECT count(*) FROM best"), "1");
 }
 
@@ -1317,6 +1319,64 @@ TEST(TuningDb, ARowThatDoesNotReadIsLeftOutOfListsAndCounted) {
     ASSERT_TRUE(repaired->has_value());
     EXPECT_DOUBLE_EQ((*repaired)->median_us, 90.0);
   }
+}
+
+TEST(TuningDb, ABestCarriesItsSpreadAndItsFullValidation) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  BestRecord best = best_for_scope(scope_at(kBucket), TileConfig{128, 64, 4, 2}, 40.0);
+  best.p10_us = 39.0;
+  best.p90_us = 42.5;
+  best.validated = true;
+  best.validation_detail = "every row against fp64, 100 determinism runs, 10 stability trials";
+  ASSERT_TRUE(*db->update_best_if_better(best));
+  auto stored = db->best_for(scope_at(kBucket));
+  ASSERT_TRUE(stored.ok() && stored->has_value());
+  EXPECT_DOUBLE_EQ((*stored)->p10_us, 39.0);
+  EXPECT_DOUBLE_EQ((*stored)->p90_us, 42.5);
+  EXPECT_TRUE((*stored)->validated);
+  EXPECT_EQ((*stored)->validation_detail, best.validation_detail);
+  // A faster one replaces every field, these included.
+  BestRecord faster = best_for_scope(scope_at(kBucket), TileConfig{64, 64, 4, 2}, 30.0);
+  ASSERT_TRUE(*db->update_best_if_better(faster));
+  auto now = db->best_for(scope_at(kBucket));
+  ASSERT_TRUE(now.ok() && now->has_value());
+  EXPECT_FALSE((*now)->validated);
+  EXPECT_EQ((*now)->p90_us, 0.0);
+}
+
+TEST(TuningDb, SetTrialStatusRemarksATrialOfARunningJobOnly) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  const TuningScope scope = scope_at(kBucket);
+  auto job = db->begin_job(scope, "exhaustive", kToolchain);
+  ASSERT_TRUE(job.ok());
+  auto fast = db->record_trial(trial_for(scope, *job, TileConfig{64, 64, 4, 2}, 10.0));
+  auto slow = db->record_trial(trial_for(scope, *job, TileConfig{128, 64, 4, 2}, 20.0));
+  ASSERT_TRUE(fast.ok() && slow.ok());
+  ASSERT_TRUE(db->set_trial_status(*fast, TrialStatus::wrong, "winner validation: tail").ok());
+  // The job's best is then the fastest trial still ok.
+  ASSERT_TRUE(db->finish_job(*job, JobStatus::succeeded).ok());
+  auto row = db->job(*job);
+  ASSERT_TRUE(row.ok() && row->has_value());
+  EXPECT_EQ((*row)->best_trial_id, *slow);
+  auto trials = db->trials_for_job(*job);
+  ASSERT_TRUE(trials.ok());
+  EXPECT_EQ((*trials)[0].status, TrialStatus::wrong);
+  EXPECT_EQ((*trials)[0].failure_reason, "winner validation: tail");
+  auto late = db->set_trial_status(*slow, TrialStatus::wrong, "too late");
+  ASSERT_FALSE(late.ok());
+  EXPECT_EQ(late.error().code, ErrorCode::failed_precondition);
+  EXPECT_EQ(db->set_trial_status(9999, TrialStatus::wrong, "x").error().code,
+            ErrorCode::not_found);
+  // finish_job names the chosen trial where the job says which.
+  auto other = db->begin_job(scope, "exhaustive", kToolchain);
+  ASSERT_TRUE(other.ok());
+  auto a = db->record_trial(trial_for(scope, *other, TileConfig{64, 64, 4, 2}, 10.0));
+  auto b = db->record_trial(trial_for(scope, *other, TileConfig{128, 64, 4, 2}, 11.0));
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(db->finish_job(*other, JobStatus::succeeded, *b).ok());
+  EXPECT_EQ((*db->job(*other))->best_trial_id, *b);
 }
 
 }  // namespace

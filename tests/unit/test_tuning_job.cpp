@@ -43,5 +43,18 @@ TEST(DefaultMaxEvaluations, NeverMoreThanTwentyPercentOfTheSpaceButAtLeastEight)
   for (size_t n = 40; n < 2000; ++n) EXPECT_LE(default_max_evaluations(n) * 5, n) << n;
 }
 
+TEST(Displaces, OnlyAWinLargerThanTheSpreadCounts) {
+  const Finalist incumbent{TileConfig{}, 100.0, 95.0, 105.0};   // spread 10
+  EXPECT_FALSE(displaces({TileConfig{}, 95.0, 94.0, 96.0}, incumbent));   // 5 < 10
+  EXPECT_FALSE(displaces({TileConfig{}, 90.0, 89.0, 91.0}, incumbent));   // 10 is not more
+  EXPECT_TRUE(displaces({TileConfig{}, 89.0, 88.0, 90.0}, incumbent));    // 11 > 10
+  // The challenger's own spread counts too.
+  EXPECT_FALSE(displaces({TileConfig{}, 85.0, 70.0, 100.0}, incumbent));  // 15 < 30
+  // No spread measured: strictly faster wins, equal does not.
+  const Finalist exact{TileConfig{}, 100.0, 100.0, 100.0};
+  EXPECT_TRUE(displaces({TileConfig{}, 99.0, 99.0, 99.0}, exact));
+  EXPECT_FALSE(displaces({TileConfig{}, 100.0, 100.0, 100.0}, exact));
+}
+
 }  // namespace
 }  // namespace flashcore
