@@ -124,7 +124,8 @@ struct KernelFlags {
 
 void add_problem_options(CLI::App& command, KernelFlags& f) {
   command.add_option("--template", f.template_id,
-                     "kernel family: attention_fwd (sm80+) or attention_fwd_sm90 (sm_90a)")
+                     "kernel family: attention_fwd (sm80+), attention_fwd_sm90 (sm_90a) or attention_decode "
+                     "(few query rows, split KV; --block-m = packed rows)")
       ->capture_default_str();
   command.add_option("--dtype", f.dtype, "element type of Q, K, V, O")
       ->required()
@@ -205,6 +206,9 @@ v1::KernelRequest kernel_request(const KernelFlags& f, bool with_tile) {
     config->set_persistent(f.persistent);
   }
   request.set_arch(f.arch);
+  // The CLI prints and saves handles and launches none, so a multi-kernel
+  // handle (the decode family) is nothing it could misuse.
+  request.set_accepts_multi_kernel(true);
   return request;
 }
 

@@ -143,4 +143,95 @@ DecodeLaunch launch(const DecodeConfig& config, const ProblemClass& problem,
   return out;
 }
 
+DecodeConfig from_tile(const TileConfig& c) {
+  return DecodeConfig{c.block_m, c.block_n, c.warps, c.stages, c.fused_combine, c.splits};
+}
+
+TileConfig to_tile(const DecodeConfig& c) {
+  TileConfig t{c.packed_rows, c.block_n, c.warps, c.stages};
+  t.fused_combine = c.fused_combine;
+  t.splits = c.splits;
+  return t;
+}
+
+namespace catalog {
+
+std::string name_expression(const ProblemClass& problem, const TileConfig& config) {
+  return split_name_expression(problem, from_tile(config));
+}
+
+std::vector<std::string> extra_name_expressions(const ProblemClass& problem,
+                                                const TileConfig& config) {
+  if (config.fused_combine) return {};
+  return {combine_name_expression(problem)};
+}
+
+std::optional<std::string> config_error(const TileConfig& config, const ProblemClass& problem,
+                                        const ArchInfo& arch) {
+  if (config.q_placement != QPlacement::automatic)
+    return field("config.q_placement", "is a field of the sm80 family; leave it unset");
+  if (config.smem_layout != SmemLayout::automatic)
+    return field("config.smem_layout", "is a field of the sm80 family; leave it unset");
+  if (config.pingpong || config.separate_o || config.persistent)
+    return field(config.pingpong     ? "config.pingpong"
+                 : config.separate_o ? "config.separate_o"
+                                     : "config.persistent",
+                 "is a field of the Hopper family only");
+  if (auto error = decode_family::config_error(from_tile(config), problem, arch)) {
+    // The decode family calls block_m its packed rows.
+    if (error->rfind("config.packed_rows", 0) == 0)
+      return "config.block_m (packed rows)" + error->substr(std::string("config.packed_rows").size());
+    return error;
+  }
+  return std::nullopt;
+}
+
+int smem_bytes(const TileConfig& config, const ProblemClass& problem) {
+  return decode_family::smem_bytes(from_tile(config), problem);
+}
+
+LaunchGeometry launch_geometry(const TileConfig& config, const ProblemClass& problem,
+                               const RuntimeShape& shape) {
+  return launch(from_tile(config), problem, shape, kHandleSmCount).split;
+}
+
+std::string grid_formula(const TileConfig& config) {
+  return "x=num_splits" +
+         std::string(config.splits > 0
+                         ? " (decode_effective_splits(seq_k," + std::to_string(config.block_n) +
+                               "," + std::to_string(config.splits) + "))"
+                         : " (decode_num_splits(...) for the device, decode_params.cuh)") +
+         ";y=kv_heads;z=batch";
+}
+
+TileConfig default_config(const ProblemClass& problem) {
+  return to_tile(decode_family::default_config(problem, RuntimeShape{}, *find_arch("sm_80")));
+}
+
+TileConfig default_config_for(const ProblemClass& problem, const RuntimeShape& shape,
+                              const ArchInfo& arch) {
+  return to_tile(decode_family::default_config(problem, shape, arch));
+}
+
+std::optional<std::string> shape_error(const TileConfig& config, const ProblemClass& problem,
+                                       const RuntimeShape& shape) {
+  if (problem.causal && shape.seq_q > 1)
+    return field("problem.causal", "the decode family takes causal only with seq_q 1 (top-left "
+                                   "causal rows would see their own index of keys); use a "
+                                   "prefill family");
+  const int64_t group = shape.heads / std::max<int64_t>(1, shape.effective_kv_heads());
+  const int64_t rows = group * shape.seq_q;
+  if (rows > config.block_m)
+    return field("problem.seq_q", std::to_string(shape.seq_q) + " x " + std::to_string(group) +
+                                      " query heads per kv head = " + std::to_string(rows) +
+                                      " rows, over the kernel's " +
+                                      std::to_string(config.block_m) + " packed rows" +
+                                      (rows > kMaxPackedRows ? " (and the family's 64: use a "
+                                                               "prefill family)"
+                                                             : ""));
+  return std::nullopt;
+}
+
+}  // namespace catalog
+
 }  // namespace flashcore::decode_family

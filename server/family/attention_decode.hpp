@@ -8,14 +8,16 @@
 // workspace are defined here, from the ABI header decode_params.cuh that the
 // kernels compile with, so the two cannot disagree. Runs on sm_80 and up.
 //
-// Not yet in the template catalog: serving it needs a handle that describes
-// two kernels and a workspace (issue 12's next step).
+// In the template catalog as "attention_decode" (ABI version 3: DecodeParams),
+// its DecodeConfig carried in a TileConfig (block_m = packed rows, block_n,
+// warps, stages, fused_combine, splits) by the `catalog` functions below.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "family/tile_config.hpp"
 
@@ -73,5 +75,34 @@ struct DecodeLaunch {
 };
 DecodeLaunch launch(const DecodeConfig& config, const ProblemClass& problem,
                     const RuntimeShape& shape, int sm_count);
+
+// The handle's ABI version for DecodeParams (a number no other family's
+// struct uses, so a client that knows only versions 1 and 2 refuses it).
+inline constexpr unsigned kAbiVersion = 3;
+// Multiprocessors the daemon assumes for the split rule in handles (the
+// H200's and H100's); a client on another GPU recomputes num_splits with
+// decode_num_splits (decode_params.cuh) or asks GetKernel for its shape.
+inline constexpr int kHandleSmCount = 132;
+
+DecodeConfig from_tile(const TileConfig& config);
+TileConfig to_tile(const DecodeConfig& config);
+
+// The catalog's entry points, over TileConfig.
+namespace catalog {
+std::string name_expression(const ProblemClass& problem, const TileConfig& config);
+std::vector<std::string> extra_name_expressions(const ProblemClass& problem,
+                                                const TileConfig& config);
+std::optional<std::string> config_error(const TileConfig& config, const ProblemClass& problem,
+                                        const ArchInfo& arch);
+int smem_bytes(const TileConfig& config, const ProblemClass& problem);
+LaunchGeometry launch_geometry(const TileConfig& config, const ProblemClass& problem,
+                               const RuntimeShape& shape);
+std::string grid_formula(const TileConfig& config);
+TileConfig default_config(const ProblemClass& problem);
+TileConfig default_config_for(const ProblemClass& problem, const RuntimeShape& shape,
+                              const ArchInfo& arch);
+std::optional<std::string> shape_error(const TileConfig& config, const ProblemClass& problem,
+                                       const RuntimeShape& shape);
+}  // namespace catalog
 
 }  // namespace flashcore::decode_family

@@ -5,6 +5,8 @@
 
 #include "common/attention_params.cuh"
 #include "common/attention_tma_params.cuh"
+#include "decode/decode_params.cuh"
+#include "family/attention_decode.hpp"
 #include "family/attention_sm90.hpp"
 
 namespace flashcore {
@@ -16,7 +18,7 @@ TileConfig as_given(const TileConfig& config, const ProblemClass&) { return conf
 }  // namespace
 
 std::span<const TemplateInfo> template_catalog() {
-  static constexpr std::array<TemplateInfo, 2> catalog = {{
+  static constexpr std::array<TemplateInfo, 3> catalog = {{
       {kAttentionTemplateId, "attention/attention_fwd.cuh", &name_expression, &config_error,
        &smem_bytes, &launch_geometry, &grid_formula, &sm80_default_config, &resolved,
        FLASHCORE_ATTENTION_ABI_VERSION},
@@ -24,6 +26,12 @@ std::span<const TemplateInfo> template_catalog() {
        &sm90_family::config_error, &sm90_family::smem_bytes, &sm90_family::launch_geometry,
        &sm90_family::grid_formula, &sm90_family::default_config, &as_given,
        FLASHCORE_ATTENTION_TMA_ABI_VERSION},
+      {decode_family::kTemplateId, "decode/attention_decode.cuh",
+       &decode_family::catalog::name_expression, &decode_family::catalog::config_error,
+       &decode_family::catalog::smem_bytes, &decode_family::catalog::launch_geometry,
+       &decode_family::catalog::grid_formula, &decode_family::catalog::default_config, &as_given,
+       decode_family::kAbiVersion, &decode_family::catalog::extra_name_expressions,
+       &decode_family::catalog::default_config_for, &decode_family::catalog::shape_error},
   }};
   return catalog;
 }

@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "family/tile_config.hpp"
 
@@ -28,7 +29,16 @@ struct TemplateInfo {
   // The config with its automatic fields replaced by the family's rule (the
   // identity where a family has none); keys and handles hold the result.
   TileConfig (*resolve)(const TileConfig& config, const ProblemClass& problem);
-  unsigned abi_version;  // 1: AttentionParams; 2: AttentionTmaParams
+  unsigned abi_version;  // 1: AttentionParams; 2: AttentionTmaParams; 3: DecodeParams
+  // Multi-kernel families only (null otherwise): the program's further
+  // kernels, a default that depends on the run-time shape, and the check
+  // that a shape fits a compiled config ("<field>: <reason>").
+  std::vector<std::string> (*extra_name_expressions)(const ProblemClass& problem,
+                                                     const TileConfig& config) = nullptr;
+  TileConfig (*default_config_for)(const ProblemClass& problem, const RuntimeShape& shape,
+                                   const ArchInfo& arch) = nullptr;
+  std::optional<std::string> (*shape_error)(const TileConfig& config, const ProblemClass& problem,
+                                            const RuntimeShape& shape) = nullptr;
 };
 
 std::span<const TemplateInfo> template_catalog();

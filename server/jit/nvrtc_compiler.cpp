@@ -122,6 +122,13 @@ Result<CompiledKernel> NvrtcCompiler::compile(const KernelSpec& spec) const {
   if (auto r = nvrtcAddNameExpression(program.get(), kernel.name_expression.c_str());
       r != NVRTC_SUCCESS)
     return nvrtc_error(r, "nvrtcAddNameExpression", context);
+  // A multi-kernel family's further kernels come from the same program.
+  if (info->extra_name_expressions != nullptr)
+    for (std::string& name : info->extra_name_expressions(spec.problem, spec.config)) {
+      if (auto r = nvrtcAddNameExpression(program.get(), name.c_str()); r != NVRTC_SUCCESS)
+        return nvrtc_error(r, "nvrtcAddNameExpression", name);
+      kernel.extra_kernels.emplace_back(std::move(name), std::string());
+    }
 
   std::vector<const char*> option_ptrs;
   for (const auto& option : kernel.toolchain.options) option_ptrs.push_back(option.c_str());
@@ -139,6 +146,13 @@ Result<CompiledKernel> NvrtcCompiler::compile(const KernelSpec& spec) const {
       r != NVRTC_SUCCESS || lowered == nullptr)
     return nvrtc_error(r, "nvrtcGetLoweredName", context);
   kernel.lowered_name = lowered;  // owned by the program: copy before it goes
+  for (auto& [name, extra_lowered] : kernel.extra_kernels) {
+    const char* other = nullptr;
+    if (auto r = nvrtcGetLoweredName(program.get(), name.c_str(), &other);
+        r != NVRTC_SUCCESS || other == nullptr)
+      return nvrtc_error(r, "nvrtcGetLoweredName", name);
+    extra_lowered = other;
+  }
 
   size_t cubin_size = 0;
   if (auto r = nvrtcGetCUBINSize(program.get(), &cubin_size); r != NVRTC_SUCCESS)

@@ -8,7 +8,9 @@
 #include "cache/cache_key.hpp"
 #include "common/attention_params.cuh"
 #include "common/attention_tma_params.cuh"
+#include "decode/decode_params.cuh"
 #include "common/digest.hpp"
+#include "family/attention_decode.hpp"
 #include "family/attention_sm90.hpp"
 #include "family/template_catalog.hpp"
 
@@ -217,15 +219,25 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
   // field, so a forgotten field shows up as an error rather than a guess.
   if (!with_config) return parsed;
   const TemplateInfo& family = template_info(parsed.spec.template_id);
+  if (family.extra_name_expressions != nullptr && !request.accepts_multi_kernel())
+    return make_error(ErrorCode::failed_precondition,
+                      "template_id: '" + parsed.spec.template_id +
+                          "' is launched as several kernels with a workspace (KernelHandle.steps, "
+                          ".workspace); a client that handles them sets accepts_multi_kernel");
   if (request.has_config()) {
     auto config = parse_config(request.config());
     if (!config) return config.error();
     parsed.spec.config = *config;
+  } else if (family.default_config_for != nullptr) {
+    parsed.spec.config = family.default_config_for(parsed.spec.problem, parsed.shape, *arch);
   } else {
     parsed.spec.config = family.default_config(parsed.spec.problem);
   }
   if (auto error = family.config_error(parsed.spec.config, parsed.spec.problem, *arch))
     return invalid(*error);
+  if (family.shape_error != nullptr)
+    if (auto error = family.shape_error(parsed.spec.config, parsed.spec.problem, parsed.shape))
+      return invalid(*error);
   // Keyed, compiled and answered with concrete values.
   parsed.spec.config = family.resolve(parsed.spec.config, parsed.spec.problem);
   return parsed;
@@ -286,6 +298,9 @@ Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpe
   RuntimeShape shape = shape_of(problem);
   if (auto error = runtime_shape_error(shape)) return invalid(*error);
   if (auto layout = check_layout(problem.layout()); !layout) return layout.error();
+  if (const TemplateInfo* family = find_template(spec.template_id);
+      family != nullptr && family->shape_error != nullptr)
+    if (auto error = family->shape_error(spec.config, spec.problem, shape)) return invalid(*error);
   return shape;
 }
 
@@ -383,6 +398,86 @@ void fill_tma_abi(const KernelSpec& spec, v1::KernelAbi* abi) {
   add_attention_fields(abi, offsetof(AttentionTmaParams, attn), "attn.");
 }
 
+void fill_decode_launch(const CachedKernel& kernel, const RuntimeShape& shape,
+                        v1::KernelHandle* handle) {
+  v1::KernelAbi* abi = handle->mutable_abi();
+  abi->set_params_struct("flashcore::DecodeParams");
+  abi->set_abi_version(decode_family::kAbiVersion);
+  abi->set_params_size(sizeof(DecodeParams));
+  auto add = [abi](const char* name, size_t offset, size_t size, const char* type) {
+    v1::AbiField* field = abi->add_fields();
+    field->set_name(name);
+    field->set_offset(static_cast<uint32_t>(offset));
+    field->set_size(static_cast<uint32_t>(size));
+    field->set_type(type);
+  };
+#define FLASHCORE_DECODE_FIELD(member)                                       \
+  add(#member, offsetof(DecodeParams, member), sizeof(DecodeParams::member), \
+      abi_type<decltype(DecodeParams::member)>())
+  FLASHCORE_DECODE_FIELD(q);
+  FLASHCORE_DECODE_FIELD(k);
+  FLASHCORE_DECODE_FIELD(v);
+  FLASHCORE_DECODE_FIELD(o);
+  FLASHCORE_DECODE_FIELD(lse);
+  FLASHCORE_DECODE_FIELD(o_partial);
+  FLASHCORE_DECODE_FIELD(lse_partial);
+  FLASHCORE_DECODE_FIELD(split_counters);
+  FLASHCORE_DECODE_FIELD(q_batch_stride);
+  FLASHCORE_DECODE_FIELD(q_head_stride);
+  FLASHCORE_DECODE_FIELD(q_row_stride);
+  FLASHCORE_DECODE_FIELD(k_batch_stride);
+  FLASHCORE_DECODE_FIELD(k_head_stride);
+  FLASHCORE_DECODE_FIELD(k_row_stride);
+  FLASHCORE_DECODE_FIELD(v_batch_stride);
+  FLASHCORE_DECODE_FIELD(v_head_stride);
+  FLASHCORE_DECODE_FIELD(v_row_stride);
+  FLASHCORE_DECODE_FIELD(o_batch_stride);
+  FLASHCORE_DECODE_FIELD(o_head_stride);
+  FLASHCORE_DECODE_FIELD(o_row_stride);
+  FLASHCORE_DECODE_FIELD(batch);
+  FLASHCORE_DECODE_FIELD(heads);
+  FLASHCORE_DECODE_FIELD(kv_heads);
+  FLASHCORE_DECODE_FIELD(seq_q);
+  FLASHCORE_DECODE_FIELD(seq_k);
+  FLASHCORE_DECODE_FIELD(num_splits);
+  FLASHCORE_DECODE_FIELD(softmax_scale);
+  FLASHCORE_DECODE_FIELD(softmax_scale_log2);
+#undef FLASHCORE_DECODE_FIELD
+
+  const decode_family::DecodeConfig config = decode_family::from_tile(kernel.spec.config);
+  const decode_family::DecodeLaunch launch = decode_family::launch(
+      config, kernel.spec.problem, shape, decode_family::kHandleSmCount);
+  handle->set_num_splits(launch.num_splits);
+  auto add_step = [&](const char* role, const std::string& name, const std::string& lowered,
+                      const LaunchGeometry& geometry, const char* when) {
+    v1::KernelStep* step = handle->add_steps();
+    step->set_role(role);
+    step->set_name_expression(name);
+    step->set_lowered_name(lowered);
+    fill_dim3(geometry.grid, step->mutable_launch()->mutable_grid());
+    fill_dim3(geometry.block, step->mutable_launch()->mutable_block());
+    step->mutable_launch()->set_dynamic_smem_bytes(geometry.dynamic_smem_bytes);
+    step->set_when(when);
+  };
+  const CompiledKernel& compiled = kernel.compiled;
+  add_step("split", compiled.name_expression, compiled.lowered_name, launch.split, "always");
+  if (!config.fused_combine && !compiled.extra_kernels.empty()) {
+    LaunchGeometry combine;
+    if (launch.combine) combine = *launch.combine;
+    else combine.block.x = kDecodeCombineThreads;  // not needed at this shape's splits
+    add_step("combine", compiled.extra_kernels.front().first,
+             compiled.extra_kernels.front().second, combine, "num_splits > 1");
+  }
+  v1::Workspace* workspace = handle->mutable_workspace();
+  workspace->set_bytes(launch.workspace_bytes);
+  workspace->set_layout(
+      "when num_splits > 1: o_partial (fp32 [batch, heads, seq_q, num_splits, head_dim]), then "
+      "lse_partial (fp32 [batch, heads, seq_q, num_splits]), then split_counters (u32 [batch, "
+      "kv_heads]), each at a 256-byte aligned offset (decode_workspace_bytes in "
+      "decode/decode_params.cuh)");
+  workspace->set_zero_before_first_use(config.fused_combine);
+}
+
 void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape& shape,
                  v1::Layout layout, bool omit_cubin, v1::KernelHandle* handle) {
   const CompiledKernel& compiled = kernel.compiled;
@@ -418,6 +513,8 @@ void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape&
 
   if (family.abi_version == FLASHCORE_ATTENTION_TMA_ABI_VERSION)
     fill_tma_abi(kernel.spec, handle->mutable_abi());
+  else if (family.abi_version == decode_family::kAbiVersion)
+    fill_decode_launch(kernel, shape, handle);
   else
     fill_abi(handle->mutable_abi());
 

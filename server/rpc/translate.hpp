@@ -62,6 +62,10 @@ Result<TileConfig> parse_config(const v1::TileConfig& config);
 void fill_abi(v1::KernelAbi* abi);
 // The Hopper family's params struct and the recipe of each tensor map in it.
 void fill_tma_abi(const KernelSpec& spec, v1::KernelAbi* abi);
+// The decode family's params struct, its kernels in launch order with their
+// geometry for `shape`, the split count and the workspace.
+void fill_decode_launch(const CachedKernel& kernel, const RuntimeShape& shape,
+                        v1::KernelHandle* handle);
 
 v1::DType to_proto(DType dtype);
 v1::CacheTier to_proto(CacheTier tier);
