@@ -27,7 +27,10 @@ namespace {
 struct LoadedKernel {
   cuda::Module module;
   CUfunction function = nullptr;
+  CUfunction combine = nullptr;  // the decode family's second step, when the handle has one
 };
+
+constexpr unsigned kDecodeAbiVersion = 3;  // DecodeParams (family/attention_decode.hpp)
 }  // namespace
 
 struct KernelLauncher::State {
@@ -35,6 +38,12 @@ struct KernelLauncher::State {
   cuda::Context context;
   std::mutex mutex;
   std::unordered_map<std::string, LoadedKernel> kernels;  // by handle key
+  // The decode family's workspace, grown as calls need and zeroed when
+  // (re)allocated: the fused combine's counters must start at zero, and the
+  // kernels leave them so. One workspace per launcher: decode launches
+  // through one launcher must not run concurrently on different streams.
+  cuda::DeviceBuffer workspace;
+  int sm_count = 0;
 
   explicit State(cuda::Context ctx) : context(std::move(ctx)) {}
 
@@ -50,8 +59,49 @@ struct KernelLauncher::State {
     // The default limit is 48 KB; the tile configs mostly need more.
     if (auto s = cuda::set_max_dynamic_smem(*function, handle.launch().dynamic_smem_bytes()); !s)
       return s.error();
-    kernels.emplace(handle.key(), LoadedKernel{std::move(module).value(), *function});
+    CUfunction combine = nullptr;
+    for (const auto& step : handle.steps())
+      if (step.role() == "combine") {
+        auto second = module->function(step.lowered_name());
+        if (!second) return second.error();
+        combine = *second;
+      }
+    kernels.emplace(handle.key(), LoadedKernel{std::move(module).value(), *function, combine});
     return *function;
+  }
+
+  CUfunction combine_for(const std::string& key) {
+    std::lock_guard lock(mutex);
+    auto it = kernels.find(key);
+    return it == kernels.end() ? nullptr : it->second.combine;
+  }
+
+  Result<CUdeviceptr> workspace_of(uint64_t bytes) {
+    std::lock_guard lock(mutex);
+    if (bytes == 0) return CUdeviceptr{0};
+    if (workspace.bytes() < bytes) {
+      auto grown = cuda::DeviceBuffer::allocate(static_cast<size_t>(bytes));
+      if (!grown) return grown.error();
+      if (auto s = grown->fill_bytes(0); !s) return s.error();
+      workspace = std::move(grown).value();
+    }
+    return workspace.get();
+  }
+
+  Result<int> multiprocessors() {
+    std::lock_guard lock(mutex);
+    if (sm_count > 0) return sm_count;
+    auto api = cuda::driver();
+    if (!api) return api.error();
+    CUdevice device = 0;
+    if (auto s = cuda::check((*api)->cuCtxGetDevice(&device), "cuCtxGetDevice"); !s)
+      return s.error();
+    if (auto s = cuda::check((*api)->cuDeviceGetAttribute(
+                                 &sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device),
+                             "cuDeviceGetAttribute");
+        !s)
+      return s.error();
+    return sm_count;
   }
 };
 
@@ -82,14 +132,17 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
                       "launch: handle " + handle.key() + " carries no cubin (fetched with "
                       "omit_cubin?)");
   const unsigned abi = handle.abi().abi_version();
-  if (abi != FLASHCORE_ATTENTION_ABI_VERSION && abi != FLASHCORE_ATTENTION_TMA_ABI_VERSION)
+  if (abi != FLASHCORE_ATTENTION_ABI_VERSION && abi != FLASHCORE_ATTENTION_TMA_ABI_VERSION &&
+      abi != kDecodeAbiVersion)
     return make_error(ErrorCode::failed_precondition,
                       "launch: kernel ABI version " + std::to_string(abi) +
                           " is not one this client knows (" +
                           std::to_string(FLASHCORE_ATTENTION_ABI_VERSION) + ", " +
-                          std::to_string(FLASHCORE_ATTENTION_TMA_ABI_VERSION) + ")");
+                          std::to_string(FLASHCORE_ATTENTION_TMA_ABI_VERSION) + ", " +
+                          std::to_string(kDecodeAbiVersion) + ")");
   const size_t params_size = abi == FLASHCORE_ATTENTION_ABI_VERSION ? sizeof(AttentionParams)
-                                                                   : sizeof(AttentionTmaParams);
+                             : abi == kDecodeAbiVersion             ? sizeof(DecodeParams)
+                                                                    : sizeof(AttentionTmaParams);
   if (handle.abi().params_size() != 0 && handle.abi().params_size() != params_size)
     return make_error(ErrorCode::failed_precondition,
                       "launch: kernel params struct is " +
@@ -103,6 +156,25 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
   if (auto s = state_->context.make_current(); !s) return s;
   auto function = state_->function_for(handle);
   if (!function) return function.error();
+
+  if (abi == kDecodeAbiVersion) {
+    cuda::DecodeLaunchConfig decode;
+    decode.head_dim = handle.problem().head_dim();
+    decode.packed_rows = static_cast<unsigned>(handle.config().block_m());
+    decode.block_n = static_cast<unsigned>(handle.config().block_n());
+    decode.split_threads = handle.launch().block().x();
+    decode.split_smem_bytes = handle.launch().dynamic_smem_bytes();
+    decode.fused_combine = handle.config().fused_combine();
+    decode.splits = handle.config().splits();
+    auto sms = state_->multiprocessors();
+    if (!sms) return sms.error();
+    const int splits = cuda::decode_splits_for(decode, params, *sms);
+    auto workspace = state_->workspace_of(cuda::decode_workspace_for(decode, params, splits));
+    if (!workspace) return workspace.error();
+    const DecodeParams d =
+        cuda::make_decode_params(params, *workspace, decode.head_dim, splits);
+    return cuda::launch_decode(*function, state_->combine_for(handle.key()), decode, d, stream);
+  }
 
   cuda::AttentionLaunchConfig config;
   config.block_m = static_cast<unsigned>(handle.config().block_m());

@@ -224,4 +224,97 @@ Status launch_attention(CUfunction function, const AttentionLaunchConfig& config
                "cuLaunchKernel");
 }
 
+int decode_splits_for(const DecodeLaunchConfig& config, const AttentionParams& p, int sm_count) {
+  const int bn = static_cast<int>(config.block_n);
+  if (config.splits > 0) return decode_effective_splits(p.seq_k, bn, config.splits);
+  return decode_num_splits(p.batch, p.heads, p.kv_heads, p.seq_q, p.seq_k, config.head_dim, bn,
+                           sm_count > 0 ? sm_count : 1);
+}
+
+uint64_t decode_workspace_for(const DecodeLaunchConfig& config, const AttentionParams& p,
+                              int num_splits) {
+  return static_cast<uint64_t>(decode_workspace_bytes(p.batch, p.heads, p.kv_heads, p.seq_q,
+                                                      config.head_dim, num_splits));
+}
+
+DecodeParams make_decode_params(const AttentionParams& p, CUdeviceptr workspace, int head_dim,
+                                int num_splits) {
+  DecodeParams d{};
+  d.q = p.q;
+  d.k = p.k;
+  d.v = p.v;
+  d.o = p.o;
+  d.lse = p.lse;
+  if (num_splits > 1 && workspace != 0) {
+    const long long o_bytes =
+        decode_align256(4LL * p.batch * p.heads * p.seq_q * num_splits * head_dim);
+    const long long lse_bytes = decode_align256(4LL * p.batch * p.heads * p.seq_q * num_splits);
+    d.o_partial = reinterpret_cast<float*>(static_cast<uintptr_t>(workspace));
+    d.lse_partial = reinterpret_cast<float*>(static_cast<uintptr_t>(workspace + o_bytes));
+    d.split_counters = reinterpret_cast<unsigned*>(static_cast<uintptr_t>(workspace + o_bytes + lse_bytes));
+  }
+  d.q_batch_stride = p.q_batch_stride;
+  d.q_head_stride = p.q_head_stride;
+  d.q_row_stride = p.q_row_stride;
+  d.k_batch_stride = p.k_batch_stride;
+  d.k_head_stride = p.k_head_stride;
+  d.k_row_stride = p.k_row_stride;
+  d.v_batch_stride = p.v_batch_stride;
+  d.v_head_stride = p.v_head_stride;
+  d.v_row_stride = p.v_row_stride;
+  d.o_batch_stride = p.o_batch_stride;
+  d.o_head_stride = p.o_head_stride;
+  d.o_row_stride = p.o_row_stride;
+  d.batch = p.batch;
+  d.heads = p.heads;
+  d.kv_heads = p.kv_heads;
+  d.seq_q = p.seq_q;
+  d.seq_k = p.seq_k;
+  d.num_splits = num_splits;
+  d.softmax_scale = p.softmax_scale;
+  d.softmax_scale_log2 = p.softmax_scale_log2;
+  return d;
+}
+
+Status launch_decode(CUfunction split, CUfunction combine, const DecodeLaunchConfig& config,
+                     const DecodeParams& d, CUstream stream) {
+  if (split == nullptr) return make_error(ErrorCode::failed_precondition, "launch: no kernel function");
+  if (d.batch < 1 || d.heads < 1 || d.kv_heads < 1 || d.seq_q < 1 || d.seq_k < 1 ||
+      d.heads % d.kv_heads != 0)
+    return invalid("params: batch, heads, kv_heads, seq_q and seq_k must be >= 1, kv_heads "
+                   "dividing heads");
+  const long long rows = static_cast<long long>(d.heads / d.kv_heads) * d.seq_q;
+  if (rows > config.packed_rows)
+    return invalid("params.seq_q: " + std::to_string(d.heads / d.kv_heads) +
+                   " query heads per kv head x seq_q " + std::to_string(d.seq_q) + " = " +
+                   std::to_string(rows) + " rows, over the kernel's " +
+                   std::to_string(config.packed_rows) + " packed rows");
+  if (d.num_splits < 1 || d.num_splits > kDecodeMaxSplits)
+    return invalid("params.num_splits: " + std::to_string(d.num_splits) + " must be in [1, " +
+                   std::to_string(kDecodeMaxSplits) + "]");
+  if (d.num_splits > 1 && (d.o_partial == nullptr || d.lse_partial == nullptr ||
+                           (config.fused_combine && d.split_counters == nullptr)))
+    return invalid("params: num_splits > 1 needs the workspace (o_partial, lse_partial, "
+                   "split_counters)");
+  if (d.num_splits > 1 && !config.fused_combine && combine == nullptr)
+    return make_error(ErrorCode::failed_precondition, "launch: the handle has no combine kernel");
+  auto api = driver();
+  if (!api) return api.error();
+  void* args[] = {const_cast<DecodeParams*>(&d)};
+  if (auto s = check((*api)->cuLaunchKernel(split, static_cast<unsigned>(d.num_splits),
+                                            static_cast<unsigned>(d.kv_heads),
+                                            static_cast<unsigned>(d.batch), config.split_threads,
+                                            1, 1, config.split_smem_bytes, stream, args, nullptr),
+                     "cuLaunchKernel(split)");
+      !s)
+    return s;
+  if (d.num_splits == 1 || config.fused_combine) return ok_status();
+  const long long out_rows = static_cast<long long>(d.batch) * d.heads * d.seq_q;
+  const int per_block = decode_combine_rows_per_block(config.head_dim);
+  return check((*api)->cuLaunchKernel(combine,
+                                      static_cast<unsigned>((out_rows + per_block - 1) / per_block),
+                                      1, 1, kDecodeCombineThreads, 1, 1, 0, stream, args, nullptr),
+               "cuLaunchKernel(combine)");
+}
+
 }  // namespace flashcore::cuda

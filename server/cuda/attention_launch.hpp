@@ -10,6 +10,7 @@
 
 #include "common/attention_params.cuh"
 #include "common/attention_tma_params.cuh"
+#include "decode/decode_params.cuh"
 #include "common/result.hpp"
 
 namespace flashcore::cuda {
@@ -73,5 +74,35 @@ Status launch_attention(CUfunction function, const AttentionLaunchConfig& config
 // base pointer is not 16-byte aligned or head_dim is not a multiple of 64.
 Result<AttentionTmaParams> encode_attention_tma_params(const AttentionLaunchConfig& config,
                                                        const AttentionParams& params);
+
+// The decode family's launch (ABI 3), from its handle.
+struct DecodeLaunchConfig {
+  int head_dim = 0;
+  unsigned packed_rows = 0;     // config.block_m
+  unsigned block_n = 0;
+  unsigned split_threads = 0;   // the split kernel's block
+  unsigned split_smem_bytes = 0;
+  bool fused_combine = true;
+  int splits = 0;               // config.splits; 0 = decode_num_splits for this device
+};
+
+// Workspace bytes a call of this shape needs (0 with one split), and the
+// split count it uses on a device with `sm_count` multiprocessors.
+int decode_splits_for(const DecodeLaunchConfig& config, const AttentionParams& params, int sm_count);
+uint64_t decode_workspace_for(const DecodeLaunchConfig& config, const AttentionParams& params,
+                              int num_splits);
+
+// DecodeParams from the call's AttentionParams, the workspace (laid out as
+// decode_workspace_bytes counts it) and the split count.
+DecodeParams make_decode_params(const AttentionParams& params, CUdeviceptr workspace,
+                                int head_dim, int num_splits);
+
+// The split kernel on grid (num_splits, kv_heads, batch), then, unfused with
+// more than one split, the combine kernel. invalid_argument when the call's
+// query heads per kv head x seq_q exceed the kernel's packed rows, or its
+// workspace is missing; the counters in it must start at zero (the kernels
+// leave them so).
+Status launch_decode(CUfunction split, CUfunction combine, const DecodeLaunchConfig& config,
+                     const DecodeParams& params, CUstream stream);
 
 }  // namespace flashcore::cuda

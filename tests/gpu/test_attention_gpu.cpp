@@ -39,6 +39,7 @@ struct AttentionCase {
   std::string name() const {
     std::ostringstream out;
     if (hopper()) out << "sm90_";
+    if (decode()) out << "dec_";
     out << (dtype == v1::DTYPE_FP16 ? "fp16" : "bf16") << "_D" << head_dim
         << (causal ? "_causal" : "_full") << "_B" << batch << "H" << heads;
     if (kv_heads) out << "KV" << kv_heads;
@@ -56,9 +57,12 @@ struct AttentionCase {
     if (config.pingpong()) out << "_pp";
     if (config.separate_o()) out << "_so";
     if (config.persistent()) out << "_pers";
+    if (config.fused_combine()) out << "_fused";
+    if (config.splits()) out << "_k" << config.splits();
     return out.str();
   }
   bool hopper() const { return template_id == "attention_fwd_sm90"; }
+  bool decode() const { return template_id == "attention_decode"; }
 };
 
 std::ostream& operator<<(std::ostream& out, const AttentionCase& c) { return out << c.name(); }
@@ -82,6 +86,7 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   }
   v1::KernelRequest request;
   request.set_template_id(c.template_id);
+  request.set_accepts_multi_kernel(c.decode());  // this test launches through KernelLauncher
   v1::Problem* problem = request.mutable_problem();
   problem->set_dtype(c.dtype);
   problem->set_head_dim(c.head_dim);
@@ -94,8 +99,8 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   problem->set_layout(c.bhsd ? v1::LAYOUT_BHSD : v1::LAYOUT_BSHD);
   if (c.config.block_m()) {
     *request.mutable_config() = c.config;
-  } else if (c.hopper()) {
-    // no config: the family's default for the head dim
+  } else if (c.hopper() || c.decode()) {
+    // no config: the family's default for the head dim (decode: and the shape)
   } else {
     // D 256 needs small tiles to fit registers and shared memory.
     request.mutable_config()->set_block_m(c.head_dim >= 256 ? 64 : 128);
@@ -116,6 +121,9 @@ TEST_P(SM90_Attention, MatchesFp64Reference) {
   if (c.hopper()) {
     EXPECT_EQ(handle->abi().abi_version(), 2u);
     EXPECT_EQ(handle->abi().tensor_maps_size(), 4);
+  } else if (c.decode()) {
+    EXPECT_EQ(handle->abi().abi_version(), 3u);
+    EXPECT_GE(handle->steps_size(), 1);
   } else {
     // The kernel is the one asked for; UNSPECIFIED comes back as the rule's choice.
     EXPECT_NE(handle->config().q_placement(), v1::Q_PLACEMENT_UNSPECIFIED);
@@ -283,8 +291,74 @@ std::vector<AttentionCase> hopper_cases() {
   return all;
 }
 
+// The decode family: one to a few query rows against long, ragged KV, GQA
+// 32/8 and 64/8, MQA, MHA, both layouts, fused and separate combine, a fixed
+// split count, every head dim, both dtypes.
+std::vector<AttentionCase> decode_cases() {
+  std::vector<AttentionCase> all;
+  AttentionCase base;
+  base.template_id = "attention_decode";
+  base.heads = 32;
+  base.kv_heads = 8;
+  base.seq_q = 1;
+  for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})
+    for (int d : {64, 128, 256})
+      for (int sk : {1, 37, 1000, 8192}) {
+        AttentionCase c = base;
+        c.dtype = dtype;
+        c.head_dim = d;
+        c.seq_k = sk;
+        c.batch = sk >= 8192 ? 1 : 2;
+        all.push_back(c);
+      }
+  AttentionCase speculative = base;  // 4 rows x 4 heads per kv head
+  speculative.seq_q = 4;
+  speculative.seq_k = 4133;
+  speculative.dtype = v1::DTYPE_BF16;
+  all.push_back(speculative);
+  AttentionCase wide = base;  // 64/8 x 8 rows = 64 packed rows
+  wide.heads = 64;
+  wide.seq_q = 8;
+  wide.seq_k = 777;
+  wide.head_dim = 128;
+  all.push_back(wide);
+  AttentionCase mqa = base;
+  mqa.heads = 8;
+  mqa.kv_heads = 1;
+  mqa.seq_q = 5;
+  mqa.seq_k = 700;
+  mqa.bhsd = true;
+  all.push_back(mqa);
+  AttentionCase mha = base;
+  mha.heads = 16;
+  mha.kv_heads = 16;
+  mha.seq_k = 1024;
+  mha.batch = 3;
+  mha.bhsd = true;
+  all.push_back(mha);
+  AttentionCase causal = base;  // one row: causal is no mask at all
+  causal.causal = true;
+  causal.seq_k = 300;
+  all.push_back(causal);
+  for (auto [fused, splits] : {std::pair{false, 0}, std::pair{true, 7}, std::pair{false, 13}}) {
+    AttentionCase c = base;
+    c.seq_k = 5000;
+    c.head_dim = 128;
+    c.dtype = v1::DTYPE_BF16;
+    c.config.set_block_m(16);
+    c.config.set_block_n(64);
+    c.config.set_warps(4);
+    c.config.set_stages(3);
+    c.config.set_fused_combine(fused);
+    c.config.set_splits(splits);
+    all.push_back(c);
+  }
+  return all;
+}
+
 std::vector<AttentionCase> cases() {
   std::vector<AttentionCase> all = hopper_cases();
+  for (const AttentionCase& c : decode_cases()) all.push_back(c);
   // The matrix the serving slice promises: both dtypes, D 64/128, causal and
   // not, ragged and tile-aligned sequence lengths from 1 to 2048.
   for (auto dtype : {v1::DTYPE_FP16, v1::DTYPE_BF16})
