@@ -111,7 +111,7 @@ int print_handle(const Globals& globals, v1::KernelHandle handle, const std::str
 // The problem and tile options of compile, validate and tune: the one place
 // they are declared and turned into a KernelRequest.
 struct KernelFlags {
-  std::string template_id = "attention_fwd";
+  std::string template_id;  // empty: the daemon picks the family
   std::string dtype, layout = "bshd", arch;
   int head_dim = 0;
   bool causal = false;
@@ -124,9 +124,10 @@ struct KernelFlags {
 
 void add_problem_options(CLI::App& command, KernelFlags& f) {
   command.add_option("--template", f.template_id,
-                     "kernel family: attention_fwd (sm80+), attention_fwd_sm90 (sm_90a) or attention_decode "
-                     "(few query rows, split KV; --block-m = packed rows)")
-      ->capture_default_str();
+                     "kernel family: attention_fwd (sm80+), attention_fwd_sm90 (sm_90a) or "
+                     "attention_decode (few query rows, split KV; --block-m = packed rows); "
+                     "default: the daemon picks by shape and arch (attention_fwd when tile flags "
+                     "are given)");
   command.add_option("--dtype", f.dtype, "element type of Q, K, V, O")
       ->required()
       ->check(CLI::IsMember({"fp16", "bf16"}));
@@ -190,6 +191,8 @@ v1::KernelRequest kernel_request(const KernelFlags& f, bool with_tile) {
                           f.q_placement != "auto" || f.smem_layout != "auto" || f.pingpong ||
                           f.separate_o || f.persistent;
   if (with_tile && tile_given) {
+    // Tile flags are a family's fields: without --template they are the sm80 family's.
+    if (f.template_id.empty()) request.set_template_id("attention_fwd");
     auto* config = request.mutable_config();
     config->set_block_m(f.block_m);
     config->set_block_n(f.block_n);

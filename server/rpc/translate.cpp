@@ -187,9 +187,11 @@ Result<CompileRequest> parse_tuning_target(const v1::KernelRequest& request,
 namespace {
 Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::string_view default_arch,
                                     bool with_config) {
-  if (request.template_id().empty())
-    return invalid("template_id: must be set (known: " + template_list() + ")");
-  if (find_template(request.template_id()) == nullptr)
+  // Empty: the daemon picks the family (below); a config belongs to a family.
+  if (request.template_id().empty() && with_config && request.has_config())
+    return invalid("template_id: must be set when a config is given (known: " + template_list() +
+                   ")");
+  if (!request.template_id().empty() && find_template(request.template_id()) == nullptr)
     return invalid("template_id: unknown template '" + request.template_id() +
                    "' (known: " + template_list() + ")");
 
@@ -214,6 +216,21 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
   if (!arch)
     return invalid("arch: '" + parsed.spec.arch + "' is not supported (" + supported_arch_list() +
                    ")");
+
+  // No family named: decode for a few query rows (when the client launches
+  // multi-kernel handles), else the Hopper family on sm_90a where it has the
+  // head dim, else the sm80 family. The handle's template_id says which.
+  if (parsed.spec.template_id.empty()) {
+    const int d = parsed.spec.problem.head_dim;
+    if (request.accepts_multi_kernel() && decode_family::serves(parsed.spec.problem, parsed.shape))
+      parsed.spec.template_id = std::string(decode_family::kTemplateId);
+    else if (parsed.spec.arch == "sm_90a" &&
+             std::find(sm90_family::kHeadDims.begin(), sm90_family::kHeadDims.end(), d) !=
+                 sm90_family::kHeadDims.end())
+      parsed.spec.template_id = std::string(sm90_family::kTemplateId);
+    else
+      parsed.spec.template_id = std::string(kAttentionTemplateId);
+  }
 
   // An absent config is the default tile; a present one is taken field by
   // field, so a forgotten field shows up as an error rather than a guess.

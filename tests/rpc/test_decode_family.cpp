@@ -161,5 +161,33 @@ TEST(DecodeFamilyRpc, RefusesClientsWithoutMultiKernelSupportAndShapesItCannotTa
   EXPECT_EQ(h.config().block_m(), 32);
 }
 
+// A request that names no family gets the one its shape and arch call for;
+// the handle's template_id says which.
+TEST(DecodeFamilyRpc, WithoutATemplateIdTheShapeChoosesTheFamily) {
+  ScratchDir cache;
+  auto daemon = start_daemon(loopback_config(cache.path()));
+  ASSERT_NE(daemon, nullptr);
+  auto stub = v1::FlashCore::NewStub(channel_to(*daemon));
+  auto chosen = [&](v1::KernelRequest r) {
+    r.clear_template_id();
+    v1::KernelHandle h;
+    const grpc::Status status = compile(*stub, r, &h);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return h.template_id();
+  };
+  v1::KernelRequest decode = decode_request();
+  EXPECT_EQ(chosen(decode), "attention_decode");
+  decode.set_accepts_multi_kernel(false);  // an older client: never a multi-kernel handle
+  EXPECT_EQ(chosen(decode), "attention_fwd_sm90");
+  v1::KernelRequest prefill = decode_request();
+  prefill.mutable_problem()->set_seq_q(2048);
+  EXPECT_EQ(chosen(prefill), "attention_fwd_sm90");
+  prefill.set_arch("sm_80");
+  EXPECT_EQ(chosen(prefill), "attention_fwd");
+  prefill.set_arch("sm_90a");
+  prefill.mutable_problem()->set_head_dim(96);  // not a Hopper-family head dim
+  EXPECT_EQ(chosen(prefill), "attention_fwd");
+}
+
 }  // namespace
 }  // namespace flashcore
