@@ -152,6 +152,29 @@ TEST(DecodeFamilyRpc, RefusesClientsWithoutMultiKernelSupportAndShapesItCannotTa
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message().rfind("config.block_m", 0), 0u) << status.error_message();
 
+  // Validate and Tune do not take the family yet: a clear refusal, not a wrong launch.
+  {
+    v1::ValidateRequest validate;
+    *validate.mutable_kernel() = decode_request();
+    grpc::ClientContext context;
+    v1::KernelHandle validated;
+    const grpc::Status refused = stub->Validate(&context, validate, &validated);
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_NE(refused.error_message().find("decode"), std::string::npos) << refused.error_message();
+  }
+
+  {
+    v1::TuneRequest tune;
+    *tune.mutable_kernel() = decode_request();
+    grpc::ClientContext context;
+    auto reader = stub->Tune(&context, tune);
+    v1::TuneProgress progress;
+    while (reader->Read(&progress)) {
+    }
+    const grpc::Status refused = reader->Finish();
+    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+
   // Several query rows of GQA 8: the default packs them (8 x 4 = 32 rows).
   v1::KernelRequest speculative = decode_request();
   speculative.mutable_problem()->set_heads(64);
