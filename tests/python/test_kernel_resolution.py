@@ -174,7 +174,7 @@ def test_params_follow_a_field_that_moves(flashcore, client, parts):
 
 
 @pytest.mark.parametrize("tamper, message", [
-    (lambda abi: setattr(abi, "abi_version", 2), "ABI version 2"),
+    (lambda abi: setattr(abi, "abi_version", 7), "ABI version 7"),
     (lambda abi: setattr(abi, "params_struct", "other::Params"), "other::Params"),
     (lambda abi: setattr(abi.fields[3], "type", "f64"), "'f64'"),
     (lambda abi: setattr(abi.fields[3], "size", 4), "is 8 bytes, the handle says 4"),
@@ -189,3 +189,45 @@ def test_an_abi_this_client_cannot_fill_is_refused(flashcore, client, parts, tam
     tamper(abi)
     with pytest.raises(abi_module.AbiError, match=re.escape(message)):
         abi_module.ParamsLayout(abi)
+
+
+# -- the Hopper family's ABI 2 ------------------------------------------------
+
+
+def test_an_sm90_handle_packs_its_tensor_maps_and_fields_where_the_abi_says(client, parts):
+    """A real Hopper-family handle from the daemon (NVRTC compiles sm_90a here):
+    the maps land at their offsets, the attention fields after them, and each
+    recipe turns into cuTensorMapEncodeTiled's arguments for the call's shape."""
+    _abi, _resolve, _ = parts
+    q = query(_resolve, template="attention_fwd_sm90", head_dim=64, causal=False)
+    handle = client.compile(q.request())
+    assert handle.abi.abi_version == 2
+    layout = _abi.ParamsLayout(handle.abi)
+    assert layout.tma and layout.size == handle.abi.params_size
+    values = list(range(1, len(_abi.FIELDS) + 1))
+    values[_abi.FIELDS.index("softmax_scale")] = 0.125
+    values[_abi.FIELDS.index("softmax_scale_log2")] = 0.25
+    maps = [bytes([i]) * 128 for i in (1, 2, 3, 4)]
+    packed = layout.pack(values, maps)
+    assert len(packed) == handle.abi.params_size
+    offsets = {f.name: f.offset for f in handle.abi.fields}
+    for i, name in enumerate(_abi.TMA_OPERANDS):
+        assert packed[offsets[name]:offsets[name] + 128] == maps[i]
+    seq_q = struct.unpack_from("<i", packed, offsets["attn.seq_q"])[0]
+    assert seq_q == values[_abi.FIELDS.index("seq_q")]
+
+    named = {"attn." + f: v for f, v in zip(_abi.FIELDS, values)}
+    named.update(head_dim=64, seq_q=1000, seq_k=1500, heads=16, kv_heads=4, batch=2)
+    k_recipe = next(r for r in handle.abi.tensor_maps if r.operand == "k")
+    (dtype, rank, address, dims, strides, box, element_strides, interleave, swizzle, l2,
+     oob) = _abi.tensor_map_arguments(k_recipe, named)
+    assert (dtype, rank) == (6, 4)
+    assert address == named["attn.k"]
+    assert dims == (64, 1500, 4, 2)
+    assert strides == tuple(2 * named["attn.k_" + s] for s in
+                            ("row_stride", "head_stride", "batch_stride"))
+    assert box == (64, handle.config.block_n, 1, 1)
+    assert swizzle == 3 and element_strides == (1, 1, 1, 1)
+    k_recipe.global_dims[0] = "no_such_value"
+    with pytest.raises(_abi.AbiError, match="no_such_value"):
+        _abi.tensor_map_arguments(k_recipe, named)

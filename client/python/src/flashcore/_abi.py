@@ -11,9 +11,15 @@ import struct
 from typing import Dict, Sequence
 
 # The ABI version this client's field meanings are written for
-# (FLASHCORE_ATTENTION_ABI_VERSION).
+# (FLASHCORE_ATTENTION_ABI_VERSION), and the Hopper family's struct: four
+# CUtensorMaps (encoded per call from the handle's recipes) and then the same
+# fields, named "attn.<field>" (FLASHCORE_ATTENTION_TMA_ABI_VERSION).
 ABI_VERSION = 1
 PARAMS_STRUCT = "flashcore::AttentionParams"
+TMA_ABI_VERSION = 2
+TMA_PARAMS_STRUCT = "flashcore::AttentionTmaParams"
+TMA_OPERANDS = ("q", "k", "v", "o")
+TENSOR_MAP_BYTES = 128
 
 # Every field the client fills, in the header's order.
 FIELDS = (
@@ -27,7 +33,8 @@ FIELDS = (
 )
 
 # ABI type -> (struct code, size); little-endian, no implicit padding ('<').
-_TYPES = {"ptr": ("Q", 8), "i64": ("q", 8), "i32": ("i", 4), "f32": ("f", 4)}
+_TYPES = {"ptr": ("Q", 8), "i64": ("q", 8), "i32": ("i", 4), "f32": ("f", 4),
+          "tensormap": ("128s", TENSOR_MAP_BYTES)}
 
 
 class AbiError(ValueError):
@@ -38,12 +45,23 @@ class ParamsLayout:
     """A struct.Struct built once per handle; pack() takes values in FIELDS order."""
 
     def __init__(self, abi):
-        if abi.params_struct and abi.params_struct != PARAMS_STRUCT:
+        self.tma = abi.abi_version == TMA_ABI_VERSION
+        want = TMA_PARAMS_STRUCT if self.tma else PARAMS_STRUCT
+        if abi.params_struct and abi.params_struct != want:
             raise AbiError("kernel params struct is %s, this client fills %s"
-                           % (abi.params_struct, PARAMS_STRUCT))
-        if abi.abi_version != ABI_VERSION:
-            raise AbiError("kernel ABI version %d does not match this client's %d"
-                           % (abi.abi_version, ABI_VERSION))
+                           % (abi.params_struct, want))
+        if abi.abi_version not in (ABI_VERSION, TMA_ABI_VERSION):
+            raise AbiError("kernel ABI version %d is not one this client knows (%d, %d)"
+                           % (abi.abi_version, ABI_VERSION, TMA_ABI_VERSION))
+        # Names as FIELDS spells them: ABI 2 prefixes the attention fields.
+        # The maps are keyed "tma.q" ... here: "q" is also AttentionParams' pointer.
+        expected = FIELDS + (tuple("tma." + o for o in TMA_OPERANDS) if self.tma else ())
+        def plain(name):
+            if not self.tma:
+                return name
+            if name.startswith("attn."):
+                return name[len("attn."):]
+            return "tma." + name if name in TMA_OPERANDS else name
         fields: Dict[str, object] = {}
         for field in abi.fields:
             if field.type not in _TYPES:
@@ -52,9 +70,12 @@ class ParamsLayout:
             if _TYPES[field.type][1] != field.size:
                 raise AbiError("field %s: type %s is %d bytes, the handle says %d"
                                % (field.name, field.type, _TYPES[field.type][1], field.size))
-            fields[field.name] = field
-        missing = [name for name in FIELDS if name not in fields]
-        unknown = [name for name in fields if name not in FIELDS]
+            if (field.type == "tensormap") != (self.tma and field.name in TMA_OPERANDS):
+                raise AbiError("field %s of type %s is not where this client expects one"
+                               % (field.name, field.type))
+            fields[plain(field.name)] = field
+        missing = [name for name in expected if name not in fields]
+        unknown = [name for name in fields if name not in expected]
         if missing or unknown:
             raise AbiError("kernel params fields differ from this client's: missing %s, unknown %s"
                            % (missing or "none", unknown or "none"))
@@ -72,12 +93,38 @@ class ParamsLayout:
         fmt += "x" * (size - position)
         self.size = size
         self._struct = struct.Struct(fmt)
-        # pack() takes values in FIELDS order; the struct wants offset order.
-        self._order = tuple(FIELDS.index(field.name) for field in order)
-        self._in_order = self._order == tuple(range(len(FIELDS)))
+        # pack() takes values in FIELDS order (then, for ABI 2, the four maps
+        # in TMA_OPERANDS order); the struct wants offset order.
+        self._order = tuple(expected.index(plain(field.name)) for field in order)
+        self._in_order = self._order == tuple(range(len(expected)))
+        self.tensor_maps = list(abi.tensor_maps) if self.tma else []
 
-    def pack(self, values: Sequence) -> bytes:
-        """The struct's bytes for ``values`` given in FIELDS order."""
+    def pack(self, values: Sequence, maps: Sequence[bytes] = ()) -> bytes:
+        """The struct's bytes for ``values`` given in FIELDS order and, for ABI 2,
+        the encoded q, k, v, o tensor maps."""
+        if self.tma:
+            values = tuple(values) + tuple(maps)
         if self._in_order:  # the header's own order: no reordering per call
             return self._struct.pack(*values)
         return self._struct.pack(*[values[i] for i in self._order])
+
+
+def tensor_map_arguments(recipe, named: Dict[str, int]):
+    """cuTensorMapEncodeTiled's arguments for one recipe of the handle, with the
+    run-time values it names (params fields as "attn.<field>", shape names as
+    themselves) taken from ``named``: (data_type, rank, address, dims, strides,
+    box, element_strides, interleave, swizzle, l2_promotion, oob_fill)."""
+    def value(expr: str) -> int:
+        name, _, factor = expr.partition("*")
+        if name not in named:
+            raise AbiError("tensor map %s names %r, which this client does not know"
+                           % (recipe.operand, name))
+        return int(named[name]) * (int(factor) if factor else 1)
+    dims = tuple(value(d) for d in recipe.global_dims)
+    strides = tuple(value(s) for s in recipe.global_strides_bytes)
+    if len(dims) != recipe.rank or len(strides) != recipe.rank - 1:
+        raise AbiError("tensor map %s: rank %d with %d dims and %d strides"
+                       % (recipe.operand, recipe.rank, len(dims), len(strides)))
+    return (recipe.data_type, recipe.rank, value(recipe.global_address), dims, strides,
+            tuple(recipe.box_dims), tuple(recipe.element_strides), recipe.interleave,
+            recipe.swizzle, recipe.l2_promotion, recipe.oob_fill)

@@ -53,6 +53,13 @@ class Driver:
             "cuLaunchKernel": [ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
                                ctypes.c_uint, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
                                ctypes.c_void_p, _c_void_pp, _c_void_pp],
+            # The Hopper family's tensor maps (CUDA 12+ drivers).
+            "cuTensorMapEncodeTiled": [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint,
+                                       ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64),
+                                       ctypes.POINTER(ctypes.c_uint64),
+                                       ctypes.POINTER(ctypes.c_uint32),
+                                       ctypes.POINTER(ctypes.c_uint32), ctypes.c_int,
+                                       ctypes.c_int, ctypes.c_int, ctypes.c_int],
         }
         for name, argtypes in sig.items():
             function = getattr(lib, name)
@@ -89,6 +96,24 @@ class Driver:
         self.check(self.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
         if current.value != context:
             self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+
+
+def encode_tensor_map(arguments) -> bytes:
+    """One CUtensorMap (128 bytes) from _abi.tensor_map_arguments(...)."""
+    (data_type, rank, address, dims, strides, box, element_strides, interleave, swizzle, l2,
+     oob) = arguments
+    api = driver()
+    # CUtensorMap is 64-byte aligned (alignas(64) in cuda.h): encode into an
+    # aligned slice of a larger buffer.
+    raw = ctypes.create_string_buffer(128 + 64)
+    base = ctypes.addressof(raw)
+    aligned = (base + 63) // 64 * 64
+    api.check(api.cuTensorMapEncodeTiled(
+        ctypes.c_void_p(aligned), data_type, rank, ctypes.c_void_p(address), (ctypes.c_uint64 * rank)(*dims),
+        (ctypes.c_uint64 * max(rank - 1, 1))(*strides), (ctypes.c_uint32 * rank)(*box),
+        (ctypes.c_uint32 * rank)(*element_strides), interleave, swizzle, l2, oob),
+        "cuTensorMapEncodeTiled")
+    return ctypes.string_at(aligned, 128)
 
 
 _driver: Optional[Driver] = None

@@ -75,16 +75,17 @@ class Query:
     seq_k: int
     layout: str       # "bshd" or "bhsd"
     device_name: str  # the GPU's name, as the tuning database records it
+    template: str = TEMPLATE  # the kernel family
 
     def index_text(self) -> str:
         seq_q, seq_k, batch_heads = bucket(self.batch, self.heads, self.seq_q, self.seq_k)
         return ("template=%s;dtype=%s;head_dim=%d;causal=%d;arch=%s;seq_q=%d;seq_k=%d;"
-                "batch_heads=%d;" % (TEMPLATE, self.dtype, self.head_dim, int(self.causal),
+                "batch_heads=%d;" % (self.template, self.dtype, self.head_dim, int(self.causal),
                                      self.arch, seq_q, seq_k, batch_heads))
 
     def request(self, config: Optional[pb.TileConfig] = None) -> pb.KernelRequest:
         return messages.kernel_request(
-            template_id=TEMPLATE, dtype=self.dtype, head_dim=self.head_dim, causal=self.causal,
+            template_id=self.template, dtype=self.dtype, head_dim=self.head_dim, causal=self.causal,
             batch=self.batch, heads=self.heads, kv_heads=self.kv_heads, seq_q=self.seq_q,
             seq_k=self.seq_k, layout=self.layout, arch=self.arch, config=config,
             omit_cubin=True)
@@ -132,8 +133,10 @@ class Resolver:
         except FlashCoreError as error:
             if error.code in TRANSPORT_CODES:
                 raise
-            # NOT_FOUND (untuned bucket), or a daemon without a tuning database.
-            config, config_source = default_config(query.head_dim), "default"
+            # NOT_FOUND (untuned bucket), or a daemon without a tuning database:
+            # this client's sm80 tiles, or no config (the daemon's family default).
+            config = default_config(query.head_dim) if query.template == TEMPLATE else None
+            config_source = "default"
         meta = client.compile(query.request(config))
         handle, handle_source = self._store.get(meta.key), "disk"
         if handle is None:

@@ -56,8 +56,13 @@ def kernel_request(*, config: Optional[pb.TileConfig] = None, arch: str = "",
                    use_tuned_config: bool = False, **problem_fields) -> pb.KernelRequest:
     """A KernelRequest; ``problem_fields`` are those of :func:`problem`.
 
-    Without ``config`` the CLI's default tile is asked for; an empty ``arch``
-    is the daemon's default."""
-    return pb.KernelRequest(template_id=template_id, problem=problem(**problem_fields),
-                            config=config if config is not None else tile_config(), arch=arch,
-                            omit_cubin=omit_cubin, use_tuned_config=use_tuned_config)
+    Without ``config`` the sm80 family gets the CLI's default tile and another
+    family none (the daemon answers with that family's default); an empty
+    ``arch`` is the daemon's default."""
+    if config is None and template_id == DEFAULT_TEMPLATE:
+        config = tile_config()
+    fields = dict(template_id=template_id, problem=problem(**problem_fields), arch=arch,
+                  omit_cubin=omit_cubin, use_tuned_config=use_tuned_config)
+    if config is not None:
+        fields["config"] = config
+    return pb.KernelRequest(**fields)

@@ -35,6 +35,7 @@ implementation directly, skipping the dispatcher's per-call cost.
 """
 
 import math
+import os
 import threading
 import time
 import warnings
@@ -97,10 +98,15 @@ class _Kernel:
     """A resolved kernel for one (device, class, bucket): loaded function plus ABI packer."""
 
     def __init__(self, loaded: _cuda.LoadedKernel, layout: _abi.ParamsLayout, block_m: int,
-                 resolved: _resolve.Resolved):
+                 resolved: _resolve.Resolved, multiprocessors: int = 0):
         self.loaded = loaded
         self.params = layout
         self.block_m = block_m
+        # The Hopper family (ABI 2): its tensor maps are encoded per call from the
+        # handle's recipes, and its grid is 1-D over tiles (clamped when persistent).
+        self.tma = layout.tma
+        self.persistent = bool(resolved.handle.config.persistent)
+        self.multiprocessors = multiprocessors
         config = resolved.handle.config
         self.plan = Plan(resolved.handle.key,
                          "%dx%dw%ds%d" % (config.block_m, config.block_n, config.warps,
@@ -282,6 +288,20 @@ def _sdpa(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool):
     return out.contiguous(), lse
 
 
+# The Hopper family (wgmma + TMA, the fast one on H100/H200) is opt-in from
+# Python until this launch path (tensor maps encoded through ctypes) has run
+# on a GPU: FLASHCORE_TORCH_HOPPER=1.
+HOPPER_TEMPLATE = "attention_fwd_sm90"
+HOPPER_HEAD_DIMS = (64, 128, 256)
+
+
+def _family(arch: str, head_dim: int) -> str:
+    if (arch == "sm_90a" and head_dim in HOPPER_HEAD_DIMS
+            and os.environ.get("FLASHCORE_TORCH_HOPPER") == "1"):
+        return HOPPER_TEMPLATE
+    return _resolve.TEMPLATE
+
+
 def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_heads: int,
                     seq_k: int):
     """The _Kernel for this call, or a (kind, reason) to fall back for."""
@@ -305,7 +325,7 @@ def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_head
             state.kernels[memo] = result + (float("inf"),)
             return result
         query = _resolve.Query(_DTYPES[q.dtype], head_dim, causal, arch, batch, heads, kv_heads,
-                               seq_q, seq_k, layout, name)
+                               seq_q, seq_k, layout, name, _family(arch, head_dim))
         try:
             resolved = state.resolver.resolve(query)
             handle = resolved.handle
@@ -317,7 +337,7 @@ def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_head
                                             handle.launch.dynamic_smem_bytes)
                 state.modules[(device, handle.key)] = loaded
             kernel = _Kernel(loaded, _abi.ParamsLayout(handle.abi), handle.config.block_m,
-                             resolved)
+                             resolved, torch.cuda.get_device_properties(device).multi_processor_count)
         except FlashCoreError as error:
             unreachable = error.code in _resolve.TRANSPORT_CODES
             result = ("unreachable" if unreachable else "daemon",
@@ -379,6 +399,16 @@ def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, k
               *_strides(q, layout), *_strides(k, layout), *_strides(v, layout),
               *_strides(out, layout),
               batch, heads, kv_heads, seq_q, seq_k, scale, scale * _LOG2E)
+    if kernel.tma:
+        names = dict(zip(("attn." + f for f in _abi.FIELDS), values))
+        names.update(head_dim=dims[3], seq_q=seq_q, seq_k=seq_k, heads=heads,
+                     kv_heads=kv_heads, batch=batch)
+        maps = [_cuda.encode_tensor_map(_abi.tensor_map_arguments(recipe, names))
+                for recipe in kernel.params.tensor_maps]
+        tiles = (seq_q + kernel.block_m - 1) // kernel.block_m * heads * batch
+        grid = (min(tiles, kernel.multiprocessors) if kernel.persistent else tiles, 1, 1)
+        kernel.loaded.launch(grid, kernel.params.pack(values, maps), _raw_stream(q.device.index))
+        return out, lse
     grid = ((seq_q + kernel.block_m - 1) // kernel.block_m, heads, batch)
     kernel.loaded.launch(grid, kernel.params.pack(values), _raw_stream(q.device.index))
     return out, lse
