@@ -24,6 +24,11 @@
 namespace flashcore::eval {
 namespace {
 
+// The decode family's handles (family/attention_decode.hpp: kAbiVersion):
+// DecodeParams, filled from the same AttentionParams the other families take.
+constexpr unsigned kDecodeAbi = 3;
+
+
 // Loaded modules kept per worker; a tuning run evaluates hundreds of
 // candidates once each, so old ones are unloaded rather than kept forever.
 constexpr size_t kMaxLoadedKernels = 64;
@@ -141,11 +146,13 @@ std::optional<std::string> kernel_error(const v1::EvalKernel& kernel, const std:
     return field + ".block_threads: " + std::to_string(kernel.block_threads()) +
            " must be in [1, 1024]";
   if (kernel.abi_version() != FLASHCORE_ATTENTION_ABI_VERSION &&
-      kernel.abi_version() != FLASHCORE_ATTENTION_TMA_ABI_VERSION)
+      kernel.abi_version() != FLASHCORE_ATTENTION_TMA_ABI_VERSION &&
+      kernel.abi_version() != kDecodeAbi)
     return field + ".abi_version: " + std::to_string(kernel.abi_version()) +
            ", but this worker fills AttentionParams (version " +
-           std::to_string(FLASHCORE_ATTENTION_ABI_VERSION) + ") or AttentionTmaParams (version " +
-           std::to_string(FLASHCORE_ATTENTION_TMA_ABI_VERSION) + ")";
+           std::to_string(FLASHCORE_ATTENTION_ABI_VERSION) + "), AttentionTmaParams (version " +
+           std::to_string(FLASHCORE_ATTENTION_TMA_ABI_VERSION) + ") or DecodeParams (version " +
+           std::to_string(kDecodeAbi) + ")";
   return std::nullopt;
 }
 
@@ -282,6 +289,7 @@ namespace {
 struct LoadedKernel {
   cuda::Module module;
   CUfunction function = nullptr;
+  CUfunction combine = nullptr;  // the decode family's second kernel, when it has one
   int max_threads = 0;        // per block, given the kernel's registers
   unsigned smem_limit = 0;    // dynamic shared memory limit set on the function
 };
@@ -333,6 +341,9 @@ struct Evaluator::State {
   std::map<std::string, std::unique_ptr<LoadedKernel>> kernels;
   std::deque<std::string> load_order;  // oldest first
   std::atomic<bool> lost{false};
+  // The decode family's workspace, grown as evaluations need (declared after
+  // the context: freed before it is released).
+  cuda::DeviceBuffer decode_workspace;
 };
 
 namespace {
@@ -424,6 +435,29 @@ AttentionParams Evaluation::params(const DeviceTensors& inputs, const DeviceTens
 
 Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta,
                           const AttentionParams& p) {
+  if (meta.abi_version() == kDecodeAbi) {
+    cuda::DecodeLaunchConfig decode;
+    decode.head_dim = problem_.head_dim();
+    decode.packed_rows = static_cast<unsigned>(meta.config().block_m());
+    decode.block_n = static_cast<unsigned>(meta.config().block_n());
+    decode.split_threads = meta.block_threads();
+    decode.split_smem_bytes = meta.dynamic_smem_bytes();
+    decode.fused_combine = meta.config().fused_combine();
+    decode.splits = meta.config().splits();
+    const int splits = cuda::decode_splits_for(decode, p, state_.device.sm_count);
+    const uint64_t bytes = cuda::decode_workspace_for(decode, p, splits);
+    if (bytes > state_.decode_workspace.bytes()) {
+      // Zeroed once: the fused combine's counters start at zero and the
+      // kernels leave them so, launch after launch on this one stream.
+      auto grown = cuda::DeviceBuffer::allocate(static_cast<size_t>(bytes));
+      if (!grown) return grown.error();
+      if (auto s = gpu(grown->fill_bytes(0)); !s) return s;
+      state_.decode_workspace = std::move(grown).value();
+    }
+    const DecodeParams d = cuda::make_decode_params(
+        p, bytes > 0 ? state_.decode_workspace.get() : 0, decode.head_dim, splits);
+    return gpu(cuda::launch_decode(kernel.function, kernel.combine, decode, d, nullptr));
+  }
   cuda::AttentionLaunchConfig config;
   config.block_m = static_cast<unsigned>(meta.config().block_m());
   config.block_x = meta.block_threads();
@@ -745,7 +779,16 @@ Result<const LoadedKernel*> load_kernel(Evaluator::State& state, const v1::EvalK
                         field + ".lowered_name: " + function.error().message);
     auto api = cuda::driver();
     if (!api) return api.error();
-    auto loaded = std::make_unique<LoadedKernel>(LoadedKernel{std::move(module.value()), *function});
+    CUfunction combine = nullptr;
+    if (!kernel.combine_lowered_name().empty()) {
+      auto second = module->function(kernel.combine_lowered_name());
+      if (!second)
+        return make_error(ErrorCode::failed_precondition,
+                          field + ".combine_lowered_name: " + second.error().message);
+      combine = *second;
+    }
+    auto loaded =
+        std::make_unique<LoadedKernel>(LoadedKernel{std::move(module.value()), *function, combine});
     if (auto s = cuda::check((*api)->cuFuncGetAttribute(&loaded->max_threads,
                                                         CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
                                                         *function),

@@ -274,10 +274,6 @@ Result<CompileRequest> parse_validate_request(const v1::ValidateRequest& request
     error.message = "kernel." + error.message;
     return error;
   }
-  if (parsed->spec.template_id == decode_family::kTemplateId)
-    return make_error(ErrorCode::failed_precondition,
-                      "kernel.template_id: the evaluation worker does not run the decode family "
-                      "yet; its kernels are checked by the GPU tests");
   const v1::ValidationOptions& options = request.options();
   const auto repeats = [](const char* field, int value) -> Status {
     if (value < 0 || value > kMaxValidationRepeats)
@@ -307,6 +303,8 @@ void fill_eval_kernel(const v1::KernelHandle& handle, v1::EvalKernel* kernel) {
   kernel->set_dynamic_smem_bytes(handle.launch().dynamic_smem_bytes());
   kernel->set_abi_version(handle.abi().abi_version());
   *kernel->mutable_resources() = handle.resources();
+  for (const auto& step : handle.steps())
+    if (step.role() == "combine") kernel->set_combine_lowered_name(step.lowered_name());
 }
 
 Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpec& spec) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "decode/decode_params.cuh"
+#include "rpc/translate.hpp"
 #include "rpc_test_support.hpp"
 
 namespace flashcore {
@@ -87,6 +88,13 @@ TEST(DecodeFamilyRpc, ServesAMultiKernelHandleAndKeepsItOnDisk) {
     EXPECT_FALSE(unfused.workspace().zero_before_first_use());
     EXPECT_NE(unfused.key(), fused.key());
     unfused_key = unfused.key();
+    // What the evaluation worker gets: both kernels' symbols and the decode ABI.
+    v1::EvalKernel eval;
+    rpc::fill_eval_kernel(unfused, &eval);
+    EXPECT_EQ(eval.abi_version(), 3u);
+    EXPECT_EQ(eval.lowered_name(), unfused.steps(0).lowered_name());
+    EXPECT_EQ(eval.combine_lowered_name(), unfused.steps(1).lowered_name());
+    EXPECT_FALSE(eval.config().fused_combine());
 
     // The handle for another shape of the same kernel: more keys, more splits or the same.
     v1::GetKernelRequest get;
@@ -152,16 +160,7 @@ TEST(DecodeFamilyRpc, RefusesClientsWithoutMultiKernelSupportAndShapesItCannotTa
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(status.error_message().rfind("config.block_m", 0), 0u) << status.error_message();
 
-  // Validate and Tune do not take the family yet: a clear refusal, not a wrong launch.
-  {
-    v1::ValidateRequest validate;
-    *validate.mutable_kernel() = decode_request();
-    grpc::ClientContext context;
-    v1::KernelHandle validated;
-    const grpc::Status refused = stub->Validate(&context, validate, &validated);
-    EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
-    EXPECT_NE(refused.error_message().find("decode"), std::string::npos) << refused.error_message();
-  }
+  // Tune does not search the family yet: a clear refusal, not a failed search.
 
   {
     v1::TuneRequest tune;
