@@ -24,7 +24,6 @@
 
 #include "common/attention_params.cuh"
 #include "eval/attention_reference.hpp"
-#include "common/attention_tma_params.cuh"
 #include "eval/evaluator.hpp"
 #include "eval/worker_service.hpp"
 #include "scratch_dir.hpp"
