@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "family/attention_decode.hpp"
 #include "family/attention_sm90.hpp"
 #include "family/template_catalog.hpp"
 
@@ -26,6 +27,8 @@ auto& axis_of(Axes& axes, TileField field) {
     case TileField::pingpong: return axes.pingpong;
     case TileField::separate_o: return axes.separate_o;
     case TileField::persistent: return axes.persistent;
+    case TileField::fused_combine: return axes.fused_combine;
+    case TileField::splits: return axes.splits;
     case TileField::block_m: break;
   }
   return axes.block_m;
@@ -49,6 +52,8 @@ std::string_view tile_field_name(TileField field) {
     case TileField::pingpong: return "pingpong";
     case TileField::separate_o: return "separate_o";
     case TileField::persistent: return "persistent";
+    case TileField::fused_combine: return "fused_combine";
+    case TileField::splits: return "splits";
   }
   return "?";
 }
@@ -64,6 +69,8 @@ int field_value(const TileConfig& config, TileField field) {
     case TileField::pingpong: return config.pingpong ? 1 : 0;
     case TileField::separate_o: return config.separate_o ? 1 : 0;
     case TileField::persistent: return config.persistent ? 1 : 0;
+    case TileField::fused_combine: return config.fused_combine ? 1 : 0;
+    case TileField::splits: return config.splits;
   }
   return 0;
 }
@@ -79,6 +86,8 @@ void set_field_value(TileConfig& config, TileField field, int value) {
     case TileField::pingpong: config.pingpong = value != 0; break;
     case TileField::separate_o: config.separate_o = value != 0; break;
     case TileField::persistent: config.persistent = value != 0; break;
+    case TileField::fused_combine: config.fused_combine = value != 0; break;
+    case TileField::splits: config.splits = value; break;
   }
 }
 
@@ -97,6 +106,18 @@ double unit_interval(std::mt19937_64& rng) { return static_cast<double>(rng() >>
 bool bernoulli(std::mt19937_64& rng, double p) { return unit_interval(rng) < p; }
 
 SearchSpaceAxes family_axes(std::string_view template_id) {
+  if (template_id == decode_family::kTemplateId) {
+    SearchSpaceAxes axes;
+    axes.block_m = {16, 32, 48, 64};
+    axes.block_n = {32, 64, 128};
+    axes.warps = {1, 2, 3, 4, 6, 8};
+    axes.stages = {2, 3, 4};
+    axes.q_placement = {static_cast<int>(QPlacement::automatic)};
+    axes.smem_layout = {static_cast<int>(SmemLayout::automatic)};
+    axes.fused_combine = {0, 1};
+    axes.splits = {0};
+    return axes;
+  }
   if (template_id != sm90_family::kTemplateId) return SearchSpaceAxes{};
   SearchSpaceAxes axes;
   axes.block_m = {64, 128, 192};

@@ -36,22 +36,30 @@ struct SearchSpaceAxes {
   std::vector<int> pingpong{0};
   std::vector<int> separate_o{0};
   std::vector<int> persistent{0};
+  // The decode family's (0/1, and the key splits: 0 = the family's rule).
+  std::vector<int> fused_combine{0};
+  std::vector<int> splits{0};
 };
 
 // The axes a family is searched over: the defaults above for the sm80 family
 // (attention_fwd); for the Hopper family (attention_fwd_sm90) block_m
 // 64/128/192 with their warp counts, block_n 64..192, 1-3 stages, the enum
-// fields automatic (not its fields) and every switch both ways.
+// fields automatic (not its fields) and every switch both ways; for the
+// decode family packed rows 16-64, block_n 32-128, 1-8 warps, 2-4 stages,
+// fused and separate combine, splits by the rule (a tuning job also drops
+// the configs whose packed rows its shape does not fit).
 SearchSpaceAxes family_axes(std::string_view template_id);
 
 // The fields of a TileConfig as search dimensions, in canonical_config() order.
 enum class TileField {
-  block_m, block_n, warps, stages, q_placement, smem_layout, pingpong, separate_o, persistent
+  block_m, block_n, warps, stages, q_placement, smem_layout, pingpong, separate_o, persistent,
+  fused_combine, splits
 };
-inline constexpr std::array<TileField, 9> kTileFields = {
-    TileField::block_m,     TileField::block_n,  TileField::warps,
-    TileField::stages,      TileField::q_placement, TileField::smem_layout,
-    TileField::pingpong,    TileField::separate_o,  TileField::persistent};
+inline constexpr std::array<TileField, 11> kTileFields = {
+    TileField::block_m,       TileField::block_n,     TileField::warps,
+    TileField::stages,        TileField::q_placement, TileField::smem_layout,
+    TileField::pingpong,      TileField::separate_o,  TileField::persistent,
+    TileField::fused_combine, TileField::splits};
 
 std::string_view tile_field_name(TileField field);  // "block_m", ...
 int field_value(const TileConfig& config, TileField field);

@@ -184,6 +184,13 @@ ALTER TABLE best ADD COLUMN p90_us REAL NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN validated INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN validation_detail TEXT NOT NULL DEFAULT '';
 )sql",
+      // 6: the decode family's config fields (0 on older rows: other families).
+      R"sql(
+ALTER TABLE trials ADD COLUMN fused_combine INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trials ADD COLUMN splits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN fused_combine INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN splits INTEGER NOT NULL DEFAULT 0;
+)sql",
   };
   return steps;
 }
@@ -203,8 +210,9 @@ constexpr std::string_view kScopeKeyWhere =
     "template_id = ? AND dtype = ? AND head_dim = ? AND causal = ? AND bucket = ? AND "
     "device_name = ? AND arch = ?";
 constexpr std::string_view kConfigCols =
-    "block_m, block_n, warps, stages, q_placement, smem_layout, pingpong, separate_o, persistent";
-constexpr int kConfigColCount = 9;
+    "block_m, block_n, warps, stages, q_placement, smem_layout, pingpong, separate_o, persistent, "
+    "fused_combine, splits";
+constexpr int kConfigColCount = 11;
 constexpr std::string_view kToolchainCols = "nvrtc_version, template_source_hash, driver_version";
 constexpr std::string_view kTrialCols =
     "job_id, batch, heads, kv_heads, seq_q, seq_k, cache_key, status, failure_reason, median_us, "
@@ -453,6 +461,7 @@ void bind_config(Statement& st, const TileConfig& c) {
   st.bind(c.block_m).bind(c.block_n).bind(c.warps).bind(c.stages);
   st.bind(q_placement_name(c.q_placement)).bind(smem_layout_name(c.smem_layout));
   st.bind(c.pingpong ? 1 : 0).bind(c.separate_o ? 1 : 0).bind(c.persistent ? 1 : 0);
+  st.bind(c.fused_combine ? 1 : 0).bind(c.splits);
 }
 
 TileConfig read_config(Statement& st) {
@@ -466,6 +475,8 @@ TileConfig read_config(Statement& st) {
   c.pingpong = st.i32() != 0;
   c.separate_o = st.i32() != 0;
   c.persistent = st.i32() != 0;
+  c.fused_combine = st.i32() != 0;
+  c.splits = st.i32();
   return c;
 }
 
@@ -1048,7 +1059,8 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
            "warps = excluded.warps, stages = excluded.stages, "
            "q_placement = excluded.q_placement, smem_layout = excluded.smem_layout, "
            "pingpong = excluded.pingpong, separate_o = excluded.separate_o, "
-           "persistent = excluded.persistent, "
+           "persistent = excluded.persistent, fused_combine = excluded.fused_combine, "
+           "splits = excluded.splits, "
            "batch = excluded.batch, heads = excluded.heads, kv_heads = excluded.kv_heads, "
            "seq_q = excluded.seq_q, seq_k = excluded.seq_k, "
            "nvrtc_version = excluded.nvrtc_version, "

@@ -246,6 +246,18 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   auto space = SearchSpace::create(settings_.problem, *arch, family_axes(settings_.template_id),
                                    settings_.template_id);
   if (!space) return space.error();
+  // A family whose configs fit only some shapes (decode: packed rows) keeps
+  // the ones this job's shape fits.
+  if (const TemplateInfo& fits = template_info(settings_.template_id); fits.shape_error != nullptr) {
+    space->prune([&](const TileConfig& config, std::string* why) {
+      auto error = fits.shape_error(config, settings_.problem, settings_.shape);
+      if (error) *why = *error;
+      return !error;
+    });
+    if (space->empty())
+      return make_error(ErrorCode::invalid_argument,
+                        "no config of " + settings_.template_id + " fits the shape");
+  }
 
   TuningDb& db = *manager_->db_;
   const std::string searcher_name(searcher_kind_name(settings_.searcher));
@@ -308,8 +320,11 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   // first, so a tuned result is never slower than not tuning; then the bests
   // of the nearest tuned buckets (transfer).
   const TemplateInfo& family = template_info(settings_.template_id);
-  std::vector<TileConfig> seeds{family.resolve(family.default_config(settings_.problem),
-                                               settings_.problem)};
+  const TileConfig family_default =
+      family.default_config_for != nullptr
+          ? family.default_config_for(settings_.problem, settings_.shape, *arch)
+          : family.default_config(settings_.problem);
+  std::vector<TileConfig> seeds{family.resolve(family_default, settings_.problem)};
   if (auto near = db.nearest_best(scope, 4); near)
     for (const auto& entry : *near) seeds.push_back(entry.best.config);
 

@@ -1,6 +1,7 @@
 #include "search/search_space.hpp"
 
 #include "family/attention_sm90.hpp"
+#include "family/template_catalog.hpp"
 
 #include <gtest/gtest.h>
 
@@ -49,6 +50,8 @@ const std::vector<int>& axis_values(const SearchSpaceAxes& axes, TileField field
     case TileField::pingpong: return axes.pingpong;
     case TileField::separate_o: return axes.separate_o;
     case TileField::persistent: return axes.persistent;
+    case TileField::fused_combine: return axes.fused_combine;
+    case TileField::splits: return axes.splits;
   }
   return axes.block_m;
 }
@@ -465,6 +468,30 @@ TEST(SearchSpaceTest, HopperFamilySpaceHoldsOnlyValidConfigsWithEverySwitchBothW
   EXPECT_NE(sm80.error().message.find("sm_90a"), std::string::npos) << sm80.error().message;
   // The sm80 family's default axes are unchanged by the Hopper switches.
   EXPECT_EQ(family_axes("attention_fwd").pingpong, std::vector<int>{0});
+}
+
+// The decode family's space: its axes and validity (automatic enum fields,
+// packed rows by 16), both combine modes; a tuning job further keeps the
+// configs whose packed rows its shape fits.
+TEST(SearchSpaceTest, DecodeFamilySpaceHoldsOnlyValidConfigs) {
+  for (int d : {64, 128, 256}) {
+    SCOPED_TRACE("head_dim " + std::to_string(d));
+    const ProblemClass problem{DType::bf16, d, false};
+    auto space = SearchSpace::create(problem, arch("sm_90a"), family_axes("attention_decode"),
+                                     "attention_decode");
+    ASSERT_TRUE(space.ok()) << space.error().message;
+    EXPECT_GE(space->size(), 20u);
+    std::set<int> rows, fused;
+    for (const TileConfig& c : space->configs()) {
+      EXPECT_EQ(template_info("attention_decode").config_error(c, problem, arch("sm_90a")),
+                std::nullopt)
+          << config_label(c);
+      rows.insert(c.block_m);
+      fused.insert(c.fused_combine);
+    }
+    EXPECT_EQ(rows, (std::set<int>{16, 32, 48, 64}));
+    EXPECT_EQ(fused.size(), 2u);
+  }
 }
 
 }  // namespace

@@ -959,12 +959,12 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
         kToolchain.template_source_hash + "', '580.65.06', 1700000001000)");
   }
 
-  ASSERT_EQ(TuningDb::schema_version(), 5);
+  ASSERT_EQ(TuningDb::schema_version(), 6);
   auto db = open_ok(path);
   ASSERT_NE(db, nullptr);
   {
     RawDb raw(path);
-    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "5");
+    EXPECT_EQ(raw.scalar("PRAGMA user_version"), "6");
     EXPECT_EQ(raw.scalar("SELECT pingpong + separate_o + persistent FROM best"), "0");
     // Schema 4: every old row was tuned in (B,S,H,D); no shape means MHA.
     EXPECT_EQ(raw.scalar("SELECT layout || '/' || gqa_ratio FROM best"), "bshd/1");
@@ -1020,7 +1020,7 @@ TEST(TuningDb, SchemaOneFileMigratesAndOldRowsReadAsAutomaticWithNoShape) {
   db.reset();
   ASSERT_NE(open_ok(path), nullptr);
   RawDb raw(path);
-  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "5");
+  EXPECT_EQ(raw.scalar("PRAGMA user_version"), "6");
   EXPECT_EQ(raw.scalar("SELECT count(*) FROM best"), "1");
 }
 
@@ -1033,6 +1033,8 @@ TEST(TuningDb, HopperSwitchesRoundTrip) {
   TileConfig hopper{128, 128, 12, 2};
   hopper.pingpong = true;
   hopper.persistent = true;
+  hopper.fused_combine = true;  // and the decode family's fields, as a row carries any
+  hopper.splits = 9;
   BestRecord best = best_for_scope(scope, hopper, 40.0);
   ASSERT_TRUE(*db->update_best_if_better(best));
   auto stored = db->best_for(scope);
