@@ -876,7 +876,9 @@ grpc::ServerUnaryReactor* FlashCoreService::ListTuningResults(
     auto page = tuning_db_->list_best(request->page_size(), request->page_token());
     if (!page) {
       Error error = page.error();
-      if (error.code == ErrorCode::invalid_argument) error.message = "page_token: " + error.message;
+      // The database's message already names page_token.
+      if (error.code == ErrorCode::invalid_argument && error.message.rfind("page_token:", 0) != 0)
+        error.message = "page_token: " + error.message;
       return to_grpc_status(error);
     }
     for (const auto& best : page->items) fill_best(best, response->add_results());

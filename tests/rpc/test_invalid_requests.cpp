@@ -156,6 +156,17 @@ TEST_F(InvalidRequestTest, ListKernelsRejectsBadPaging) {
   EXPECT_TRUE(list_kernels(*server_->stub, 1000, "", &response).ok());
 }
 
+TEST_F(InvalidRequestTest, ListTuningResultsNamesABadTokenOnce) {
+  v1::ListTuningResultsRequest request;
+  request.set_page_token("zzz");
+  v1::ListTuningResultsResponse response;
+  grpc::ClientContext context;
+  const grpc::Status status = server_->stub->ListTuningResults(&context, request, &response);
+  expect_invalid(status, "page_token", "zzz");
+  const std::string& message = status.error_message();
+  EXPECT_EQ(message.find("page_token", 1), std::string::npos) << "repeated prefix: " << message;
+}
+
 // Request strings echoed into a status are escaped and capped: a 64 KB
 // template id or key with control characters gets a bounded INVALID_ARGUMENT,
 // and the connection it came on keeps serving the calls after it.
