@@ -395,32 +395,7 @@ def check_cfg(cfg, gen, sms, bps, full=True):
 
 
 # ------------------------------------------------------------------ timing
-def graph_timer(fns, reps):
-    """Captures reps calls cycling over fns (one per input set) in a CUDA graph;
-    returns a function that replays it once and gives microseconds per call."""
-    import torch
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for i in range(reps):
-            fns[i % len(fns)]()
-    torch.cuda.synchronize()
-
-    def once():
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) * 1000 / reps
-    once()
-    once.graph = g
-    return once
+graph_timer = cudalab.graph_timer  # shared with the Hopper lab
 
 
 BENCH = [  # (B, H, kv_heads, seq_q, seq_k, D, dtype)

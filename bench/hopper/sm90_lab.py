@@ -219,31 +219,6 @@ CHECK_CASES = [  # (B, H, KVH, SQ, SK, layout)
 ]
 
 
-def time_graph(fn, reps):
-    import torch
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    torch.cuda.synchronize()
-
-    def once():
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) * 1000 / reps
-    once()
-    return once
-
-
 SUITE = [  # (B, H, KVH, S, D, causal)
     (1, 8, 8, 512, 64, False), (16, 8, 8, 512, 64, False), (4, 16, 16, 2048, 64, False),
     (4, 16, 16, 2048, 128, False), (4, 16, 16, 2048, 128, True), (2, 16, 16, 8192, 128, False),
@@ -300,7 +275,7 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None):
             for c in cands:
                 try:
                     launch = Launch(c).prepare(q, k, v, o, None, "bhsd", causal)
-                    timers[c.short()] = time_graph(launch, reps)
+                    timers[c.short()] = cudalab.graph_timer([launch], reps, warmup=2)
                 except Exception as e:  # noqa: BLE001
                     print(f"  {c}: {e}", flush=True)
             for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
@@ -309,7 +284,7 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None):
                         return F.scaled_dot_product_attention(q, kk, vv, is_causal=causal,
                                                               enable_gqa=gqa)
                 try:
-                    timers[name] = time_graph(f, reps)
+                    timers[name] = cudalab.graph_timer([f], reps, warmup=2)
                 except Exception as e:  # noqa: BLE001
                     # A backend without GQA: the user would expand K and V first.
                     print(f"  sdpa {name} enable_gqa: {str(e)[:100]}; timing with K/V expanded",
@@ -317,7 +292,8 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None):
                     ke = k.repeat_interleave(H // KVH, dim=1)
                     ve = v.repeat_interleave(H // KVH, dim=1)
                     try:
-                        timers[name] = time_graph(lambda: f(kk=ke, vv=ve, gqa=False), reps)
+                        timers[name] = cudalab.graph_timer([lambda: f(kk=ke, vv=ve, gqa=False)], reps,
+                                                         warmup=2)
                     except Exception as e2:  # noqa: BLE001
                         print(f"  sdpa {name}: {str(e2)[:100]}", flush=True)
             samples = {n: [] for n in timers}

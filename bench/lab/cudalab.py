@@ -181,3 +181,35 @@ def encode_tensor_map(dtype: str, address: int, dims, strides_bytes, box, swizzl
                                          gdim, gstr, bdim, estr, 0, TMA_SWIZZLE[swizzle], TMA_L2[l2],
                                          1 if oob_nan else 0), "cuTensorMapEncodeTiled")
     return bytes(tmap)
+
+
+# -------------------------------------------------------------------- timing
+def graph_timer(fns, reps, warmup=1):
+    """Captures ``reps`` calls cycling over ``fns`` (one per input set) in a CUDA
+    graph, after ``warmup`` eager rounds of them on a side stream; returns a
+    function that replays the graph once and gives microseconds per call (its
+    ``graph`` attribute keeps the graph)."""
+    import torch
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(warmup):
+            for f in fns:
+                f()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for i in range(reps):
+            fns[i % len(fns)]()
+    torch.cuda.synchronize()
+
+    def once():
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) * 1000 / reps
+    once()
+    once.graph = g
+    return once
