@@ -329,14 +329,19 @@ Result<RuntimeShape> parse_shape_for(const v1::Problem& problem, const KernelSpe
 }
 
 namespace {
+void add_abi_field(v1::KernelAbi* abi, const std::string& name, size_t offset, size_t size,
+                   const char* type) {
+  v1::AbiField* field = abi->add_fields();
+  field->set_name(name);
+  field->set_offset(static_cast<uint32_t>(offset));
+  field->set_size(static_cast<uint32_t>(size));
+  field->set_type(type);
+}
+
 // AttentionParams' fields at `base` within the params struct, named with `prefix`.
 void add_attention_fields(v1::KernelAbi* abi, size_t base, const std::string& prefix) {
   auto add = [abi, base, &prefix](const char* name, size_t offset, size_t size, const char* type) {
-    v1::AbiField* field = abi->add_fields();
-    field->set_name(prefix + name);
-    field->set_offset(static_cast<uint32_t>(base + offset));
-    field->set_size(static_cast<uint32_t>(size));
-    field->set_type(type);
+    add_abi_field(abi, prefix + name, base + offset, size, type);
   };
 #define FLASHCORE_ABI_FIELD(member)                                                \
   add(#member, offsetof(AttentionParams, member), sizeof(AttentionParams::member), \
@@ -390,11 +395,7 @@ void fill_tma_abi(const KernelSpec& spec, v1::KernelAbi* abi) {
                               {"v", offsetof(AttentionTmaParams, v), true},
                               {"o", offsetof(AttentionTmaParams, o), false}};
   for (const Operand& op : operands) {
-    v1::AbiField* field = abi->add_fields();
-    field->set_name(op.name);
-    field->set_offset(static_cast<uint32_t>(op.offset));
-    field->set_size(sizeof(TmaDescriptor));
-    field->set_type("tensormap");
+    add_abi_field(abi, op.name, op.offset, sizeof(TmaDescriptor), "tensormap");
 
     // cuTensorMapEncodeTiled's arguments; the enum values are cuda.h's.
     v1::TensorMapRecipe* map = abi->add_tensor_maps();
@@ -428,16 +429,9 @@ void fill_decode_launch(const CachedKernel& kernel, const RuntimeShape& shape,
   abi->set_params_struct("flashcore::DecodeParams");
   abi->set_abi_version(decode_family::kAbiVersion);
   abi->set_params_size(sizeof(DecodeParams));
-  auto add = [abi](const char* name, size_t offset, size_t size, const char* type) {
-    v1::AbiField* field = abi->add_fields();
-    field->set_name(name);
-    field->set_offset(static_cast<uint32_t>(offset));
-    field->set_size(static_cast<uint32_t>(size));
-    field->set_type(type);
-  };
-#define FLASHCORE_DECODE_FIELD(member)                                       \
-  add(#member, offsetof(DecodeParams, member), sizeof(DecodeParams::member), \
-      abi_type<decltype(DecodeParams::member)>())
+#define FLASHCORE_DECODE_FIELD(member)                                                 \
+  add_abi_field(abi, #member, offsetof(DecodeParams, member), sizeof(DecodeParams::member), \
+                abi_type<decltype(DecodeParams::member)>())
   FLASHCORE_DECODE_FIELD(q);
   FLASHCORE_DECODE_FIELD(k);
   FLASHCORE_DECODE_FIELD(v);
