@@ -88,19 +88,13 @@ struct KernelLauncher::State {
     return workspace.get();
   }
 
+  // Asked once: the launcher's context is one device's.
   Result<int> multiprocessors() {
     std::lock_guard lock(mutex);
     if (sm_count > 0) return sm_count;
-    auto api = cuda::driver();
-    if (!api) return api.error();
-    CUdevice device = 0;
-    if (auto s = cuda::check((*api)->cuCtxGetDevice(&device), "cuCtxGetDevice"); !s)
-      return s.error();
-    if (auto s = cuda::check((*api)->cuDeviceGetAttribute(
-                                 &sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device),
-                             "cuDeviceGetAttribute");
-        !s)
-      return s.error();
+    auto queried = cuda::current_device_multiprocessors();
+    if (!queried) return queried.error();
+    sm_count = *queried;
     return sm_count;
   }
 };
@@ -187,6 +181,11 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
   config.head_dim = handle.problem().head_dim();
   config.block_n = static_cast<unsigned>(handle.config().block_n());
   config.persistent = handle.config().persistent();
+  if (config.persistent) {
+    auto sms = state_->multiprocessors();
+    if (!sms) return sms.error();
+    config.multiprocessors = *sms;
+  }
   return cuda::launch_attention(*function, config, params, stream);
 }
 

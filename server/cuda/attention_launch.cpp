@@ -165,6 +165,20 @@ Result<AttentionTmaParams> encode_attention_tma_params(const AttentionLaunchConf
   return out;
 }
 
+Result<int> current_device_multiprocessors() {
+  auto api = driver();
+  if (!api) return api.error();
+  CUdevice device = 0;
+  int sms = 0;
+  if (auto s = check((*api)->cuCtxGetDevice(&device), "cuCtxGetDevice"); !s) return s.error();
+  if (auto s = check((*api)->cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+                                                  device),
+                     "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)");
+      !s)
+    return s.error();
+  return sms;
+}
+
 namespace {
 Status launch_attention_tma(CUfunction function, const AttentionLaunchConfig& config,
                             const AttentionParams& params, CUstream stream) {
@@ -175,14 +189,12 @@ Status launch_attention_tma(CUfunction function, const AttentionLaunchConfig& co
   long long grid = (static_cast<long long>(params.seq_q) + config.block_m - 1) / config.block_m *
                    params.heads * params.batch;
   if (config.persistent) {
-    CUdevice device = 0;
-    int sms = 0;
-    if (auto s = check((*api)->cuCtxGetDevice(&device), "cuCtxGetDevice"); !s) return s;
-    if (auto s = check((*api)->cuDeviceGetAttribute(
-                           &sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, device),
-                       "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)");
-        !s)
-      return s;
+    int sms = config.multiprocessors;
+    if (sms <= 0) {
+      auto queried = current_device_multiprocessors();
+      if (!queried) return queried.error();
+      sms = *queried;
+    }
     grid = std::min<long long>(grid, sms);
   }
   if (grid > 0x7fffffffLL)

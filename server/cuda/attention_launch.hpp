@@ -52,7 +52,11 @@ struct AttentionLaunchConfig {
   int head_dim = 0;
   unsigned block_n = 0;  // K/V box rows
   bool persistent = false;
+  int multiprocessors = 0;  // the device's, for a persistent grid; 0 = ask the driver each launch
 };
+
+// The multiprocessor count of the current context's device.
+Result<int> current_device_multiprocessors();
 
 // Raises the function's dynamic shared memory limit to `bytes` (the default
 // limit is 48 KB; most tile configs need more). Once per loaded function.

@@ -467,6 +467,7 @@ Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta
   config.head_dim = problem_.head_dim();
   config.block_n = static_cast<unsigned>(meta.config().block_n());
   config.persistent = meta.config().persistent();
+  config.multiprocessors = state_.device.sm_count;
   // The legacy default stream: it orders launches with the cuMemsetD8 poison
   // and the synchronous copies, which a non-blocking stream would not.
   return gpu(cuda::launch_attention(kernel.function, config, p, nullptr));
