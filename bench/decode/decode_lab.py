@@ -247,18 +247,19 @@ def params_bytes(q, k, v, o, lse, ws, B, H, KVH, SQ, SK, splits, scale):
 
 
 class Workspace:
-    """o_partial, lse_partial, split_counters in one buffer (decode_workspace_bytes)."""
+    """split_counters, o_partial, lse_partial in one buffer, as decode_workspace_bytes
+    lays them out; ptrs is (o_partial, lse_partial, split_counters)."""
 
     def __init__(self, B, H, KVH, SQ, D, splits, poison=False):
         import torch
         a = lambda n: (n + 255) // 256 * 256
-        n_o, n_l, n_c = a(4 * B * H * SQ * splits * D), a(4 * B * H * SQ * splits), a(4 * B * KVH)
-        self.buf = torch.zeros(n_o + n_l + n_c, dtype=torch.uint8, device="cuda")
+        n_c, n_o, n_l = a(4 * B * KVH), a(4 * B * H * SQ * splits * D), a(4 * B * H * SQ * splits)
+        self.buf = torch.zeros(n_c + n_o + n_l, dtype=torch.uint8, device="cuda")
         if poison:
-            self.buf[: n_o + n_l].view(torch.float32).fill_(float("nan"))
+            self.buf[n_c:].view(torch.float32).fill_(float("nan"))
         base = self.buf.data_ptr()
-        self.ptrs = (base, base + n_o, base + n_o + n_l)
-        self.counters = self.buf[n_o + n_l:].view(torch.int32)
+        self.ptrs = (base + n_c, base + n_c + n_o, base)
+        self.counters = self.buf[:n_c].view(torch.int32)
 
 
 _kernels = {}

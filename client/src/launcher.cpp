@@ -38,11 +38,10 @@ struct KernelLauncher::State {
   cuda::Context context;
   std::mutex mutex;
   std::unordered_map<std::string, LoadedKernel> kernels;  // by handle key
-  // The decode family's workspace, grown as calls need and zeroed when
-  // (re)allocated: the fused combine's counters must start at zero, and the
-  // kernels leave them so. One workspace per launcher: decode launches
-  // through one launcher must not run concurrently on different streams.
-  cuda::DeviceBuffer workspace;
+  // The decode family's workspace (its split counters kept zero). One per
+  // launcher: decode launches through one launcher must not run
+  // concurrently on different streams.
+  cuda::DecodeWorkspace workspace;
   int sm_count = 0;
 
   explicit State(cuda::Context ctx) : context(std::move(ctx)) {}
@@ -76,16 +75,10 @@ struct KernelLauncher::State {
     return it == kernels.end() ? nullptr : it->second.combine;
   }
 
-  Result<CUdeviceptr> workspace_of(uint64_t bytes) {
+  Result<CUdeviceptr> workspace_for(const cuda::DecodeLaunchConfig& decode,
+                                    const AttentionParams& params, int splits, CUstream stream) {
     std::lock_guard lock(mutex);
-    if (bytes == 0) return CUdeviceptr{0};
-    if (workspace.bytes() < bytes) {
-      auto grown = cuda::DeviceBuffer::allocate(static_cast<size_t>(bytes));
-      if (!grown) return grown.error();
-      if (auto s = grown->fill_bytes(0); !s) return s.error();
-      workspace = std::move(grown).value();
-    }
-    return workspace.get();
+    return workspace.prepare(decode, params, splits, stream);
   }
 
   // Asked once: the launcher's context is one device's.
@@ -163,7 +156,7 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
     auto sms = state_->multiprocessors();
     if (!sms) return sms.error();
     const int splits = cuda::decode_splits_for(decode, params, *sms);
-    auto workspace = state_->workspace_of(cuda::decode_workspace_for(decode, params, splits));
+    auto workspace = state_->workspace_for(decode, params, splits, stream);
     if (!workspace) return workspace.error();
     const DecodeParams d =
         cuda::make_decode_params(params, *workspace, decode.head_dim, splits);

@@ -9,7 +9,7 @@
 // layout changes.
 #pragma once
 
-#define FLASHCORE_DECODE_ABI_VERSION 1
+#define FLASHCORE_DECODE_ABI_VERSION 2
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define FLASHCORE_HOST_DEVICE __host__ __device__
@@ -105,19 +105,27 @@ FLASHCORE_HOST_DEVICE constexpr int decode_smem_bytes(int head_dim, int packed_r
               : warps * 16 * (head_dim + 4 + 2) * 4);
 }
 
-// Workspace bytes for a launch with num_splits > 1 (0 otherwise): o_partial,
-// then lse_partial, then split_counters, each 256-byte aligned.
+// Workspace bytes for a launch with num_splits > 1 (0 otherwise):
+// split_counters first, at offset 0, then o_partial, then lse_partial, each
+// 256-byte aligned. The counters lead so that they stay where they are when
+// one workspace serves calls of other shapes: a caller keeps the first
+// decode_counter_bytes() zero (the kernels leave them so) and zeroes again
+// only when a call needs more counters than it zeroed before; the partials
+// behind them may hold anything.
 FLASHCORE_HOST_DEVICE constexpr long long decode_align256(long long bytes) {
   return (bytes + 255) / 256 * 256;
+}
+FLASHCORE_HOST_DEVICE constexpr long long decode_counter_bytes(int batch, int kv_heads) {
+  return decode_align256(4LL * batch * kv_heads);
 }
 FLASHCORE_HOST_DEVICE constexpr long long decode_workspace_bytes(int batch, int heads, int kv_heads,
                                                                 int seq_q, int head_dim,
                                                                 int num_splits) {
   return num_splits <= 1
              ? 0
-             : decode_align256(4LL * batch * heads * seq_q * num_splits * head_dim) +
-                   decode_align256(4LL * batch * heads * seq_q * num_splits) +
-                   decode_align256(4LL * batch * kv_heads);
+             : decode_counter_bytes(batch, kv_heads) +
+                   decode_align256(4LL * batch * heads * seq_q * num_splits * head_dim) +
+                   decode_align256(4LL * batch * heads * seq_q * num_splits);
 }
 
 // The default number of splits (a tuner may override it). Decode is a stream

@@ -249,6 +249,32 @@ uint64_t decode_workspace_for(const DecodeLaunchConfig& config, const AttentionP
                                                       config.head_dim, num_splits));
 }
 
+Result<CUdeviceptr> DecodeWorkspace::prepare(const DecodeLaunchConfig& config,
+                                             const AttentionParams& params, int num_splits,
+                                             CUstream stream) {
+  const uint64_t bytes = decode_workspace_for(config, params, num_splits);
+  if (bytes == 0) return CUdeviceptr{0};
+  const auto counters = static_cast<uint64_t>(decode_counter_bytes(params.batch, params.kv_heads));
+  if (buffer_.bytes() < bytes || counters > zero_counter_bytes_) {
+    // Earlier launches on the stream may still read the old buffer.
+    if (buffer_.get() != 0) {
+      auto api = driver();
+      if (!api) return api.error();
+      if (auto s = check((*api)->cuStreamSynchronize(stream), "cuStreamSynchronize"); !s)
+        return s.error();
+    }
+    if (buffer_.bytes() < bytes) {
+      buffer_ = DeviceBuffer();
+      auto grown = DeviceBuffer::allocate(static_cast<size_t>(bytes));
+      if (!grown) return grown.error();
+      buffer_ = std::move(grown).value();
+    }
+    if (auto s = buffer_.fill_bytes(0); !s) return s.error();
+    zero_counter_bytes_ = counters;
+  }
+  return buffer_.get();
+}
+
 DecodeParams make_decode_params(const AttentionParams& p, CUdeviceptr workspace, int head_dim,
                                 int num_splits) {
   DecodeParams d{};
@@ -258,12 +284,14 @@ DecodeParams make_decode_params(const AttentionParams& p, CUdeviceptr workspace,
   d.o = p.o;
   d.lse = p.lse;
   if (num_splits > 1 && workspace != 0) {
+    // decode_params.cuh's layout: counters, o_partial, lse_partial.
+    const long long counter_bytes = decode_counter_bytes(p.batch, p.kv_heads);
     const long long o_bytes =
         decode_align256(4LL * p.batch * p.heads * p.seq_q * num_splits * head_dim);
-    const long long lse_bytes = decode_align256(4LL * p.batch * p.heads * p.seq_q * num_splits);
-    d.o_partial = reinterpret_cast<float*>(static_cast<uintptr_t>(workspace));
-    d.lse_partial = reinterpret_cast<float*>(static_cast<uintptr_t>(workspace + o_bytes));
-    d.split_counters = reinterpret_cast<unsigned*>(static_cast<uintptr_t>(workspace + o_bytes + lse_bytes));
+    d.split_counters = reinterpret_cast<unsigned*>(static_cast<uintptr_t>(workspace));
+    d.o_partial = reinterpret_cast<float*>(static_cast<uintptr_t>(workspace + counter_bytes));
+    d.lse_partial =
+        reinterpret_cast<float*>(static_cast<uintptr_t>(workspace + counter_bytes + o_bytes));
   }
   d.q_batch_stride = p.q_batch_stride;
   d.q_head_stride = p.q_head_stride;

@@ -12,6 +12,7 @@
 #include "common/attention_tma_params.cuh"
 #include "decode/decode_params.cuh"
 #include "common/result.hpp"
+#include "cuda/driver_api.hpp"
 
 namespace flashcore::cuda {
 
@@ -100,6 +101,24 @@ uint64_t decode_workspace_for(const DecodeLaunchConfig& config, const AttentionP
 // decode_workspace_bytes counts it) and the split count.
 DecodeParams make_decode_params(const AttentionParams& params, CUdeviceptr workspace,
                                 int head_dim, int num_splits);
+
+// One decode caller's workspace (one call at a time): grown as calls need,
+// its split counters (at offset 0, decode_params.cuh) kept zero. The kernels
+// leave the counters they use at zero, so it zeroes again only when a call
+// needs more counters than any call before it; partials behind them may hold
+// an earlier call's data, which no kernel reads before writing.
+class DecodeWorkspace {
+ public:
+  // The workspace for `params` with `num_splits` (0 when it needs none),
+  // after any work queued on `stream` that may still use it.
+  Result<CUdeviceptr> prepare(const DecodeLaunchConfig& config, const AttentionParams& params,
+                              int num_splits, CUstream stream);
+  size_t bytes() const { return buffer_.bytes(); }
+
+ private:
+  DeviceBuffer buffer_;
+  uint64_t zero_counter_bytes_ = 0;  // the prefix known to be zero
+};
 
 // The split kernel on grid (num_splits, kv_heads, batch), then, unfused with
 // more than one split, the combine kernel. invalid_argument when the call's

@@ -341,9 +341,9 @@ struct Evaluator::State {
   std::map<std::string, std::unique_ptr<LoadedKernel>> kernels;
   std::deque<std::string> load_order;  // oldest first
   std::atomic<bool> lost{false};
-  // The decode family's workspace, grown as evaluations need (declared after
-  // the context: freed before it is released).
-  cuda::DeviceBuffer decode_workspace;
+  // The decode family's workspace, its split counters kept zero (declared
+  // after the context: freed before it is released).
+  cuda::DecodeWorkspace decode_workspace;
 };
 
 namespace {
@@ -445,17 +445,9 @@ Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta
     decode.fused_combine = meta.config().fused_combine();
     decode.splits = meta.config().splits();
     const int splits = cuda::decode_splits_for(decode, p, state_.device.sm_count);
-    const uint64_t bytes = cuda::decode_workspace_for(decode, p, splits);
-    if (bytes > state_.decode_workspace.bytes()) {
-      // Zeroed once: the fused combine's counters start at zero and the
-      // kernels leave them so, launch after launch on this one stream.
-      auto grown = cuda::DeviceBuffer::allocate(static_cast<size_t>(bytes));
-      if (!grown) return grown.error();
-      if (auto s = gpu(grown->fill_bytes(0)); !s) return s;
-      state_.decode_workspace = std::move(grown).value();
-    }
-    const DecodeParams d = cuda::make_decode_params(
-        p, bytes > 0 ? state_.decode_workspace.get() : 0, decode.head_dim, splits);
+    auto workspace = state_.decode_workspace.prepare(decode, p, splits, nullptr);
+    if (!workspace) return gpu(Status(workspace.error()));
+    const DecodeParams d = cuda::make_decode_params(p, *workspace, decode.head_dim, splits);
     return gpu(cuda::launch_decode(kernel.function, kernel.combine, decode, d, nullptr));
   }
   cuda::AttentionLaunchConfig config;

@@ -5,6 +5,10 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <vector>
+
+#include "cuda/attention_launch.hpp"
 #include "decode/decode_params.cuh"
 
 namespace flashcore {
@@ -27,7 +31,10 @@ TEST(DecodeFamily, PacksTheQueryHeadsOfOneKvHead) {
   EXPECT_EQ(decode_family::packed_rows_for(shape(1, 32, 8, 17, 100)), 0);    // 68 rows: prefill
   const ProblemClass bf16_128{DType::bf16, 128, false};
   EXPECT_TRUE(decode_family::serves(bf16_128, shape(4, 64, 8, 1, 16384)));
-  EXPECT_TRUE(decode_family::serves({DType::bf16, 128, true}, shape(1, 32, 8, 1, 10)));
+  // Top-left causal: one query row sees key 0 only, a mask the family does
+  // not apply, so causal is served only with a single key (no mask at all).
+  EXPECT_FALSE(decode_family::serves({DType::bf16, 128, true}, shape(1, 32, 8, 1, 10)));
+  EXPECT_TRUE(decode_family::serves({DType::bf16, 128, true}, shape(1, 32, 8, 1, 1)));
   EXPECT_FALSE(decode_family::serves({DType::bf16, 128, true}, shape(1, 32, 8, 4, 10)))
       << "top-left causal with several query rows is not a decode";
   EXPECT_FALSE(decode_family::serves({DType::fp16, 96, false}, shape(1, 8, 8, 1, 10)));
@@ -116,6 +123,35 @@ TEST(DecodeFamily, LaunchFollowsTheSplitRuleAndSizesTheWorkspace) {
             decode_effective_splits(300, 64, 1000));
   config.splits = 7;
   EXPECT_EQ(decode_family::launch(config, problem, small, 132).num_splits, 7);
+}
+
+// The split counters sit at offset 0 of the workspace whatever the shape, so
+// a workspace reused for another shape keeps them where it zeroed them; the
+// partials follow, and everything fits in decode_workspace_bytes.
+TEST(DecodeFamily, WorkspaceCountersLeadAtOffsetZeroForEveryShape) {
+  const CUdeviceptr base = 0x100000;
+  for (auto [batch, heads, kv_heads, seq_q, splits] :
+       std::vector<std::array<int, 5>>{{1, 32, 8, 1, 16}, {8, 32, 8, 1, 4}, {3, 16, 16, 1, 7},
+                                       {1, 64, 8, 8, 32}}) {
+    AttentionParams p{};
+    p.batch = batch;
+    p.heads = heads;
+    p.kv_heads = kv_heads;
+    p.seq_q = seq_q;
+    const int d = 128;
+    const DecodeParams dp = cuda::make_decode_params(p, base, d, splits);
+    const auto at = [&](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) - base; };
+    EXPECT_EQ(at(dp.split_counters), 0u);
+    const auto counters = static_cast<uintptr_t>(decode_counter_bytes(batch, kv_heads));
+    EXPECT_GE(counters, 4u * batch * kv_heads);
+    EXPECT_EQ(at(dp.o_partial), counters);
+    const uintptr_t o_bytes = 4ull * batch * heads * seq_q * splits * d;
+    EXPECT_GE(at(dp.lse_partial), counters + o_bytes);
+    EXPECT_EQ(at(dp.lse_partial) % 256, 0u);
+    EXPECT_LE(at(dp.lse_partial) + 4ull * batch * heads * seq_q * splits,
+              static_cast<uintptr_t>(decode_workspace_bytes(batch, heads, kv_heads, seq_q, d,
+                                                            splits)));
+  }
 }
 
 }  // namespace
