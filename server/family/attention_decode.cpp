@@ -27,7 +27,9 @@ int packed_rows_for(const RuntimeShape& shape) {
 bool serves(const ProblemClass& problem, const RuntimeShape& shape) {
   if (std::find(kHeadDims.begin(), kHeadDims.end(), problem.head_dim) == kHeadDims.end())
     return false;
-  if (problem.causal && shape.seq_q > 1) return false;
+  // Top-left causal: query row i sees keys 0..i, a mask the decode kernels
+  // do not apply; it is no mask only when there is one key.
+  if (problem.causal && shape.effective_seq_k() > 1) return false;
   return packed_rows_for(shape) != 0;
 }
 
@@ -213,12 +215,23 @@ TileConfig default_config_for(const ProblemClass& problem, const RuntimeShape& s
   return to_tile(decode_family::default_config(problem, shape, arch));
 }
 
+std::optional<std::string> search_skip(const TileConfig& config, const ProblemClass&,
+                                       const RuntimeShape& shape) {
+  const int rows = packed_rows_for(shape);
+  if (rows > 0 && config.block_m > rows)
+    return "the shape's " + std::to_string(rows) + " packed rows fit a " + std::to_string(rows) +
+           "-row tile; " + std::to_string(config.block_m) + " rows only add idle ones";
+  return std::nullopt;
+}
+
 std::optional<std::string> shape_error(const TileConfig& config, const ProblemClass& problem,
                                        const RuntimeShape& shape) {
-  if (problem.causal && shape.seq_q > 1)
-    return field("problem.causal", "the decode family takes causal only with seq_q 1 (top-left "
-                                   "causal rows would see their own index of keys); use a "
-                                   "prefill family");
+  if (problem.causal && shape.effective_seq_k() > 1)
+    return field("problem.causal", "the decode family computes unmasked attention; causal is "
+                                   "top-left aligned (query row i sees keys 0..i), which is a mask "
+                                   "whenever seq_k > 1; decode over a KV cache is causal=false "
+                                   "(every cached key precedes the new rows), or use "
+                                   "attention_fwd / attention_fwd_sm90 for a masked call");
   const int64_t group = shape.heads / std::max<int64_t>(1, shape.effective_kv_heads());
   const int64_t rows = group * shape.seq_q;
   if (rows > config.block_m)

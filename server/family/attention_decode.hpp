@@ -103,6 +103,8 @@ TileConfig default_config_for(const ProblemClass& problem, const RuntimeShape& s
                               const ArchInfo& arch);
 std::optional<std::string> shape_error(const TileConfig& config, const ProblemClass& problem,
                                        const RuntimeShape& shape);
+std::optional<std::string> search_skip(const TileConfig& config, const ProblemClass& problem,
+                                       const RuntimeShape& shape);
 }  // namespace catalog
 
 }  // namespace flashcore::decode_family

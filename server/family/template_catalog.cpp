@@ -31,7 +31,8 @@ std::span<const TemplateInfo> template_catalog() {
        &decode_family::catalog::smem_bytes, &decode_family::catalog::launch_geometry,
        &decode_family::catalog::grid_formula, &decode_family::catalog::default_config, &as_given,
        decode_family::kAbiVersion, &decode_family::catalog::extra_name_expressions,
-       &decode_family::catalog::default_config_for, &decode_family::catalog::shape_error},
+       &decode_family::catalog::default_config_for, &decode_family::catalog::shape_error,
+       &decode_family::catalog::search_skip},
   }};
   return catalog;
 }

@@ -39,6 +39,10 @@ struct TemplateInfo {
                                    const ArchInfo& arch) = nullptr;
   std::optional<std::string> (*shape_error)(const TileConfig& config, const ProblemClass& problem,
                                             const RuntimeShape& shape) = nullptr;
+  // Configs that fit the shape but that a search for it leaves out, with why
+  // (decode: packed tiles larger than the shape's rows only add idle rows).
+  std::optional<std::string> (*search_skip)(const TileConfig& config, const ProblemClass& problem,
+                                            const RuntimeShape& shape) = nullptr;
 };
 
 std::span<const TemplateInfo> template_catalog();

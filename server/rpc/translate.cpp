@@ -181,12 +181,7 @@ Result<CompileRequest> parse_kernel_request(const v1::KernelRequest& request,
 
 Result<CompileRequest> parse_tuning_target(const v1::KernelRequest& request,
                                            std::string_view default_arch) {
-  auto parsed = parse_kernel(request, default_arch, /*with_config=*/false);
-  if (parsed && parsed->spec.template_id == decode_family::kTemplateId)
-    return make_error(ErrorCode::failed_precondition,
-                      "template_id: Tune does not search the decode family yet (its kernels are "
-                      "served with the family's default or a given config)");
-  return parsed;
+  return parse_kernel(request, default_arch, /*with_config=*/false);
 }
 
 namespace {
@@ -489,10 +484,12 @@ void fill_decode_launch(const CachedKernel& kernel, const RuntimeShape& shape,
   v1::Workspace* workspace = handle->mutable_workspace();
   workspace->set_bytes(launch.workspace_bytes);
   workspace->set_layout(
-      "when num_splits > 1: o_partial (fp32 [batch, heads, seq_q, num_splits, head_dim]), then "
-      "lse_partial (fp32 [batch, heads, seq_q, num_splits]), then split_counters (u32 [batch, "
-      "kv_heads]), each at a 256-byte aligned offset (decode_workspace_bytes in "
-      "decode/decode_params.cuh)");
+      "when num_splits > 1: split_counters (u32 [batch, kv_heads]) at offset 0, then o_partial "
+      "(fp32 [batch, heads, seq_q, num_splits, head_dim]), then lse_partial (fp32 [batch, heads, "
+      "seq_q, num_splits]), each at a 256-byte aligned offset (decode_workspace_bytes in "
+      "decode/decode_params.cuh); the counters must be zero before a launch and the kernels "
+      "leave them zero, so a workspace reused for another shape is zeroed again only when the "
+      "call needs more counters than were zeroed before");
   workspace->set_zero_before_first_use(config.fused_combine);
 }
 

@@ -110,12 +110,14 @@ SearchSpaceAxes family_axes(std::string_view template_id) {
     SearchSpaceAxes axes;
     axes.block_m = {16, 32, 48, 64};
     axes.block_n = {32, 64, 128};
-    axes.warps = {1, 2, 3, 4, 6, 8};
+    axes.warps = {2, 4, 8};
     axes.stages = {2, 3, 4};
     axes.q_placement = {static_cast<int>(QPlacement::automatic)};
     axes.smem_layout = {static_cast<int>(SmemLayout::automatic)};
     axes.fused_combine = {0, 1};
-    axes.splits = {0};
+    // 0: the family's split rule for the shape (decode_num_splits); a fixed
+    // count where the bucket's shapes want more or fewer blocks than the rule gives.
+    axes.splits = {0, 8, 16, 32, 64};
     return axes;
   }
   if (template_id != sm90_family::kTemplateId) return SearchSpaceAxes{};

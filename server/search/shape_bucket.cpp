@@ -15,8 +15,8 @@ int log2_floor(int64_t v) {
 
 bool is_power_of_two(int64_t v) { return v > 0 && std::has_single_bit(static_cast<uint64_t>(v)); }
 
-int64_t seq_bucket(int64_t seq) {
-  return std::clamp(next_power_of_two(seq), kMinSeqBucket, kMaxSeqBucket);
+int64_t seq_bucket(int64_t seq, int64_t min_bucket = kMinSeqBucket) {
+  return std::clamp(next_power_of_two(seq), min_bucket, kMaxSeqBucket);
 }
 
 // Reads "<name>=<decimal>;" from the front of `text`, consuming it.
@@ -54,7 +54,7 @@ std::optional<QkvLayout> parse_qkv_layout(std::string_view name) {
 
 ShapeBucket bucket_of(const RuntimeShape& shape, QkvLayout layout) {
   ShapeBucket bucket;
-  bucket.seq_q = seq_bucket(shape.seq_q);
+  bucket.seq_q = seq_bucket(shape.seq_q, kMinQueryBucket);
   bucket.seq_k = seq_bucket(shape.effective_seq_k());
   bucket.batch_heads =
       next_power_of_two(std::max<int64_t>(shape.batch, 1) * std::max<int64_t>(shape.heads, 1));
@@ -86,8 +86,10 @@ std::optional<ShapeBucket> parse_bucket(std::string_view text) {
     return std::nullopt;
   const auto layout = parse_qkv_layout(text.substr(kLayout.size(), text.size() - kLayout.size() - 1));
   if (!layout) return std::nullopt;
-  for (int64_t seq : {*seq_q, *seq_k})
-    if (!is_power_of_two(seq) || seq < kMinSeqBucket || seq > kMaxSeqBucket) return std::nullopt;
+  if (!is_power_of_two(*seq_q) || *seq_q < kMinQueryBucket || *seq_q > kMaxSeqBucket)
+    return std::nullopt;
+  if (!is_power_of_two(*seq_k) || *seq_k < kMinSeqBucket || *seq_k > kMaxSeqBucket)
+    return std::nullopt;
   if (!is_power_of_two(*batch_heads) || !is_power_of_two(*gqa)) return std::nullopt;
   return ShapeBucket{*seq_q, *seq_k, *batch_heads, *gqa, *layout};
 }

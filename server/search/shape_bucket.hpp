@@ -19,6 +19,11 @@ namespace flashcore {
 // between configs fall inside the timing spread, so finer buckets would only
 // multiply tuning jobs that cannot tell configs apart.
 inline constexpr int64_t kMinSeqBucket = 64;
+// Except the query length: below 64 rows every power of two is its own
+// bucket. Those are decode shapes (one new token, or a few speculative ones),
+// where the decode family packs the query heads of a kv head into one tile,
+// so 1, 2 or 8 rows are different tiles and want different configs.
+inline constexpr int64_t kMinQueryBucket = 1;
 // The largest sequence runtime_shape_error() accepts is 2^30, a power of two.
 inline constexpr int64_t kMaxSeqBucket = int64_t{1} << 30;
 
@@ -31,7 +36,7 @@ std::string_view qkv_layout_name(QkvLayout layout);  // "bshd", "bhsd"
 std::optional<QkvLayout> parse_qkv_layout(std::string_view name);
 
 struct ShapeBucket {
-  int64_t seq_q = kMinSeqBucket;  // power of two in [kMinSeqBucket, kMaxSeqBucket]
+  int64_t seq_q = kMinSeqBucket;  // power of two in [kMinQueryBucket, kMaxSeqBucket]
   int64_t seq_k = kMinSeqBucket;  // the same, bucketed separately (cross-attention, KV cache)
   int64_t batch_heads = 1;        // batch * heads rounded up to a power of two (>= 1)
   // Query heads per K/V head (GQA), rounded up to a power of two: 1 for

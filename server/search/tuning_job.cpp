@@ -248,9 +248,13 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   if (!space) return space.error();
   // A family whose configs fit only some shapes (decode: packed rows) keeps
   // the ones this job's shape fits.
+  // and of those the ones worth searching for it (decode: the smallest tile
+  // that holds the rows).
   if (const TemplateInfo& fits = template_info(settings_.template_id); fits.shape_error != nullptr) {
     space->prune([&](const TileConfig& config, std::string* why) {
       auto error = fits.shape_error(config, settings_.problem, settings_.shape);
+      if (!error && fits.search_skip != nullptr)
+        error = fits.search_skip(config, settings_.problem, settings_.shape);
       if (error) *why = *error;
       return !error;
     });

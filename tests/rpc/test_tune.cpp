@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <condition_variable>
 #include <functional>
@@ -68,7 +69,8 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
     // The candidate must be a real compile: a key and a kernel.
     if (request.candidate->key.size() != 64 || !request.candidate->kernel)
       return make_error(ErrorCode::internal, "candidate was not compiled");
-    const TrialOutcome outcome = test::test_objective(request.candidate->config);
+    const TrialOutcome outcome = objective_ ? objective_(request.candidate->config)
+                                            : test::test_objective(request.candidate->config);
     Measurement measured;
     measured.device = device_name(0);
     if (!request.validate) {  // a finalist re-timed: times only
@@ -126,6 +128,12 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
     std::lock_guard lock(mutex_);
     retime_ = std::move(retime);
   }
+  // Scores configs with `objective` instead of the test objective (for a
+  // family whose configs the test objective does not know).
+  void objective_with(std::function<TrialOutcome(const TileConfig&)> objective) {
+    std::lock_guard lock(mutex_);
+    objective_ = std::move(objective);
+  }
   void fail_full_validation(std::vector<TileConfig> configs) {
     std::lock_guard lock(mutex_);
     fail_full_ = std::move(configs);
@@ -171,6 +179,7 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
  private:
   std::vector<std::pair<RuntimeShape, QkvLayout>> shapes_;
   std::function<std::optional<Times>(const TileConfig&)> retime_;
+  std::function<TrialOutcome(const TileConfig&)> objective_;
   std::vector<TileConfig> fail_full_;
   std::vector<TileConfig> full_validated_;
   std::chrono::milliseconds delay_;
@@ -873,6 +882,88 @@ TEST(Tune, OnSm90aTheFasterFamilysBestIsServed) {
     EXPECT_EQ(again->abi().abi_version(), 1u);
     EXPECT_EQ(again->config().block_n(), 64);
   }
+}
+
+// The decode family is tuned like the others: real NVRTC compiles of the
+// split (and combine) kernels, only configs that fit the shape's packed rows,
+// the split count among the searched fields; the best is stored for the
+// decode bucket and Compile use_tuned_config serves it as a decode handle.
+TEST(Tune, TheDecodeFamilyIsTunedAndItsBestServed) {
+  auto d = std::make_unique<TuneDaemon>();
+  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
+    if (path.rfind("decode/", 0) == 0 || path == "common/element_types.cuh" ||
+        path == "common/sm80_primitives.cuh")
+      d->templates.write(path, contents);
+  auto backend = std::make_shared<SyntheticObjectiveBackend>();
+  // Faster with more splits up to 32, with block_n 64, and fused.
+  auto decode_time = [](const TileConfig& c) {
+    const int splits = c.splits == 0 ? 4 : c.splits;
+    return 20.0 + std::abs(std::log2(splits / 32.0)) + (c.block_n == 64 ? 0.0 : 1.0) +
+           (c.fused_combine ? 0.0 : 0.5) + 0.1 * c.stages + 0.01 * c.warps;
+  };
+  backend->objective_with([decode_time](const TileConfig& c) {
+    TrialOutcome outcome;
+    outcome.ok = true;
+    outcome.time_us = decode_time(c);
+    return outcome;
+  });
+  d->start(backend);
+
+  v1::TuneRequest request;
+  v1::KernelRequest* kernel = request.mutable_kernel();
+  kernel->set_template_id("attention_decode");
+  kernel->set_arch("sm_90a");
+  kernel->set_accepts_multi_kernel(true);
+  v1::Problem* problem = kernel->mutable_problem();
+  problem->set_dtype(v1::DTYPE_BF16);
+  problem->set_head_dim(64);
+  problem->set_batch(4);
+  problem->set_heads(32);
+  problem->set_kv_heads(8);  // 4 query heads a kv head: 4 packed rows
+  problem->set_seq_q(1);
+  problem->set_seq_k(4096);
+  request.set_max_evaluations(6);
+  request.set_seed(3);
+  request.set_time_budget_ms(3'600'000);
+
+  std::vector<TileConfig> tried;
+  int space_size = 0;
+  auto result = d->client->tune(request, [&](const v1::TuneProgress& p) {
+    if (p.has_started()) space_size = p.started().space_size();
+    if (p.has_trial()) {
+      TileConfig c = tile_of(p.trial().config());
+      c.fused_combine = p.trial().config().fused_combine();
+      c.splits = p.trial().config().splits();
+      tried.push_back(c);
+    }
+  });
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_EQ(result->template_id(), "attention_decode");
+  EXPECT_GT(space_size, 6);
+  ASSERT_FALSE(tried.empty());
+  // 4 packed rows: the 16-row tile holds them; larger tiles are left out.
+  for (const TileConfig& c : tried) EXPECT_EQ(c.block_m, 16) << config_label(c);
+  // The best is the fastest trial.
+  EXPECT_EQ(result->evaluations(), static_cast<int64_t>(tried.size()));
+  double fastest = 1e9;
+  for (const TileConfig& c : tried) fastest = std::min(fastest, decode_time(c));
+  EXPECT_NEAR(result->median_us(), fastest, 1e-9);
+  EXPECT_NE(result->bucket().find("seq_q=1;"), std::string::npos) << result->bucket();
+
+  // Compile use_tuned_config answers the tuned decode kernel, with its steps.
+  v1::KernelRequest compile = *kernel;
+  compile.set_use_tuned_config(true);
+  compile.set_omit_cubin(true);
+  auto handle = d->client->compile(compile);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->template_id(), "attention_decode");
+  EXPECT_EQ(handle->abi().abi_version(), 3u);
+  EXPECT_EQ(handle->config().block_n(), result->config().block_n());
+  EXPECT_EQ(handle->config().splits(), result->config().splits());
+  EXPECT_EQ(handle->config().fused_combine(), result->config().fused_combine());
+  EXPECT_EQ(handle->key(), result->key());
+  ASSERT_GE(handle->steps_size(), 1);
+  EXPECT_EQ(handle->steps(0).role(), "split");
 }
 
 // The layout and the GQA ratio are part of the tuning key: candidates are

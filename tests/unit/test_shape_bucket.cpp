@@ -26,9 +26,16 @@ TEST(ShapeBucket, SequenceRoundsUpToThePowerOfTwo) {
   EXPECT_EQ(bucket_of(shape(1, 1, int64_t{1} << 30)).seq_q, int64_t{1} << 30);
 }
 
-TEST(ShapeBucket, ShortSequencesShareTheSmallestBucket) {
-  for (int64_t s : {1, 2, 17, 63, 64}) EXPECT_EQ(bucket_of(shape(1, 1, s)).seq_q, 64) << s;
-  EXPECT_EQ(bucket_of(shape(1, 1, 65)).seq_q, 128);
+// Key lengths below 64 share the smallest bucket; query lengths do not:
+// 1, 2, ... 32 query rows are decode shapes whose packed tiles differ.
+TEST(ShapeBucket, ShortKeysShareTheSmallestBucketFewQueryRowsDoNot) {
+  for (int64_t s : {1, 2, 17, 63, 64})
+    EXPECT_EQ(bucket_of(shape(1, 1, 64, s)).seq_k, 64) << s;
+  EXPECT_EQ(bucket_of(shape(1, 1, 64, 65)).seq_k, 128);
+  for (auto [s, b] : std::vector<std::pair<int64_t, int64_t>>{
+           {1, 1}, {2, 2}, {3, 4}, {17, 32}, {63, 64}, {64, 64}, {65, 128}})
+    EXPECT_EQ(bucket_of(shape(1, 1, s, 4096)).seq_q, b) << s;
+  EXPECT_NE(bucket_of(shape(8, 32, 1, 4096)), bucket_of(shape(8, 32, 4, 4096)));
 }
 
 TEST(ShapeBucket, SeqKIsBucketedSeparatelyAndDefaultsToSeqQ) {
@@ -94,7 +101,9 @@ TEST(ShapeBucket, CanonicalTextRoundTripsAndDistinguishesDimensions) {
 TEST(ShapeBucket, ParseRejectsTextCanonicalBucketWouldNotProduce) {
   for (const char* bad :
        {"", "seq_q=1024;seq_k=1024;", "seq_q=1000;seq_k=1024;batch_heads=32;gqa=1;layout=bshd;",
-        "seq_q=32;seq_k=1024;batch_heads=32;gqa=1;layout=bshd;",
+        "seq_q=1024;seq_k=32;batch_heads=32;gqa=1;layout=bshd;",
+        "seq_q=0;seq_k=1024;batch_heads=32;gqa=1;layout=bshd;",
+        "seq_q=3;seq_k=1024;batch_heads=32;gqa=1;layout=bshd;",
         "seq_q=1024;seq_k=1024;batch_heads=0;gqa=1;layout=bshd;",
         "seq_q=1024;seq_k=1024;batch_heads=3;gqa=1;layout=bshd;",
         "seq_k=1024;seq_q=1024;batch_heads=32;gqa=1;layout=bshd;",

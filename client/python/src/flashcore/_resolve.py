@@ -30,6 +30,9 @@ from ._store import HandleStore
 from .errors import FlashCoreError
 
 TEMPLATE = "attention_fwd"
+# The Hopper family (server/family/attention_sm90.hpp): sm_90a, these head dims.
+HOPPER_TEMPLATE = "attention_fwd_sm90"
+HOPPER_HEAD_DIMS = (64, 128, 256)
 # server/search/tile_config.hpp kSupportedHeadDims.
 SUPPORTED_HEAD_DIMS = (32, 64, 96, 128, 256)
 # The sm80 family's default tile per head dim, (block_m, block_n, warps,
@@ -40,6 +43,7 @@ DEFAULT_CONFIGS = {32: (128, 64, 4, 2), 64: (128, 64, 4, 2), 96: (128, 64, 8, 2)
                    128: (128, 64, 8, 2), 256: (64, 32, 4, 2)}
 # server/search/shape_bucket.hpp.
 MIN_SEQ_BUCKET = 64
+MIN_QUERY_BUCKET = 1  # seq_q below 64: every power of two is its own bucket
 MAX_SEQ_BUCKET = 1 << 30
 
 # Codes that mean "no daemon to ask", as opposed to an answer.
@@ -52,13 +56,14 @@ def next_power_of_two(value: int) -> int:
     return 1 if value <= 1 else 1 << (int(value) - 1).bit_length()
 
 
-def seq_bucket(seq: int) -> int:
-    return min(max(next_power_of_two(seq), MIN_SEQ_BUCKET), MAX_SEQ_BUCKET)
+def seq_bucket(seq: int, min_bucket: int = MIN_SEQ_BUCKET) -> int:
+    return min(max(next_power_of_two(seq), min_bucket), MAX_SEQ_BUCKET)
 
 
 def bucket(batch: int, heads: int, seq_q: int, seq_k: int) -> Tuple[int, int, int]:
     """(seq_q, seq_k, batch_heads) bucket, as the daemon computes it."""
-    return seq_bucket(seq_q), seq_bucket(seq_k), next_power_of_two(max(batch, 1) * max(heads, 1))
+    return (seq_bucket(seq_q, MIN_QUERY_BUCKET), seq_bucket(seq_k),
+            next_power_of_two(max(batch, 1) * max(heads, 1)))
 
 
 @dataclass(frozen=True)
