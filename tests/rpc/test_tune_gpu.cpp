@@ -9,6 +9,7 @@
 // healthy configs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <optional>
@@ -22,6 +23,7 @@
 #include "search/search_space.hpp"
 #include "family/tile_config.hpp"
 #include "search/tuning_db.hpp"
+#include "search/tuning_job.hpp"
 
 namespace flashcore {
 namespace {
@@ -204,6 +206,7 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
   ASSERT_EQ(trials.size(), static_cast<size_t>(kEvaluations));
 
   std::optional<double> fastest_ok;
+  std::vector<std::pair<double, TileConfig>> ok_trials;  // (median, config)
   for (int i = 0; i < kEvaluations; ++i) {
     const v1::TuneTrial& trial = trials[i];
     const TileConfig expected = space->at(i);
@@ -222,15 +225,25 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
       EXPECT_GT(trial.tflops(), 0.0);
       if (trial.status() == "ok" && (!fastest_ok || trial.median_us() < *fastest_ok))
         fastest_ok = trial.median_us();
+      if (trial.status() == "ok") ok_trials.emplace_back(trial.median_us(), expected);
     }
   }
 
-  // The result: a healthy config, the fastest ok trial, freshly measured.
+  // The result: a healthy config, one of the finalists (the kFinalists
+  // fastest ok trials, re-timed side by side: its median is the re-timed one).
   const TileConfig best = config_of(result->config());
   EXPECT_FALSE(faults(best)) << config_label(best);
   EXPECT_TRUE(space->contains(best)) << config_label(best);
   ASSERT_TRUE(fastest_ok.has_value());
-  EXPECT_DOUBLE_EQ(result->median_us(), *fastest_ok);
+  std::sort(ok_trials.begin(), ok_trials.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  bool finalist = false;
+  for (size_t i = 0; i < ok_trials.size() && i < kFinalists; ++i)
+    finalist |= ok_trials[i].second == best;
+  EXPECT_TRUE(finalist) << config_label(best) << " is not among the " << kFinalists
+                        << " fastest ok trials";
+  EXPECT_GT(result->median_us(), 0.0);
+  EXPECT_LT(result->median_us(), 2.0 * *fastest_ok);
   EXPECT_FALSE(result->from_database());
   EXPECT_EQ(result->evaluations(), kEvaluations);
   EXPECT_EQ(result->searcher(), "exhaustive");
