@@ -28,13 +28,21 @@ def main() -> int:
     args = parser.parse_args()
     client = flashcore.Client(args.address, timeout=600)
     resolver = _resolve.Resolver(lambda: client, _store.HandleStore(args.cache_dir))
+    # Both families: flashcore.torch picks the Hopper one on sm_90a when
+    # FLASHCORE_TORCH_HOPPER=1, the sm80 one otherwise.
+    hopper = args.arch == "sm_90a"
     for case in gpu_cases.ALL:
-        query = _resolve.Query(case.dtype, case.head_dim, case.causal, args.arch, case.batch,
-                               case.heads, case.kv_heads, case.seq_q, case.seq_k, case.layout,
-                               "")
-        resolved = resolver.resolve(query)
-        print("%-40s %s %s %s" % (case.name, resolved.handle.key[:16], resolved.config_source,
-                                  resolved.handle.config.block_m))
+        templates = [_resolve.TEMPLATE]
+        if hopper and case.head_dim in _resolve.HOPPER_HEAD_DIMS:
+            templates.append(_resolve.HOPPER_TEMPLATE)
+        for template in templates:
+            query = _resolve.Query(case.dtype, case.head_dim, case.causal, args.arch,
+                                   case.batch, case.heads, case.kv_heads, case.seq_q,
+                                   case.seq_k, case.layout, "", template)
+            resolved = resolver.resolve(query)
+            print("%-40s %-20s %s %s %s" % (case.name, template, resolved.handle.key[:16],
+                                            resolved.config_source,
+                                            resolved.handle.config.block_m))
     return 0
 
 

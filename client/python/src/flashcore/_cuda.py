@@ -11,6 +11,7 @@ Nothing here needs PyTorch; the torch layer passes raw pointers and streams.
 """
 
 import ctypes
+from collections import OrderedDict
 import threading
 from typing import Dict, Optional
 
@@ -98,22 +99,39 @@ class Driver:
             self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
 
 
+# The ctypes arrays of one tensor map geometry (everything but the address),
+# built once: a call then only passes its address. Bounded: shapes vary.
+_map_geometries: "OrderedDict[tuple, tuple]" = OrderedDict()
+_MAP_GEOMETRIES = 256
+
+
 def encode_tensor_map(arguments) -> bytes:
     """One CUtensorMap (128 bytes) from _abi.tensor_map_arguments(...)."""
     (data_type, rank, address, dims, strides, box, element_strides, interleave, swizzle, l2,
      oob) = arguments
     api = driver()
-    # CUtensorMap is 64-byte aligned (alignas(64) in cuda.h): encode into an
-    # aligned slice of a larger buffer.
-    raw = ctypes.create_string_buffer(128 + 64)
-    base = ctypes.addressof(raw)
-    aligned = (base + 63) // 64 * 64
-    api.check(api.cuTensorMapEncodeTiled(
-        ctypes.c_void_p(aligned), data_type, rank, ctypes.c_void_p(address), (ctypes.c_uint64 * rank)(*dims),
-        (ctypes.c_uint64 * max(rank - 1, 1))(*strides), (ctypes.c_uint32 * rank)(*box),
-        (ctypes.c_uint32 * rank)(*element_strides), interleave, swizzle, l2, oob),
-        "cuTensorMapEncodeTiled")
-    return ctypes.string_at(aligned, 128)
+    key = (data_type, rank, dims, strides, box, element_strides, interleave, swizzle, l2, oob)
+    prepared = _map_geometries.get(key)
+    if prepared is None:
+        # CUtensorMap is 64-byte aligned (alignas(64) in cuda.h): encode into an
+        # aligned slice of a larger buffer.
+        raw = ctypes.create_string_buffer(128 + 64)
+        aligned = (ctypes.addressof(raw) + 63) // 64 * 64
+        prepared = (raw, ctypes.c_void_p(aligned), (ctypes.c_uint64 * rank)(*dims),
+                    (ctypes.c_uint64 * max(rank - 1, 1))(*strides), (ctypes.c_uint32 * rank)(*box),
+                    (ctypes.c_uint32 * rank)(*element_strides), threading.Lock())
+        _map_geometries[key] = prepared
+        while len(_map_geometries) > _MAP_GEOMETRIES:
+            try:
+                _map_geometries.popitem(last=False)
+            except KeyError:  # emptied by another thread
+                break
+    raw, aligned, dims_c, strides_c, box_c, elements_c, lock = prepared
+    with lock:  # one encode at a time into this geometry's buffer
+        api.check(api.cuTensorMapEncodeTiled(
+            aligned, data_type, rank, ctypes.c_void_p(address), dims_c, strides_c, box_c,
+            elements_c, interleave, swizzle, l2, oob), "cuTensorMapEncodeTiled")
+        return ctypes.string_at(aligned, 128)
 
 
 _driver: Optional[Driver] = None

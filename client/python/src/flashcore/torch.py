@@ -35,6 +35,7 @@ implementation directly, skipping the dispatcher's per-call cost.
 """
 
 import math
+from collections import OrderedDict
 import os
 import threading
 import time
@@ -107,6 +108,9 @@ class _Kernel:
         self.tma = layout.tma
         self.persistent = bool(resolved.handle.config.persistent)
         self.multiprocessors = multiprocessors
+        # Encoded tensor maps by the call's params values (addresses, strides,
+        # shape): a loop over the same tensors encodes them once.
+        self.maps: "OrderedDict[tuple, list]" = OrderedDict()
         config = resolved.handle.config
         self.plan = Plan(resolved.handle.key,
                          "%dx%dw%ds%d" % (config.block_m, config.block_n, config.warps,
@@ -289,10 +293,13 @@ def _sdpa(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool):
 
 
 # The Hopper family (wgmma + TMA, the fast one on H100/H200) is opt-in from
-# Python until this launch path (tensor maps encoded through ctypes) has run
-# on a GPU: FLASHCORE_TORCH_HOPPER=1.
-HOPPER_TEMPLATE = "attention_fwd_sm90"
-HOPPER_HEAD_DIMS = (64, 128, 256)
+# Python, FLASHCORE_TORCH_HOPPER=1: it ran on the H200, but its per-call cost
+# (tensor maps, 55 us a call against the sm80 path's 25) pays off only on
+# large shapes.
+HOPPER_TEMPLATE = _resolve.HOPPER_TEMPLATE
+# Encoded tensor-map sets a Hopper kernel keeps (by pointers, strides and shape).
+_TENSOR_MAP_MEMO = 64
+HOPPER_HEAD_DIMS = _resolve.HOPPER_HEAD_DIMS
 
 
 def _family(arch: str, head_dim: int) -> str:
@@ -400,11 +407,20 @@ def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, k
               *_strides(out, layout),
               batch, heads, kv_heads, seq_q, seq_k, scale, scale * _LOG2E)
     if kernel.tma:
-        names = dict(zip(("attn." + f for f in _abi.FIELDS), values))
-        names.update(head_dim=dims[3], seq_q=seq_q, seq_k=seq_k, heads=heads,
-                     kv_heads=kv_heads, batch=batch)
-        maps = [_cuda.encode_tensor_map(_abi.tensor_map_arguments(recipe, names))
-                for recipe in kernel.params.tensor_maps]
+        memo = values[:4] + values[5:]  # the maps do not depend on the LSE pointer
+        maps = kernel.maps.get(memo)
+        if maps is None:
+            names = dict(zip(("attn." + f for f in _abi.FIELDS), values))
+            names.update(head_dim=dims[3], seq_q=seq_q, seq_k=seq_k, heads=heads,
+                         kv_heads=kv_heads, batch=batch)
+            maps = [_cuda.encode_tensor_map(_abi.tensor_map_arguments(recipe, names))
+                    for recipe in kernel.params.tensor_maps]
+            kernel.maps[memo] = maps
+            while len(kernel.maps) > _TENSOR_MAP_MEMO:
+                try:
+                    kernel.maps.popitem(last=False)
+                except KeyError:  # emptied by another thread
+                    break
         tiles = (seq_q + kernel.block_m - 1) // kernel.block_m * heads * batch
         grid = (min(tiles, kernel.multiprocessors) if kernel.persistent else tiles, 1, 1)
         kernel.loaded.launch(grid, kernel.params.pack(values, maps), _raw_stream(q.device.index))
