@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One device call for the Hopper family: GPU tests from the bundle (fp64 reference,
-# poisoned outputs), compute-sanitizer on the sm90 S=17 cases, HGMMA/LDL counts in
+# One device call for the Hopper and decode families: GPU tests from the bundle (fp64
+# reference, poisoned outputs), compute-sanitizer on the sm90 S=17 and decode S=1x37 cases, HGMMA/LDL counts in
 # the SASS of three served configs. Run from the
 # repo root on the GPU box after deploy/bundle.sh:  OUT=dir bash bench/hopper/device_check.sh
 set -u
@@ -17,9 +17,9 @@ for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done
 export FLASHCORE_ADDRESS=127.0.0.1:$(cat $work/port)
 timeout ${GPU_TEST_TIMEOUT:-200} $B/flashcore_gpu_tests ${GPU_TEST_FILTER:+--gtest_filter=$GPU_TEST_FILTER} 2>&1 > $OUT/gpu_tests.log; echo "gpu tests rc $?"
 grep -E '^\[  (PASSED|FAILED)  \]|FAILED  \]' $OUT/gpu_tests.log | head -20
-grep -E '^\[ result' $OUT/gpu_tests.log | grep sm90_ | awk '{print $4, $6, $8}' | sort -k2 -g | tail -3
+grep -E '^\[ result' $OUT/gpu_tests.log | grep -E 'sm90_|dec_' | awk '{print $4, $6, $8}' | sort -k2 -g | tail -3
 for tool in memcheck racecheck synccheck; do
-  timeout ${SANITIZER_TIMEOUT:-60} compute-sanitizer --tool $tool --error-exitcode 9 $B/flashcore_gpu_tests --gtest_filter='*sm90_*_S17' > $OUT/san_$tool.log 2>&1
+  timeout ${SANITIZER_TIMEOUT:-60} compute-sanitizer --tool $tool --error-exitcode 9 $B/flashcore_gpu_tests --gtest_filter="${SANITIZER_FILTER:-*sm90_*_S17:*dec_*_S1x37}" > $OUT/san_$tool.log 2>&1
   echo "sanitizer $tool rc $? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $OUT/san_$tool.log | tail -1) ok=$(grep -cE '^\[       OK' $OUT/san_$tool.log)"
 done
 python3 - <<'PY'

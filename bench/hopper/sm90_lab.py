@@ -250,7 +250,7 @@ def load_tuned(folder):
     return out
 
 
-def bench(cfgs, dtypes, rounds, out_json, tuned=None):
+def bench(cfgs, dtypes, rounds, out_json, tuned=None, head_dims=None):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -258,6 +258,8 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None):
     rows = []
     for dtype in dtypes:
         for (B, H, KVH, S, D, causal) in SUITE:
+            if head_dims is not None and D not in head_dims:
+                continue
             q, k, v, o = make_inputs(B, H, KVH, S, S, D, dtype, "bhsd", gen)
             flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
             reps = max(2, min(50, int(2e13 / flops) + 1))
@@ -375,7 +377,8 @@ def main():
                   + ("OK" if not fails else "FAIL " + "; ".join(fails[:3])), flush=True)
         print(f"check: {len(cfgs) - nfail}/{len(cfgs)} configs pass", flush=True)
     if args.bench:
-        bench(cfgs, dtypes, args.rounds, args.json, load_tuned(args.tuned) if args.tuned else None)
+        bench(cfgs, dtypes, args.rounds, args.json, load_tuned(args.tuned) if args.tuned else None,
+              head_dims=[int(x) for x in args.d.split(",")])
 
 
 if __name__ == "__main__":

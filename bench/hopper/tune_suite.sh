@@ -14,9 +14,9 @@ work=$(mktemp -d)
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done
 cli=("$bundle/bin/flashcore" --address "127.0.0.1:$(cat "$work/port")" --timeout-ms 600000)
-# B H KVH S D causal
-suite="1,8,8,512,64,0 16,8,8,512,64,0 4,16,16,2048,64,0 4,16,16,2048,128,0 4,16,16,2048,128,1
-2,16,16,8192,128,0 2,16,16,8192,128,1 1,16,16,16384,64,0 1,32,8,8192,128,1 4,16,16,4096,256,0"
+# B H KVH S D causal ($SUITE: a subset, same format)
+suite=${SUITE:-"1,8,8,512,64,0 16,8,8,512,64,0 4,16,16,2048,64,0 4,16,16,2048,128,0 4,16,16,2048,128,1
+2,16,16,8192,128,0 2,16,16,8192,128,1 1,16,16,16384,64,0 1,32,8,8192,128,1 4,16,16,4096,256,0"}
 for dtype in fp16 bf16; do
   for shape in $suite; do
     IFS=, read -r b h kv s d c <<<"$shape"
