@@ -215,6 +215,32 @@ TileConfig default_config_for(const ProblemClass& problem, const RuntimeShape& s
   return to_tile(decode_family::default_config(problem, shape, arch));
 }
 
+std::vector<TileConfig> search_seeds(const ProblemClass& problem, const RuntimeShape& shape,
+                                     const ArchInfo& arch) {
+  // The winners of bench/decode/decode_lab.py's H200 sweep (RESULTS.md §0b),
+  // on the packed tile of the shape: (block_n, warps, stages, fused, splits).
+  struct Seed {
+    int block_n, warps, stages;
+    bool fused;
+    int splits;
+  };
+  static constexpr Seed kSeeds[] = {{32, 2, 3, true, 32}, {128, 4, 3, true, 0},
+                                    {128, 4, 3, false, 0}, {32, 2, 3, false, 0},
+                                    {64, 4, 4, true, 16}};
+  const DecodeConfig base = decode_family::default_config(problem, shape, arch);
+  std::vector<TileConfig> seeds;
+  for (const Seed& s : kSeeds) {
+    DecodeConfig c = base;
+    c.block_n = s.block_n;
+    c.warps = s.warps * (base.packed_rows / 16 > 1 ? base.packed_rows / 16 : 1);
+    c.stages = s.stages;
+    c.fused_combine = s.fused;
+    c.splits = s.splits;
+    if (!config_error(c, problem, arch)) seeds.push_back(to_tile(c));
+  }
+  return seeds;
+}
+
 std::optional<std::string> search_skip(const TileConfig& config, const ProblemClass&,
                                        const RuntimeShape& shape) {
   const int rows = packed_rows_for(shape);

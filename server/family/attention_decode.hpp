@@ -105,6 +105,8 @@ std::optional<std::string> shape_error(const TileConfig& config, const ProblemCl
                                        const RuntimeShape& shape);
 std::optional<std::string> search_skip(const TileConfig& config, const ProblemClass& problem,
                                        const RuntimeShape& shape);
+std::vector<TileConfig> search_seeds(const ProblemClass& problem, const RuntimeShape& shape,
+                                     const ArchInfo& arch);
 }  // namespace catalog
 
 }  // namespace flashcore::decode_family

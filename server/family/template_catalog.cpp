@@ -32,7 +32,7 @@ std::span<const TemplateInfo> template_catalog() {
        &decode_family::catalog::grid_formula, &decode_family::catalog::default_config, &as_given,
        decode_family::kAbiVersion, &decode_family::catalog::extra_name_expressions,
        &decode_family::catalog::default_config_for, &decode_family::catalog::shape_error,
-       &decode_family::catalog::search_skip},
+       &decode_family::catalog::search_skip, &decode_family::catalog::search_seeds},
   }};
   return catalog;
 }

@@ -43,6 +43,11 @@ struct TemplateInfo {
   // (decode: packed tiles larger than the shape's rows only add idle rows).
   std::optional<std::string> (*search_skip)(const TileConfig& config, const ProblemClass& problem,
                                             const RuntimeShape& shape) = nullptr;
+  // Configs a search for the shape tries right after the default: ones that
+  // won on some shapes in the family's measurements (those that do not fit
+  // are dropped by the search).
+  std::vector<TileConfig> (*search_seeds)(const ProblemClass& problem, const RuntimeShape& shape,
+                                          const ArchInfo& arch) = nullptr;
 };
 
 std::span<const TemplateInfo> template_catalog();

@@ -321,14 +321,18 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   const StopConditionPtr stop = any_of(std::move(rules));
 
   // The family's default (what the daemon serves an untuned bucket) is tried
-  // first, so a tuned result is never slower than not tuning; then the bests
-  // of the nearest tuned buckets (transfer).
+  // first, so a tuned result is never slower than not tuning; then the
+  // family's seeds for the shape, then the bests of the nearest tuned
+  // buckets (transfer).
   const TemplateInfo& family = template_info(settings_.template_id);
   const TileConfig family_default =
       family.default_config_for != nullptr
           ? family.default_config_for(settings_.problem, settings_.shape, *arch)
           : family.default_config(settings_.problem);
   std::vector<TileConfig> seeds{family.resolve(family_default, settings_.problem)};
+  if (family.search_seeds != nullptr)
+    for (const TileConfig& seed : family.search_seeds(settings_.problem, settings_.shape, *arch))
+      seeds.push_back(family.resolve(seed, settings_.problem));
   if (auto near = db.nearest_best(scope, 4); near)
     for (const auto& entry : *near) seeds.push_back(entry.best.config);
 

@@ -31,6 +31,7 @@
 #include "search/shape_bucket.hpp"
 #include "search/tuning_db.hpp"
 #include "search/tuning_job.hpp"
+#include "family/attention_decode.hpp"
 #include "family/attention_sm90.hpp"
 #include "jit/template_registry.hpp"
 
@@ -943,6 +944,20 @@ TEST(Tune, TheDecodeFamilyIsTunedAndItsBestServed) {
   ASSERT_FALSE(tried.empty());
   // 4 packed rows: the 16-row tile holds them; larger tiles are left out.
   for (const TileConfig& c : tried) EXPECT_EQ(c.block_m, 16) << config_label(c);
+  // The family's seeds (the lab's winners) are among the first trials.
+  const ProblemClass decode_class{DType::bf16, 64, false};
+  RuntimeShape decode_shape;
+  decode_shape.batch = 4;
+  decode_shape.heads = 32;
+  decode_shape.kv_heads = 8;
+  decode_shape.seq_q = 1;
+  decode_shape.seq_k = 4096;
+  const auto seeds =
+      decode_family::catalog::search_seeds(decode_class, decode_shape, *find_arch("sm_90a"));
+  ASSERT_EQ(seeds.size(), 5u);
+  for (const TileConfig& seed : seeds)
+    EXPECT_NE(std::find(tried.begin(), tried.end(), seed), tried.end())
+        << config_label(seed) << " (a seed) was not tried";
   // The best is the fastest trial.
   EXPECT_EQ(result->evaluations(), static_cast<int64_t>(tried.size()));
   double fastest = 1e9;
