@@ -188,10 +188,10 @@ def main():
         r = lambda x: round(x, 2) if x is not None else None  # noqa: E731
         tb = lambda us: kv_bytes / us / 1e6  # noqa: E731
         row = dict(dtype=dtype, B=B, H=H, kv_heads=KVH, Sq=SQ, Sk=SK, D=D,
-                   tuned_config=label(handles["tuned"]["config"]),
+                   config=label(handles["tuned"]["config"]),
                    tuned_splits=launches["tuned"].splits,
-                   tuned_us=r(med["tuned"]), tuned_spread_pct=r(lab.spread_pct(samples["tuned"])),
-                   tuned_tbps=r(tb(med["tuned"])),
+                   flashcore_us=r(med["tuned"]), spread_pct=r(lab.spread_pct(samples["tuned"])),
+                   tbps=r(tb(med["tuned"])),
                    default_config=label(handles["default"]["config"]) if "default" in med else None,
                    default_us=r(med.get("default")),
                    cudnn_us=r(med.get("cudnn")), flash_us=r(med.get("flash")),
@@ -202,8 +202,8 @@ def main():
                    lse_err=errors["tuned"][3], sdpa_path=sdpa_path, input_sets=nsets,
                    graph_reps=reps, key=handles["tuned"]["key"])
         rows.append(row)
-        print(f"{tag:28} tuned {row['tuned_config']:24} /{row['tuned_splits']:<3} "
-              f"{row['tuned_us']:7.2f} us ±{row['tuned_spread_pct']:.1f}% {row['tuned_tbps']:.2f} TB/s"
+        print(f"{tag:28} tuned {row['config']:24} /{row['tuned_splits']:<3} "
+              f"{row['flashcore_us']:7.2f} us ±{row['spread_pct']:.1f}% {row['tbps']:.2f} TB/s"
               f" | default {row['default_us']} | cudnn {row['cudnn_us']} ({row['vs_cudnn']}x) "
               f"flash {row['flash_us']} ({row['vs_flash']}x) | rel {row['rel_err']:.1e}", flush=True)
         del timers, samples, sets
@@ -220,8 +220,8 @@ def main():
             out.write("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
             for x in rows:
                 out.write(f"| {x['dtype']} | {x['B']} | {x['H']} ({x['kv_heads']}) | {x['Sq']} | "
-                          f"{x['Sk']} | {x['tuned_config']} / {x['tuned_splits']} | {x['tuned_us']} | "
-                          f"±{x['tuned_spread_pct']}% | {x['tuned_tbps']} | {x['default_us']} | "
+                          f"{x['Sk']} | {x['config']} / {x['tuned_splits']} | {x['flashcore_us']} | "
+                          f"±{x['spread_pct']}% | {x['tbps']} | {x['default_us']} | "
                           f"{x['cudnn_us']} | **{x['vs_cudnn']}x** | {x['flash_us']} | "
                           f"{x['vs_flash']}x | {x['rel_err']:.1e} |\n")
     print(f"served decode: {len(rows)} shapes, {failures} handle(s) failed the fp64 check")

@@ -110,7 +110,7 @@ SearchSpaceAxes family_axes(std::string_view template_id) {
     SearchSpaceAxes axes;
     axes.block_m = {16, 32, 48, 64};
     axes.block_n = {32, 64, 128};
-    axes.warps = {2, 4, 8};
+    axes.warps = {2, 3, 4, 6, 8};  // 3 and 6 for the 48-row tile (3 m-tiles)
     axes.stages = {2, 3, 4};
     axes.q_placement = {static_cast<int>(QPlacement::automatic)};
     axes.smem_layout = {static_cast<int>(SmemLayout::automatic)};

@@ -494,5 +494,33 @@ TEST(SearchSpaceTest, DecodeFamilySpaceHoldsOnlyValidConfigs) {
   }
 }
 
+// What a tuning job keeps for a shape (shape_error, then search_skip): only
+// the smallest packed tile that holds its rows, and some of it for every
+// tile size, the 3-m-tile one (48 rows) included.
+TEST(SearchSpaceTest, DecodeSearchKeepsTheShapesOwnTileForEveryRowCount) {
+  const TemplateInfo& decode = template_info("attention_decode");
+  const ProblemClass problem{DType::bf16, 128, false};
+  auto space = SearchSpace::create(problem, arch("sm_90a"), family_axes("attention_decode"),
+                                   "attention_decode");
+  ASSERT_TRUE(space.ok()) << space.error().message;
+  // (heads, kv_heads, seq_q) -> packed tile: 4, 32, 40 and 64 rows.
+  for (auto [heads, kv_heads, seq_q, tile] : std::vector<std::array<int, 4>>{
+           {32, 8, 1, 16}, {32, 8, 8, 32}, {8, 1, 5, 48}, {8, 1, 8, 64}}) {
+    RuntimeShape shape;
+    shape.batch = 2;
+    shape.heads = heads;
+    shape.kv_heads = kv_heads;
+    shape.seq_q = seq_q;
+    shape.seq_k = 4096;
+    size_t kept = 0;
+    for (const TileConfig& c : space->configs()) {
+      if (decode.shape_error(c, problem, shape) || decode.search_skip(c, problem, shape)) continue;
+      EXPECT_EQ(c.block_m, tile) << config_label(c);
+      ++kept;
+    }
+    EXPECT_GE(kept, 20u) << heads << "/" << kv_heads << " x " << seq_q;
+  }
+}
+
 }  // namespace
 }  // namespace flashcore
