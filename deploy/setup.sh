@@ -36,6 +36,7 @@ readonly PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libgtest-dev libgmock-dev libsqlite3-dev libcli11-dev
   nlohmann-json3-dev libtomlplusplus-dev libssl-dev libhiredis-dev redis-server patchelf
+  prometheus-cpp-dev
 )
 
 step() { printf '\n==> %s\n' "$*"; }

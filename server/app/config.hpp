@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 
+#include "app/fleet_config.hpp"
 #include "common/result.hpp"
 
 namespace flashcore {
@@ -28,6 +29,7 @@ struct DaemonConfig {
   std::filesystem::path worker_binary;             // empty = flashcore_worker beside the daemon
   std::chrono::milliseconds evaluation_timeout{120000};  // one evaluation on a GPU worker
   std::filesystem::path tuning_db;                 // SQLite tuning database; empty = <cache_dir>/tuning.db
+  FleetConfig fleet;                               // Redis shared tier, metrics (fleet_config.hpp)
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or

@@ -18,6 +18,8 @@
 #include "jit/compile_pool.hpp"
 #include "jit/nvrtc_compiler.hpp"
 #include "jit/template_registry.hpp"
+#include "metrics/metrics_server.hpp"
+#include "redis/redis_client.hpp"
 #include "rpc/flashcore_service.hpp"
 #include "rpc/tuning_backends.hpp"
 #include "search/tuning_db.hpp"
@@ -107,6 +109,21 @@ std::shared_ptr<eval::WorkerPool> start_workers(const DaemonConfig& config, int 
   return std::shared_ptr<eval::WorkerPool>(std::move(pool).value());
 }
 
+// The Redis shared tier, or null without one. The URL was checked with the
+// config; Redis being unreachable now is no error (the client reconnects).
+std::shared_ptr<RedisStore> start_shared_tier(const FleetConfig& fleet) {
+  if (fleet.redis_url.empty()) return nullptr;
+  auto url = redis::parse_redis_url(fleet.redis_url);
+  if (!url) return nullptr;
+  redis::ClientOptions options;
+  options.connect_timeout = fleet.redis_connect_timeout;
+  options.command_timeout = fleet.redis_command_timeout;
+  auto client = std::make_shared<redis::Client>(*url, options);
+  if (auto pong = client->command({"PING"}); pong)
+    spdlog::info("shared tier: redis {}", url->display());
+  return std::make_shared<RedisStore>(std::move(client));
+}
+
 }  // namespace
 
 struct Daemon::Impl {
@@ -121,6 +138,7 @@ struct Daemon::Impl {
   // service waits for evaluations still running.
   std::shared_ptr<eval::WorkerPool> workers;
   std::unique_ptr<rpc::FlashCoreService> service;
+  std::unique_ptr<metrics::MetricsServer> metrics;  // null without metrics_listen
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 
@@ -159,9 +177,17 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
                              : std::max<size_t>(1, std::thread::hardware_concurrency());
   impl->pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
   impl->compiler = std::make_shared<const NvrtcCompiler>(templates);
-  impl->cache = std::make_shared<KernelCache>(
-      KernelCacheOptions{config.memory_cache_bytes, impl->config.cache_dir, config.disk_cache_bytes}, impl->compiler,
-      impl->pool);
+  KernelCacheOptions cache_options;
+  cache_options.memory_bytes = config.memory_cache_bytes;
+  cache_options.disk_dir = impl->config.cache_dir;
+  cache_options.disk_max_bytes = config.disk_cache_bytes;
+  cache_options.shared = start_shared_tier(config.fleet);
+  impl->cache = std::make_shared<KernelCache>(std::move(cache_options), impl->compiler, impl->pool);
+  if (!config.fleet.metrics_listen.empty()) {
+    auto metrics = metrics::MetricsServer::start(config.fleet.metrics_listen);
+    if (!metrics) return metrics.error();
+    impl->metrics = std::move(metrics).value();
+  }
 
   rpc::ServiceOptions options;
   int device_count = 0;
@@ -213,6 +239,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
   builder.RegisterService(impl->service.get());
+  if (impl->metrics) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(impl->metrics->interceptor_factory());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+    impl->metrics->watch({impl->cache, impl->workers, tuning, tuning_db});
+  }
   impl->server = builder.BuildAndStart();
   if (!impl->server || (impl->port == 0 && !is_unix_address(config.listen_address)))
     return make_error(ErrorCode::unavailable, "cannot listen on " + config.listen_address);
@@ -233,6 +265,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
       impl->config.cache_dir.string(), config.memory_cache_bytes >> 20,
       config.disk_cache_bytes >> 20, threads,
                options.default_arch);
+  if (impl->metrics)
+    spdlog::info("metrics on http://{}:{}/metrics", config.fleet.metrics_listen.substr(
+                     0, config.fleet.metrics_listen.rfind(':')), impl->metrics->port());
   return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }
 
@@ -244,6 +279,8 @@ Daemon::~Daemon() {
 }
 
 int Daemon::port() const { return impl_->port; }
+
+int Daemon::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : 0; }
 
 std::string Daemon::address() const {
   const std::string& listen = impl_->config.listen_address;

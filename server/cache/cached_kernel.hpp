@@ -10,7 +10,8 @@
 
 namespace flashcore {
 
-enum class CacheTier { memory, disk, compiled };
+// shared: the fleet's Redis tier (cache/redis_store).
+enum class CacheTier { memory, disk, compiled, shared };
 std::string_view cache_tier_name(CacheTier tier);
 
 struct CachedKernel {

@@ -165,6 +165,7 @@ v1::CacheTier to_proto(CacheTier tier) {
     case CacheTier::memory: return v1::CACHE_TIER_MEMORY;
     case CacheTier::disk: return v1::CACHE_TIER_DISK;
     case CacheTier::compiled: return v1::CACHE_TIER_COMPILED;
+    case CacheTier::shared: return v1::CACHE_TIER_SHARED;
   }
   return v1::CACHE_TIER_UNSPECIFIED;
 }
