@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "flashcore/client.hpp"
+#include "stats.hpp"
 
 namespace fc = flashcore;
 namespace v1 = flashcore::v1;
@@ -477,6 +478,9 @@ int main(int argc, char** argv) {
   // info
   auto* info = app.add_subcommand("info", "show the daemon's version, NVRTC, GPU and templates");
 
+  fc::cli::StatsOptions stats_options;
+  auto* stats = fc::cli::add_stats_command(app, stats_options);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -497,6 +501,11 @@ int main(int argc, char** argv) {
       int received = 0;
       if (sigwait(&signals, &received) == 0) tune_cancel->cancel();
     }).detach();
+  }
+
+  if (*stats) {  // over HTTP, not gRPC
+    auto rc = fc::cli::run_stats(stats_options, globals.json);
+    return rc ? *rc : fail(globals, rc.error());
   }
 
   auto client = connect(globals);

@@ -107,6 +107,8 @@ class KernelCache {
   std::vector<CachedKernel> list(const std::string& after_key, size_t limit);
 
   CacheStats stats() const;
+  // The shared tier (null without one), for the metrics' Redis figures.
+  const std::shared_ptr<RedisStore>& shared_tier() const { return options_.shared; }
 
  private:
   void compile_task(const std::string& key, const KernelSpec& spec, const RuntimeShape& first_shape);

@@ -206,6 +206,9 @@ class DaemonCollector final : public prometheus::Collectable {
                         MetricType::Gauge);
     bytes.metric.push_back(sample(double(s.memory_bytes), {{"tier", "memory"}}));
     bytes.metric.push_back(sample(double(s.disk_bytes), {{"tier", "disk"}}));
+    if (const auto& shared = cache.shared_tier(); shared && shared->available())
+      if (auto used = shared->server_bytes())
+        bytes.metric.push_back(sample(double(*used), {{"tier", "shared"}}));
     out.push_back(std::move(bytes));
     auto entries = family("flashcore_cache_entries", "entries in the memory tier", MetricType::Gauge);
     entries.metric.push_back(sample(double(s.memory_entries), {{"tier", "memory"}}));

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdio>
 #include <future>
 #include <thread>
 #include <vector>
@@ -234,6 +235,20 @@ TEST(FleetTest, MetricsCountCallsByMethodAndCodeWithLatencies) {
   EXPECT_EQ(metric_value(text, "flashcore_compiles_in_flight"), 0);
   EXPECT_EQ(metric_value(text, "flashcore_shared_tier_up"), 1);
   EXPECT_GE(metric_value(text, "flashcore_tune_jobs", {"status=\"succeeded\""}), 0);
+  EXPECT_GT(metric_value(text, "flashcore_cache_bytes", {"tier=\"shared\""}), 0);
+
+  // `flashcore stats` reads the same page.
+  const std::string command = std::string(FLASHCORE_CLI_PATH) + " stats --metrics 127.0.0.1:" +
+                              std::to_string(fleet.daemons[0]->daemon->metrics_port());
+  FILE* pipe = popen(command.c_str(), "r");
+  ASSERT_NE(pipe, nullptr);
+  std::string printed;
+  char buffer[4096];
+  for (size_t n; (n = fread(buffer, 1, sizeof buffer, pipe)) > 0;) printed.append(buffer, n);
+  EXPECT_EQ(pclose(pipe), 0) << printed;
+  EXPECT_NE(printed.find("compiles               1 run, 0 failed"), std::string::npos) << printed;
+  EXPECT_NE(printed.find("GetKernel            NOT_FOUND"), std::string::npos) << printed;
+  EXPECT_NE(printed.find("shared tier            up"), std::string::npos) << printed;
 }
 
 }  // namespace
