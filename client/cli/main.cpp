@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "flashcore/client.hpp"
+#include "results_transfer.hpp"
 #include "stats.hpp"
 
 namespace fc = flashcore;
@@ -445,6 +446,8 @@ int main(int argc, char** argv) {
   results->add_option("--page-token", results_token, "continue from a previous page")
       ->type_name("TOKEN");
   results->add_flag("--all", results_all, "follow next-page tokens to the end");
+  fc::cli::TransferOptions transfer;
+  auto [results_export, results_import] = fc::cli::add_transfer_commands(*results, transfer);
 
   // get
   auto* get = app.add_subcommand("get", "fetch a cached kernel by key");
@@ -501,6 +504,12 @@ int main(int argc, char** argv) {
       int received = 0;
       if (sigwait(&signals, &received) == 0) tune_cancel->cancel();
     }).detach();
+  }
+
+  if (*results_export || *results_import) {  // on the database file, not over gRPC
+    auto rc = *results_export ? fc::cli::run_export(transfer)
+                              : fc::cli::run_import(transfer, globals.json);
+    return rc ? *rc : fail(globals, rc.error());
   }
 
   if (*stats) {  // over HTTP, not gRPC

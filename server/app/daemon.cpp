@@ -22,6 +22,7 @@
 #include "redis/redis_client.hpp"
 #include "rpc/flashcore_service.hpp"
 #include "rpc/tuning_backends.hpp"
+#include "search/redis_bests.hpp"
 #include "search/tuning_db.hpp"
 #include "search/tuning_job.hpp"
 
@@ -109,9 +110,10 @@ std::shared_ptr<eval::WorkerPool> start_workers(const DaemonConfig& config, int 
   return std::shared_ptr<eval::WorkerPool>(std::move(pool).value());
 }
 
-// The Redis shared tier, or null without one. The URL was checked with the
-// config; Redis being unreachable now is no error (the client reconnects).
-std::shared_ptr<RedisStore> start_shared_tier(const FleetConfig& fleet) {
+// The fleet's Redis (shared tier, locks, tuned bests), or null without one.
+// The URL was checked with the config; Redis being unreachable now is no
+// error (the client reconnects).
+std::shared_ptr<redis::Client> connect_redis(const FleetConfig& fleet) {
   if (fleet.redis_url.empty()) return nullptr;
   auto url = redis::parse_redis_url(fleet.redis_url);
   if (!url) return nullptr;
@@ -121,7 +123,7 @@ std::shared_ptr<RedisStore> start_shared_tier(const FleetConfig& fleet) {
   auto client = std::make_shared<redis::Client>(*url, options);
   if (auto pong = client->command({"PING"}); pong)
     spdlog::info("shared tier: redis {}", url->display());
-  return std::make_shared<RedisStore>(std::move(client));
+  return client;
 }
 
 }  // namespace
@@ -181,7 +183,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   cache_options.memory_bytes = config.memory_cache_bytes;
   cache_options.disk_dir = impl->config.cache_dir;
   cache_options.disk_max_bytes = config.disk_cache_bytes;
-  cache_options.shared = start_shared_tier(config.fleet);
+  std::shared_ptr<redis::Client> redis = connect_redis(config.fleet);
+  if (redis) cache_options.shared = std::make_shared<RedisStore>(redis);
   impl->cache = std::make_shared<KernelCache>(std::move(cache_options), impl->compiler, impl->pool);
   if (!config.fleet.metrics_listen.empty()) {
     auto metrics = metrics::MetricsServer::start(config.fleet.metrics_listen);
@@ -221,10 +224,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   if (backend && tuning_db) {
     TuningManager::Options tuning_options;
     tuning_options.compile_ahead = hooks.tuning_compile_ahead;
+    if (redis) tuning_options.fleet = std::make_shared<RedisBests>(redis);
     tuning = std::make_shared<TuningManager>(
         std::make_shared<rpc::KernelCacheCompiler>(impl->cache, impl->compiler), backend,
         tuning_db, tuning_options);
   }
+  if (redis) options.fleet_bests = std::make_shared<RedisBests>(redis);
   impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options,
                                                           impl->workers, tuning, tuning_db);
 
