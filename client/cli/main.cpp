@@ -370,6 +370,9 @@ int main(int argc, char** argv) {
   compile->add_flag("--tuned", use_tuned,
                     "take the tile config from the daemon's tuning result for this shape's "
                     "bucket (the --block-m/--block-n/--warps/--stages values are ignored)");
+  bool line_info = false;
+  compile->add_flag("--line-info", line_info,
+                    "compile with -lineinfo, for profilers (a larger cubin, and another key)");
 
   // validate: the problem and tile options of compile, plus the matrix's knobs
   auto* validate = app.add_subcommand(
@@ -564,6 +567,7 @@ int main(int argc, char** argv) {
   if (*compile) {
     v1::KernelRequest request = kernel_request(kernel, /*with_tile=*/true);
     request.set_use_tuned_config(use_tuned);
+    request.set_line_info(line_info);
     // Skip the cubin transfer when nothing will use it.
     request.set_omit_cubin(compile_output.empty() && !(globals.json && compile_include_cubin));
     auto handle = client->compile(request);

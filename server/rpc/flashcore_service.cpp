@@ -104,8 +104,10 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
     const CacheLookup& lookup = *result;
     spdlog::debug("Compile {} -> {} ({})", lookup.kernel->compiled.name_expression,
                   lookup.kernel->key, cache_tier_name(lookup.tier));
-    fill_handle(*lookup.kernel, lookup.tier, state.request.shape, state.request.layout,
-                state.omit_cubin, state.response);
+    // A client that holds this kernel gets everything but the cubin.
+    const bool omit = state.omit_cubin || lookup.kernel->key == state.request.cached_key;
+    fill_handle(*lookup.kernel, lookup.tier, state.request.shape, state.request.layout, omit,
+                state.response);
     state.service->attach_validation(state.response);
     finish(state, grpc::Status::OK);
   }
@@ -384,7 +386,8 @@ grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContex
       shape = *requested;
       layout = request->problem().layout();
     }
-    fill_handle(kernel, lookup->tier, shape, layout, request->omit_cubin(), response);
+    fill_handle(kernel, lookup->tier, shape, layout,
+                request->omit_cubin() || request->cached_key() == kernel.key, response);
     attach_validation(response);
     return grpc::Status::OK;
   }();

@@ -218,6 +218,8 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
   parsed.layout = problem.layout();
 
   parsed.spec.arch = request.arch().empty() ? std::string(default_arch) : request.arch();
+  parsed.spec.line_info = request.line_info();
+  parsed.cached_key = request.cached_key();
   const auto arch = find_arch(parsed.spec.arch);
   if (!arch)
     return invalid("arch: '" + parsed.spec.arch + "' is not supported (" + supported_arch_list() +
