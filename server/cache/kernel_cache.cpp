@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cache/cache_key.hpp"
+#include "common/digest.hpp"
 
 namespace flashcore {
 namespace {
@@ -25,6 +26,12 @@ CachedKernel without_cubin(const CachedKernel& entry) {
   copy.cubin_size = entry.compiled.cubin.size();
   copy.compiled.cubin.clear();
   return copy;
+}
+
+// An entry as the memory tier keeps it: with its cubin's digest.
+std::shared_ptr<const CachedKernel> sealed(CachedKernel&& entry) {
+  entry.cubin_sha256 = sha256_hex(entry.compiled.cubin);
+  return std::make_shared<const CachedKernel>(std::move(entry));
 }
 
 }  // namespace
@@ -58,7 +65,7 @@ KernelCache::Ticket KernelCache::get_or_compile(const KernelSpec& spec,
   ++memory_misses_;
   if (disk_) {
     if (auto loaded = disk_->load(key)) {
-      auto entry = std::make_shared<const CachedKernel>(std::move(*loaded));
+      auto entry = sealed(std::move(*loaded));
       memory_.put(entry);
       ++disk_hits_;
       done(CacheLookup{std::move(entry), CacheTier::disk});
@@ -181,6 +188,7 @@ void KernelCache::compile_task(const std::string& key, const KernelSpec& spec,
     entry->compiled = std::move(compiled).value();
     entry->cubin_size = entry->compiled.cubin.size();
     entry->created_unix_ms = now_unix_ms();
+    entry->cubin_sha256 = sha256_hex(entry->compiled.cubin);
     if (disk_) {
       // DiskStore logs an unwritable folder once; the kernel is still served
       // from memory.
@@ -209,7 +217,7 @@ std::shared_ptr<const CachedKernel> KernelCache::load_shared(const std::string& 
     if (Status stored = disk_->store(*loaded); !stored.ok())
       spdlog::debug("cache entry {} not stored: {}", key, stored.error().message);
   }
-  auto entry = std::make_shared<const CachedKernel>(std::move(*loaded));
+  auto entry = sealed(std::move(*loaded));
   memory_.put(entry);
   ++shared_hits_;
   return entry;
@@ -286,7 +294,7 @@ Result<CacheLookup> KernelCache::get(const std::string& key) {
   ++memory_misses_;
   if (disk_) {
     if (auto loaded = disk_->load(key)) {
-      auto entry = std::make_shared<const CachedKernel>(std::move(*loaded));
+      auto entry = sealed(std::move(*loaded));
       memory_.put(entry);
       ++disk_hits_;
       return CacheLookup{std::move(entry), CacheTier::disk};

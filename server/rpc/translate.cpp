@@ -508,7 +508,8 @@ void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape&
   handle->set_lowered_name(compiled.lowered_name);
   if (!omit_cubin) handle->set_cubin(compiled.cubin);
   handle->set_cubin_size(compiled.cubin.empty() ? kernel.cubin_size : compiled.cubin.size());
-  if (!compiled.cubin.empty()) handle->set_cubin_sha256(sha256_hex(compiled.cubin));
+  if (!kernel.cubin_sha256.empty()) handle->set_cubin_sha256(kernel.cubin_sha256);
+  else if (!compiled.cubin.empty()) handle->set_cubin_sha256(sha256_hex(compiled.cubin));
   handle->set_arch(kernel.spec.arch);
   fill_problem(kernel.spec.problem, shape, layout, handle->mutable_problem());
   fill_config(kernel.spec.config, handle->mutable_config());
