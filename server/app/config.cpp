@@ -237,6 +237,12 @@ std::filesystem::path default_cache_dir() {
   return std::filesystem::temp_directory_path() / "flashcore-cache";
 }
 
+std::filesystem::path default_state_dir() {
+  if (auto xdg = env("XDG_STATE_HOME")) return std::filesystem::path(*xdg) / "flashcore";
+  if (auto home = env("HOME")) return std::filesystem::path(*home) / ".local" / "state" / "flashcore";
+  return std::filesystem::temp_directory_path() / "flashcore-state";
+}
+
 Result<DaemonConfig> load_config(int argc, const char* const* argv) {
   CLI::App app{"flashcored: compiles attention kernel templates with NVRTC and serves the cubins",
                argc > 0 ? argv[0] : "flashcored"};
@@ -280,7 +286,8 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
   num("--evaluation-timeout-ms", flags.evaluation_timeout_ms,
       "longest one evaluation may run on a GPU worker before the worker is killed and restarted");
   str("--tuning-db", flags.tuning_db,
-      "SQLite tuning database (FLASHCORE_TUNING_DB; default: <cache-dir>/tuning.db)");
+      "SQLite tuning database (FLASHCORE_TUNING_DB; default: $XDG_STATE_HOME/flashcore/tuning.db, "
+      "else ~/.local/state/flashcore/tuning.db)");
   add_fleet_flags(app, flags.fleet);
 
   try {

@@ -110,6 +110,22 @@ std::shared_ptr<eval::WorkerPool> start_workers(const DaemonConfig& config, int 
   return std::shared_ptr<eval::WorkerPool>(std::move(pool).value());
 }
 
+// $XDG_STATE_HOME/flashcore/tuning.db (else ~/.local/state/...): state, not
+// cache, since a cache may be wiped and tuning results must not be. A
+// database left where the default used to be (<cache_dir>/tuning.db) is
+// still used, with a note, while the new place has none.
+std::filesystem::path default_tuning_db(const std::filesystem::path& cache_dir) {
+  const std::filesystem::path state = default_state_dir() / "tuning.db";
+  const std::filesystem::path legacy = cache_dir / "tuning.db";
+  std::error_code ec;
+  if (!std::filesystem::exists(state, ec) && std::filesystem::exists(legacy, ec)) {
+    spdlog::warn("tuning database {} is in the cache folder; move it to {} (or set tuning_db)",
+                 legacy.string(), state.string());
+    return legacy;
+  }
+  return state;
+}
+
 // The fleet's Redis (shared tier, locks, tuned bests), or null without one.
 // The URL was checked with the config; Redis being unreachable now is no
 // error (the client reconnects).
@@ -204,9 +220,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
 
   // Tuning: the database always (results are served without a GPU too), the
   // manager only with something to measure on.
-  const std::filesystem::path db_path = config.tuning_db.empty()
-                                            ? impl->config.cache_dir / "tuning.db"
-                                            : config.tuning_db;
+  const std::filesystem::path db_path =
+      config.tuning_db.empty() ? default_tuning_db(impl->config.cache_dir) : config.tuning_db;
   std::error_code ignored;
   std::filesystem::create_directories(db_path.parent_path(), ignored);
   std::shared_ptr<TuningDb> tuning_db;

@@ -10,6 +10,7 @@
 
 #include "app/config.hpp"
 #include "redis/redis_client.hpp"
+#include "rpc_test_support.hpp"
 
 namespace flashcore {
 namespace {
@@ -89,6 +90,36 @@ TEST(FleetConfigTest, FlagsTomlAndEnvironmentSetTheFleet) {
   ASSERT_FALSE(bad_timeout.ok());
   EXPECT_NE(bad_timeout.error().message.find("redis_command_timeout_ms"), std::string::npos);
   std::filesystem::remove(toml);
+}
+
+// The tuning database is state, not cache: $XDG_STATE_HOME/flashcore by
+// default; one left in the cache folder by an older daemon is still used.
+TEST(FleetConfigTest, TheTuningDatabaseDefaultsToTheStateFolder) {
+  test_support::ScratchDir state;
+  const char* saved = std::getenv("XDG_STATE_HOME");
+  const std::string saved_value = saved ? saved : "";
+  setenv("XDG_STATE_HOME", state.path().c_str(), 1);
+  {
+    auto server = rpc_testing::start_small_template_daemon(
+        [](DaemonConfig& config) { config.tuning_db.clear(); });
+    ASSERT_NE(server, nullptr);
+    EXPECT_TRUE(std::filesystem::exists(state / "flashcore/tuning.db"));
+    EXPECT_FALSE(std::filesystem::exists(server->cache / "tuning.db"));
+  }
+  {
+    test_support::ScratchDir other_state;
+    setenv("XDG_STATE_HOME", other_state.path().c_str(), 1);
+    const std::filesystem::path made = state / "flashcore/tuning.db";
+    auto server = rpc_testing::start_small_template_daemon([&](DaemonConfig& config) {
+      config.tuning_db.clear();
+      std::filesystem::copy_file(made, config.cache_dir / "tuning.db");
+    });
+    ASSERT_NE(server, nullptr);
+    EXPECT_FALSE(std::filesystem::exists(other_state / "flashcore/tuning.db"));
+    EXPECT_TRUE(std::filesystem::exists(server->cache / "tuning.db"));
+  }
+  if (saved) setenv("XDG_STATE_HOME", saved_value.c_str(), 1);
+  else unsetenv("XDG_STATE_HOME");
 }
 
 }  // namespace
