@@ -232,7 +232,16 @@ Result<Reply> Client::command(const std::vector<std::string_view>& argv, bool re
                             (context->err ? std::string(context->errstr) : "no reply");
     if (reply != nullptr) freeReplyObject(reply);
     redisFree(context);
-    if (pooled && retry_stale && closed) return command(argv, /*retry_stale=*/false);
+    if (pooled && retry_stale && closed) {
+      // The other pooled connections date from the same server: drop them too.
+      std::vector<redisContext*> stale;
+      {
+        std::lock_guard lock(mutex_);
+        stale.swap(idle_);
+      }
+      for (redisContext* old : stale) redisFree(old);
+      return command(argv, /*retry_stale=*/false);
+    }
     mark_down(why);
     return make_error(ErrorCode::unavailable, why);
   }

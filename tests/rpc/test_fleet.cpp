@@ -202,6 +202,27 @@ TEST(FleetTest, ACorruptedRedisEntryIsDetectedDeletedAndReplaced) {
   EXPECT_EQ(third.tier(), v1::CACHE_TIER_SHARED);
 }
 
+// A Redis restarted between two commands: the pooled connections it closed
+// are replaced at once, and the server is never taken for down.
+TEST(RedisClientTest, ARestartBetweenCommandsCostsNoOutage) {
+  RedisServer redis;
+  ASSERT_TRUE(redis.start());
+  redis::Client client(redis.parsed_url(), {});
+  // Several connections in the pool: commands from threads at once.
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&] {
+      for (int j = 0; j < 50; ++j) ASSERT_TRUE(client.command({"PING"}).ok());
+    });
+  for (auto& thread : threads) thread.join();
+  redis.kill_now();
+  ASSERT_TRUE(redis.start());
+  auto pong = client.command({"PING"});
+  ASSERT_TRUE(pong.ok()) << pong.error().message;
+  EXPECT_TRUE(client.available());
+  EXPECT_EQ(client.failures(), 0u);
+}
+
 TEST(FleetTest, MetricsCountCallsByMethodAndCodeWithLatencies) {
   Fleet fleet;
   ASSERT_TRUE(fleet.start(1));
