@@ -7,7 +7,7 @@
 set -euo pipefail
 bundle=$(cd "$1" && pwd); templates=$(cd "$2" && pwd); out=$3; shift 3
 work=$(mktemp -d)
-"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
+"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" --tuning-db "$work/tuning.db" \
   --templates-dir "$templates" --log-level warn &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done

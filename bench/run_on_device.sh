@@ -29,7 +29,7 @@ work=$(mktemp -d)
 # FLASHCORE_DAEMON_ARGS: extra daemon flags, e.g. --templates-dir DIR to check
 # a template edit with an existing bundle.
 # shellcheck disable=SC2086
-"$bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
+"$bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" --tuning-db "$work/tuning.db" \
   --log-level warn ${FLASHCORE_DAEMON_ARGS:-} >"$out/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done

@@ -11,7 +11,7 @@ shapes=("${@:-4,16,2048,64,0 16,8,512,64,0 4,16,2048,128,0}")
 read -r -a shapes <<<"${shapes[*]}"
 mkdir -p "$out"
 work=$(mktemp -d)
-"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
+"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" --tuning-db "$work/tuning.db" \
   --log-level warn >"$out/tune_daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done

@@ -36,6 +36,7 @@ readonly PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libgtest-dev libgmock-dev libsqlite3-dev libcli11-dev
   nlohmann-json3-dev libtomlplusplus-dev libssl-dev libhiredis-dev redis-server patchelf
+  prometheus-cpp-dev
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -109,7 +110,8 @@ build() {
 
 # The Python client's tests (tests/python, run by ctest through
 # tests/python/run_pytest.sh) need grpcio, grpcio-tools, protobuf, pytest and
-# setuptools from PyPI. They go into a virtual environment in the build folder,
+# setuptools from PyPI; the Kubernetes manifests' check (deploy/k8s/validate.py)
+# needs kubernetes-validate (with PyYAML). They go into a virtual environment in the build folder,
 # never into the system's Python, and only when one is missing.
 install_python_test_packages() {
   step "Checking the Python test packages (grpcio, grpcio-tools, protobuf, pytest)"
@@ -124,14 +126,14 @@ install_python_test_packages() {
   if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv" || die "python3 -m venv $venv failed"
   fi
-  if "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, pytest, setuptools' 2>/dev/null; then
+  if "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, pytest, setuptools, kubernetes_validate, yaml' 2>/dev/null; then
     echo "installed in $venv"
     return
   fi
   "$venv/bin/python" -m pip install --disable-pip-version-check --quiet \
-    grpcio grpcio-tools protobuf pytest setuptools \
+    grpcio grpcio-tools protobuf pytest setuptools kubernetes-validate pyyaml \
     || die "pip install into $venv failed (the Python tests need PyPI)"
-  echo "installed grpcio, grpcio-tools, protobuf, pytest, setuptools into $venv"
+  echo "installed grpcio, grpcio-tools, protobuf, pytest, setuptools, kubernetes-validate, pyyaml into $venv"
 }
 
 run_tests() {

@@ -9,7 +9,7 @@ set -uo pipefail
 bundle=$(cd "$1" && pwd); out=$2; evals=${3:-12}
 mkdir -p "$out/tuned"
 work=$(mktemp -d)
-"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
+"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" --tuning-db "$work/tuning.db" \
   --log-level warn >"$out/tune_daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done

@@ -22,6 +22,8 @@
 #include <unistd.h>
 
 #include "flashcore/client.hpp"
+#include "results_transfer.hpp"
+#include "stats.hpp"
 
 namespace fc = flashcore;
 namespace v1 = flashcore::v1;
@@ -368,6 +370,9 @@ int main(int argc, char** argv) {
   compile->add_flag("--tuned", use_tuned,
                     "take the tile config from the daemon's tuning result for this shape's "
                     "bucket (the --block-m/--block-n/--warps/--stages values are ignored)");
+  bool line_info = false;
+  compile->add_flag("--line-info", line_info,
+                    "compile with -lineinfo, for profilers (a larger cubin, and another key)");
 
   // validate: the problem and tile options of compile, plus the matrix's knobs
   auto* validate = app.add_subcommand(
@@ -444,6 +449,8 @@ int main(int argc, char** argv) {
   results->add_option("--page-token", results_token, "continue from a previous page")
       ->type_name("TOKEN");
   results->add_flag("--all", results_all, "follow next-page tokens to the end");
+  fc::cli::TransferOptions transfer;
+  auto [results_export, results_import] = fc::cli::add_transfer_commands(*results, transfer);
 
   // get
   auto* get = app.add_subcommand("get", "fetch a cached kernel by key");
@@ -477,6 +484,9 @@ int main(int argc, char** argv) {
   // info
   auto* info = app.add_subcommand("info", "show the daemon's version, NVRTC, GPU and templates");
 
+  fc::cli::StatsOptions stats_options;
+  auto* stats = fc::cli::add_stats_command(app, stats_options);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -497,6 +507,17 @@ int main(int argc, char** argv) {
       int received = 0;
       if (sigwait(&signals, &received) == 0) tune_cancel->cancel();
     }).detach();
+  }
+
+  if (*results_export || *results_import) {  // on the database file, not over gRPC
+    auto rc = *results_export ? fc::cli::run_export(transfer)
+                              : fc::cli::run_import(transfer, globals.json);
+    return rc ? *rc : fail(globals, rc.error());
+  }
+
+  if (*stats) {  // over HTTP, not gRPC
+    auto rc = fc::cli::run_stats(stats_options, globals.json);
+    return rc ? *rc : fail(globals, rc.error());
   }
 
   auto client = connect(globals);
@@ -546,6 +567,7 @@ int main(int argc, char** argv) {
   if (*compile) {
     v1::KernelRequest request = kernel_request(kernel, /*with_tile=*/true);
     request.set_use_tuned_config(use_tuned);
+    request.set_line_info(line_info);
     // Skip the cubin transfer when nothing will use it.
     request.set_omit_cubin(compile_output.empty() && !(globals.json && compile_include_cubin));
     auto handle = client->compile(request);

@@ -248,6 +248,8 @@ std::string tier_label(v1::CacheTier tier) {
       return "disk cache";
     case v1::CACHE_TIER_COMPILED:
       return "compiled now";
+    case v1::CACHE_TIER_SHARED:
+      return "shared cache (fleet)";
     default:
       return "unspecified";
   }

@@ -46,6 +46,7 @@ struct Layer {
   std::optional<std::string> worker_binary;
   std::optional<std::string> tuning_db;
   std::optional<int64_t> evaluation_timeout_ms;
+  FleetLayer fleet;
 };
 
 template <typename T>
@@ -70,6 +71,7 @@ void apply(Layer& base, const Layer& top) {
   over(base.worker_binary, top.worker_binary);
   over(base.tuning_db, top.tuning_db);
   over(base.evaluation_timeout_ms, top.evaluation_timeout_ms);
+  apply_fleet(base.fleet, top.fleet);
 }
 
 Result<Layer> read_toml(const std::string& path) {
@@ -117,6 +119,7 @@ Result<Layer> read_toml(const std::string& path) {
     else if (k == "worker_binary") status = string_key(k, node, layer.worker_binary);
     else if (k == "tuning_db") status = string_key(k, node, layer.tuning_db);
     else if (k == "evaluation_timeout_ms") status = int_key(k, node, layer.evaluation_timeout_ms);
+    else if (auto fleet = read_fleet_toml_key(k, node, path, layer.fleet)) status = *fleet;
     else
       // A misspelt key silently ignored would leave a setting at its default.
       return bad_setting("config file " + path + ": unknown key '" + std::string(k) + "'");
@@ -134,6 +137,7 @@ Layer read_env() {
   layer.default_arch = env("FLASHCORE_DEFAULT_ARCH");
   layer.worker_binary = env("FLASHCORE_WORKER_BINARY");
   layer.tuning_db = env("FLASHCORE_TUNING_DB");
+  layer.fleet = read_fleet_env();
   return layer;
 }
 
@@ -218,6 +222,9 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     if (!ms) return ms.error();
     config.evaluation_timeout = std::chrono::milliseconds(*ms);
   }
+  auto fleet = resolve_fleet(layer.fleet);
+  if (!fleet) return fleet.error();
+  config.fleet = std::move(fleet).value();
   return config;
 }
 
@@ -228,6 +235,12 @@ std::filesystem::path default_cache_dir() {
   if (auto home = env("HOME")) return std::filesystem::path(*home) / ".cache" / "flashcore";
   // No home (a bare service account): somewhere writable rather than nowhere.
   return std::filesystem::temp_directory_path() / "flashcore-cache";
+}
+
+std::filesystem::path default_state_dir() {
+  if (auto xdg = env("XDG_STATE_HOME")) return std::filesystem::path(*xdg) / "flashcore";
+  if (auto home = env("HOME")) return std::filesystem::path(*home) / ".local" / "state" / "flashcore";
+  return std::filesystem::temp_directory_path() / "flashcore-state";
 }
 
 Result<DaemonConfig> load_config(int argc, const char* const* argv) {
@@ -273,7 +286,9 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
   num("--evaluation-timeout-ms", flags.evaluation_timeout_ms,
       "longest one evaluation may run on a GPU worker before the worker is killed and restarted");
   str("--tuning-db", flags.tuning_db,
-      "SQLite tuning database (FLASHCORE_TUNING_DB; default: <cache-dir>/tuning.db)");
+      "SQLite tuning database (FLASHCORE_TUNING_DB; default: $XDG_STATE_HOME/flashcore/tuning.db, "
+      "else ~/.local/state/flashcore/tuning.db)");
+  add_fleet_flags(app, flags.fleet);
 
   try {
     app.parse(argc, argv);

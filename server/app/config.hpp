@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <string>
 
+#include "app/fleet_config.hpp"
 #include "common/result.hpp"
 
 namespace flashcore {
@@ -27,7 +28,8 @@ struct DaemonConfig {
   std::filesystem::path port_file;                 // if set, the bound port is written here
   std::filesystem::path worker_binary;             // empty = flashcore_worker beside the daemon
   std::chrono::milliseconds evaluation_timeout{120000};  // one evaluation on a GPU worker
-  std::filesystem::path tuning_db;                 // SQLite tuning database; empty = <cache_dir>/tuning.db
+  std::filesystem::path tuning_db;                 // SQLite tuning database; empty = $XDG_STATE_HOME/flashcore/tuning.db
+  FleetConfig fleet;                               // Redis shared tier, metrics (fleet_config.hpp)
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or
@@ -37,5 +39,7 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv);
 
 // The default cache folder from the environment (XDG_CACHE_HOME, HOME).
 std::filesystem::path default_cache_dir();
+// The default state folder (XDG_STATE_HOME, HOME): the tuning database's.
+std::filesystem::path default_state_dir();
 
 }  // namespace flashcore

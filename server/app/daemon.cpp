@@ -18,8 +18,11 @@
 #include "jit/compile_pool.hpp"
 #include "jit/nvrtc_compiler.hpp"
 #include "jit/template_registry.hpp"
+#include "metrics/metrics_server.hpp"
+#include "redis/redis_client.hpp"
 #include "rpc/flashcore_service.hpp"
 #include "rpc/tuning_backends.hpp"
+#include "search/redis_bests.hpp"
 #include "search/tuning_db.hpp"
 #include "search/tuning_job.hpp"
 
@@ -107,6 +110,38 @@ std::shared_ptr<eval::WorkerPool> start_workers(const DaemonConfig& config, int 
   return std::shared_ptr<eval::WorkerPool>(std::move(pool).value());
 }
 
+// $XDG_STATE_HOME/flashcore/tuning.db (else ~/.local/state/...): state, not
+// cache, since a cache may be wiped and tuning results must not be. A
+// database left where the default used to be (<cache_dir>/tuning.db) is
+// still used, with a note, while the new place has none.
+std::filesystem::path default_tuning_db(const std::filesystem::path& cache_dir) {
+  const std::filesystem::path state = default_state_dir() / "tuning.db";
+  const std::filesystem::path legacy = cache_dir / "tuning.db";
+  std::error_code ec;
+  if (!std::filesystem::exists(state, ec) && std::filesystem::exists(legacy, ec)) {
+    spdlog::warn("tuning database {} is in the cache folder; move it to {} (or set tuning_db)",
+                 legacy.string(), state.string());
+    return legacy;
+  }
+  return state;
+}
+
+// The fleet's Redis (shared tier, locks, tuned bests), or null without one.
+// The URL was checked with the config; Redis being unreachable now is no
+// error (the client reconnects).
+std::shared_ptr<redis::Client> connect_redis(const FleetConfig& fleet) {
+  if (fleet.redis_url.empty()) return nullptr;
+  auto url = redis::parse_redis_url(fleet.redis_url);
+  if (!url) return nullptr;
+  redis::ClientOptions options;
+  options.connect_timeout = fleet.redis_connect_timeout;
+  options.command_timeout = fleet.redis_command_timeout;
+  auto client = std::make_shared<redis::Client>(*url, options);
+  if (auto pong = client->command({"PING"}); pong)
+    spdlog::info("shared tier: redis {}", url->display());
+  return client;
+}
+
 }  // namespace
 
 struct Daemon::Impl {
@@ -121,6 +156,7 @@ struct Daemon::Impl {
   // service waits for evaluations still running.
   std::shared_ptr<eval::WorkerPool> workers;
   std::unique_ptr<rpc::FlashCoreService> service;
+  std::unique_ptr<metrics::MetricsServer> metrics;  // null without metrics_listen
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 
@@ -159,9 +195,18 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
                              : std::max<size_t>(1, std::thread::hardware_concurrency());
   impl->pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
   impl->compiler = std::make_shared<const NvrtcCompiler>(templates);
-  impl->cache = std::make_shared<KernelCache>(
-      KernelCacheOptions{config.memory_cache_bytes, impl->config.cache_dir, config.disk_cache_bytes}, impl->compiler,
-      impl->pool);
+  KernelCacheOptions cache_options;
+  cache_options.memory_bytes = config.memory_cache_bytes;
+  cache_options.disk_dir = impl->config.cache_dir;
+  cache_options.disk_max_bytes = config.disk_cache_bytes;
+  std::shared_ptr<redis::Client> redis = connect_redis(config.fleet);
+  if (redis) cache_options.shared = std::make_shared<RedisStore>(redis);
+  impl->cache = std::make_shared<KernelCache>(std::move(cache_options), impl->compiler, impl->pool);
+  if (!config.fleet.metrics_listen.empty()) {
+    auto metrics = metrics::MetricsServer::start(config.fleet.metrics_listen);
+    if (!metrics) return metrics.error();
+    impl->metrics = std::move(metrics).value();
+  }
 
   rpc::ServiceOptions options;
   int device_count = 0;
@@ -175,9 +220,8 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
 
   // Tuning: the database always (results are served without a GPU too), the
   // manager only with something to measure on.
-  const std::filesystem::path db_path = config.tuning_db.empty()
-                                            ? impl->config.cache_dir / "tuning.db"
-                                            : config.tuning_db;
+  const std::filesystem::path db_path =
+      config.tuning_db.empty() ? default_tuning_db(impl->config.cache_dir) : config.tuning_db;
   std::error_code ignored;
   std::filesystem::create_directories(db_path.parent_path(), ignored);
   std::shared_ptr<TuningDb> tuning_db;
@@ -195,10 +239,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   if (backend && tuning_db) {
     TuningManager::Options tuning_options;
     tuning_options.compile_ahead = hooks.tuning_compile_ahead;
+    if (redis) tuning_options.fleet = std::make_shared<RedisBests>(redis);
     tuning = std::make_shared<TuningManager>(
         std::make_shared<rpc::KernelCacheCompiler>(impl->cache, impl->compiler), backend,
         tuning_db, tuning_options);
   }
+  if (redis) options.fleet_bests = std::make_shared<RedisBests>(redis);
   impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options,
                                                           impl->workers, tuning, tuning_db);
 
@@ -213,6 +259,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
   builder.RegisterService(impl->service.get());
+  if (impl->metrics) {
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+    creators.push_back(impl->metrics->interceptor_factory());
+    builder.experimental().SetInterceptorCreators(std::move(creators));
+    impl->metrics->watch({impl->cache, impl->workers, tuning, tuning_db});
+  }
   impl->server = builder.BuildAndStart();
   if (!impl->server || (impl->port == 0 && !is_unix_address(config.listen_address)))
     return make_error(ErrorCode::unavailable, "cannot listen on " + config.listen_address);
@@ -233,6 +285,9 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
       impl->config.cache_dir.string(), config.memory_cache_bytes >> 20,
       config.disk_cache_bytes >> 20, threads,
                options.default_arch);
+  if (impl->metrics)
+    spdlog::info("metrics on http://{}:{}/metrics", config.fleet.metrics_listen.substr(
+                     0, config.fleet.metrics_listen.rfind(':')), impl->metrics->port());
   return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
 }
 
@@ -244,6 +299,8 @@ Daemon::~Daemon() {
 }
 
 int Daemon::port() const { return impl_->port; }
+
+int Daemon::metrics_port() const { return impl_->metrics ? impl_->metrics->port() : 0; }
 
 std::string Daemon::address() const {
   const std::string& listen = impl_->config.listen_address;

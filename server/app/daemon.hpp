@@ -30,6 +30,7 @@ class Daemon {
   ~Daemon();  // shuts down with the configured drain deadline if still running
 
   int port() const;                  // the bound port
+  int metrics_port() const;          // the /metrics port; 0 without --metrics-listen
   std::string address() const;       // "127.0.0.1:<port>"
   // Stops accepting calls; in-flight calls get until `drain` to finish,
   // then are cancelled. Idempotent.

@@ -29,6 +29,8 @@ std::string_view cache_tier_name(CacheTier tier) {
       return "disk";
     case CacheTier::compiled:
       return "compiled";
+    case CacheTier::shared:
+      return "shared";
   }
   return "unknown";
 }

@@ -137,6 +137,7 @@ json metadata_json(const CachedKernel& entry) {
   if (t.persistent) config["persistent"] = true;
   if (t.fused_combine) config["fused_combine"] = true;
   if (t.splits != 0) config["splits"] = t.splits;
+  if (entry.spec.line_info) config["line_info"] = true;
   if (!c.extra_kernels.empty()) {
     json extra = json::array();
     for (const auto& [name, lowered] : c.extra_kernels)
@@ -185,6 +186,7 @@ std::optional<CachedKernel> parse_metadata(std::string_view text, std::string* w
     entry.spec.config.fused_combine = spec.value("fused_combine", false);
     entry.spec.config.splits = spec.value("splits", 0);
     entry.spec.arch = spec.at("arch").get<std::string>();
+    entry.spec.line_info = spec.value("line_info", false);
 
     const json& shape = doc.at("first_shape");
     entry.first_shape.batch = shape.at("batch").get<int64_t>();

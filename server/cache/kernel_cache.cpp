@@ -6,8 +6,10 @@
 #include <exception>
 #include <future>
 #include <map>
+#include <thread>
 
 #include "cache/cache_key.hpp"
+#include "common/digest.hpp"
 
 namespace flashcore {
 namespace {
@@ -24,6 +26,12 @@ CachedKernel without_cubin(const CachedKernel& entry) {
   copy.cubin_size = entry.compiled.cubin.size();
   copy.compiled.cubin.clear();
   return copy;
+}
+
+// An entry as the memory tier keeps it: with its cubin's digest.
+std::shared_ptr<const CachedKernel> sealed(CachedKernel&& entry) {
+  entry.cubin_sha256 = sha256_hex(entry.compiled.cubin);
+  return std::make_shared<const CachedKernel>(std::move(entry));
 }
 
 }  // namespace
@@ -54,14 +62,16 @@ KernelCache::Ticket KernelCache::get_or_compile(const KernelSpec& spec,
     done(CacheLookup{std::move(hit), CacheTier::memory});
     return Ticket{key, 0};
   }
+  ++memory_misses_;
   if (disk_) {
     if (auto loaded = disk_->load(key)) {
-      auto entry = std::make_shared<const CachedKernel>(std::move(*loaded));
+      auto entry = sealed(std::move(*loaded));
       memory_.put(entry);
       ++disk_hits_;
       done(CacheLookup{std::move(entry), CacheTier::disk});
       return Ticket{key, 0};
     }
+    ++disk_misses_;
   }
 
   std::shared_ptr<const CachedKernel> landed;
@@ -134,9 +144,40 @@ void KernelCache::compile_task(const std::string& key, const KernelSpec& spec,
     }
   }
   // Every waiter must hear back exactly once, whatever the compiler throws.
+  bool locked = false;
   try {
-    Result<CompiledKernel> compiled = compiler_->compile(spec);
+    if (options_.shared) {
+      auto from_fleet = load_shared(key);
+      if (!from_fleet) from_fleet = wait_for_fleet(key, locked);
+      if (from_fleet) {
+        --compiles_;  // counted at submit: NVRTC never ran
+        finish_compile(key, CacheLookup{std::move(from_fleet), CacheTier::shared});
+        return;
+      }
+      ++shared_misses_;
+    }
+    Result<CompiledKernel> compiled = [&] {
+      // Counted down and timed however compile() leaves (it may throw).
+      struct Running {
+        KernelCache& cache;
+        std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+        explicit Running(KernelCache& c) : cache(c) {
+          ++cache.compiles_running_;
+          ++cache.compiles_run_;
+        }
+        ~Running() {
+          --cache.compiles_running_;
+          cache.compile_micros_ += static_cast<uint64_t>(
+              std::chrono::duration_cast<std::chrono::microseconds>(
+                  std::chrono::steady_clock::now() - started)
+                  .count());
+        }
+      } running(*this);
+      return compiler_->compile(spec);
+    }();
     if (!compiled.ok()) {
+      ++compile_failures_;
+      if (locked) options_.shared->unlock(key);
       finish_compile(key, compiled.error());
       return;
     }
@@ -147,17 +188,71 @@ void KernelCache::compile_task(const std::string& key, const KernelSpec& spec,
     entry->compiled = std::move(compiled).value();
     entry->cubin_size = entry->compiled.cubin.size();
     entry->created_unix_ms = now_unix_ms();
+    entry->cubin_sha256 = sha256_hex(entry->compiled.cubin);
     if (disk_) {
       // DiskStore logs an unwritable folder once; the kernel is still served
       // from memory.
       if (Status stored = disk_->store(*entry); !stored.ok())
         spdlog::debug("cache entry {} not stored: {}", key, stored.error().message);
     }
+    if (options_.shared) {
+      // Stored before the lock goes: a daemon that takes it next finds the entry.
+      options_.shared->store(*entry);
+      if (locked) options_.shared->unlock(key);
+      locked = false;
+    }
     std::shared_ptr<const CachedKernel> shared = std::move(entry);
     memory_.put(shared);
     finish_compile(key, CacheLookup{std::move(shared), CacheTier::compiled});
   } catch (const std::exception& e) {
+    if (locked) options_.shared->unlock(key);
     finish_compile(key, make_error(ErrorCode::internal, "compile of " + key + " threw", e.what()));
+  }
+}
+
+std::shared_ptr<const CachedKernel> KernelCache::load_shared(const std::string& key) {
+  auto loaded = options_.shared->load(key);
+  if (!loaded) return nullptr;
+  if (disk_) {
+    if (Status stored = disk_->store(*loaded); !stored.ok())
+      spdlog::debug("cache entry {} not stored: {}", key, stored.error().message);
+  }
+  auto entry = sealed(std::move(*loaded));
+  memory_.put(entry);
+  ++shared_hits_;
+  return entry;
+}
+
+std::shared_ptr<const CachedKernel> KernelCache::wait_for_fleet(const std::string& key,
+                                                                bool& locked) {
+  RedisStore& shared = *options_.shared;
+  bool waited = false;
+  for (;;) {
+    switch (shared.lock(key)) {
+      case RedisStore::Lock::acquired:
+        // The previous holder may have stored and released between the
+        // lookup and this lock: look once more before compiling again.
+        if (auto hit = load_shared(key)) {
+          shared.unlock(key);
+          return hit;
+        }
+        locked = true;
+        return nullptr;
+      case RedisStore::Lock::unavailable:
+        return nullptr;  // out of reach: compile here
+      case RedisStore::Lock::held_elsewhere:
+        break;
+    }
+    if (!waited) {
+      waited = true;
+      ++fleet_waits_;
+      spdlog::debug("cache entry {}: another daemon compiles it; waiting", key);
+    }
+    // The holder refreshes its lock while it compiles; one that died frees
+    // it within the lock's TTL, and the next SET NX here takes it over.
+    std::this_thread::sleep_for(shared.options().poll_interval);
+    if (auto hit = load_shared(key)) return hit;
+    if (!shared.available()) return nullptr;
   }
 }
 
@@ -196,13 +291,19 @@ Result<CacheLookup> KernelCache::get(const std::string& key) {
     ++memory_hits_;
     return CacheLookup{std::move(hit), CacheTier::memory};
   }
+  ++memory_misses_;
   if (disk_) {
     if (auto loaded = disk_->load(key)) {
-      auto entry = std::make_shared<const CachedKernel>(std::move(*loaded));
+      auto entry = sealed(std::move(*loaded));
       memory_.put(entry);
       ++disk_hits_;
       return CacheLookup{std::move(entry), CacheTier::disk};
     }
+    ++disk_misses_;
+  }
+  if (options_.shared) {
+    if (auto entry = load_shared(key)) return CacheLookup{std::move(entry), CacheTier::shared};
+    ++shared_misses_;
   }
   return make_error(ErrorCode::not_found, "no cached kernel with key " + key);
 }
@@ -236,6 +337,24 @@ CacheStats KernelCache::stats() const {
   stats.memory_bytes = memory_.bytes();
   stats.memory_entries = memory_.size();
   stats.evictions = memory_.evictions();
+  stats.memory_misses = memory_misses_.load();
+  stats.disk_misses = disk_misses_.load();
+  stats.shared_hits = shared_hits_.load();
+  stats.shared_misses = shared_misses_.load();
+  if (options_.shared) {
+    const RedisStoreStats shared = options_.shared->stats();
+    stats.shared_configured = true;
+    stats.shared_available = options_.shared->available();
+    stats.shared_corrupt_entries = shared.corrupt_entries;
+    stats.shared_errors = shared.errors;
+  }
+  stats.fleet_waits = fleet_waits_.load();
+  stats.compiles_run = compiles_run_.load();
+  stats.compile_failures = compile_failures_.load();
+  stats.compile_seconds = static_cast<double>(compile_micros_.load()) / 1e6;
+  stats.compiles_running = compiles_running_.load();
+  stats.compiles_queued = pool_->queued();
+  stats.disk_bytes = disk_ ? disk_->bytes() : 0;
   return stats;
 }
 

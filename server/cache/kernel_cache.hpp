@@ -1,7 +1,11 @@
-// memory LRU -> disk -> NVRTC, with single flight: N concurrent requests for
-// one key start exactly one compile and all get its result. Compiles run on
-// the bounded CompilePool; callers get their answer through a callback, so no
-// RPC thread blocks on NVRTC.
+// memory LRU -> disk -> shared (Redis, optional) -> NVRTC, with single
+// flight: N concurrent requests for one key start exactly one compile and all
+// get its result; with a shared tier, N daemons asked for one key compile it
+// once (a Redis lock, see redis_store.hpp). Compiles run on the bounded
+// CompilePool; callers get their answer through a callback, so no RPC thread
+// blocks on NVRTC. The shared tier is asked on the pool thread too (one
+// lookup per key however many local callers wait), and a daemon that waits
+// on another's compile polls there.
 #pragma once
 
 #include <atomic>
@@ -17,6 +21,7 @@
 #include "cache/cached_kernel.hpp"
 #include "cache/disk_store.hpp"
 #include "cache/memory_lru.hpp"
+#include "cache/redis_store.hpp"
 #include "common/result.hpp"
 #include "jit/compile_pool.hpp"
 #include "jit/nvrtc_compiler.hpp"
@@ -38,12 +43,29 @@ struct CacheStats {
   size_t memory_bytes = 0;
   size_t memory_entries = 0;
   size_t evictions = 0;
+  // For the metrics (server/metrics): misses per tier, the shared tier, compiles.
+  size_t memory_misses = 0;
+  size_t disk_misses = 0;
+  size_t shared_hits = 0;
+  size_t shared_misses = 0;
+  size_t shared_corrupt_entries = 0;
+  size_t shared_errors = 0;
+  bool shared_configured = false;
+  bool shared_available = false;
+  size_t fleet_waits = 0;          // compiles that waited on another daemon's lock
+  size_t compiles_run = 0;         // NVRTC runs (monotonic, unlike `compiles`)
+  size_t compile_failures = 0;
+  double compile_seconds = 0;      // NVRTC time of finished compiles
+  size_t compiles_running = 0;     // NVRTC compiles in progress now
+  size_t compiles_queued = 0;      // compile tasks waiting for a pool thread
+  uint64_t disk_bytes = 0;
 };
 
 struct KernelCacheOptions {
   size_t memory_bytes = size_t{256} << 20;
   std::filesystem::path disk_dir;  // empty = no disk tier
   uint64_t disk_max_bytes = 0;     // 0 = unbounded; else LRU entries are evicted past it
+  std::shared_ptr<RedisStore> shared;  // null = no shared tier
 };
 
 class KernelCache {
@@ -78,18 +100,26 @@ class KernelCache {
   // Blocking convenience for tests and tools; never call it from a pool thread.
   Result<CacheLookup> get_or_compile_sync(const KernelSpec& spec, const RuntimeShape& first_shape);
 
-  // memory -> disk; not_found when neither has it.
+  // memory -> disk -> shared; not_found when none has it.
   Result<CacheLookup> get(const std::string& key);
   // Entries (cubin omitted) sorted by key, after `after_key`, at most `limit`:
   // the disk tier's listing merged with memory-only entries.
   std::vector<CachedKernel> list(const std::string& after_key, size_t limit);
 
   CacheStats stats() const;
+  // The shared tier (null without one), for the metrics' Redis figures.
+  const std::shared_ptr<RedisStore>& shared_tier() const { return options_.shared; }
 
  private:
   void compile_task(const std::string& key, const KernelSpec& spec, const RuntimeShape& first_shape);
   void finish_compile(const std::string& key, Result<CacheLookup> result);
   void task_done();
+  // Looks in the shared tier; a hit is promoted to disk and memory.
+  std::shared_ptr<const CachedKernel> load_shared(const std::string& key);
+  // Waits while another daemon holds the key's lock; a hit from the shared
+  // tier, or null when this daemon should compile (it took the lock, or
+  // Redis is out of reach). `locked` says whether this daemon holds it.
+  std::shared_ptr<const CachedKernel> wait_for_fleet(const std::string& key, bool& locked);
 
   KernelCacheOptions options_;
   std::shared_ptr<const NvrtcCompiler> compiler_;
@@ -107,6 +137,9 @@ class KernelCache {
   std::condition_variable tasks_idle_;
 
   std::atomic<size_t> memory_hits_{0}, disk_hits_{0}, compiles_{0}, joins_{0}, abandoned_{0};
+  std::atomic<size_t> memory_misses_{0}, disk_misses_{0}, fleet_waits_{0}, compile_failures_{0},
+      compiles_running_{0}, compiles_run_{0}, shared_hits_{0}, shared_misses_{0};
+  std::atomic<uint64_t> compile_micros_{0};
 };
 
 }  // namespace flashcore

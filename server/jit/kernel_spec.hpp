@@ -15,6 +15,9 @@ struct KernelSpec {
   ProblemClass problem;
   TileConfig config;
   std::string arch = "sm_90a";
+  // -lineinfo: opt-in (KernelRequest.line_info); it quadruples the cubin. In
+  // the key through the NVRTC options.
+  bool line_info = false;
 };
 
 // Parsed from ptxas' verbose output in the NVRTC log.

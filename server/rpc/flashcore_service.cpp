@@ -104,8 +104,10 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
     const CacheLookup& lookup = *result;
     spdlog::debug("Compile {} -> {} ({})", lookup.kernel->compiled.name_expression,
                   lookup.kernel->key, cache_tier_name(lookup.tier));
-    fill_handle(*lookup.kernel, lookup.tier, state.request.shape, state.request.layout,
-                state.omit_cubin, state.response);
+    // A client that holds this kernel gets everything but the cubin.
+    const bool omit = state.omit_cubin || lookup.kernel->key == state.request.cached_key;
+    fill_handle(*lookup.kernel, lookup.tier, state.request.shape, state.request.layout, omit,
+                state.response);
     state.service->attach_validation(state.response);
     finish(state, grpc::Status::OK);
   }
@@ -384,7 +386,8 @@ grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContex
       shape = *requested;
       layout = request->problem().layout();
     }
-    fill_handle(kernel, lookup->tier, shape, layout, request->omit_cubin(), response);
+    fill_handle(kernel, lookup->tier, shape, layout,
+                request->omit_cubin() || request->cached_key() == kernel.key, response);
     attach_validation(response);
     return grpc::Status::OK;
   }();
@@ -521,6 +524,7 @@ void fill_result(const TuneResult& result, v1::TuningResult* out) {
   out->set_wall_seconds(result.wall_seconds);
   out->set_searcher(result.searcher);
   out->set_from_database(result.from_database);
+  out->set_from_fleet(result.from_fleet);
 }
 
 void fill_best(const BestRecord& best, v1::TuningResult* out) {
@@ -707,6 +711,18 @@ TuningScope FlashCoreService::tuning_scope(const CompileRequest& request,
   return scope;
 }
 
+std::optional<BestRecord> FlashCoreService::fleet_best(const TuningScope& scope) const {
+  ToolchainRecord toolchain;
+  toolchain.nvrtc_version = NvrtcCompiler::nvrtc_version();
+  toolchain.template_source_hash = compiler_->templates().source_hash();
+  auto best = options_.fleet_bests->lookup(scope, toolchain);
+  // Kept here too: the next call needs no fleet.
+  if (best)
+    if (auto kept = tuning_db_->update_best_if_better(*best, BestUpdate::force); !kept)
+      spdlog::warn("fleet tuning result not stored: {}", kept.error().message);
+  return best;
+}
+
 Status FlashCoreService::apply_tuned_config(CompileRequest& request) const {
   if (!tuning_db_)
     return make_error(ErrorCode::failed_precondition,
@@ -718,6 +734,7 @@ Status FlashCoreService::apply_tuned_config(CompileRequest& request) const {
   const TuningScope scope = tuning_scope(request, device);
   auto best = tuning_db_->best_for(scope);
   if (!best) return best.error();
+  if (!*best && options_.fleet_bests) *best = fleet_best(scope);
   // On sm_90a both attention families solve the same problem: the faster of
   // their stored bests (same device, bucket and arch) is what is served, and
   // the handle's template_id says which family that is.

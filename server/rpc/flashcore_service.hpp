@@ -36,6 +36,9 @@ struct ServiceOptions {
   GpuStatus gpu;
   // Why Validate is refused when the service has no worker pool.
   std::string evaluation_unavailable_reason = "the daemon has no evaluation workers";
+  // The fleet's tuned bests (null: no --redis): use_tuned_config asks it
+  // when the tuning database has none for the bucket.
+  std::shared_ptr<FleetBests> fleet_bests;
 };
 
 class FlashCoreService final : public v1::FlashCore::CallbackService {
@@ -108,6 +111,8 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   std::string tuning_device() const;
   // The scope a kernel request names (bucket of its shape) on `device`.
   TuningScope tuning_scope(const CompileRequest& request, const std::string& device) const;
+  // The fleet's best for the scope (stored in the local database too).
+  std::optional<BestRecord> fleet_best(const TuningScope& scope) const;
 
   // Takes an in-flight slot, or returns RESOURCE_EXHAUSTED when all are taken.
   Status admit();

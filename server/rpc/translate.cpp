@@ -165,6 +165,7 @@ v1::CacheTier to_proto(CacheTier tier) {
     case CacheTier::memory: return v1::CACHE_TIER_MEMORY;
     case CacheTier::disk: return v1::CACHE_TIER_DISK;
     case CacheTier::compiled: return v1::CACHE_TIER_COMPILED;
+    case CacheTier::shared: return v1::CACHE_TIER_SHARED;
   }
   return v1::CACHE_TIER_UNSPECIFIED;
 }
@@ -212,6 +213,8 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
   parsed.layout = problem.layout();
 
   parsed.spec.arch = request.arch().empty() ? std::string(default_arch) : request.arch();
+  parsed.spec.line_info = request.line_info();
+  parsed.cached_key = request.cached_key();
   const auto arch = find_arch(parsed.spec.arch);
   if (!arch)
     return invalid("arch: '" + parsed.spec.arch + "' is not supported (" + supported_arch_list() +
@@ -502,7 +505,8 @@ void fill_handle(const CachedKernel& kernel, CacheTier tier, const RuntimeShape&
   handle->set_lowered_name(compiled.lowered_name);
   if (!omit_cubin) handle->set_cubin(compiled.cubin);
   handle->set_cubin_size(compiled.cubin.empty() ? kernel.cubin_size : compiled.cubin.size());
-  if (!compiled.cubin.empty()) handle->set_cubin_sha256(sha256_hex(compiled.cubin));
+  if (!kernel.cubin_sha256.empty()) handle->set_cubin_sha256(kernel.cubin_sha256);
+  else if (!compiled.cubin.empty()) handle->set_cubin_sha256(sha256_hex(compiled.cubin));
   handle->set_arch(kernel.spec.arch);
   fill_problem(kernel.spec.problem, shape, layout, handle->mutable_problem());
   fill_config(kernel.spec.config, handle->mutable_config());

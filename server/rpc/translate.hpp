@@ -23,6 +23,7 @@ struct CompileRequest {
   KernelSpec spec;
   RuntimeShape shape;
   v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
+  std::string cached_key;  // the client holds this kernel: its cubin is left out
 };
 
 // INVALID_ARGUMENT naming the field for anything the template cannot take.

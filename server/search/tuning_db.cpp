@@ -993,6 +993,21 @@ Result<std::vector<TrialRecord>> TuningDb::trials_for_job(int64_t job_id) {
   return out;
 }
 
+Result<std::map<std::string, int64_t>> TuningDb::count_jobs_by_status() {
+  std::lock_guard lock(mutex_);
+  Statement st(db_, path_, "count jobs by status");
+  if (auto s = st.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status"); !s) return s.error();
+  std::map<std::string, int64_t> counts;
+  for (;;) {
+    auto row = st.step();
+    if (!row) return row.error();
+    if (!*row) break;
+    std::string status = st.text();
+    counts[status] = st.i64();
+  }
+  return counts;
+}
+
 Result<std::map<int, int64_t>> TuningDb::count_trials_by_gpu(const TrialFilter& filter) {
   std::string where = "1";
   if (filter.job_id) where += " AND job_id = ?";

@@ -193,6 +193,8 @@ class TuningDb {
   // Inserts the trial (and counts it toward its job's evaluations); returns its id.
   Result<int64_t> record_trial(const TrialRecord& trial);
   Result<std::vector<TrialRecord>> trials_for_job(int64_t job_id);
+  // Jobs per status name ("running", "succeeded", ...), for the metrics.
+  Result<std::map<std::string, int64_t>> count_jobs_by_status();
   // Trials per GPU index among those the filter selects.
   Result<std::map<int, int64_t>> count_trials_by_gpu(const TrialFilter& filter);
   // Distinct configs already recorded for the scope (any status), so a

@@ -148,6 +148,19 @@ Result<TuneResult> TuningManager::Job::run() {
         (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
       return tune_result_from_best(**stored);
     }
+    if (auto fleet = manager_->options_.fleet ? manager_->options_.fleet->lookup(scope, toolchain)
+                                              : std::nullopt) {
+      // Kept here too, so the next call (and use_tuned_config) needs no fleet.
+      if (auto kept = manager_->db_->update_best_if_better(*fleet, BestUpdate::force); !kept)
+        spdlog::warn("fleet tuning result not stored: {}", kept.error().message);
+      spdlog::info("tuning {} {}: the fleet's best {} ({:.2f} us), no tuning here",
+                   scope.template_id, canonical_bucket(scope.bucket), config_label(fleet->config),
+                   fleet->median_us);
+      TuneResult result = tune_result_from_best(*fleet);
+      result.from_database = false;
+      result.from_fleet = true;
+      return result;
+    }
   }
 
   gpu_ = manager_->acquire_gpu(*this);
@@ -757,6 +770,8 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
             record, replace_stored_ ? BestUpdate::force : BestUpdate::if_faster);
         !stored)
       spdlog::warn("tuning job {}: {}", *job_id, stored.error().message);
+    else if (*stored && manager_->options_.fleet)
+      manager_->options_.fleet->publish(record);
   }
   if (was_cancelled)
     return make_error(ErrorCode::cancelled,

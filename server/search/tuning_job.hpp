@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/result.hpp"
+#include "search/fleet_bests.hpp"
 #include "search/searcher.hpp"
 #include "search/shape_bucket.hpp"
 #include "family/tile_config.hpp"
@@ -180,6 +181,7 @@ struct TuneResult {
   double wall_seconds = 0.0;
   std::string searcher;
   bool from_database = false;
+  bool from_fleet = false;  // another daemon's best, from the fleet (also stored here)
   // The finalists as re-timed (the winner first), and what the winner's
   // full validation said; validated = false where the backend cannot run it.
   std::vector<Finalist> finalists;
@@ -221,6 +223,9 @@ class TuningManager {
  public:
   struct Options {
     size_t compile_ahead = 0;  // 0: 2 x GPUs + 2
+    // Bests shared by the fleet (null: none): asked before tuning a bucket
+    // this box has no current best for, told of each best stored.
+    std::shared_ptr<FleetBests> fleet;
   };
 
   TuningManager(std::shared_ptr<CandidateCompiler> compiler,

@@ -23,6 +23,7 @@ inline DaemonConfig loopback_config(const std::filesystem::path& cache_dir) {
   DaemonConfig config;
   config.listen_address = "127.0.0.1:0";
   config.cache_dir = cache_dir;
+  config.tuning_db = cache_dir / "tuning.db";  // the test's own, not the user's state folder
   config.compile_threads = 2;
   config.drain_timeout = std::chrono::milliseconds(5000);
   config.log_level = "warn";

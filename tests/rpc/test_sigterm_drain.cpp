@@ -77,7 +77,8 @@ TEST(SigtermDrainTest, InFlightCompileCompletesAndTheDaemonExitsZero) {
   write_attention_templates(templates, slow_attention_template(500));
   constexpr int kDrainMs = 60000;
   Child daemon({FLASHCORE_DAEMON_PATH, "--listen", "127.0.0.1:0", "--port-file",
-                (dir / "port").string(), "--cache-dir", (dir / "cache").string(), "--templates-dir",
+                (dir / "port").string(), "--cache-dir", (dir / "cache").string(), "--tuning-db",
+                (dir / "tuning.db").string(), "--templates-dir",
                 templates.path().string(), "--drain-timeout-ms", std::to_string(kDrainMs),
                 "--log-level", "warn"});
   ASSERT_GT(daemon.pid(), 0) << "cannot start " << FLASHCORE_DAEMON_PATH;
@@ -149,7 +150,8 @@ TEST(SighupTest, ReloadsTheLogLevelAndKeepsServing) {
   envp.push_back(nullptr);
   std::vector<std::string> argv = {FLASHCORE_DAEMON_PATH, "--config", config.string(), "--listen",
                                    "127.0.0.1:0", "--port-file", (dir / "port").string(),
-                                   "--cache-dir", (dir / "cache").string()};
+                                   "--cache-dir", (dir / "cache").string(),
+                                   "--tuning-db", (dir / "tuning.db").string()};
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
