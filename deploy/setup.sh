@@ -34,9 +34,8 @@ readonly ROOT BUILD_DIR CUDA_HOME JOBS
 readonly PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
-  libspdlog-dev libgtest-dev libgmock-dev libsqlite3-dev libcli11-dev
+  libspdlog-dev libgtest-dev libgmock-dev libsqlite3-dev libcli11-dev prometheus-cpp-dev
   nlohmann-json3-dev libtomlplusplus-dev libssl-dev libhiredis-dev redis-server patchelf
-  prometheus-cpp-dev
 )
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -451,6 +451,8 @@ int main(int argc, char** argv) {
   results->add_flag("--all", results_all, "follow next-page tokens to the end");
   fc::cli::TransferOptions transfer;
   auto [results_export, results_import] = fc::cli::add_transfer_commands(*results, transfer);
+  fc::cli::StatsOptions stats_options;
+  auto* stats = fc::cli::add_stats_command(app, stats_options);
 
   // get
   auto* get = app.add_subcommand("get", "fetch a cached kernel by key");
@@ -483,9 +485,6 @@ int main(int argc, char** argv) {
 
   // info
   auto* info = app.add_subcommand("info", "show the daemon's version, NVRTC, GPU and templates");
-
-  fc::cli::StatsOptions stats_options;
-  auto* stats = fc::cli::add_stats_command(app, stats_options);
 
   try {
     app.parse(argc, argv);

@@ -30,6 +30,7 @@ std::optional<std::string> env(const char* name) {
 // Settings as they come from any layer: every field optional, in the units
 // the user writes (MB, ms), so the layers merge field by field.
 struct Layer {
+  FleetLayer fleet;  // redis*, metrics_listen (fleet_config.hpp)
   std::optional<std::string> listen_address;
   std::optional<std::string> cache_dir;
   std::optional<int64_t> memory_cache_mb;
@@ -46,7 +47,6 @@ struct Layer {
   std::optional<std::string> worker_binary;
   std::optional<std::string> tuning_db;
   std::optional<int64_t> evaluation_timeout_ms;
-  FleetLayer fleet;
 };
 
 template <typename T>
@@ -55,6 +55,7 @@ void over(std::optional<T>& base, const std::optional<T>& top) {
 }
 
 void apply(Layer& base, const Layer& top) {
+  apply_fleet(base.fleet, top.fleet);
   over(base.listen_address, top.listen_address);
   over(base.cache_dir, top.cache_dir);
   over(base.memory_cache_mb, top.memory_cache_mb);
@@ -71,7 +72,6 @@ void apply(Layer& base, const Layer& top) {
   over(base.worker_binary, top.worker_binary);
   over(base.tuning_db, top.tuning_db);
   over(base.evaluation_timeout_ms, top.evaluation_timeout_ms);
-  apply_fleet(base.fleet, top.fleet);
 }
 
 Result<Layer> read_toml(const std::string& path) {
@@ -103,7 +103,8 @@ Result<Layer> read_toml(const std::string& path) {
   for (const auto& [key, node] : table) {
     const std::string_view k = key.str();
     Status status = ok_status();
-    if (k == "listen_address") status = string_key(k, node, layer.listen_address);
+    if (auto fleet = read_fleet_toml_key(k, node, path, layer.fleet)) status = *fleet;
+    else if (k == "listen_address") status = string_key(k, node, layer.listen_address);
     else if (k == "cache_dir") status = string_key(k, node, layer.cache_dir);
     else if (k == "memory_cache_mb") status = int_key(k, node, layer.memory_cache_mb);
     else if (k == "disk_cache_mb") status = int_key(k, node, layer.disk_cache_mb);
@@ -119,7 +120,6 @@ Result<Layer> read_toml(const std::string& path) {
     else if (k == "worker_binary") status = string_key(k, node, layer.worker_binary);
     else if (k == "tuning_db") status = string_key(k, node, layer.tuning_db);
     else if (k == "evaluation_timeout_ms") status = int_key(k, node, layer.evaluation_timeout_ms);
-    else if (auto fleet = read_fleet_toml_key(k, node, path, layer.fleet)) status = *fleet;
     else
       // A misspelt key silently ignored would leave a setting at its default.
       return bad_setting("config file " + path + ": unknown key '" + std::string(k) + "'");
@@ -130,6 +130,7 @@ Result<Layer> read_toml(const std::string& path) {
 
 Layer read_env() {
   Layer layer;
+  layer.fleet = read_fleet_env();
   layer.listen_address = env("FLASHCORE_LISTEN");
   layer.cache_dir = env("FLASHCORE_CACHE_DIR");
   layer.log_level = env("FLASHCORE_LOG_LEVEL");
@@ -137,7 +138,6 @@ Layer read_env() {
   layer.default_arch = env("FLASHCORE_DEFAULT_ARCH");
   layer.worker_binary = env("FLASHCORE_WORKER_BINARY");
   layer.tuning_db = env("FLASHCORE_TUNING_DB");
-  layer.fleet = read_fleet_env();
   return layer;
 }
 
@@ -151,6 +151,9 @@ Result<size_t> count(std::string_view name, int64_t value, int64_t min, int64_t 
 
 Result<DaemonConfig> resolve(const Layer& layer) {
   DaemonConfig config;
+  auto fleet = resolve_fleet(layer.fleet);
+  if (!fleet) return fleet.error();
+  config.fleet = std::move(fleet).value();
   if (layer.listen_address) {
     if (layer.listen_address->empty()) return bad_setting("listen_address: must not be empty");
     config.listen_address = *layer.listen_address;
@@ -222,9 +225,6 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     if (!ms) return ms.error();
     config.evaluation_timeout = std::chrono::milliseconds(*ms);
   }
-  auto fleet = resolve_fleet(layer.fleet);
-  if (!fleet) return fleet.error();
-  config.fleet = std::move(fleet).value();
   return config;
 }
 

@@ -13,6 +13,7 @@
 namespace flashcore {
 
 struct DaemonConfig {
+  FleetConfig fleet;                               // Redis shared tier, metrics (fleet_config.hpp)
   std::string listen_address = "127.0.0.1:50051";  // loopback by default: a shared box
   std::filesystem::path cache_dir;                 // default: $XDG_CACHE_HOME/flashcore or ~/.cache/flashcore
   size_t memory_cache_bytes = size_t{256} << 20;
@@ -29,7 +30,6 @@ struct DaemonConfig {
   std::filesystem::path worker_binary;             // empty = flashcore_worker beside the daemon
   std::chrono::milliseconds evaluation_timeout{120000};  // one evaluation on a GPU worker
   std::filesystem::path tuning_db;                 // SQLite tuning database; empty = $XDG_STATE_HOME/flashcore/tuning.db
-  FleetConfig fleet;                               // Redis shared tier, metrics (fleet_config.hpp)
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or

@@ -31,14 +31,14 @@ struct GpuStatus {
 };
 
 struct ServiceOptions {
+  // The fleet's tuned bests (null: no --redis): use_tuned_config asks it
+  // when the tuning database has none for the bucket.
+  std::shared_ptr<FleetBests> fleet_bests;
   std::string default_arch = "sm_90a";  // for requests that leave arch empty
   size_t max_concurrent_rpcs = 256;     // beyond: RESOURCE_EXHAUSTED
   GpuStatus gpu;
   // Why Validate is refused when the service has no worker pool.
   std::string evaluation_unavailable_reason = "the daemon has no evaluation workers";
-  // The fleet's tuned bests (null: no --redis): use_tuned_config asks it
-  // when the tuning database has none for the bucket.
-  std::shared_ptr<FleetBests> fleet_bests;
 };
 
 class FlashCoreService final : public v1::FlashCore::CallbackService {

@@ -53,8 +53,13 @@ def tile_config(block_m: int = 128, block_n: int = 64, warps: int = 4, stages: i
 
 def kernel_request(*, config: Optional[pb.TileConfig] = None, arch: str = "",
                    template_id: str = DEFAULT_TEMPLATE, omit_cubin: bool = False,
-                   use_tuned_config: bool = False, **problem_fields) -> pb.KernelRequest:
+                   use_tuned_config: bool = False, line_info: bool = False,
+                   cached_key: str = "", **problem_fields) -> pb.KernelRequest:
     """A KernelRequest; ``problem_fields`` are those of :func:`problem`.
+
+    ``line_info`` compiles with -lineinfo (for profilers; another key, a
+    larger cubin); ``cached_key`` names a kernel the caller holds, whose
+    cubin the answer then leaves out.
 
     Without ``config`` the sm80 family gets the CLI's default tile and another
     family none (the daemon answers with that family's default); an empty
@@ -62,7 +67,8 @@ def kernel_request(*, config: Optional[pb.TileConfig] = None, arch: str = "",
     if config is None and template_id == DEFAULT_TEMPLATE:
         config = tile_config()
     fields = dict(template_id=template_id, problem=problem(**problem_fields), arch=arch,
-                  omit_cubin=omit_cubin, use_tuned_config=use_tuned_config)
+                  omit_cubin=omit_cubin, use_tuned_config=use_tuned_config,
+                  line_info=line_info, cached_key=cached_key)
     if config is not None:
         fields["config"] = config
     return pb.KernelRequest(**fields)
