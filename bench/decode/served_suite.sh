@@ -11,7 +11,7 @@ bundle=$(cd "$1" && pwd); out=$2; evals=${3:-16}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$out/decode_handles"
 work=$(mktemp -d)
-"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
+"$bundle/bin/flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" --tuning-db "$work/tuning.db" \
   --log-level warn >"$out/decode_daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done

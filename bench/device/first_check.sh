@@ -14,7 +14,7 @@ FLASHCORE_WORKER_BINARY=$B/flashcore_worker timeout 200 $B/flashcore_rpc_tests -
   > $OUT/rpc_gpu_tests.log 2>&1; echo "rpc gpu rc $?"; grep -E '^\[  (PASSED|FAILED)  \]|FAILED  \]' $OUT/rpc_gpu_tests.log
 echo "== validate through the daemon"
 work=$(mktemp -d)
-$B/flashcored --listen 127.0.0.1:0 --port-file $work/port --cache-dir $work/cache --log-level warn \
+$B/flashcored --listen 127.0.0.1:0 --port-file $work/port --cache-dir $work/cache --tuning-db $work/tuning.db --log-level warn \
   --worker-binary $B/flashcore_worker > $OUT/validate_daemon.log 2>&1 &
 d=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done

@@ -10,7 +10,7 @@ nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
 # A daemon from the bundle compiles for the tests (so NVRTC never runs under
 # compute-sanitizer, whose interception hides ptxas' report).
 work=$(mktemp -d)
-$B/flashcored --listen 127.0.0.1:0 --port-file $work/port --cache-dir $work/cache --log-level warn \
+$B/flashcored --listen 127.0.0.1:0 --port-file $work/port --cache-dir $work/cache --tuning-db $work/tuning.db --log-level warn \
   > $OUT/daemon.log 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -s $work/port ]] && break; sleep 0.1; done
