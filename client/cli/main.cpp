@@ -543,8 +543,19 @@ int main(int argc, char** argv) {
     }
     std::printf("best config   %s%s\n", config_label(result->config()).c_str(),
                 result->from_database() ? "  (stored result; --force to tune again)" : "");
-    std::printf("median        %.2f us\n", result->median_us());
+    std::printf("median        %.2f us", result->median_us());
+    if (result->p90_us() > 0.0)
+      std::printf("  (p10-p90 %.2f-%.2f us)", result->p10_us(), result->p90_us());
+    std::printf("\n");
     std::printf("throughput    %.1f TF/s\n", result->tflops());
+    std::printf("validated     %s%s%s\n", result->validated() ? "yes" : "no",
+                result->validation_detail().empty() ? "" : ": ",
+                result->validation_detail().c_str());
+    for (int i = 1; i < result->finalists_size(); ++i)
+      std::printf("runner-up     %s  %.2f us (p10-p90 %.2f-%.2f)\n",
+                  config_label(result->finalists(i).config()).c_str(),
+                  result->finalists(i).median_us(), result->finalists(i).p10_us(),
+                  result->finalists(i).p90_us());
     std::printf("evaluations   %lld (%s)\n", static_cast<long long>(result->evaluations()),
                 result->searcher().c_str());
     std::printf("wall          %.1f s\n", result->wall_seconds());

@@ -525,6 +525,19 @@ void fill_result(const TuneResult& result, v1::TuningResult* out) {
   out->set_searcher(result.searcher);
   out->set_from_database(result.from_database);
   out->set_from_fleet(result.from_fleet);
+  out->set_p10_us(result.p10_us);
+  out->set_p90_us(result.p90_us);
+  out->set_validated(result.validated);
+  out->set_validation_detail(result.validation_detail);
+  for (const Finalist& finalist : result.finalists) {
+    v1::TuneFinalist* f = out->add_finalists();
+    fill_config(template_info(result.scope.template_id).resolve(finalist.config,
+                                                                result.scope.problem),
+                f->mutable_config());
+    f->set_median_us(finalist.median_us);
+    f->set_p10_us(finalist.p10_us);
+    f->set_p90_us(finalist.p90_us);
+  }
 }
 
 void fill_best(const BestRecord& best, v1::TuningResult* out) {

@@ -799,6 +799,8 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
   result.wall_seconds = wall;
   result.searcher = searcher_name;
   result.finalists = finalists;
+  result.p10_us = finalists.empty() ? result.median_us : finalists.front().p10_us;
+  result.p90_us = finalists.empty() ? result.median_us : finalists.front().p90_us;
   result.validated = validated;
   result.validation_detail = validation_detail;
   return result;
@@ -909,6 +911,8 @@ TuneResult tune_result_from_best(const BestRecord& best) {
   result.wall_seconds = best.wall_seconds;
   result.searcher = best.searcher;
   result.from_database = true;
+  result.p10_us = best.p10_us;
+  result.p90_us = best.p90_us;
   result.validated = best.validated;
   result.validation_detail = best.validation_detail;
   return result;

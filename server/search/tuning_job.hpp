@@ -182,6 +182,8 @@ struct TuneResult {
   std::string searcher;
   bool from_database = false;
   bool from_fleet = false;  // another daemon's best, from the fleet (also stored here)
+  double p10_us = 0.0;  // the winner's spread when last timed
+  double p90_us = 0.0;
   // The finalists as re-timed (the winner first), and what the winner's
   // full validation said; validated = false where the backend cannot run it.
   std::vector<Finalist> finalists;

@@ -398,6 +398,17 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   EXPECT_EQ(tile_of(result->config()), optimum->config);
   EXPECT_DOUBLE_EQ(result->median_us(), optimum->time_us);
   EXPECT_FALSE(result->from_database());
+  // The result says how it was chosen and checked: the finalists re-timed
+  // (the winner first), its spread, and the full validation it passed.
+  ASSERT_GE(result->finalists_size(), 1);
+  EXPECT_EQ(tile_of(result->finalists(0).config()), optimum->config);
+  EXPECT_DOUBLE_EQ(result->finalists(0).median_us(), result->median_us());
+  EXPECT_LE(result->p10_us(), result->median_us());
+  EXPECT_GE(result->p90_us(), result->median_us());
+  EXPECT_GT(result->p90_us(), 0.0);
+  EXPECT_TRUE(result->validated());
+  EXPECT_NE(result->validation_detail().find("every row"), std::string::npos)
+      << result->validation_detail();
   EXPECT_EQ(result->evaluations(), static_cast<int64_t>(space->size()));
   EXPECT_EQ(result->device(), "Synthetic Test Device");
   EXPECT_EQ(result->bucket(), "seq_q=1024;seq_k=1024;batch_heads=16;gqa=1;layout=bshd;");
@@ -452,6 +463,11 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   ASSERT_TRUE(again.ok()) << again.error().message;
   EXPECT_TRUE(again->from_database());
   EXPECT_EQ(tile_of(again->config()), optimum->config);
+  // Stored: the validation record and spread come back; the finalists do not.
+  EXPECT_TRUE(again->validated());
+  EXPECT_EQ(again->validation_detail(), result->validation_detail());
+  EXPECT_DOUBLE_EQ(again->p90_us(), result->p90_us());
+  EXPECT_EQ(again->finalists_size(), 0);
   expect_small_tune_shape(*again);
   EXPECT_EQ(d->backend->measured_.load(), measured);
   ASSERT_EQ(events.size(), 1u);
@@ -476,6 +492,8 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
                                  std::to_string(optimum->config.warps) + " s" +
                                  std::to_string(optimum->config.stages);
   EXPECT_NE(cli.out.find("best config   " + best_label), std::string::npos) << cli.out;
+  EXPECT_NE(cli.out.find("validated     yes: "), std::string::npos) << cli.out;
+  EXPECT_NE(cli.out.find("(p10-p90 "), std::string::npos) << cli.out;
   EXPECT_NE(cli.out.find(result->key()), std::string::npos) << cli.out;
   EXPECT_NE(cli.err.find(space_size + "/" + space_size), std::string::npos) << cli.err;
   const CliRun listed_cli =
