@@ -9,7 +9,9 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <mutex>
+#include <string_view>
 
 namespace flashcore {
 namespace {
@@ -18,6 +20,9 @@ std::mutex spare_mutex;
 int spare_fd = -1;
 std::atomic<size_t> shed{0};
 std::atomic<int64_t> last_warning_ms{0};
+// FLASHCORE_ACCEPT_GUARD=off leaves gRPC's own handling in place: only the
+// test that shows what the guard prevents sets it.
+std::atomic<bool> enabled{true};
 
 int open_spare() { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
@@ -58,6 +63,12 @@ void shed_backlog(int listener) {
 }  // namespace
 
 void install_accept_guard() {
+  if (const char* setting = std::getenv("FLASHCORE_ACCEPT_GUARD");
+      setting != nullptr && std::string_view(setting) == "off") {
+    enabled = false;
+    spdlog::warn("FLASHCORE_ACCEPT_GUARD=off: an EMFILE on accept stops the listener for good");
+    return;
+  }
   std::lock_guard lock(spare_mutex);
   if (spare_fd < 0) spare_fd = open_spare();
 }
@@ -71,7 +82,7 @@ size_t connections_shed_for_descriptors() { return shed.load(); }
 // server/CMakeLists.txt). Every other error and every success pass through.
 extern "C" int accept4(int fd, sockaddr* addr, socklen_t* len, int flags) {
   const int accepted = flashcore::raw_accept4(fd, addr, len, flags);
-  if (accepted >= 0 || (errno != EMFILE && errno != ENFILE)) return accepted;
+  if (accepted >= 0 || (errno != EMFILE && errno != ENFILE) || !flashcore::enabled) return accepted;
   flashcore::shed_backlog(fd);
   errno = EAGAIN;
   return -1;

@@ -341,16 +341,14 @@ Result<auth::Identity> FlashCoreService::authorize(const grpc::CallbackServerCon
   auto who = options_.auth->authenticate(header);
   if (!who) {
     spdlog::info("refused {} from {}: {}", rpc, context->peer(), who.error().message);
-    return make_error(ErrorCode::unauthenticated,
-                      std::string(rpc) + ": " + who.error().message);
+    return who.error();
   }
   if (!who->may(needed)) {
     spdlog::info("refused {} from client '{}' ({}): needs role {}", rpc, who->client,
                  auth::role_name(who->role), auth::role_name(needed));
     return make_error(ErrorCode::permission_denied,
-                      std::string(rpc) + " needs role " + std::string(auth::role_name(needed)) +
-                          "; client '" + who->client + "' has role " +
-                          std::string(auth::role_name(who->role)));
+                      "needs role " + std::string(auth::role_name(needed)) + "; client '" +
+                          who->client + "' has role " + std::string(auth::role_name(who->role)));
   }
   return who;
 }

@@ -79,7 +79,7 @@ Result<v1::TuneJob> TuneJobRegistry::cancel(int64_t id, const auth::Identity& wh
                             "' is queued or running");
     if (!who.may(auth::Role::tune))
       return make_error(ErrorCode::permission_denied,
-                        "CancelTuneJob needs role tune; client '" + who.client + "' has " +
+                        "needs role tune; client '" + who.client + "' has " +
                             std::string(auth::role_name(who.role)));
     job = describe(id, it->second);
     cancel = it->second.cancel;
