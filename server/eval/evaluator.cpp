@@ -444,6 +444,7 @@ Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta
     decode.split_smem_bytes = meta.dynamic_smem_bytes();
     decode.fused_combine = meta.config().fused_combine();
     decode.splits = meta.config().splits();
+    if (auto s = cuda::decode_launch_error(decode); !s) return s;
     const int splits = cuda::decode_splits_for(decode, p, state_.device.sm_count);
     const uint64_t bytes = cuda::decode_workspace_for(decode, p, splits);
     if (bytes > state_.decode_workspace.bytes()) {
