@@ -6,15 +6,19 @@
 #   deploy/setup.sh --build-only  same (the name the Dockerfile and bundle.sh use)
 #   deploy/setup.sh --demo        install + build, then run the daemon, compile an
 #                                 attention kernel with the CLI, fetch it, stop
-#   deploy/setup.sh --test        install + build, then run every test with ctest
+#   deploy/setup.sh --test        install + build, build the libFuzzer harnesses
+#                                 with clang in build-fuzz, then run every test
+#                                 with ctest (the fuzzers among them)
 #
 # Environment: CUDA_HOME (default /usr/local/cuda, else the toolkit of the
 # nvcc on PATH), FLASHCORE_BUILD_DIR
-# (default <repo>/build), FLASHCORE_JOBS (default nproc).
+# (default <repo>/build), FLASHCORE_FUZZ_BUILD_DIR (default <repo>/build-fuzz),
+# FLASHCORE_JOBS (default nproc).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${FLASHCORE_BUILD_DIR:-$ROOT/build}"
+FUZZ_BUILD_DIR="${FLASHCORE_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
 # The toolkit: $CUDA_HOME, else /usr/local/cuda, else the one whose nvcc is on PATH.
 find_cuda_home() {
   if [[ -n "${CUDA_HOME:-}" ]]; then echo "$CUDA_HOME"; return; fi
@@ -36,6 +40,9 @@ readonly PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libspdlog-dev libgtest-dev libgmock-dev libsqlite3-dev libcli11-dev prometheus-cpp-dev
   nlohmann-json3-dev libtomlplusplus-dev libssl-dev libhiredis-dev redis-server patchelf
+  # Tests: certificates made at test time, prlimit for the descriptor test,
+  # clang with its libFuzzer and sanitizer runtimes for tests/fuzz.
+  openssl util-linux clang libclang-rt-dev
 )
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -105,6 +112,16 @@ build() {
   cmake --build "$BUILD_DIR" -j "$JOBS" "${targets[@]}"
 }
 
+# The libFuzzer harnesses (tests/fuzz): clang, ASan and UBSan, only the
+# sources each harness exercises; the main build's ctest runs them (fuzz.*).
+build_fuzzers() {
+  step "Configuring $FUZZ_BUILD_DIR (clang, -DFLASHCORE_FUZZ=ON)"
+  CC=clang CXX=clang++ cmake -S "$ROOT" -B "$FUZZ_BUILD_DIR" -G Ninja -DCUDA_ROOT="$CUDA_HOME" \
+    -DFLASHCORE_FUZZ=ON
+  step "Building the fuzzers with $JOBS jobs"
+  cmake --build "$FUZZ_BUILD_DIR" -j "$JOBS" --target flashcore_fuzzers
+}
+
 # --- Python test packages ---------------------------------------------------
 
 # The Python client's tests (tests/python, run by ctest through
@@ -137,7 +154,9 @@ install_python_test_packages() {
 
 run_tests() {
   step "Running the tests (ctest; GPU tests skip where there is no device)"
-  ctest --test-dir "$BUILD_DIR" --output-on-failure -j2
+  # The fuzz.* tests fail rather than skip when a fuzzer was not built.
+  FLASHCORE_FUZZ_REQUIRED=1 FLASHCORE_FUZZ_BUILD_DIR="$FUZZ_BUILD_DIR" \
+    ctest --test-dir "$BUILD_DIR" --output-on-failure -j2
 }
 
 # --- demo ------------------------------------------------------------------
@@ -269,7 +288,7 @@ main() {
   case "$mode" in
     build) build ;;
     demo) build flashcored flashcore; run_demo ;;
-    test) build; install_python_test_packages; run_tests ;;
+    test) build; build_fuzzers; install_python_test_packages; run_tests ;;
   esac
 }
 

@@ -1,6 +1,6 @@
 // flashcored: loads the config, serves until SIGTERM/SIGINT, then drains.
 // SIGHUP re-reads the config (file, environment, flags as at start) and
-// applies what can change while serving: the log level.
+// applies what can change while serving: the log level and the token file.
 #include <spdlog/spdlog.h>
 
 #include <csignal>
@@ -40,6 +40,9 @@ int main(int argc, char** argv) {
   spdlog::info("flashcored listening on {}", (*daemon)->address());
 
   const int received = wait_for_shutdown_signal([&] {
+    if (Status tokens = (*daemon)->reload_auth(); !tokens)
+      spdlog::error("SIGHUP: auth tokens not reloaded, keeping the running set: {}",
+                    tokens.error().message);
     auto reloaded = load_config(argc, argv);
     if (!reloaded) {
       spdlog::error("SIGHUP: config not reloaded, keeping the running one: {}",

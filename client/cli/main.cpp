@@ -35,6 +35,8 @@ struct Globals {
   bool json = false;
   bool verbose = false;
   int64_t timeout_ms = 300000;
+  std::string token;            // empty: none ($FLASHCORE_TOKEN through CLI11's envname)
+  std::string tls_ca, tls_cert, tls_key, tls_server_name;
 };
 
 // The message stays on one line whatever the server sent; anything after the
@@ -64,6 +66,11 @@ fc::Result<fc::client::Client> connect(const Globals& globals) {
   options.address = globals.address;
   options.call_timeout = std::chrono::milliseconds(globals.timeout_ms);
   options.connect_timeout = std::min(options.connect_timeout, options.call_timeout);
+  options.token = globals.token;
+  options.tls_ca_file = globals.tls_ca;
+  options.tls_cert_file = globals.tls_cert;
+  options.tls_key_file = globals.tls_key;
+  options.tls_server_name = globals.tls_server_name;
   return fc::client::Client::connect(options);
 }
 
@@ -353,6 +360,19 @@ int main(int argc, char** argv) {
                  "deadline of each call in milliseconds (connecting waits at most 5000)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_option("--token", globals.token,
+                 "bearer token of this client, for a daemon started with --auth-tokens")
+      ->envname("FLASHCORE_TOKEN");
+  app.add_option("--tls-ca", globals.tls_ca,
+                 "PEM CA bundle that signed the daemon's certificate: connect over TLS")
+      ->envname("FLASHCORE_TLS_CA");
+  app.add_option("--tls-cert", globals.tls_cert,
+                 "this client's PEM certificate, for a daemon that requires one (mutual TLS)")
+      ->envname("FLASHCORE_TLS_CERT");
+  app.add_option("--tls-key", globals.tls_key, "the private key of --tls-cert")
+      ->envname("FLASHCORE_TLS_KEY");
+  app.add_option("--tls-server-name", globals.tls_server_name,
+                 "name the daemon's certificate must carry; default: the address's host");
 
   KernelFlags kernel;
 
@@ -485,6 +505,13 @@ int main(int argc, char** argv) {
 
   // info
   auto* info = app.add_subcommand("info", "show the daemon's version, NVRTC, GPU and templates");
+
+  // jobs, cancel
+  auto* jobs = app.add_subcommand(
+      "jobs", "list tune jobs queued or running: this client's own (an admin's: every one)");
+  auto* cancel = app.add_subcommand("cancel", "cancel a tune job by its id (from `jobs`)");
+  int64_t cancel_id = 0;
+  cancel->add_option("ID", cancel_id, "the job's id")->required();
 
   try {
     app.parse(argc, argv);
@@ -621,6 +648,37 @@ int main(int argc, char** argv) {
     else
       std::cout << *status << "\n";
     return *status == "SERVING" ? 0 : 1;
+  }
+
+  if (*jobs) {
+    auto listed = client->list_tune_jobs();
+    if (!listed) return fail(globals, listed.error());
+    if (globals.json) {
+      std::cout << to_json(*listed);
+      return 0;
+    }
+    if (listed->jobs().empty()) {
+      std::cout << "no tune jobs\n";
+      return 0;
+    }
+    std::printf("%-6s %-16s %-8s %-20s %8s  %s\n", "ID", "OWNER", "STATE", "TEMPLATE", "GPU-S",
+                "BUCKET");
+    for (const auto& job : listed->jobs())
+      std::printf("%-6lld %-16s %-8s %-20s %8.1f  %s\n", static_cast<long long>(job.id()),
+                  job.owner().c_str(), job.state().c_str(), job.template_id().c_str(),
+                  job.gpu_seconds(), job.bucket().c_str());
+    return 0;
+  }
+
+  if (*cancel) {
+    auto cancelled = client->cancel_tune_job(cancel_id);
+    if (!cancelled) return fail(globals, cancelled.error());
+    if (globals.json)
+      std::cout << to_json(*cancelled);
+    else
+      std::cout << "cancelled tune job " << cancelled->id() << " of " << cancelled->owner()
+                << "\n";
+    return 0;
   }
 
   if (*info) {

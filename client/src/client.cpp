@@ -3,7 +3,11 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <cstdio>
 #include <optional>
 #include <sstream>
@@ -32,6 +36,10 @@ ErrorCode code_for(grpc::StatusCode code) {
       return ErrorCode::deadline_exceeded;
     case grpc::StatusCode::CANCELLED:
       return ErrorCode::cancelled;
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return ErrorCode::unauthenticated;
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return ErrorCode::permission_denied;
     default:
       return ErrorCode::internal;
   }
@@ -51,10 +59,48 @@ Error rpc_error(const char* rpc, const grpc::Status& status) {
                     std::move(detail));
 }
 
+Result<std::string> read_file(const char* what, const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file)
+    return make_error(ErrorCode::invalid_argument,
+                      std::string(what) + ": cannot read " + path + ": " + std::strerror(errno));
+  std::ostringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
+Result<std::shared_ptr<grpc::ChannelCredentials>> channel_credentials(
+    const ConnectOptions& options, grpc::ChannelArguments& args) {
+  if (options.tls_ca_file.empty()) {
+    if (!options.tls_cert_file.empty())
+      return make_error(ErrorCode::invalid_argument, "a client certificate needs --tls-ca too");
+    return grpc::InsecureChannelCredentials();
+  }
+  grpc::SslCredentialsOptions ssl;
+  auto ca = read_file("tls_ca", options.tls_ca_file);
+  if (!ca) return ca.error();
+  ssl.pem_root_certs = *ca;
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty())
+    return make_error(ErrorCode::invalid_argument,
+                      "the client certificate and key go together (both or neither)");
+  if (!options.tls_cert_file.empty()) {
+    auto cert = read_file("tls_cert", options.tls_cert_file);
+    if (!cert) return cert.error();
+    auto key = read_file("tls_key", options.tls_key_file);
+    if (!key) return key.error();
+    ssl.pem_cert_chain = *cert;
+    ssl.pem_private_key = *key;
+  }
+  if (!options.tls_server_name.empty())
+    args.SetSslTargetNameOverride(options.tls_server_name);
+  return grpc::SslCredentials(ssl);
+}
+
 }  // namespace
 
 struct Client::Impl {
   ConnectOptions options;
+  std::string authorization;  // "Bearer <token>", or empty
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::FlashCore::Stub> stub;
   std::unique_ptr<grpc::health::v1::Health::Stub> health;
@@ -65,6 +111,7 @@ struct Client::Impl {
                std::chrono::milliseconds deadline = std::chrono::milliseconds(0)) const {
     context.set_deadline(std::chrono::system_clock::now() +
                          (deadline.count() > 0 ? deadline : options.call_timeout));
+    if (!authorization.empty()) context.AddMetadata("authorization", authorization);
   }
 };
 
@@ -74,15 +121,23 @@ Result<Client> Client::connect(const ConnectOptions& options) {
       std::min<size_t>(options.max_message_bytes, static_cast<size_t>(INT32_MAX)));
   args.SetMaxReceiveMessageSize(max_bytes);
   args.SetMaxSendMessageSize(max_bytes);
-  auto channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  auto credentials = channel_credentials(options, args);
+  if (!credentials) return credentials.error();
+  auto channel = grpc::CreateCustomChannel(options.address, *credentials, args);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + options.connect_timeout)) {
     return make_error(ErrorCode::unavailable,
                       "cannot reach flashcored at " + options.address + " within " +
-                          std::to_string(options.connect_timeout.count()) + " ms");
+                          std::to_string(options.connect_timeout.count()) + " ms" +
+                          (options.tls_ca_file.empty()
+                               ? ""
+                               : " (TLS: check --tls-ca and the daemon's certificate name)"));
   }
   auto impl = std::make_unique<Impl>();
   impl->options = options;
+  std::string token = options.token;
+  if (token.empty())
+    if (const char* from_env = std::getenv("FLASHCORE_TOKEN")) token = from_env;
+  if (!token.empty()) impl->authorization = "Bearer " + token;
   impl->stub = v1::FlashCore::NewStub(channel);
   impl->health = grpc::health::v1::Health::NewStub(channel);
   impl->channel = std::move(channel);
@@ -154,6 +209,27 @@ Result<v1::ListTuningResultsResponse> Client::list_tuning_results(int page_size,
   const grpc::Status status = impl_->stub->ListTuningResults(&context, request, &response);
   if (!status.ok()) return rpc_error("ListTuningResults", status);
   return response;
+}
+
+Result<v1::ListTuneJobsResponse> Client::list_tune_jobs() {
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::ListTuneJobsResponse response;
+  const grpc::Status status =
+      impl_->stub->ListTuneJobs(&context, v1::ListTuneJobsRequest{}, &response);
+  if (!status.ok()) return rpc_error("ListTuneJobs", status);
+  return response;
+}
+
+Result<v1::TuneJob> Client::cancel_tune_job(int64_t id) {
+  v1::CancelTuneJobRequest request;
+  request.set_id(id);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::CancelTuneJobResponse response;
+  const grpc::Status status = impl_->stub->CancelTuneJob(&context, request, &response);
+  if (!status.ok()) return rpc_error("CancelTuneJob", status);
+  return response.job();
 }
 
 Result<v1::KernelHandle> Client::compile(const v1::KernelRequest& request) {

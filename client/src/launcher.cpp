@@ -153,6 +153,7 @@ Status KernelLauncher::launch(const v1::KernelHandle& handle, const AttentionPar
     decode.split_smem_bytes = handle.launch().dynamic_smem_bytes();
     decode.fused_combine = handle.config().fused_combine();
     decode.splits = handle.config().splits();
+    if (auto s = cuda::decode_launch_error(decode); !s) return s;
     auto sms = state_->multiprocessors();
     if (!sms) return sms.error();
     const int splits = cuda::decode_splits_for(decode, params, *sms);

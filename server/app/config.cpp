@@ -47,6 +47,11 @@ struct Layer {
   std::optional<std::string> worker_binary;
   std::optional<std::string> tuning_db;
   std::optional<int64_t> evaluation_timeout_ms;
+  // A shared box.
+  std::optional<std::string> auth_tokens, tls_cert, tls_key, tls_client_ca;
+  std::optional<bool> insecure;
+  std::optional<int64_t> quota_concurrent_compiles, quota_tune_jobs,
+      quota_tune_gpu_seconds_per_hour;
 };
 
 template <typename T>
@@ -72,6 +77,14 @@ void apply(Layer& base, const Layer& top) {
   over(base.worker_binary, top.worker_binary);
   over(base.tuning_db, top.tuning_db);
   over(base.evaluation_timeout_ms, top.evaluation_timeout_ms);
+  over(base.auth_tokens, top.auth_tokens);
+  over(base.tls_cert, top.tls_cert);
+  over(base.tls_key, top.tls_key);
+  over(base.tls_client_ca, top.tls_client_ca);
+  over(base.insecure, top.insecure);
+  over(base.quota_concurrent_compiles, top.quota_concurrent_compiles);
+  over(base.quota_tune_jobs, top.quota_tune_jobs);
+  over(base.quota_tune_gpu_seconds_per_hour, top.quota_tune_gpu_seconds_per_hour);
 }
 
 Result<Layer> read_toml(const std::string& path) {
@@ -99,6 +112,13 @@ Result<Layer> read_toml(const std::string& path) {
     out = node.value<int64_t>();
     return ok_status();
   };
+  const auto bool_key = [&](std::string_view key, const toml::node& node,
+                            std::optional<bool>& out) -> Status {
+    if (!node.is_boolean())
+      return bad_setting("config file " + path + ": " + std::string(key) + " must be true or false");
+    out = node.value<bool>();
+    return ok_status();
+  };
 
   for (const auto& [key, node] : table) {
     const std::string_view k = key.str();
@@ -120,6 +140,16 @@ Result<Layer> read_toml(const std::string& path) {
     else if (k == "worker_binary") status = string_key(k, node, layer.worker_binary);
     else if (k == "tuning_db") status = string_key(k, node, layer.tuning_db);
     else if (k == "evaluation_timeout_ms") status = int_key(k, node, layer.evaluation_timeout_ms);
+    else if (k == "auth_tokens") status = string_key(k, node, layer.auth_tokens);
+    else if (k == "tls_cert") status = string_key(k, node, layer.tls_cert);
+    else if (k == "tls_key") status = string_key(k, node, layer.tls_key);
+    else if (k == "tls_client_ca") status = string_key(k, node, layer.tls_client_ca);
+    else if (k == "insecure") status = bool_key(k, node, layer.insecure);
+    else if (k == "quota_concurrent_compiles")
+      status = int_key(k, node, layer.quota_concurrent_compiles);
+    else if (k == "quota_tune_jobs") status = int_key(k, node, layer.quota_tune_jobs);
+    else if (k == "quota_tune_gpu_seconds_per_hour")
+      status = int_key(k, node, layer.quota_tune_gpu_seconds_per_hour);
     else
       // A misspelt key silently ignored would leave a setting at its default.
       return bad_setting("config file " + path + ": unknown key '" + std::string(k) + "'");
@@ -138,6 +168,7 @@ Layer read_env() {
   layer.default_arch = env("FLASHCORE_DEFAULT_ARCH");
   layer.worker_binary = env("FLASHCORE_WORKER_BINARY");
   layer.tuning_db = env("FLASHCORE_TUNING_DB");
+  layer.auth_tokens = env("FLASHCORE_AUTH_TOKENS");
   return layer;
 }
 
@@ -225,6 +256,31 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     if (!ms) return ms.error();
     config.evaluation_timeout = std::chrono::milliseconds(*ms);
   }
+  if (layer.auth_tokens) config.auth_tokens = *layer.auth_tokens;
+  if (layer.tls_cert) config.tls_cert = *layer.tls_cert;
+  if (layer.tls_key) config.tls_key = *layer.tls_key;
+  if (layer.tls_client_ca) config.tls_client_ca = *layer.tls_client_ca;
+  if (config.tls_cert.empty() != config.tls_key.empty())
+    return bad_setting("tls_cert and tls_key: give both or neither");
+  if (!config.tls_client_ca.empty() && config.tls_cert.empty())
+    return bad_setting("tls_client_ca: needs tls_cert and tls_key (mutual TLS is TLS)");
+  if (layer.insecure) config.insecure = *layer.insecure;
+  const auto quota = [&](const char* name, const std::optional<int64_t>& value,
+                         size_t& out) -> Status {
+    if (!value) return ok_status();
+    auto n = count(name, *value, 0, kMaxCount);
+    if (!n) return n.error();
+    out = *n;
+    return ok_status();
+  };
+  if (Status s = quota("quota_concurrent_compiles", layer.quota_concurrent_compiles,
+                       config.quota_concurrent_compiles); !s)
+    return s.error();
+  if (Status s = quota("quota_tune_jobs", layer.quota_tune_jobs, config.quota_tune_jobs); !s)
+    return s.error();
+  if (Status s = quota("quota_tune_gpu_seconds_per_hour", layer.quota_tune_gpu_seconds_per_hour,
+                       config.quota_tune_gpu_seconds_per_hour); !s)
+    return s.error();
   return config;
 }
 
@@ -289,6 +345,24 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
       "SQLite tuning database (FLASHCORE_TUNING_DB; default: $XDG_STATE_HOME/flashcore/tuning.db, "
       "else ~/.local/state/flashcore/tuning.db)");
   add_fleet_flags(app, flags.fleet);
+
+  str("--auth-tokens", flags.auth_tokens,
+      "token file, one 'NAME ROLE SHA256HEX' a line (roles read, compile, tune, admin); every "
+      "call but health checks then needs 'authorization: Bearer <token>'; SIGHUP re-reads it "
+      "(FLASHCORE_AUTH_TOKENS)");
+  str("--tls-cert", flags.tls_cert, "PEM certificate chain of the listener (with --tls-key)");
+  str("--tls-key", flags.tls_key, "PEM private key of --tls-cert");
+  str("--tls-client-ca", flags.tls_client_ca,
+      "PEM CA bundle: clients must present a certificate it signed (mutual TLS)");
+  app.add_flag_function(
+      "--insecure", [&flags](std::int64_t) { flags.insecure = true; },
+      "allow a non-loopback --listen without --auth-tokens and TLS (warned at every start)");
+  num("--quota-concurrent-compiles", flags.quota_concurrent_compiles,
+      "Compile/Validate calls in flight per client; 0 = no limit");
+  num("--quota-tune-jobs", flags.quota_tune_jobs,
+      "tune jobs queued or running per client; 0 = no limit");
+  num("--quota-tune-gpu-seconds-per-hour", flags.quota_tune_gpu_seconds_per_hour,
+      "GPU-seconds of tuning per client in any hour; 0 = no limit");
 
   try {
     app.parse(argc, argv);

@@ -30,6 +30,15 @@ struct DaemonConfig {
   std::filesystem::path worker_binary;             // empty = flashcore_worker beside the daemon
   std::chrono::milliseconds evaluation_timeout{120000};  // one evaluation on a GPU worker
   std::filesystem::path tuning_db;                 // SQLite tuning database; empty = $XDG_STATE_HOME/flashcore/tuning.db
+
+  // A shared box (README "Running on a shared box").
+  std::filesystem::path auth_tokens;    // token file; empty = authentication off
+  std::filesystem::path tls_cert, tls_key;  // both or neither: TLS on the listener
+  std::filesystem::path tls_client_ca;  // clients must present a certificate it signed (mTLS)
+  bool insecure = false;                // allow a non-loopback listener without auth and TLS
+  size_t quota_concurrent_compiles = 0;        // per client; 0 = no limit
+  size_t quota_tune_jobs = 0;                  // queued or running, per client; 0 = no limit
+  size_t quota_tune_gpu_seconds_per_hour = 0;  // per client; 0 = no limit
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or

@@ -11,6 +11,10 @@
 #include <mutex>
 #include <thread>
 
+#include "app/accept_guard.hpp"
+#include "app/listener_security.hpp"
+#include "auth/authenticator.hpp"
+#include "auth/quotas.hpp"
 #include "cache/atomic_file.hpp"
 #include "cache/kernel_cache.hpp"
 #include "cuda/driver_api.hpp"
@@ -159,6 +163,7 @@ struct Daemon::Impl {
   std::unique_ptr<metrics::MetricsServer> metrics;  // null without metrics_listen
   std::unique_ptr<grpc::Server> server;
   int port = 0;
+  std::shared_ptr<auth::Authenticator> auth;  // null: authentication off
 
   std::mutex shutdown_mutex;
   bool shut_down = false;
@@ -178,6 +183,21 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   auto impl = std::make_unique<Impl>();
   impl->config = config;
   if (impl->config.cache_dir.empty()) impl->config.cache_dir = default_cache_dir();
+
+  // A shared box: refuse to be reachable beyond loopback unprotected, read
+  // the tokens and the TLS files before anything else starts.
+  if (Status exposed = check_exposure(config); !exposed) return exposed.error();
+  if (!config.auth_tokens.empty()) {
+    auto authenticator = auth::Authenticator::from_file(config.auth_tokens);
+    if (!authenticator)
+      return make_error(ErrorCode::failed_precondition, authenticator.error().message);
+    impl->auth = std::move(authenticator).value();
+    spdlog::info("authentication on: {} client(s) from {}", impl->auth->clients(),
+                 config.auth_tokens.string());
+  }
+  auto credentials = server_credentials(config);
+  if (!credentials) return credentials.error();
+  install_accept_guard();
 
   std::shared_ptr<const TemplateRegistry> templates;
   if (config.templates_dir.empty()) {
@@ -215,6 +235,12 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   if (!arch) return arch.error();
   options.default_arch = *arch;
   options.max_concurrent_rpcs = config.max_concurrent_rpcs;
+  options.auth = impl->auth;
+  if (config.quota_concurrent_compiles > 0 || config.quota_tune_jobs > 0 ||
+      config.quota_tune_gpu_seconds_per_hour > 0)
+    options.quotas = std::make_shared<auth::Quotas>(auth::QuotaLimits{
+        config.quota_concurrent_compiles, config.quota_tune_jobs,
+        static_cast<double>(config.quota_tune_gpu_seconds_per_hour)});
   impl->workers =
       start_workers(config, device_count, options.gpu, options.evaluation_unavailable_reason);
 
@@ -255,7 +281,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   // gRPC sets SO_REUSEPORT by default: a second daemon on a busy port would
   // then bind "successfully" and silently split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(config.listen_address, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(config.listen_address, *credentials, &impl->port);
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
   builder.RegisterService(impl->service.get());
@@ -327,5 +353,13 @@ void Daemon::shutdown(std::chrono::milliseconds drain) {
 }
 
 void Daemon::wait() { impl_->server->Wait(); }
+
+Status Daemon::reload_auth() {
+  if (!impl_->auth) return ok_status();
+  if (Status reloaded = impl_->auth->reload(); !reloaded) return reloaded;
+  spdlog::info("auth tokens reloaded: {} client(s) from {}", impl_->auth->clients(),
+               impl_->config.auth_tokens.string());
+  return ok_status();
+}
 
 }  // namespace flashcore

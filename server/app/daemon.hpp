@@ -36,6 +36,9 @@ class Daemon {
   // then are cancelled. Idempotent.
   void shutdown(std::chrono::milliseconds drain);
   void wait();  // blocks until the server has shut down
+  // Re-reads the token file (SIGHUP); on an error the running set stays and
+  // the error is returned. A no-op when authentication is off.
+  Status reload_auth();
 
   struct Impl;
  private:

@@ -19,6 +19,8 @@ inline grpc::StatusCode to_grpc_code(ErrorCode code) {
     case ErrorCode::unavailable: return grpc::StatusCode::UNAVAILABLE;
     case ErrorCode::deadline_exceeded: return grpc::StatusCode::DEADLINE_EXCEEDED;
     case ErrorCode::cancelled: return grpc::StatusCode::CANCELLED;
+    case ErrorCode::unauthenticated: return grpc::StatusCode::UNAUTHENTICATED;
+    case ErrorCode::permission_denied: return grpc::StatusCode::PERMISSION_DENIED;
   }
   return grpc::StatusCode::UNKNOWN;
 }

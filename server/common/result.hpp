@@ -18,6 +18,8 @@ enum class ErrorCode {
   unavailable,
   deadline_exceeded,
   cancelled,
+  unauthenticated,    // no or an unknown credential
+  permission_denied,  // a known caller asking beyond its role
 };
 
 struct Error {

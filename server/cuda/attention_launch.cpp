@@ -21,10 +21,20 @@ struct Strides {
   long long batch, head, row;
 };
 
+// a * b * c, or -1 where it overflows (no tensor is that large; the stride
+// check of attention_params_error then refuses it). Found by fuzz_handle_abi:
+// a shape of 2^40 rows made the plain product undefined.
+long long product(long long a, long long b, long long c = 1) {
+  long long ab = 0, abc = 0;
+  if (__builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc)) return -1;
+  return abc;
+}
+
 // Dense strides of a [batch, heads, seq, head_dim] tensor stored in `layout`.
 Strides dense_strides(TensorLayout layout, long long heads, long long seq, long long head_dim) {
-  if (layout == TensorLayout::bhsd) return {heads * seq * head_dim, seq * head_dim, head_dim};
-  return {seq * heads * head_dim, head_dim, heads * head_dim};
+  if (layout == TensorLayout::bhsd)
+    return {product(heads, seq, head_dim), product(seq, head_dim), head_dim};
+  return {product(seq, heads, head_dim), head_dim, product(heads, head_dim)};
 }
 
 }  // namespace
@@ -234,6 +244,19 @@ Status launch_attention(CUfunction function, const AttentionLaunchConfig& config
                                       config.block_z == 0 ? 1 : config.block_z,
                                       config.dynamic_smem_bytes, stream, args, nullptr),
                "cuLaunchKernel");
+}
+
+Status decode_launch_error(const DecodeLaunchConfig& config) {
+  const auto bad = [](const std::string& what) {
+    return make_error(ErrorCode::invalid_argument, "decode handle: " + what);
+  };
+  if (config.packed_rows == 0) return bad("config.block_m (packed rows) must be > 0");
+  if (config.block_n == 0) return bad("config.block_n must be > 0");
+  if (config.split_threads == 0) return bad("launch.block.x must be > 0");
+  if (config.head_dim <= 0 || config.head_dim > 256)
+    return bad("problem.head_dim " + std::to_string(config.head_dim) + " is not in (0, 256]");
+  if (config.splits < 0) return bad("config.splits must be >= 0");
+  return ok_status();
 }
 
 int decode_splits_for(const DecodeLaunchConfig& config, const AttentionParams& p, int sm_count) {

@@ -91,6 +91,12 @@ struct DecodeLaunchConfig {
   int splits = 0;               // config.splits; 0 = decode_num_splits for this device
 };
 
+// invalid_argument naming the field when a decode handle's launch config
+// cannot be used: no packed rows, block_n or split block (the split rule
+// divides by block_n), a head_dim outside (0, 256], negative splits. The
+// launcher and the worker check it before anything below.
+Status decode_launch_error(const DecodeLaunchConfig& config);
+
 // Workspace bytes a call of this shape needs (0 with one split), and the
 // split count it uses on a device with `sm_count` multiprocessors.
 int decode_splits_for(const DecodeLaunchConfig& config, const AttentionParams& params, int sm_count);

@@ -444,6 +444,7 @@ Status Evaluation::launch(const LoadedKernel& kernel, const v1::EvalKernel& meta
     decode.split_smem_bytes = meta.dynamic_smem_bytes();
     decode.fused_combine = meta.config().fused_combine();
     decode.splits = meta.config().splits();
+    if (auto s = cuda::decode_launch_error(decode); !s) return s;
     const int splits = cuda::decode_splits_for(decode, p, state_.device.sm_count);
     auto workspace = state_.decode_workspace.prepare(decode, p, splits, nullptr);
     if (!workspace) return gpu(Status(workspace.error()));

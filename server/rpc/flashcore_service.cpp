@@ -32,9 +32,10 @@ namespace flashcore::rpc {
 class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
  public:
   CompileReactor(FlashCoreService* service, v1::KernelHandle* response, CompileRequest request,
-                 bool omit_cubin)
+                 bool omit_cubin, std::string client)
       : state_(std::make_shared<State>()) {
     state_->service = service;
+    state_->client = std::move(client);
     state_->reactor = this;
     state_->response = response;
     state_->request = std::move(request);
@@ -79,6 +80,7 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
     v1::KernelHandle* response = nullptr;
     CompileRequest request;
     bool omit_cubin = false;
+    std::string client;  // holds one of its compile slots until finished
     KernelCache* cache = nullptr;  // set once the cache was asked
     KernelCache::Ticket ticket;
   };
@@ -87,6 +89,7 @@ class FlashCoreService::CompileReactor final : public grpc::ServerUnaryReactor {
   static void finish(State& state, const grpc::Status& status) {
     if (state.finished) return;
     state.finished = true;
+    state.service->release_compile_slot(state.client);
     state.service->release();
     state.reactor->Finish(bounded_status(status));
   }
@@ -162,6 +165,7 @@ class FlashCoreService::ValidateReactor final : public grpc::ServerUnaryReactor 
     bool omit_cubin = false;
     std::vector<int> gpus;  // those whose arch runs the cubin
     eval::WorkerPool::Clock::time_point deadline;
+    std::string client;  // holds one of its compile slots until finished
   };
 
   ValidateReactor(FlashCoreService* service, v1::KernelHandle* response, Plan plan)
@@ -203,6 +207,7 @@ class FlashCoreService::ValidateReactor final : public grpc::ServerUnaryReactor 
   static void finish(State& state, const grpc::Status& status) {
     if (state.finished) return;
     state.finished = true;
+    state.service->release_compile_slot(state.plan.client);
     state.service->release();
     state.reactor->Finish(bounded_status(status));
   }
@@ -328,6 +333,37 @@ Status FlashCoreService::admit() {
   return ok_status();
 }
 
+Result<auth::Identity> FlashCoreService::authorize(const grpc::CallbackServerContext* context,
+                                                  auth::Role needed, std::string_view rpc) const {
+  if (!options_.auth) return auth::Identity{std::string(auth::kAnonymous), auth::Role::admin};
+  std::string_view header;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end())
+    header = std::string_view(it->second.data(), it->second.size());
+  auto who = options_.auth->authenticate(header);
+  if (!who) {
+    spdlog::info("refused {} from {}: {}", rpc, context->peer(), who.error().message);
+    return who.error();
+  }
+  if (!who->may(needed)) {
+    spdlog::info("refused {} from client '{}' ({}): needs role {}", rpc, who->client,
+                 auth::role_name(who->role), auth::role_name(needed));
+    return make_error(ErrorCode::permission_denied,
+                      "needs role " + std::string(auth::role_name(needed)) + "; client '" +
+                          who->client + "' has role " + std::string(auth::role_name(who->role)));
+  }
+  return who;
+}
+
+Status FlashCoreService::take_compile_slot(const std::string& client) {
+  if (!options_.quotas) return ok_status();
+  return options_.quotas->acquire_compile(client);
+}
+
+void FlashCoreService::release_compile_slot(const std::string& client) {
+  if (options_.quotas) options_.quotas->release_compile(client);
+}
+
 grpc::ServerUnaryReactor* FlashCoreService::finish_now(grpc::CallbackServerContext* context,
                                                        const grpc::Status& status) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
@@ -345,6 +381,8 @@ Status FlashCoreService::require_gpu() const {
 grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext* context,
                                                     const v1::KernelRequest* request,
                                                     v1::KernelHandle* response) {
+  auto who = authorize(context, auth::Role::compile, "Compile");
+  if (!who) return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   auto parsed = request->use_tuned_config()
@@ -357,8 +395,12 @@ grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext*
     release();
     return finish_now(context, to_grpc_status(parsed.error()));
   }
-  auto* reactor =
-      new CompileReactor(this, response, std::move(parsed).value(), request->omit_cubin());
+  if (Status slot = take_compile_slot(who->client); !slot) {
+    release();
+    return finish_now(context, to_grpc_status(slot.error()));
+  }
+  auto* reactor = new CompileReactor(this, response, std::move(parsed).value(),
+                                     request->omit_cubin(), who->client);
   reactor->start(*cache_);
   return reactor;
 }
@@ -366,6 +408,8 @@ grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContext* context,
                                                       const v1::GetKernelRequest* request,
                                                       v1::KernelHandle* response) {
+  if (auto who = authorize(context, auth::Role::read, "GetKernel"); !who)
+    return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   const grpc::Status status = [&]() -> grpc::Status {
@@ -398,6 +442,8 @@ grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* FlashCoreService::ListKernels(grpc::CallbackServerContext* context,
                                                         const v1::ListKernelsRequest* request,
                                                         v1::ListKernelsResponse* response) {
+  if (auto who = authorize(context, auth::Role::read, "ListKernels"); !who)
+    return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   const grpc::Status status = [&]() -> grpc::Status {
@@ -429,6 +475,8 @@ grpc::ServerUnaryReactor* FlashCoreService::ListKernels(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* FlashCoreService::GetServerInfo(grpc::CallbackServerContext* context,
                                                           const v1::GetServerInfoRequest*,
                                                           v1::ServerInfo* response) {
+  if (auto who = authorize(context, auth::Role::read, "GetServerInfo"); !who)
+    return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   response->set_version(FLASHCORE_VERSION);
@@ -449,6 +497,8 @@ grpc::ServerUnaryReactor* FlashCoreService::GetServerInfo(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext* context,
                                                      const v1::ValidateRequest* request,
                                                      v1::KernelHandle* response) {
+  auto who = authorize(context, auth::Role::compile, "Validate");
+  if (!who) return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   // Bad input is refused first, exactly as Compile refuses it.
@@ -488,6 +538,11 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
       context->deadline() - std::chrono::system_clock::now(),
       std::chrono::system_clock::duration::zero(), std::chrono::hours(1));
   plan.deadline = eval::WorkerPool::Clock::now() + left;
+  if (Status slot = take_compile_slot(who->client); !slot) {
+    release();
+    return finish_now(context, to_grpc_status(slot.error()));
+  }
+  plan.client = who->client;
 
   auto* reactor = new ValidateReactor(this, response, std::move(plan));
   reactor->start(*cache_);
@@ -595,18 +650,40 @@ Error invalid_field(std::string message) {
 // callbacks, which may outlive the reactor.
 class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::TuneProgress> {
  public:
-  TuneReactor(FlashCoreService* service, const std::string& bucket)
+  // `owner` was admitted one tune job by the quotas; the job counts against
+  // them until the call ends.
+  TuneReactor(FlashCoreService* service, const std::string& bucket, std::string owner)
       : state_(std::make_shared<State>()) {
     state_->service = service;
     state_->reactor = this;
     state_->bucket = bucket;
+    state_->owner = std::move(owner);
   }
 
   void start(TuningManager& manager, TuneSettings settings) {
+    // Listed (and cancellable by CancelTuneJob) from now until the call ends.
+    state_->registry_id = state_->service->tune_jobs_.add(
+        state_->owner, settings.template_id, state_->bucket,
+        [weak = std::weak_ptr<State>(state_)](const std::string& by) {
+          auto state = weak.lock();
+          if (!state) return;
+          TuningManager::JobHandle job;
+          {
+            std::lock_guard lock(state->mutex);
+            state->cancelled = true;
+            job = state->job;
+          }
+          TuningManager::cancel(job);
+          finish(*state, grpc::Status(grpc::StatusCode::CANCELLED,
+                                      "tune job cancelled by client '" + by + "'"));
+        });
     TuneCallbacks callbacks;
     callbacks.on_event = [state = state_](const TuneEvent& event) {
       v1::TuneProgress progress = to_progress(event);
-      if (progress.has_started()) progress.mutable_started()->set_bucket(state->bucket);
+      if (progress.has_started()) {
+        progress.mutable_started()->set_bucket(state->bucket);
+        state->service->tune_jobs_.started(state->registry_id, event.job_id);
+      }
       push(*state, std::move(progress));
     };
     callbacks.on_done = [state = state_](Result<TuneResult> result) {
@@ -619,7 +696,13 @@ class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::
       push(*state, std::move(done));
       finish(*state, grpc::Status::OK);
     };
-    auto job = manager.submit(std::move(settings), std::move(callbacks));
+    TuningManager::JobHandle job;
+    {
+      std::lock_guard lock(state_->mutex);
+      // Cancelled (CancelTuneJob) before the job exists: it never starts.
+      if (!state_->cancelled) state_->submitting = true;
+    }
+    if (state_->submitting) job = manager.submit(std::move(settings), std::move(callbacks));
     bool cancelled;
     {
       std::lock_guard lock(state_->mutex);
@@ -671,7 +754,10 @@ class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::
     std::optional<grpc::Status> status;  // set once: Finish follows the queued writes
     bool finish_called = false;
     bool cancelled = false;
+    bool submitting = false;
     TuningManager::JobHandle job;
+    std::string owner;
+    int64_t registry_id = 0;
   };
 
   static void push(State& state, v1::TuneProgress progress) {
@@ -685,6 +771,10 @@ class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::
     std::lock_guard lock(state.mutex);
     if (state.status) return;
     state.status = bounded_status(status);
+    // The job leaves the list and its GPU time is charged to its owner.
+    if (auto gpu_seconds = state.service->tune_jobs_.finish(state.registry_id);
+        gpu_seconds && state.service->options_.quotas)
+      state.service->options_.quotas->end_tune_job(state.owner, *gpu_seconds);
     pump(state);
   }
 
@@ -791,7 +881,8 @@ grpc::ServerWriteReactor<v1::TuneProgress>* FlashCoreService::Tune(
     };
     return new Refused(status);
   };
-  (void)context;
+  auto who = authorize(context, auth::Role::tune, "Tune");
+  if (!who) return refuse(to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted) return refuse(to_grpc_status(admitted.error()));
   auto settings = [&]() -> Result<TuneSettings> {
     auto parsed = parse_tuning_target(request->kernel(), options_.default_arch);
@@ -850,15 +941,54 @@ grpc::ServerWriteReactor<v1::TuneProgress>* FlashCoreService::Tune(
       }
     }
   }
-  auto* reactor =
-      new TuneReactor(this, canonical_bucket(bucket_of(settings->shape, settings->layout)));
+  if (options_.quotas) {
+    std::optional<double> gpu_seconds_left;
+    if (Status quota = options_.quotas->admit_tune_job(who->client, gpu_seconds_left); !quota) {
+      release();
+      return refuse(to_grpc_status(quota.error()));
+    }
+    // A job may not run past what its client has left of the hour's GPU time.
+    if (gpu_seconds_left) {
+      const auto left = std::chrono::milliseconds(
+          std::max<int64_t>(1, static_cast<int64_t>(*gpu_seconds_left * 1000.0)));
+      const auto asked =
+          settings->time_budget.count() > 0 ? settings->time_budget : kDefaultTuneTimeBudget;
+      settings->time_budget = std::min(asked, left);
+    }
+  }
+  auto* reactor = new TuneReactor(
+      this, canonical_bucket(bucket_of(settings->shape, settings->layout)), who->client);
   reactor->start(*tuning_, std::move(settings).value());
   return reactor;
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::ListTuneJobs(grpc::CallbackServerContext* context,
+                                                         const v1::ListTuneJobsRequest*,
+                                                         v1::ListTuneJobsResponse* response) {
+  auto who = authorize(context, auth::Role::read, "ListTuneJobs");
+  if (!who) return finish_now(context, to_grpc_status(who.error()));
+  for (auto& job : tune_jobs_.list(*who)) *response->add_jobs() = std::move(job);
+  return finish_now(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::CancelTuneJob(grpc::CallbackServerContext* context,
+                                                          const v1::CancelTuneJobRequest* request,
+                                                          v1::CancelTuneJobResponse* response) {
+  auto who = authorize(context, auth::Role::tune, "CancelTuneJob");
+  if (!who) return finish_now(context, to_grpc_status(who.error()));
+  auto cancelled = tune_jobs_.cancel(request->id(), *who);
+  if (!cancelled) return finish_now(context, to_grpc_status(cancelled.error()));
+  spdlog::info("tune job {} of client '{}' cancelled by client '{}'", request->id(),
+               cancelled->owner(), who->client);
+  *response->mutable_job() = std::move(cancelled).value();
+  return finish_now(context, grpc::Status::OK);
 }
 
 grpc::ServerUnaryReactor* FlashCoreService::GetTuningResult(
     grpc::CallbackServerContext* context, const v1::GetTuningResultRequest* request,
     v1::TuningResult* response) {
+  if (auto who = authorize(context, auth::Role::read, "GetTuningResult"); !who)
+    return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   const grpc::Status status = [&]() -> grpc::Status {
@@ -893,6 +1023,8 @@ grpc::ServerUnaryReactor* FlashCoreService::GetTuningResult(
 grpc::ServerUnaryReactor* FlashCoreService::ListTuningResults(
     grpc::CallbackServerContext* context, const v1::ListTuningResultsRequest* request,
     v1::ListTuningResultsResponse* response) {
+  if (auto who = authorize(context, auth::Role::read, "ListTuningResults"); !who)
+    return finish_now(context, to_grpc_status(who.error()));
   if (Status admitted = admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   const grpc::Status status = [&]() -> grpc::Status {

@@ -10,12 +10,15 @@
 #include <memory>
 #include <string>
 
+#include "auth/authenticator.hpp"
+#include "auth/quotas.hpp"
 #include "cache/kernel_cache.hpp"
 #include "common/result.hpp"
 #include "eval/worker_pool.hpp"
 #include "flashcore/v1/flashcore.grpc.pb.h"
 #include "jit/nvrtc_compiler.hpp"
 #include "rpc/translate.hpp"
+#include "rpc/tune_jobs.hpp"
 #include "rpc/validation_store.hpp"
 #include "search/tuning_db.hpp"
 #include "search/tuning_job.hpp"
@@ -39,6 +42,10 @@ struct ServiceOptions {
   GpuStatus gpu;
   // Why Validate is refused when the service has no worker pool.
   std::string evaluation_unavailable_reason = "the daemon has no evaluation workers";
+  // Null: authentication off, every caller is "anonymous" with the admin role.
+  std::shared_ptr<const auth::Authenticator> auth;
+  // Null: no per-client limits.
+  std::shared_ptr<auth::Quotas> quotas;
 };
 
 class FlashCoreService final : public v1::FlashCore::CallbackService {
@@ -81,6 +88,18 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   grpc::ServerUnaryReactor* ListTuningResults(grpc::CallbackServerContext* context,
                                               const v1::ListTuningResultsRequest* request,
                                               v1::ListTuningResultsResponse* response) override;
+  grpc::ServerUnaryReactor* ListTuneJobs(grpc::CallbackServerContext* context,
+                                         const v1::ListTuneJobsRequest* request,
+                                         v1::ListTuneJobsResponse* response) override;
+  grpc::ServerUnaryReactor* CancelTuneJob(grpc::CallbackServerContext* context,
+                                          const v1::CancelTuneJobRequest* request,
+                                          v1::CancelTuneJobResponse* response) override;
+
+  // The caller of `rpc` from its "authorization" metadata, or UNAUTHENTICATED
+  // (no or an unknown token) / PERMISSION_DENIED (a role below `needed`).
+  // Every method of the service starts here; health checking does not.
+  Result<auth::Identity> authorize(const grpc::CallbackServerContext* context,
+                                   auth::Role needed, std::string_view rpc) const;
 
   // For requests that need a device (validation, tuning): FAILED_PRECONDITION
   // with the probe's reason when the daemon has none.
@@ -117,6 +136,9 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   // Takes an in-flight slot, or returns RESOURCE_EXHAUSTED when all are taken.
   Status admit();
   void release() { in_flight_.fetch_sub(1); }
+  // Per-client compile slots (Compile, Validate); no-ops without quotas.
+  Status take_compile_slot(const std::string& client);
+  void release_compile_slot(const std::string& client);
   // The latest validation record of the handle's kernel, if any.
   void attach_validation(v1::KernelHandle* handle) const;
   // Finishes a call answered on the spot.
@@ -129,6 +151,7 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   std::shared_ptr<eval::WorkerPool> workers_;
   ValidationStore validations_;
   std::atomic<size_t> in_flight_{0};
+  TuneJobRegistry tune_jobs_;
   // Last: destroyed first, so evaluations still running finish while the
   // members above they use are alive.
   std::unique_ptr<EvaluationThreads> evaluations_;

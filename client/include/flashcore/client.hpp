@@ -20,6 +20,16 @@ struct ConnectOptions {
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds call_timeout{300000};  // a cold compile takes seconds
   size_t max_message_bytes = size_t{64} << 20;     // cubins are a few hundred KB
+  // Bearer token sent with every call ("authorization: Bearer <token>");
+  // empty: $FLASHCORE_TOKEN, if set.
+  std::string token;
+  // TLS: the PEM CA bundle that signed the daemon's certificate. Empty: a
+  // plaintext channel (loopback).
+  std::string tls_ca_file;
+  // Mutual TLS: this client's PEM certificate chain and key (both or neither).
+  std::string tls_cert_file, tls_key_file;
+  // The name the daemon's certificate must carry; empty: the address's host.
+  std::string tls_server_name;
 };
 
 // Cancels a Tune from another thread (a Ctrl-C handler, a UI): the daemon
@@ -77,6 +87,10 @@ class Client {
   Result<v1::TuningResult> get_tuning_result(const v1::GetTuningResultRequest& request);
   Result<v1::ListTuningResultsResponse> list_tuning_results(int page_size,
                                                             const std::string& page_token);
+  // Tune jobs queued or running: this client's own (an admin's: all).
+  Result<v1::ListTuneJobsResponse> list_tune_jobs();
+  // Cancels one by its TuneJob.id: this client's own, or any for an admin.
+  Result<v1::TuneJob> cancel_tune_job(int64_t id);
   // grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN", ...
   Result<std::string> health(const std::string& service = "");
 
