@@ -311,3 +311,33 @@ def test_nvrtc_log_arrives_as_the_error_detail(flashcore, start_daemon, tmp_path
     assert "this_is_not_cuda" in error.detail  # NVRTC's log names the bad line
     assert "error" in error.detail
     c.close()
+
+
+def test_token_and_tls_reach_a_shared_box_daemon(flashcore, start_daemon, tmp_path):
+    """--auth-tokens and --tls-cert: the client's token and tls_ca (or
+    $FLASHCORE_TOKEN / $FLASHCORE_TLS_CA) are what the daemon asks for."""
+    import hashlib
+    import subprocess
+
+    import grpc
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("py-reader read %s\n" % hashlib.sha256(b"py-secret").hexdigest())
+    subprocess.run(
+        "openssl req -x509 -newkey rsa:2048 -nodes -keyout key.pem -out cert.pem -days 1 "
+        "-subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1",
+        shell=True, check=True, cwd=tmp_path, capture_output=True)
+    daemon = start_daemon("--auth-tokens", str(tokens), "--tls-cert", str(tmp_path / "cert.pem"),
+                          "--tls-key", str(tmp_path / "key.pem"))
+    with flashcore.Client(daemon.address, timeout=30, token="py-secret",
+                          tls_ca=str(tmp_path / "cert.pem")) as client:
+        assert client.server_info().version
+        with pytest.raises(flashcore.FlashCoreError) as refused:
+            client.compile(dtype="fp16", head_dim=64, seq_q=128)
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with flashcore.Client(daemon.address, timeout=30, token="",
+                          tls_ca=str(tmp_path / "cert.pem")) as client:
+        with pytest.raises(flashcore.FlashCoreError) as refused:
+            client.server_info()
+        assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert client.health() == "SERVING"  # open for probes

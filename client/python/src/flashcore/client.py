@@ -88,16 +88,30 @@ class Client:
     Methods that take a request accept the message, or keyword arguments for
     :func:`flashcore.kernel_request` (``dtype``, ``head_dim``, ``seq_q``,
     ``heads``, ``config``, ``arch``, ...). Thread-safe.
+
+    On a shared box (README "Running on a shared box"): ``token`` (default
+    $FLASHCORE_TOKEN) is sent as ``authorization: Bearer <token>`` with every
+    call; ``tls_ca`` (default $FLASHCORE_TLS_CA), a PEM file of the CA that
+    signed the daemon's certificate, makes the channel TLS.
     """
 
     def __init__(self, address: Optional[str] = None, timeout: Optional[float] = DEFAULT_TIMEOUT_S,
-                 *, channel: Optional[grpc.Channel] = None):
+                 *, channel: Optional[grpc.Channel] = None, token: Optional[str] = None,
+                 tls_ca: Optional[str] = None):
         self.address = address or os.environ.get("FLASHCORE_ADDRESS") or DEFAULT_ADDRESS
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(self.address, options=[
+        token = token if token is not None else os.environ.get("FLASHCORE_TOKEN", "")
+        self._metadata = (("authorization", "Bearer " + token),) if token else None
+        tls_ca = tls_ca if tls_ca is not None else os.environ.get("FLASHCORE_TLS_CA", "")
+        options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ])
+        ]
+        if channel is None and tls_ca:
+            with open(tls_ca, "rb") as pem:
+                credentials = grpc.ssl_channel_credentials(root_certificates=pem.read())
+            channel = grpc.secure_channel(self.address, credentials, options=options)
+        self._channel = channel or grpc.insecure_channel(self.address, options=options)
         self._stub = pb_grpc.FlashCoreStub(self._channel)
         self._health = self._channel.unary_unary(
             HEALTH_CHECK_METHOD, request_serializer=HealthCheckRequest.SerializeToString,
@@ -122,7 +136,7 @@ class Client:
 
     def _call(self, rpc: str, method, request, timeout):
         try:
-            return method(request, timeout=self._deadline(timeout))
+            return method(request, timeout=self._deadline(timeout), metadata=self._metadata)
         except grpc.RpcError as error:
             raise FlashCoreError.from_rpc_error(rpc, error, self.address) from None
 
@@ -196,7 +210,7 @@ class Client:
                                      searcher=searcher, max_evaluations=max_evaluations,
                                      time_budget_ms=time_budget_ms, patience=patience,
                                      force=force, seed=seed)
-        call = self._stub.Tune(message, timeout=self._deadline(timeout))
+        call = self._stub.Tune(message, timeout=self._deadline(timeout), metadata=self._metadata)
         return TuneStream(call, self.address)
 
     def get_tuning_result(self, request: Optional[pb.KernelRequest] = None, *, device: str = "",
