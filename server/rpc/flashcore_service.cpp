@@ -673,9 +673,11 @@ class FlashCoreService::TuneReactor final : public grpc::ServerWriteReactor<v1::
             state->cancelled = true;
             job = state->job;
           }
-          TuningManager::cancel(job);
+          // The answer first: the job's own end (cancelled while queued, say)
+          // must not win the race and hide who cancelled it.
           finish(*state, grpc::Status(grpc::StatusCode::CANCELLED,
                                       "tune job cancelled by client '" + by + "'"));
+          TuningManager::cancel(job);
         });
     TuneCallbacks callbacks;
     callbacks.on_event = [state = state_](const TuneEvent& event) {
