@@ -415,10 +415,41 @@ def spread_pct(xs):
     return 100 * (xs[int(0.9 * (len(xs) - 1))] - xs[int(0.1 * (len(xs) - 1))]) / med
 
 
-def bench(cfgs, reports, rounds, out_json, sms, check_best=True):
-    import torch
+def sdpa_timers(sets, H, KVH, reps, timers):
+    """Adds CUDA-graph timers of SDPA's cuDNN and flash backends over the input
+    sets to ``timers`` ("cudnn", "flash"); GQA through enable_gqa, or with K/V
+    expanded where a backend refuses it. Returns how each backend was called."""
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
+    sdpa_path = {}
+    for bname, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        def mkf(st, be=be, expand=False):
+            q, k, v, _ = st
+            if expand:
+                k = k.repeat_interleave(H // KVH, dim=1)
+                v = v.repeat_interleave(H // KVH, dim=1)
+
+            def f():
+                with sdpa_kernel([be]):
+                    return F.scaled_dot_product_attention(q, k, v, enable_gqa=not expand and KVH != H)
+            return f
+        try:
+            timers[bname] = graph_timer([mkf(st) for st in sets], reps)
+            sdpa_path[bname] = "enable_gqa" if KVH != H else "mha"
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+            try:
+                timers[bname] = graph_timer([mkf(st, expand=True) for st in sets], reps)
+                sdpa_path[bname] = "expanded K/V"
+                print(f"  sdpa {bname}: enable_gqa refused ({msg}); timed with K/V expanded", flush=True)
+            except Exception as e2:  # noqa: BLE001
+                sdpa_path[bname] = f"failed: {str(e2).splitlines()[0][:80] if str(e2) else type(e2).__name__}"
+                print(f"  sdpa {bname}: {sdpa_path[bname]}", flush=True)
+    return sdpa_path
+
+
+def bench(cfgs, reports, rounds, out_json, sms, check_best=True):
+    import torch
     gen = torch.Generator(device="cuda").manual_seed(7)
     rows = []
     for (B, H, KVH, SQ, SK, D, dtype) in BENCH:
@@ -447,30 +478,7 @@ def bench(cfgs, reports, rounds, out_json, sms, check_best=True):
                     meta[name] = (c, s)
                 except Exception as e:  # noqa: BLE001
                     print(f"  {name}: {str(e)[:160]}", flush=True)
-        sdpa_path = {}
-        for bname, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
-            def mkf(st, be=be, expand=False):
-                q, k, v, _ = st
-                if expand:
-                    k = k.repeat_interleave(H // KVH, dim=1)
-                    v = v.repeat_interleave(H // KVH, dim=1)
-
-                def f():
-                    with sdpa_kernel([be]):
-                        return F.scaled_dot_product_attention(q, k, v, enable_gqa=not expand and KVH != H)
-                return f
-            try:
-                timers[bname] = graph_timer([mkf(st) for st in sets], reps)
-                sdpa_path[bname] = "enable_gqa" if KVH != H else "mha"
-            except Exception as e:  # noqa: BLE001
-                msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-                try:
-                    timers[bname] = graph_timer([mkf(st, expand=True) for st in sets], reps)
-                    sdpa_path[bname] = "expanded K/V"
-                    print(f"  sdpa {bname}: enable_gqa refused ({msg}); timed with K/V expanded", flush=True)
-                except Exception as e2:  # noqa: BLE001
-                    sdpa_path[bname] = f"failed: {str(e2).splitlines()[0][:80] if str(e2) else type(e2).__name__}"
-                    print(f"  sdpa {bname}: {sdpa_path[bname]}", flush=True)
+        sdpa_path = sdpa_timers(sets, H, KVH, reps, timers)
         # Phase 1: every candidate, a few interleaved rounds.
         samples = {n: [] for n in timers}
         for _ in range(3):

@@ -123,8 +123,6 @@ def main():
     ap.add_argument("--md", default="")
     args = ap.parse_args()
     import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import sdpa_kernel, SDPBackend
     torch.zeros(1, device="cuda")
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     print(f"device {torch.cuda.get_device_name()} SMs {sms} torch {torch.__version__} "
@@ -157,29 +155,7 @@ def main():
             ws = lab.Workspace(B, H, KVH, SQ, D, l.splits) if l.splits > 1 else None
             per_set = [ServedLaunch(handles[n]).prepare(*st, None, ws) for st in sets]
             timers[n] = cudalab.graph_timer(per_set, reps)
-        sdpa_path = {}
-        for bname, be in (("cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("flash", SDPBackend.FLASH_ATTENTION)):
-            def mkf(st, be=be, expand=False):
-                q, k, v, _ = st
-                if expand:
-                    k = k.repeat_interleave(H // KVH, dim=1)
-                    v = v.repeat_interleave(H // KVH, dim=1)
-
-                def f():
-                    with sdpa_kernel([be]):
-                        return F.scaled_dot_product_attention(
-                            q, k, v, enable_gqa=not expand and KVH != H)
-                return f
-            try:
-                timers[bname] = cudalab.graph_timer([mkf(st) for st in sets], reps)
-                sdpa_path[bname] = "enable_gqa" if KVH != H else "mha"
-            except Exception:  # noqa: BLE001  (a backend refusing enable_gqa)
-                try:
-                    timers[bname] = cudalab.graph_timer([mkf(st, expand=True) for st in sets], reps)
-                    sdpa_path[bname] = "expanded K/V"
-                except Exception as e:  # noqa: BLE001
-                    sdpa_path[bname] = "failed: " + (str(e).splitlines() or [type(e).__name__])[0][:80]
+        sdpa_path = lab.sdpa_timers(sets, H, KVH, reps, timers)
         samples = {n: [] for n in timers}
         for _ in range(args.rounds):
             for n, t in timers.items():
