@@ -250,7 +250,7 @@ def load_tuned(folder):
     return out
 
 
-def bench(cfgs, dtypes, rounds, out_json, tuned=None, head_dims=None):
+def bench(cfgs, dtypes, rounds, out_json, tuned=None, head_dims=None, shapes=None):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -259,6 +259,8 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None, head_dims=None):
     for dtype in dtypes:
         for (B, H, KVH, S, D, causal) in SUITE:
             if head_dims is not None and D not in head_dims:
+                continue
+            if shapes is not None and (B, H, KVH, S, D, causal) not in shapes:
                 continue
             q, k, v, o = make_inputs(B, H, KVH, S, S, D, dtype, "bhsd", gen)
             flops = 4 * B * H * S * S * D * (0.5 if causal else 1.0)
@@ -342,10 +344,22 @@ def main():
     ap.add_argument("--json", default="")
     ap.add_argument("--tuned", default="", help="folder of TuningResult JSON files: time the "
                     "configs the daemon's Tune chose (rows report them)")
+    ap.add_argument("--shapes", default="", help="suite rows to time, 'B,H,KVH,S,D,causal' "
+                    "separated by spaces (default: all)")
+    ap.add_argument("--only-tuned", action="store_true", help="with --tuned: time only the "
+                    "daemon's picks beside SDPA, not the lab's own configs")
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
     ds = [int(x) for x in args.d.split(",")]
     cfgs = [c for c in default_configs(dtypes) if c.d in ds]
+    if args.only_tuned:
+        cfgs = []
+    shapes = None
+    if args.shapes:
+        shapes = set()
+        for row in args.shapes.split():
+            b, h, kv, s_, d, c = (int(x) for x in row.split(","))
+            shapes.add((b, h, kv, s_, d, bool(c)))
     t0 = time.time()
     for c in cfgs:
         try:
@@ -378,7 +392,7 @@ def main():
         print(f"check: {len(cfgs) - nfail}/{len(cfgs)} configs pass", flush=True)
     if args.bench:
         bench(cfgs, dtypes, args.rounds, args.json, load_tuned(args.tuned) if args.tuned else None,
-              head_dims=[int(x) for x in args.d.split(",")])
+              head_dims=[int(x) for x in args.d.split(",")], shapes=shapes)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ cli=("$bundle/bin/flashcore" --address "127.0.0.1:$(cat "$work/port")" --timeout
 # B H KVH S D causal ($SUITE: a subset, same format)
 suite=${SUITE:-"1,8,8,512,64,0 16,8,8,512,64,0 4,16,16,2048,64,0 4,16,16,2048,128,0 4,16,16,2048,128,1
 2,16,16,8192,128,0 2,16,16,8192,128,1 1,16,16,16384,64,0 1,32,8,8192,128,1 4,16,16,4096,256,0"}
-for dtype in fp16 bf16; do
+for dtype in ${DTYPES:-fp16 bf16}; do
   for shape in $suite; do
     IFS=, read -r b h kv s d c <<<"$shape"
     args=(--template attention_fwd_sm90 --arch sm_90a --dtype "$dtype" --head-dim "$d" --batch "$b"
