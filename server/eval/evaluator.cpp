@@ -20,6 +20,7 @@
 #include "cuda/attention_launch.hpp"
 #include "cuda/driver_api.hpp"
 #include "eval/attention_reference.hpp"
+#include "eval/gpu_reference.hpp"
 
 namespace flashcore::eval {
 namespace {
@@ -38,6 +39,11 @@ constexpr int64_t kMaxTensorElements = int64_t{1} << 31;
 constexpr int kMaxLaunchesPerLoop = 1 << 20;
 constexpr double kMaxTargetLoopMs = 10000;
 constexpr size_t kRandomChunk = size_t{1} << 20;
+// Every-row validations costing more multiply-adds than this run the fp64
+// reference on the GPU (checked against the CPU on kCrossCheckRows rows a
+// trial): a 16-core host does ~1e9 a second, S=16384 needs ~1e12 a trial.
+constexpr double kGpuReferenceCost = 4e9;
+constexpr size_t kCrossCheckHeads = 64;  // (batch, head) pairs, 4 rows each
 // Poison written over every output before every launch: 0xFFFF is NaN in
 // fp16 and bf16, 0xFFFFFFFF in fp32, so an unwritten element is recognised
 // by its exact bits.
@@ -340,6 +346,10 @@ struct Evaluator::State {
   std::mutex mutex;  // one evaluation at a time
   std::map<std::string, std::unique_ptr<LoadedKernel>> kernels;
   std::deque<std::string> load_order;  // oldest first
+  // Built on first need; when it cannot be (no NVRTC for this arch), every
+  // validation stays on the CPU and the reason is logged once.
+  std::unique_ptr<GpuReference> gpu_reference;
+  bool gpu_reference_tried = false;
   std::atomic<bool> lost{false};
   // The decode family's workspace, its split counters kept zero (declared
   // after the context: freed before it is released).
@@ -390,6 +400,12 @@ class Evaluation {
   Status run(const LoadedKernel& kernel, const v1::EvalKernel& meta, const AttentionParams& p,
              DeviceTensors& outputs, HostOutput& host);
   Status upload_inputs(DeviceTensors& inputs, size_t set);
+  const GpuReference* gpu_reference();
+  // Every row of this trial's inputs (at `inputs`) in fp64 on the GPU, after
+  // the CPU agrees with it on sampled rows; the CPU's verdict otherwise.
+  Result<AttentionReference> every_row_on_gpu(const GpuReference& reference,
+                                              const AttentionParams& inputs, double scale,
+                                              uint64_t trial_seed, int block_m);
 
   Evaluator::State& state_;
   const v1::EvaluateRequest& request_;
@@ -491,6 +507,37 @@ Status Evaluation::upload_inputs(DeviceTensors& inputs, size_t set) {
   return gpu(inputs.v.upload(v_bits_.data(), counts_.kv * 2, set * counts_.kv * 2));
 }
 
+const GpuReference* Evaluation::gpu_reference() {
+  if (!state_.gpu_reference_tried) {
+    state_.gpu_reference_tried = true;
+    auto built = GpuReference::create(state_.device.arch);
+    if (built) state_.gpu_reference = std::move(built.value());
+    else spdlog::warn("{}; every-row validations stay on the CPU", built.error().message);
+  }
+  return state_.gpu_reference.get();
+}
+
+Result<AttentionReference> Evaluation::every_row_on_gpu(const GpuReference& reference,
+                                                        const AttentionParams& inputs,
+                                                        double scale, uint64_t trial_seed,
+                                                        int block_m) {
+  auto ref = reference.run(shape_, dtype_, inputs, scale);
+  if (!ref)
+    return ref.error().code == ErrorCode::resource_exhausted ? ref.error() : lose(ref.error());
+  // 4 rows (first, last, the last tile's first, one more) of up to 64 heads.
+  std::mt19937_64 rng(splitmix64(trial_seed + 5));
+  const size_t pairs = static_cast<size_t>(shape_.batch) * shape_.heads;
+  const size_t step = std::max<size_t>(1, pairs / kCrossCheckHeads);
+  std::vector<QueryRow> rows;
+  for (size_t pair = rng() % step; pair < pairs; pair += step)
+    for (int i : sample_rows(shape_.seq_q, 4, block_m, rng))
+      rows.push_back({static_cast<int>(pair / shape_.heads), static_cast<int>(pair % shape_.heads), i});
+  if (std::string wrong = check_against_cpu(shape_, *ref, q_, k_, v_, scale, rows, cpu_threads());
+      !wrong.empty())
+    return make_error(ErrorCode::internal, "validation reference: " + wrong);
+  return ref;
+}
+
 Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
                                                   const LoadedKernel* reference) {
   const v1::ValidationOptions& options = request_.validation();
@@ -518,6 +565,9 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
   std::string first_failure, digest;
   HostOutput out, again, reference_out;
   std::vector<float> out_values(counts_.o);
+  const bool every_row = reference_rows <= 0 || reference_rows >= shape_.seq_q;
+  const bool on_gpu = every_row && reference_cost(shape_) > kGpuReferenceCost;
+  bool used_gpu_reference = false;
 
   for (int trial = 0; trial < trials; ++trial) {
     if (is_cancelled()) return cancelled_error();
@@ -564,6 +614,15 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       for (size_t i = 0; i < counts_.lse; ++i)
         if (std::isfinite(out.lse[i]) && std::isfinite(reference_out.lse[i]))
           lse_error = std::max(lse_error, std::abs(double(out.lse[i]) - reference_out.lse[i]));
+    } else if (const GpuReference* gpu_ref = on_gpu ? gpu_reference() : nullptr) {
+      auto ref = every_row_on_gpu(*gpu_ref, params, scale, trial_seed, meta.config().block_m());
+      if (!ref) return ref.error();
+      const ErrorStats stats = compare_output(shape_, out_values, ref->out);
+      rel = stats.rel_error;
+      max_abs = stats.max_abs_error;
+      for (size_t n = 0; n < counts_.lse; ++n)
+        if (std::isfinite(out.lse[n])) lse_error = std::max(lse_error, std::abs(double(out.lse[n]) - ref->lse[n]));
+      used_gpu_reference = true;
     } else {
       std::mt19937_64 row_rng(splitmix64(trial_seed + 4));
       std::vector<QueryRow> rows;
@@ -647,6 +706,9 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
   if (reference) against = "reference kernel " + request_.reference().key();
   else if (reference_rows > 0 && reference_rows < shape_.seq_q)
     against = "fp64 on " + std::to_string(reference_rows) + " rows per (batch, head)";
+  else if (used_gpu_reference)
+    against = "fp64 on every row (on the GPU; the CPU agreed on 4 rows of up to " +
+              std::to_string(kCrossCheckHeads) + " heads a trial)";
   else against = "fp64 on every row";
   std::string detail;
   if (failures.empty()) {

@@ -25,6 +25,7 @@
 #include "common/attention_params.cuh"
 #include "eval/attention_reference.hpp"
 #include "eval/evaluator.hpp"
+#include "eval/gpu_reference.hpp"
 #include "eval/worker_service.hpp"
 #include "scratch_dir.hpp"
 
@@ -83,6 +84,37 @@ TEST(SampleRows, ReproducibleFromTheGeneratorAndSpreadOut) {
   const int middle = static_cast<int>(
       std::count_if(first.begin(), first.end(), [](int r) { return r > 1000 && r < 99000; }));
   EXPECT_GT(middle, 32);
+}
+
+// ---- The GPU fp64 reference: what can be checked without a GPU ----
+
+TEST(GpuReference, CompilesWithNvrtcForHopperAndAmpereWithoutSpillsOrStack) {
+  for (const char* arch : {"sm_90a", "sm_80"}) {
+    auto built = compile_reference_cubin(arch);
+    ASSERT_TRUE(built.ok()) << arch << ": " << built.error().message << "\n" << built.error().detail;
+    EXPECT_GT(built->cubin.size(), 1000u) << arch;
+    // ptxas -v: "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads".
+    EXPECT_NE(built->log.find("0 bytes stack frame"), std::string::npos) << built->log;
+    EXPECT_NE(built->log.find("0 bytes spill stores"), std::string::npos) << built->log;
+  }
+  auto unknown = compile_reference_cubin("sm_5");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::failed_precondition);
+  EXPECT_NE(unknown.error().message.find("sm_5"), std::string::npos) << unknown.error().message;
+}
+
+TEST(GpuReference, CostCountsTheKeysEachRowSees) {
+  AttentionShape shape;
+  shape.batch = 2;
+  shape.heads = 3;
+  shape.seq_q = 100;
+  shape.seq_k = 40;
+  shape.head_dim = 64;
+  EXPECT_DOUBLE_EQ(reference_cost(shape), 2.0 * 100 * 40 * 64 * 6);
+  shape.causal = true;  // rows 0..39 see i + 1 keys, rows 40..99 all 40
+  EXPECT_DOUBLE_EQ(reference_cost(shape), 2.0 * (40 * 41 / 2 + 60 * 40) * 64 * 6);
+  shape.seq_k = 1000;  // every row sees i + 1 keys
+  EXPECT_DOUBLE_EQ(reference_cost(shape), 2.0 * (100 * 101 / 2) * 64 * 6);
 }
 
 // ---- Timing arithmetic ----
