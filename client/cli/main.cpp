@@ -280,6 +280,11 @@ void print_results_table(const v1::ListTuningResultsResponse& listed) {
                 config_label(r.config()).c_str(), r.median_us(), r.tflops(),
                 static_cast<long long>(r.evaluations()), r.device().c_str());
   }
+  if (listed.skipped_rows() > 0) {
+    std::fprintf(stderr, "%lld stored result(s) did not read and are left out:\n",
+                 static_cast<long long>(listed.skipped_rows()));
+    for (const auto& reason : listed.skipped_reasons()) std::fprintf(stderr, "  %s\n", reason.c_str());
+  }
 }
 
 // The live one-line progress of a tune on stderr.
@@ -424,6 +429,12 @@ int main(int argc, char** argv) {
       ->add_option_function<double>(
           "--rel-tolerance", [&](double x) { validation.set_rel_tolerance(x); },
           "relative error allowed vs fp64, below 1; 0 = 2e-3 fp16, 1e-2 bf16")
+      ->check(CLI::Range(0.0, 1.0))
+      ->type_name("X");
+  validate
+      ->add_option_function<double>(
+          "--max-abs-tolerance", [&](double x) { validation.set_max_abs_tolerance(x); },
+          "largest one-element error allowed, times max(1, max |ref|); 0 = 4e-3 fp16, 2.5e-2 bf16")
       ->check(CLI::Range(0.0, 1.0))
       ->type_name("X");
   validate

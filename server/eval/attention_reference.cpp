@@ -190,6 +190,7 @@ ErrorStats compare_output(const AttentionShape& shape, const std::vector<float>&
           diff_sq += (got - want) * (got - want);
           ref_sq += want * want;
           stats.max_abs_error = std::max(stats.max_abs_error, std::abs(got - want));
+          stats.ref_max_abs = std::max(stats.ref_max_abs, std::abs(want));
         }
   stats.rel_error = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
   return stats;
@@ -213,6 +214,7 @@ ErrorStats compare_rows(const AttentionShape& shape, const std::vector<float>& o
       diff_sq += (got - want) * (got - want);
       ref_sq += want * want;
       stats.max_abs_error = std::max(stats.max_abs_error, std::abs(got - want));
+      stats.ref_max_abs = std::max(stats.ref_max_abs, std::abs(want));
     }
   stats.rel_error = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
   return stats;

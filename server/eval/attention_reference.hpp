@@ -48,6 +48,7 @@ struct ErrorStats {
   double rel_error = 0;      // ||out - ref|| / ||ref||
   double max_abs_error = 0;
   int64_t non_finite = 0;    // unwritten (poisoned) or NaN/Inf outputs
+  double ref_max_abs = 0;    // max |ref| over the compared elements
 };
 
 // `out` is in the shape's memory layout, `ref` in logical order.

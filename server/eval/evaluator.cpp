@@ -167,6 +167,9 @@ std::optional<std::string> kernel_error(const v1::EvalKernel& kernel, const std:
 // ---- Pure CPU parts ----
 
 double default_tolerance(DType dtype) { return dtype == DType::fp16 ? kFp16Tolerance : kBf16Tolerance; }
+double default_max_abs_tolerance(DType dtype) {
+  return dtype == DType::fp16 ? kFp16MaxAbsTolerance : kBf16MaxAbsTolerance;
+}
 
 std::vector<int> sample_rows(int seq_q, int count, int block_m, std::mt19937_64& rng) {
   std::vector<int> rows;
@@ -261,6 +264,8 @@ std::optional<std::string> request_error(const v1::EvaluateRequest& request) {
   if (v.stability_trials() < 0)
     return "validation.stability_trials: " + std::to_string(v.stability_trials()) + " must be >= 0";
   if (!(v.rel_tolerance() >= 0)) return std::string("validation.rel_tolerance: must be >= 0");
+  if (!(v.max_abs_tolerance() >= 0))
+    return std::string("validation.max_abs_tolerance: must be >= 0");
   if (v.reference_rows() < 0)
     return "validation.reference_rows: " + std::to_string(v.reference_rows()) + " must be >= 0";
 
@@ -545,6 +550,8 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
   const int trials = options.stability_trials() > 0 ? options.stability_trials() : kDefaultStabilityTrials;
   const double tolerance =
       options.rel_tolerance() > 0 ? options.rel_tolerance() : default_tolerance(dtype_);
+  const double abs_tolerance = options.max_abs_tolerance() > 0 ? options.max_abs_tolerance()
+                                                               : default_max_abs_tolerance(dtype_);
   const int reference_rows = options.reference_rows();
   const v1::EvalKernel& meta = request_.kernel();
 
@@ -588,7 +595,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       problems.push_back(std::to_string(written.non_finite) + " outputs NaN or Inf");
     for (size_t i = 0; i < counts_.o; ++i) out_values[i] = element_to_float(dtype_, out.o[i]);
 
-    double rel = 0, max_abs = 0, lse_error = 0;
+    double rel = 0, max_abs = 0, lse_error = 0, ref_max = 0;
     if (reference) {
       // Tuning's gate: the already validated kernel on the very same inputs.
       if (auto s = run(*reference, request_.reference(), reference_params, *reference_outputs,
@@ -609,6 +616,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
         diff_sq += (got - want) * (got - want);
         ref_sq += want * want;
         max_abs = std::max(max_abs, std::abs(got - want));
+        ref_max = std::max(ref_max, std::abs(want));
       }
       rel = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
       for (size_t i = 0; i < counts_.lse; ++i)
@@ -620,6 +628,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       const ErrorStats stats = compare_output(shape_, out_values, ref->out);
       rel = stats.rel_error;
       max_abs = stats.max_abs_error;
+      ref_max = stats.ref_max_abs;
       for (size_t n = 0; n < counts_.lse; ++n)
         if (std::isfinite(out.lse[n])) lse_error = std::max(lse_error, std::abs(double(out.lse[n]) - ref->lse[n]));
       used_gpu_reference = true;
@@ -635,6 +644,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
       rel = stats.rel_error;
       max_abs = stats.max_abs_error;
+      ref_max = stats.ref_max_abs;
       for (size_t n = 0; n < rows.size(); ++n) {
         const QueryRow& r = rows[n];
         const float got = out.lse[(static_cast<size_t>(r.batch) * shape_.heads + r.head) *
@@ -647,6 +657,8 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
     worst_lse = std::max(worst_lse, lse_error);
     if (rel > tolerance || !std::isfinite(rel))
       problems.push_back("rel_error " + sci(rel) + " > tolerance " + sci(tolerance));
+    if (const double allowed = abs_tolerance * std::max(1.0, ref_max); !(max_abs <= allowed))
+      problems.push_back("max_abs_error " + sci(max_abs) + " > tolerance " + sci(allowed));
     if (lse_error > kLseTolerance)
       problems.push_back("lse max error " + sci(lse_error) + " > " + sci(kLseTolerance));
     if (problems.empty()) {
@@ -713,7 +725,8 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
   std::string detail;
   if (failures.empty()) {
     detail = "passed: worst rel_error " + sci(worst_rel) + " (tolerance " + sci(tolerance) +
-             "), lse error " + sci(worst_lse) + ", " + std::to_string(trials) +
+             "), max_abs_error " + sci(worst_abs) + " (tolerance " + sci(abs_tolerance) +
+             " x max(1, max |ref|)), lse error " + sci(worst_lse) + ", " + std::to_string(trials) +
              " trials, identical over " + std::to_string(runs) + " runs";
   } else {
     detail = "failed: ";

@@ -288,6 +288,10 @@ Result<CompileRequest> parse_validate_request(const v1::ValidateRequest& request
   if (!std::isfinite(tolerance) || tolerance < 0.0 || tolerance >= 1.0)
     return invalid("options.rel_tolerance: " + std::to_string(tolerance) +
                    " must be in [0, 1) (0 = the dtype's default)");
+  const double max_abs = options.max_abs_tolerance();
+  if (!std::isfinite(max_abs) || max_abs < 0.0 || max_abs >= 1.0)
+    return invalid("options.max_abs_tolerance: " + std::to_string(max_abs) +
+                   " must be in [0, 1) (0 = the dtype's default)");
   return parsed;
 }
 

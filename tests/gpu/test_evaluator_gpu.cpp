@@ -209,6 +209,28 @@ TEST_F(SM90_Evaluator, InProcessCorrectKernelPassesTheValidationMatrix) {
   EXPECT_FALSE(evaluator().context_lost());
 }
 
+// max_abs gates on its own: with the rel gate opened wide, a one-element
+// tolerance below the kernel's error fails it, naming max_abs_error.
+TEST_F(SM90_Evaluator, InProcessMaxAbsToleranceGatesOnItsOwn) {
+  auto request = validate_request(correct_kernel());
+  request.mutable_validation()->set_determinism_runs(2);
+  request.mutable_validation()->set_stability_trials(2);
+  request.mutable_validation()->set_rel_tolerance(0.5);
+  request.mutable_validation()->set_max_abs_tolerance(1e-7);
+  auto tight = evaluator().evaluate(request);
+  ASSERT_TRUE(tight.ok()) << tight.error().message;
+  std::printf("[ validate ] %s\n", tight->validation().detail().c_str());
+  EXPECT_FALSE(tight->validation().passed());
+  EXPECT_NE(tight->validation().detail().find("max_abs_error"), std::string::npos);
+  EXPECT_EQ(tight->validation().detail().find("rel_error"), std::string::npos)
+      << "only the one-element gate fails";
+  request.mutable_validation()->set_max_abs_tolerance(0);  // the fp16 default
+  auto normal = evaluator().evaluate(request);
+  ASSERT_TRUE(normal.ok()) << normal.error().message;
+  EXPECT_TRUE(normal->validation().passed()) << normal->validation().detail();
+  EXPECT_LE(normal->validation().max_abs_error(), eval::kFp16MaxAbsTolerance * 8);
+}
+
 TEST_F(SM90_Evaluator, InProcessSameSeedSameOutputHash) {
   auto request = validate_request(correct_kernel());
   request.set_seed(1234);

@@ -154,6 +154,10 @@ const BadOptions kBadOptions[] = {
      "options.rel_tolerance"},
     {"ToleranceNan", [](v1::ValidationOptions& o) { o.set_rel_tolerance(std::nan("")); },
      "options.rel_tolerance"},
+    {"NegativeMaxAbs", [](v1::ValidationOptions& o) { o.set_max_abs_tolerance(-1e-3); },
+     "options.max_abs_tolerance"},
+    {"MaxAbsInfinite", [](v1::ValidationOptions& o) { o.set_max_abs_tolerance(INFINITY); },
+     "options.max_abs_tolerance"},
 };
 
 TEST_F(ValidateTest, BadOptionsAreRefusedByName) {

@@ -455,6 +455,20 @@ TEST(Reference, SampledRowsEqualTheFullReferenceOnThoseRows) {
     EXPECT_NEAR(stats.max_abs_error, 1.0, 1e-6);
     EXPECT_GT(stats.rel_error, 1e-3);
     EXPECT_EQ(stats.non_finite, 1);
+    // The max-abs gate's scale: the largest |ref| compared (the NaN's row
+    // skipped), the same from the full comparison.
+    double ref_max = 0;
+    for (size_t n = 0; n < rows.size(); ++n)
+      if (n != 4)
+        for (int d = 0; d < 16; ++d) ref_max = std::max(ref_max, std::abs(sampled.out[n * 16 + d]));
+    EXPECT_GT(ref_max, 0);
+    EXPECT_LE(stats.ref_max_abs, ref_max + 1e-12);
+    EXPECT_GE(stats.ref_max_abs, ref_max * 0.5);
+    double full_max = 0;
+    for (double x : full.out) full_max = std::max(full_max, std::abs(x));
+    const double compared_max = compare_output(shape, out, full.out).ref_max_abs;
+    EXPECT_LE(compared_max, full_max);
+    EXPECT_GE(compared_max, full_max * 0.5);
   }
 }
 
