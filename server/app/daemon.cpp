@@ -250,15 +250,16 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
       config.tuning_db.empty() ? default_tuning_db(impl->config.cache_dir) : config.tuning_db;
   std::error_code ignored;
   std::filesystem::create_directories(db_path.parent_path(), ignored);
-  std::shared_ptr<TuningDb> tuning_db;
-  if (auto opened = TuningDb::open(db_path.string()); opened) {
-    tuning_db = std::shared_ptr<TuningDb>(std::move(opened).value());
-  } else {
-    spdlog::warn("tuning database {}: {}; tuning is unavailable", db_path.string(),
-                 opened.error().message);
-    if (options.evaluation_unavailable_reason.empty() || impl->workers || hooks.evaluation_backend)
-      options.evaluation_unavailable_reason = "tuning database: " + opened.error().message;
-  }
+  // A database it cannot trust (empty, truncated, foreign, newer, read-only)
+  // stops the start: serving on without it would hide that every stored
+  // result is gone, and recreating it would destroy them. The file is left
+  // as it is; the message names it and how to move it aside.
+  auto opened = TuningDb::open(db_path.string());
+  if (!opened)
+    return make_error(ErrorCode::failed_precondition,
+                      "tuning database: " + opened.error().message,
+                      opened.error().detail);
+  std::shared_ptr<TuningDb> tuning_db(std::move(opened).value());
   std::shared_ptr<EvaluationBackend> backend = hooks.evaluation_backend;
   if (!backend && impl->workers) backend = std::make_shared<rpc::WorkerPoolBackend>(impl->workers);
   std::shared_ptr<TuningManager> tuning;

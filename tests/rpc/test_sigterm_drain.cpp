@@ -205,5 +205,49 @@ TEST(SighupTest, ReloadsTheLogLevelAndKeepsServing) {
   EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
+// A tuning database the daemon cannot trust stops the start (exit 1) with a
+// message naming the file and how to move it aside; the file is left as it
+// was (a 0-byte file stays 0 bytes, a foreign one keeps its bytes).
+TEST(StartTest, AnUntrustedTuningDatabaseStopsTheDaemonAndIsLeftAlone) {
+  for (const std::string contents : {std::string(), std::string("not sqlite at all\n")}) {
+    ScratchDir dir;
+    const auto db = dir / "tuning.db";
+    const auto log = dir / "daemon.log";
+    std::ofstream(db, std::ios::binary) << contents;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    std::vector<std::string> argv = {FLASHCORE_DAEMON_PATH, "--listen", "127.0.0.1:0",
+                                     "--cache-dir", (dir / "cache").string(), "--tuning-db",
+                                     db.string()};
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    pid_t pid = -1;
+    ASSERT_EQ(posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
+    int status = 0;
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (waitpid(pid, &status, WNOHANG) != pid) {
+      if (Clock::now() > deadline) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        FAIL() << "flashcored kept running on an untrusted tuning database";
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 1);
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find(db.string()), std::string::npos) << text;
+    EXPECT_NE(text.find("move it aside"), std::string::npos) << text;
+    std::ifstream again(db, std::ios::binary);
+    const std::string after((std::istreambuf_iterator<char>(again)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(after, contents) << "the refused file was changed";
+  }
+}
+
 }  // namespace
 }  // namespace flashcore
