@@ -1047,6 +1047,8 @@ grpc::ServerUnaryReactor* FlashCoreService::ListTuningResults(
     }
     for (const auto& best : page->items) fill_best(best, response->add_results());
     response->set_next_page_token(page->next_page_token);
+    response->set_skipped_rows(page->skipped);
+    for (const auto& reason : page->skipped_reasons) response->add_skipped_reasons(reason);
     return grpc::Status::OK;
   }();
   release();

@@ -5,6 +5,7 @@
 // formula (this machine has no GPU), under the same device name on every
 // daemon, as a fleet of one GPU model.
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <cstdio>
 #include <fstream>
@@ -161,6 +162,26 @@ void check_export_import(TuneBox& a, TuneBox& b, const v1::TuningResult& tuned_r
   auto replaced = b.client->list_tuning_results(0, "");
   ASSERT_TRUE(replaced.ok());
   EXPECT_DOUBLE_EQ(replaced->results(0).median_us(), tuned->median_us() / 2);
+
+  // A row another tool damaged is left out of the list and counted in the
+  // answer (with why), never INTERNAL for the whole list; the CLI says so.
+  {
+    sqlite3* raw = nullptr;
+    ASSERT_EQ(sqlite3_open((b.cache.path() / "tuning.db").c_str(), &raw), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(raw, "UPDATE best SET q_placement = 'sideways'", nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(raw);
+  }
+  auto damaged = b.client->list_tuning_results(0, "");
+  ASSERT_TRUE(damaged.ok()) << damaged.error().message;
+  EXPECT_EQ(damaged->results_size(), 0);
+  EXPECT_EQ(damaged->skipped_rows(), 1);
+  ASSERT_EQ(damaged->skipped_reasons_size(), 1);
+  EXPECT_NE(damaged->skipped_reasons(0).find("sideways"), std::string::npos)
+      << damaged->skipped_reasons(0);
+  out = run(cli + " --address " + b.daemon->address() + " results 2>&1", &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("1 stored result(s) did not read"), std::string::npos) << out;
 }
 
 

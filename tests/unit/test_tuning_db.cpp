@@ -140,6 +140,7 @@ const ShapeBucket kBucket{1024, 1024, 16};
 // A file at schema `version` (1 to 3) as those builds made it (defined below
 // the released schema copies).
 void make_old_schema(RawDb& raw, int version);
+void upgrade_old_schema(RawDb& raw, int version);
 
 TEST(TuningDb, MigratesAnEmptyFileToTheCurrentSchemaInWalMode) {
   ScratchDir dir;
@@ -911,6 +912,39 @@ std::string legacy_bucket(const ShapeBucket& b) {
          ";batch_heads=" + std::to_string(b.batch_heads) + ";";
 }
 
+// Frozen copies of the released schema 4 and 5 steps (the GQA ratio as that
+// build computed it for the shapes these tests record: heads / kv_heads).
+constexpr const char* kSchemaVersion4Step = R"sql(
+ALTER TABLE jobs ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
+ALTER TABLE trials ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE trials ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
+ALTER TABLE best ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE best ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
+UPDATE trials SET gqa_ratio = CASE WHEN kv_heads <= 0 OR heads <= kv_heads THEN 1 ELSE heads / kv_heads END;
+UPDATE best SET gqa_ratio = CASE WHEN kv_heads <= 0 OR heads <= kv_heads THEN 1 ELSE heads / kv_heads END;
+UPDATE jobs SET gqa_ratio = COALESCE(
+  (SELECT gqa_ratio FROM trials WHERE trials.job_id = jobs.id ORDER BY id LIMIT 1), 1);
+UPDATE trials SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
+UPDATE best SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
+UPDATE jobs SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
+PRAGMA application_id = 1178817604;
+)sql";
+
+constexpr const char* kSchemaVersion5Step = R"sql(
+ALTER TABLE best ADD COLUMN p10_us REAL NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN p90_us REAL NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN validated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE best ADD COLUMN validation_detail TEXT NOT NULL DEFAULT '';
+)sql";
+
+// Rows written at schema 3 brought to 4 or 5 by those builds' own steps.
+void upgrade_old_schema(RawDb& raw, int version) {
+  if (version >= 4) raw.exec(kSchemaVersion4Step);
+  if (version >= 5) raw.exec(kSchemaVersion5Step);
+  if (version >= 4) raw.exec("PRAGMA user_version = " + std::to_string(version));
+}
+
 // A file at schema `version` (1 to 3) as those builds made it.
 void make_old_schema(RawDb& raw, int version) {
   raw.exec(kSchemaVersion1);
@@ -1164,13 +1198,13 @@ TEST(TuningDb, RejectsScopesThatNameNoProblem) {
 // become layout bshd, their GQA ratio comes from the shape they recorded, and
 // a GQA result is served for its own ratio only.
 TEST(TuningDb, EveryEarlierSchemaVersionMigratesWithLayoutAndGqaRatio) {
-  for (int version : {1, 2, 3}) {
+  for (int version : {1, 2, 3, 4, 5}) {
     SCOPED_TRACE("from schema version " + std::to_string(version));
     ScratchDir dir;
     const std::string path = dir.file("tuning.db");
     {
       RawDb raw(path);
-      make_old_schema(raw, version);
+      make_old_schema(raw, std::min(version, 3));
       const std::string bucket = "'" + legacy_bucket(kBucket) + "', 1024, 1024, 16";
       raw.exec(
           "INSERT INTO jobs (id, template_id, dtype, head_dim, causal, bucket, seq_q_bucket, "
@@ -1204,6 +1238,7 @@ TEST(TuningDb, EveryEarlierSchemaVersionMigratesWithLayoutAndGqaRatio) {
         best_values += ", 1, 16, 4, 1000, 1024";
       }
       raw.exec("INSERT INTO best (" + best_cols + ") VALUES (" + best_values + ")");
+      upgrade_old_schema(raw, version);
     }
     auto db = open_ok(path);
     ASSERT_NE(db, nullptr);
