@@ -36,7 +36,7 @@
 #include "cuda/driver_api.hpp"
 #include "flashcore/client.hpp"
 #include "rpc/translate.hpp"
-#include "search/search_space.hpp"
+#include "tuning/search_space.hpp"
 #include "family/tile_config.hpp"
 
 namespace {

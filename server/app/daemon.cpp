@@ -25,10 +25,10 @@
 #include "metrics/metrics_server.hpp"
 #include "redis/redis_client.hpp"
 #include "rpc/flashcore_service.hpp"
-#include "rpc/tuning_backends.hpp"
-#include "search/redis_bests.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "service/tuning_backends.hpp"
+#include "tuning/redis_bests.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore {
 namespace {

@@ -15,7 +15,7 @@
 #include "family/attention_sm90.hpp"
 #include "family/template_catalog.hpp"
 #include "rpc/translate.hpp"
-#include "search/shape_bucket.hpp"
+#include "tuning/shape_bucket.hpp"
 
 #ifndef FLASHCORE_VERSION
 #define FLASHCORE_VERSION "0.1.0"

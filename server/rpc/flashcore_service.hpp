@@ -18,10 +18,10 @@
 #include "flashcore/v1/flashcore.grpc.pb.h"
 #include "jit/nvrtc_compiler.hpp"
 #include "rpc/translate.hpp"
-#include "rpc/tune_jobs.hpp"
-#include "rpc/validation_store.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "service/tune_jobs.hpp"
+#include "service/validation_store.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore::rpc {
 

@@ -20,10 +20,10 @@
 #include "flashcore/client.hpp"
 #include "rpc/translate.hpp"
 #include "rpc_test_support.hpp"
-#include "search/search_space.hpp"
+#include "tuning/search_space.hpp"
 #include "family/tile_config.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore {
 namespace {

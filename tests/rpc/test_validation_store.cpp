@@ -1,5 +1,5 @@
 // ValidationStore: the latest record per (kernel, device), bounded.
-#include "rpc/validation_store.hpp"
+#include "service/validation_store.hpp"
 
 #include <gtest/gtest.h>
 

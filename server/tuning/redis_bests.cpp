@@ -1,8 +1,8 @@
-#include "search/redis_bests.hpp"
+#include "tuning/redis_bests.hpp"
 
 #include <spdlog/spdlog.h>
 
-#include "search/best_json.hpp"
+#include "tuning/best_json.hpp"
 
 namespace flashcore {
 

@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "search/searcher.hpp"
+#include "tuning/searcher.hpp"
 
 namespace flashcore {
 

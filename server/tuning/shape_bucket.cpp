@@ -1,4 +1,4 @@
-#include "search/shape_bucket.hpp"
+#include "tuning/shape_bucket.hpp"
 
 #include <algorithm>
 #include <bit>

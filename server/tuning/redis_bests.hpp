@@ -6,7 +6,7 @@
 #include <string>
 
 #include "redis/redis_client.hpp"
-#include "search/fleet_bests.hpp"
+#include "tuning/fleet_bests.hpp"
 
 namespace flashcore {
 

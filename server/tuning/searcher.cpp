@@ -1,12 +1,12 @@
-#include "search/searcher.hpp"
+#include "tuning/searcher.hpp"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
-#include "search/evolutionary_searcher.hpp"
-#include "search/exhaustive_searcher.hpp"
-#include "search/random_searcher.hpp"
+#include "tuning/evolutionary_searcher.hpp"
+#include "tuning/exhaustive_searcher.hpp"
+#include "tuning/random_searcher.hpp"
 
 namespace flashcore {
 

@@ -1,4 +1,4 @@
-#include "rpc/tuning_backends.hpp"
+#include "service/tuning_backends.hpp"
 
 #include "family/template_catalog.hpp"
 #include "rpc/translate.hpp"

@@ -1,4 +1,4 @@
-#include "search/stop_condition.hpp"
+#include "tuning/stop_condition.hpp"
 
 #include <algorithm>
 #include <cstdio>

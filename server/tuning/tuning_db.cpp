@@ -1,4 +1,4 @@
-#include "search/tuning_db.hpp"
+#include "tuning/tuning_db.hpp"
 
 #include <spdlog/spdlog.h>
 #include <sqlite3.h>

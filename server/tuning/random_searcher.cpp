@@ -1,4 +1,4 @@
-#include "search/random_searcher.hpp"
+#include "tuning/random_searcher.hpp"
 
 namespace flashcore {
 

@@ -24,11 +24,11 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "search/fleet_bests.hpp"
-#include "search/searcher.hpp"
-#include "search/shape_bucket.hpp"
+#include "tuning/fleet_bests.hpp"
+#include "tuning/searcher.hpp"
+#include "tuning/shape_bucket.hpp"
 #include "family/tile_config.hpp"
-#include "search/tuning_db.hpp"
+#include "tuning/tuning_db.hpp"
 
 namespace flashcore {
 

@@ -1,4 +1,4 @@
-#include "search/evolutionary_searcher.hpp"
+#include "tuning/evolutionary_searcher.hpp"
 
 #include <algorithm>
 #include <cmath>

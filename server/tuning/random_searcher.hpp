@@ -2,7 +2,7 @@
 // searcher has to beat for the same number of evaluations.
 #pragma once
 
-#include "search/searcher.hpp"
+#include "tuning/searcher.hpp"
 
 namespace flashcore {
 

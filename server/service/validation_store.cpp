@@ -1,4 +1,4 @@
-#include "rpc/validation_store.hpp"
+#include "service/validation_store.hpp"
 
 namespace flashcore::rpc {
 

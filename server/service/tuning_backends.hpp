@@ -9,7 +9,7 @@
 
 #include "cache/kernel_cache.hpp"
 #include "eval/worker_pool.hpp"
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore::rpc {
 

@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "search/search_space.hpp"
-#include "search/stop_condition.hpp"
+#include "tuning/search_space.hpp"
+#include "tuning/stop_condition.hpp"
 #include "family/tile_config.hpp"
 
 namespace flashcore {

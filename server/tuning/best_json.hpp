@@ -9,7 +9,7 @@
 #include <optional>
 #include <string>
 
-#include "search/tuning_db.hpp"
+#include "tuning/tuning_db.hpp"
 
 namespace flashcore {
 

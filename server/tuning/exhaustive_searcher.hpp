@@ -2,7 +2,7 @@
 // searchers are measured against, and the right choice for small spaces.
 #pragma once
 
-#include "search/searcher.hpp"
+#include "tuning/searcher.hpp"
 
 namespace flashcore {
 

@@ -1,4 +1,4 @@
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_job.hpp"
 
 #include "family/template_catalog.hpp"
 
@@ -14,9 +14,9 @@
 #include <mutex>
 #include <thread>
 
-#include "search/evolutionary_searcher.hpp"
-#include "search/search_space.hpp"
-#include "search/stop_condition.hpp"
+#include "tuning/evolutionary_searcher.hpp"
+#include "tuning/search_space.hpp"
+#include "tuning/stop_condition.hpp"
 
 namespace flashcore {
 

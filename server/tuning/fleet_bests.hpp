@@ -7,7 +7,7 @@
 
 #include <optional>
 
-#include "search/tuning_db.hpp"
+#include "tuning/tuning_db.hpp"
 
 namespace flashcore {
 

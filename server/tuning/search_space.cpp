@@ -1,4 +1,4 @@
-#include "search/search_space.hpp"
+#include "tuning/search_space.hpp"
 
 #include <algorithm>
 

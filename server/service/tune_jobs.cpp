@@ -1,4 +1,4 @@
-#include "rpc/tune_jobs.hpp"
+#include "service/tune_jobs.hpp"
 
 namespace flashcore::rpc {
 

@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "common/result.hpp"
-#include "search/shape_bucket.hpp"
+#include "tuning/shape_bucket.hpp"
 #include "family/tile_config.hpp"
 
 struct sqlite3;

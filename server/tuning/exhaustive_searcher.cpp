@@ -1,4 +1,4 @@
-#include "search/exhaustive_searcher.hpp"
+#include "tuning/exhaustive_searcher.hpp"
 
 namespace flashcore {
 

@@ -1,6 +1,6 @@
-#include "search/best_json.hpp"
+#include "tuning/best_json.hpp"
 
-#include "search/shape_bucket.hpp"
+#include "tuning/shape_bucket.hpp"
 
 namespace flashcore {
 
