@@ -1,6 +1,6 @@
 #include "service/tune_jobs.hpp"
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 
 int64_t TuneJobRegistry::add(std::string owner, std::string template_id, std::string bucket,
                              std::function<void(const std::string&)> cancel) {
@@ -93,4 +93,4 @@ size_t TuneJobRegistry::size() const {
   return jobs_.size();
 }
 
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service

@@ -16,7 +16,7 @@
 #include "common/result.hpp"
 #include "flashcore/v1/flashcore.pb.h"
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 
 class TuneJobRegistry {
  public:
@@ -54,4 +54,4 @@ class TuneJobRegistry {
   std::map<int64_t, Entry> jobs_;
 };
 
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service

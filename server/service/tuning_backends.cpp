@@ -1,9 +1,9 @@
 #include "service/tuning_backends.hpp"
 
 #include "family/template_catalog.hpp"
-#include "rpc/translate.hpp"
+#include "service/kernel_handle.hpp"
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 
 CompiledCandidate to_candidate(const CachedKernel& kernel,
                                std::shared_ptr<const CachedKernel> owner) {
@@ -159,4 +159,4 @@ Result<std::optional<FullValidation>> WorkerPoolBackend::validate_fully(
   return std::optional<FullValidation>(std::move(full));
 }
 
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service

@@ -11,7 +11,7 @@
 #include "eval/worker_pool.hpp"
 #include "tuning/tuning_job.hpp"
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 
 class KernelCacheCompiler final : public CandidateCompiler {
  public:
@@ -56,4 +56,4 @@ class WorkerPoolBackend final : public EvaluationBackend {
 // CompiledCandidate from a cache answer.
 CompiledCandidate to_candidate(const CachedKernel& kernel, std::shared_ptr<const CachedKernel> owner);
 
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service

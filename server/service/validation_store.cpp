@@ -1,6 +1,6 @@
 #include "service/validation_store.hpp"
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 
 void ValidationStore::put(const std::string& key, const v1::ValidationRecord& record) {
   std::lock_guard lock(mutex_);
@@ -43,4 +43,4 @@ size_t ValidationStore::kernels() const {
   return by_key_.size();
 }
 
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service

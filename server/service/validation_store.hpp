@@ -14,7 +14,7 @@
 
 #include "flashcore/v1/flashcore.pb.h"
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 
 class ValidationStore {
  public:
@@ -41,4 +41,4 @@ class ValidationStore {
   uint64_t next_sequence_ = 0;
 };
 
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service

@@ -5,7 +5,7 @@
 
 #include <string>
 
-namespace flashcore::rpc {
+namespace flashcore::service {
 namespace {
 
 v1::ValidationRecord record(const std::string& device, bool passed, const std::string& detail = "") {
@@ -54,4 +54,4 @@ TEST(ValidationStoreTest, ForgetsTheKernelStoredFirstPastItsBound) {
 }
 
 }  // namespace
-}  // namespace flashcore::rpc
+}  // namespace flashcore::service
