@@ -17,12 +17,10 @@ LIMIT = 80
 KNOWN = {
     ("server/eval/evaluator.cpp", "validate(const LoadedKernel& kernel, const LoadedKernel* reference)"): 168,
     ("server/tuning/tuning_db.cpp", "migrations()"): 163,  # the schema's SQL, one string per step
-    ("server/app/config.cpp", "resolve(const Layer& layer)"): 103,
     ("server/jit/nvrtc_compiler.cpp", "NvrtcCompiler::compile(const KernelSpec& spec) const"): 100,
     ("server/eval/worker_pool.cpp", "WorkerPool::start_worker(Worker& worker)"): 95,
     ("server/worker_main.cpp", "main(int argc, char** argv)"): 86,
     ("server/eval/worker_pool.cpp", "WorkerPool::start(WorkerPoolOptions options)"): 86,
-    ("server/app/config.cpp", "load_config(int argc, const char* const* argv)"): 85,
     ("server/eval/evaluator.cpp", "Evaluation::time(const LoadedKernel& kernel)"): 83,
 }
 
