@@ -36,7 +36,8 @@
 #include "cuda/driver_api.hpp"
 #include "flashcore/client.hpp"
 #include "rpc/translate.hpp"
-#include "search/search_space.hpp"
+#include "service/kernel_handle.hpp"
+#include "tuning/search_space.hpp"
 #include "family/tile_config.hpp"
 
 namespace {
@@ -190,7 +191,7 @@ int main(int argc, char** argv) {
               v1::KernelRequest request;
               request.set_template_id("attention_fwd");
               *request.mutable_problem() = problem;
-              flashcore::rpc::fill_config(configs[i], request.mutable_config());
+              flashcore::service::fill_config(configs[i], request.mutable_config());
               compiled_results[i].emplace(client.compile(request));
             }
           });

@@ -8,8 +8,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
-#include "search/best_json.hpp"
-#include "search/tuning_db.hpp"
+#include "tuning/best_json.hpp"
+#include "tuning/tuning_db.hpp"
 
 namespace flashcore::cli {
 namespace {

@@ -180,19 +180,10 @@ Result<size_t> count(std::string_view name, int64_t value, int64_t min, int64_t 
   return static_cast<size_t>(value);
 }
 
-Result<DaemonConfig> resolve(const Layer& layer) {
-  DaemonConfig config;
-  auto fleet = resolve_fleet(layer.fleet);
-  if (!fleet) return fleet.error();
-  config.fleet = std::move(fleet).value();
-  if (layer.listen_address) {
-    if (layer.listen_address->empty()) return bad_setting("listen_address: must not be empty");
-    config.listen_address = *layer.listen_address;
-  }
-  config.cache_dir =
-      layer.cache_dir ? std::filesystem::path(*layer.cache_dir) : default_cache_dir();
+constexpr int64_t kMaxCount = int64_t{1} << 30;
 
-  constexpr int64_t kMaxCount = int64_t{1} << 30;
+// Cache sizes, thread and queue counts, message size.
+Status resolve_sizes(const Layer& layer, DaemonConfig& config) {
   if (layer.memory_cache_mb) {
     auto mb = count("memory_cache_mb", *layer.memory_cache_mb, 1, int64_t{1} << 24);
     if (!mb) return mb.error();
@@ -223,6 +214,11 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     if (!mb) return mb.error();
     config.max_message_bytes = *mb * kMiB;
   }
+  return ok_status();
+}
+
+// Templates, default arch, drain, log level, files, evaluation timeout.
+Status resolve_runtime(const Layer& layer, DaemonConfig& config) {
   if (layer.templates_dir) config.templates_dir = *layer.templates_dir;
   if (layer.default_arch && !layer.default_arch->empty()) {
     if (!find_arch(*layer.default_arch)) {
@@ -256,6 +252,11 @@ Result<DaemonConfig> resolve(const Layer& layer) {
     if (!ms) return ms.error();
     config.evaluation_timeout = std::chrono::milliseconds(*ms);
   }
+  return ok_status();
+}
+
+// A shared box: tokens, TLS, the loopback rule's override, quotas.
+Status resolve_security(const Layer& layer, DaemonConfig& config) {
   if (layer.auth_tokens) config.auth_tokens = *layer.auth_tokens;
   if (layer.tls_cert) config.tls_cert = *layer.tls_cert;
   if (layer.tls_key) config.tls_key = *layer.tls_key;
@@ -281,6 +282,23 @@ Result<DaemonConfig> resolve(const Layer& layer) {
   if (Status s = quota("quota_tune_gpu_seconds_per_hour", layer.quota_tune_gpu_seconds_per_hour,
                        config.quota_tune_gpu_seconds_per_hour); !s)
     return s.error();
+  return ok_status();
+}
+
+Result<DaemonConfig> resolve(const Layer& layer) {
+  DaemonConfig config;
+  auto fleet = resolve_fleet(layer.fleet);
+  if (!fleet) return fleet.error();
+  config.fleet = std::move(fleet).value();
+  if (layer.listen_address) {
+    if (layer.listen_address->empty()) return bad_setting("listen_address: must not be empty");
+    config.listen_address = *layer.listen_address;
+  }
+  config.cache_dir =
+      layer.cache_dir ? std::filesystem::path(*layer.cache_dir) : default_cache_dir();
+  if (Status sizes = resolve_sizes(layer, config); !sizes) return sizes.error();
+  if (Status runtime = resolve_runtime(layer, config); !runtime) return runtime.error();
+  if (Status security = resolve_security(layer, config); !security) return security.error();
   return config;
 }
 
@@ -299,11 +317,10 @@ std::filesystem::path default_state_dir() {
   return std::filesystem::temp_directory_path() / "flashcore-state";
 }
 
-Result<DaemonConfig> load_config(int argc, const char* const* argv) {
-  CLI::App app{"flashcored: compiles attention kernel templates with NVRTC and serves the cubins",
-               argc > 0 ? argv[0] : "flashcored"};
-  Layer flags;
-  std::string config_file;
+namespace {
+
+// Every setting's flag, into `flags` (the last layer).
+void add_daemon_flags(CLI::App& app, Layer& flags) {
   const auto str = [&](const char* name, std::optional<std::string>& out, const char* help) {
     return app.add_option_function<std::string>(
         name, [&out](const std::string& v) { out = v; }, help);
@@ -312,8 +329,6 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
     return app.add_option_function<int64_t>(
         name, [&out](const int64_t& v) { out = v; }, help);
   };
-  app.add_option("--config", config_file,
-                 "TOML file whose keys are the long option names with '_' (or FLASHCORE_CONFIG)");
   str("--listen", flags.listen_address,
       "host:port to listen on, port 0 picks one (FLASHCORE_LISTEN)");
   str("--cache-dir", flags.cache_dir,
@@ -363,6 +378,18 @@ Result<DaemonConfig> load_config(int argc, const char* const* argv) {
       "tune jobs queued or running per client; 0 = no limit");
   num("--quota-tune-gpu-seconds-per-hour", flags.quota_tune_gpu_seconds_per_hour,
       "GPU-seconds of tuning per client in any hour; 0 = no limit");
+}
+
+}  // namespace
+
+Result<DaemonConfig> load_config(int argc, const char* const* argv) {
+  CLI::App app{"flashcored: compiles attention kernel templates with NVRTC and serves the cubins",
+               argc > 0 ? argv[0] : "flashcored"};
+  Layer flags;
+  std::string config_file;
+  app.add_option("--config", config_file,
+                 "TOML file whose keys are the long option names with '_' (or FLASHCORE_CONFIG)");
+  add_daemon_flags(app, flags);
 
   try {
     app.parse(argc, argv);

@@ -25,10 +25,11 @@
 #include "metrics/metrics_server.hpp"
 #include "redis/redis_client.hpp"
 #include "rpc/flashcore_service.hpp"
-#include "rpc/tuning_backends.hpp"
-#include "search/redis_bests.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "service/service.hpp"
+#include "service/tuning_backends.hpp"
+#include "tuning/redis_bests.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore {
 namespace {
@@ -36,8 +37,8 @@ namespace {
 constexpr std::string_view kFallbackArch = "sm_90a";
 
 // Never fails: a daemon without a GPU still compiles and serves kernels.
-rpc::GpuStatus probe_gpu(int& device_count) {
-  rpc::GpuStatus gpu;
+service::GpuStatus probe_gpu(int& device_count) {
+  service::GpuStatus gpu;
   device_count = 0;
   auto devices = cuda::probe_devices();
   if (!devices) {
@@ -56,7 +57,7 @@ rpc::GpuStatus probe_gpu(int& device_count) {
   return gpu;
 }
 
-Result<std::string> pick_default_arch(const DaemonConfig& config, const rpc::GpuStatus& gpu) {
+Result<std::string> pick_default_arch(const DaemonConfig& config, const service::GpuStatus& gpu) {
   if (!config.default_arch.empty()) {
     if (!find_arch(config.default_arch))
       return make_error(ErrorCode::invalid_argument,
@@ -79,7 +80,7 @@ bool is_unix_address(const std::string& address) { return address.rfind("unix:",
 // or no worker starts: the daemon then compiles and serves, and Validate
 // answers FAILED_PRECONDITION with that reason.
 std::shared_ptr<eval::WorkerPool> start_workers(const DaemonConfig& config, int device_count,
-                                                rpc::GpuStatus& gpu, std::string& reason) {
+                                                service::GpuStatus& gpu, std::string& reason) {
   if (!gpu.available) {
     reason = "no GPU: " + gpu.unavailable_reason;
     return nullptr;
@@ -148,6 +149,71 @@ std::shared_ptr<redis::Client> connect_redis(const FleetConfig& fleet) {
 
 }  // namespace
 
+namespace {
+
+// The templates compiled from: the embedded copy, or --templates-dir.
+Result<std::shared_ptr<const TemplateRegistry>> load_templates(const DaemonConfig& config) {
+  if (config.templates_dir.empty()) return TemplateRegistry::embedded();
+  auto from_dir = TemplateRegistry::from_directory(config.templates_dir);
+  if (!from_dir)
+    return make_error(ErrorCode::failed_precondition,
+                      "templates_dir: " + from_dir.error().message);
+  return std::shared_ptr<const TemplateRegistry>(std::move(from_dir).value());
+}
+
+// A shared box: the token file (null without one: authentication off).
+Result<std::shared_ptr<auth::Authenticator>> load_auth(const DaemonConfig& config) {
+  if (config.auth_tokens.empty()) return std::shared_ptr<auth::Authenticator>();
+  auto authenticator = auth::Authenticator::from_file(config.auth_tokens);
+  if (!authenticator)
+    return make_error(ErrorCode::failed_precondition, authenticator.error().message);
+  std::shared_ptr<auth::Authenticator> loaded = std::move(authenticator).value();
+  spdlog::info("authentication on: {} client(s) from {}", loaded->clients(),
+               config.auth_tokens.string());
+  return loaded;
+}
+
+std::shared_ptr<auth::Quotas> make_quotas(const DaemonConfig& config) {
+  if (config.quota_concurrent_compiles == 0 && config.quota_tune_jobs == 0 &&
+      config.quota_tune_gpu_seconds_per_hour == 0)
+    return nullptr;
+  return std::make_shared<auth::Quotas>(
+      auth::QuotaLimits{config.quota_concurrent_compiles, config.quota_tune_jobs,
+                        static_cast<double>(config.quota_tune_gpu_seconds_per_hour)});
+}
+
+// The tuning database, always (results are served without a GPU too); null
+// when it cannot be opened, with the reason tuning is unavailable.
+// A database it cannot trust (empty, truncated, foreign, newer, read-only)
+// stops the start: serving on without it would hide that every stored result
+// is gone, and recreating it would destroy them. The file is left as it is;
+// the message names it and how to move it aside.
+Result<std::shared_ptr<TuningDb>> open_tuning_db(const DaemonConfig& config,
+                                                 const std::filesystem::path& cache_dir) {
+  const std::filesystem::path db_path =
+      config.tuning_db.empty() ? default_tuning_db(cache_dir) : config.tuning_db;
+  std::error_code ignored;
+  std::filesystem::create_directories(db_path.parent_path(), ignored);
+  auto opened = TuningDb::open(db_path.string());
+  if (!opened)
+    return make_error(ErrorCode::failed_precondition, "tuning database: " + opened.error().message,
+                      opened.error().detail);
+  return std::shared_ptr<TuningDb>(std::move(opened).value());
+}
+
+Status write_port_file(const DaemonConfig& config, int port) {
+  if (config.port_file.empty()) return ok_status();
+  // Atomic, so a supervisor polling for the file never reads half a number.
+  if (Status written = write_file_atomically(config.port_file, std::to_string(port) + "\n");
+      !written)
+    return make_error(
+        ErrorCode::unavailable,
+        "cannot write port file " + config.port_file.string() + ": " + written.error().message);
+  return ok_status();
+}
+
+}  // namespace
+
 struct Daemon::Impl {
   DaemonConfig config;
   // Declaration order is teardown order reversed: the server goes first (it
@@ -159,7 +225,8 @@ struct Daemon::Impl {
   // Shut down (workers stopped) once the server has drained, before the
   // service waits for evaluations still running.
   std::shared_ptr<eval::WorkerPool> workers;
-  std::unique_ptr<rpc::FlashCoreService> service;
+  std::unique_ptr<service::Service> service;
+  std::unique_ptr<rpc::FlashCoreService> rpc;  // translates calls into the service's operations
   std::unique_ptr<metrics::MetricsServer> metrics;  // null without metrics_listen
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -167,6 +234,11 @@ struct Daemon::Impl {
 
   std::mutex shutdown_mutex;
   bool shut_down = false;
+
+  // The steps of start().
+  Status build_parts(const std::shared_ptr<redis::Client>& redis);
+  Status build_service(const std::shared_ptr<redis::Client>& redis, const DaemonHooks& hooks);
+  Status serve(const std::shared_ptr<grpc::ServerCredentials>& credentials);
 };
 
 Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
@@ -187,94 +259,98 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   // A shared box: refuse to be reachable beyond loopback unprotected, read
   // the tokens and the TLS files before anything else starts.
   if (Status exposed = check_exposure(config); !exposed) return exposed.error();
-  if (!config.auth_tokens.empty()) {
-    auto authenticator = auth::Authenticator::from_file(config.auth_tokens);
-    if (!authenticator)
-      return make_error(ErrorCode::failed_precondition, authenticator.error().message);
-    impl->auth = std::move(authenticator).value();
-    spdlog::info("authentication on: {} client(s) from {}", impl->auth->clients(),
-                 config.auth_tokens.string());
-  }
+  auto auth = load_auth(config);
+  if (!auth) return auth.error();
+  impl->auth = std::move(auth).value();
   auto credentials = server_credentials(config);
   if (!credentials) return credentials.error();
   install_accept_guard();
 
-  std::shared_ptr<const TemplateRegistry> templates;
-  if (config.templates_dir.empty()) {
-    templates = TemplateRegistry::embedded();
-  } else {
-    auto from_dir = TemplateRegistry::from_directory(config.templates_dir);
-    if (!from_dir)
-      return make_error(ErrorCode::failed_precondition,
-                        "templates_dir: " + from_dir.error().message);
-    templates = std::move(from_dir).value();
-  }
+  std::shared_ptr<redis::Client> redis = connect_redis(config.fleet);
+  if (Status parts = impl->build_parts(redis); !parts) return parts.error();
+  if (Status service = impl->build_service(redis, hooks); !service) return service.error();
+  if (Status serving = impl->serve(*credentials); !serving) return serving.error();
+  if (Status written = write_port_file(config, impl->port); !written) return written.error();
 
+  spdlog::info(
+      "templates: {}; cache: {} ({} MiB in memory, {} MiB on disk); {} compile threads; "
+      "default arch {}",
+      config.templates_dir.empty() ? "embedded" : config.templates_dir.string(),
+      impl->config.cache_dir.string(), config.memory_cache_bytes >> 20,
+      config.disk_cache_bytes >> 20, impl->pool->threads(),
+      impl->service->options().default_arch);
+  if (impl->metrics)
+    spdlog::info("metrics on http://{}:{}/metrics", config.fleet.metrics_listen.substr(
+                     0, config.fleet.metrics_listen.rfind(':')), impl->metrics->port());
+  return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
+}
+
+// The compile side: templates, compiler, pool, the cache with its tiers,
+// and /metrics.
+Status Daemon::Impl::build_parts(const std::shared_ptr<redis::Client>& redis) {
+  auto templates = load_templates(config);
+  if (!templates) return templates.error();
   const size_t threads = config.compile_threads > 0
                              ? config.compile_threads
                              : std::max<size_t>(1, std::thread::hardware_concurrency());
-  impl->pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
-  impl->compiler = std::make_shared<const NvrtcCompiler>(templates);
+  pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
+  compiler = std::make_shared<const NvrtcCompiler>(std::move(templates).value());
   KernelCacheOptions cache_options;
   cache_options.memory_bytes = config.memory_cache_bytes;
-  cache_options.disk_dir = impl->config.cache_dir;
+  cache_options.disk_dir = config.cache_dir;
   cache_options.disk_max_bytes = config.disk_cache_bytes;
-  std::shared_ptr<redis::Client> redis = connect_redis(config.fleet);
   if (redis) cache_options.shared = std::make_shared<RedisStore>(redis);
-  impl->cache = std::make_shared<KernelCache>(std::move(cache_options), impl->compiler, impl->pool);
-  if (!config.fleet.metrics_listen.empty()) {
-    auto metrics = metrics::MetricsServer::start(config.fleet.metrics_listen);
-    if (!metrics) return metrics.error();
-    impl->metrics = std::move(metrics).value();
-  }
+  cache = std::make_shared<KernelCache>(std::move(cache_options), compiler, pool);
+  if (config.fleet.metrics_listen.empty()) return ok_status();
+  auto started = flashcore::metrics::MetricsServer::start(config.fleet.metrics_listen);
+  if (!started) return started.error();
+  metrics = std::move(started).value();
+  return ok_status();
+}
 
-  rpc::ServiceOptions options;
+// The service over the parts: GPU probe and default arch, policies, the
+// evaluation workers, the tuning database and manager.
+Status Daemon::Impl::build_service(const std::shared_ptr<redis::Client>& redis,
+                                   const DaemonHooks& hooks) {
+  flashcore::service::ServiceOptions options;
   int device_count = 0;
   options.gpu = probe_gpu(device_count);
   auto arch = pick_default_arch(config, options.gpu);
   if (!arch) return arch.error();
   options.default_arch = *arch;
   options.max_concurrent_rpcs = config.max_concurrent_rpcs;
-  options.auth = impl->auth;
-  if (config.quota_concurrent_compiles > 0 || config.quota_tune_jobs > 0 ||
-      config.quota_tune_gpu_seconds_per_hour > 0)
-    options.quotas = std::make_shared<auth::Quotas>(auth::QuotaLimits{
-        config.quota_concurrent_compiles, config.quota_tune_jobs,
-        static_cast<double>(config.quota_tune_gpu_seconds_per_hour)});
-  impl->workers =
-      start_workers(config, device_count, options.gpu, options.evaluation_unavailable_reason);
+  options.auth = auth;
+  options.quotas = make_quotas(config);
+  workers = start_workers(config, device_count, options.gpu, options.evaluation_unavailable_reason);
 
-  // Tuning: the database always (results are served without a GPU too), the
-  // manager only with something to measure on.
-  const std::filesystem::path db_path =
-      config.tuning_db.empty() ? default_tuning_db(impl->config.cache_dir) : config.tuning_db;
-  std::error_code ignored;
-  std::filesystem::create_directories(db_path.parent_path(), ignored);
-  // A database it cannot trust (empty, truncated, foreign, newer, read-only)
-  // stops the start: serving on without it would hide that every stored
-  // result is gone, and recreating it would destroy them. The file is left
-  // as it is; the message names it and how to move it aside.
-  auto opened = TuningDb::open(db_path.string());
-  if (!opened)
-    return make_error(ErrorCode::failed_precondition,
-                      "tuning database: " + opened.error().message,
-                      opened.error().detail);
-  std::shared_ptr<TuningDb> tuning_db(std::move(opened).value());
+  // Locals, not members: the service must hold the last reference to the
+  // manager, whose jobs' callbacks point into it (~Service joins them).
+  auto opened_db = open_tuning_db(config, config.cache_dir);
+  if (!opened_db) return opened_db.error();
+  std::shared_ptr<TuningDb> tuning_db = std::move(opened_db).value();
   std::shared_ptr<EvaluationBackend> backend = hooks.evaluation_backend;
-  if (!backend && impl->workers) backend = std::make_shared<rpc::WorkerPoolBackend>(impl->workers);
+  if (!backend && workers)
+    backend = std::make_shared<flashcore::service::WorkerPoolBackend>(workers);
   std::shared_ptr<TuningManager> tuning;
   if (backend && tuning_db) {
     TuningManager::Options tuning_options;
     tuning_options.compile_ahead = hooks.tuning_compile_ahead;
     if (redis) tuning_options.fleet = std::make_shared<RedisBests>(redis);
     tuning = std::make_shared<TuningManager>(
-        std::make_shared<rpc::KernelCacheCompiler>(impl->cache, impl->compiler), backend,
+        std::make_shared<flashcore::service::KernelCacheCompiler>(cache, compiler), backend,
         tuning_db, tuning_options);
   }
   if (redis) options.fleet_bests = std::make_shared<RedisBests>(redis);
-  impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options,
-                                                          impl->workers, tuning, tuning_db);
+  if (metrics) metrics->watch({cache, workers, tuning, tuning_db});
+  service = std::make_unique<flashcore::service::Service>(cache, compiler, options, workers,
+                                                          tuning, tuning_db);
+  rpc = std::make_unique<flashcore::rpc::FlashCoreService>(*service);
+  return ok_status();
+}
 
+// The gRPC server: the rpc service, health and reflection, the metrics
+// interceptor; binds the listener.
+Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& credentials) {
   // Both must be in place before the builder is made: they hook into it.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -282,40 +358,19 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   // gRPC sets SO_REUSEPORT by default: a second daemon on a busy port would
   // then bind "successfully" and silently split the traffic.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(config.listen_address, *credentials, &impl->port);
+  builder.AddListeningPort(config.listen_address, credentials, &port);
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
-  builder.RegisterService(impl->service.get());
-  if (impl->metrics) {
+  builder.RegisterService(rpc.get());
+  if (metrics) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(impl->metrics->interceptor_factory());
+    creators.push_back(metrics->interceptor_factory());
     builder.experimental().SetInterceptorCreators(std::move(creators));
-    impl->metrics->watch({impl->cache, impl->workers, tuning, tuning_db});
   }
-  impl->server = builder.BuildAndStart();
-  if (!impl->server || (impl->port == 0 && !is_unix_address(config.listen_address)))
+  server = builder.BuildAndStart();
+  if (!server || (port == 0 && !is_unix_address(config.listen_address)))
     return make_error(ErrorCode::unavailable, "cannot listen on " + config.listen_address);
-
-  if (!config.port_file.empty()) {
-    // Atomic, so a supervisor polling for the file never reads half a number.
-    if (Status written = write_file_atomically(config.port_file, std::to_string(impl->port) + "\n");
-        !written)
-      return make_error(
-          ErrorCode::unavailable,
-          "cannot write port file " + config.port_file.string() + ": " + written.error().message);
-  }
-
-  spdlog::info(
-      "templates: {}; cache: {} ({} MiB in memory, {} MiB on disk); {} compile threads; "
-      "default arch {}",
-      config.templates_dir.empty() ? "embedded" : config.templates_dir.string(),
-      impl->config.cache_dir.string(), config.memory_cache_bytes >> 20,
-      config.disk_cache_bytes >> 20, threads,
-               options.default_arch);
-  if (impl->metrics)
-    spdlog::info("metrics on http://{}:{}/metrics", config.fleet.metrics_listen.substr(
-                     0, config.fleet.metrics_listen.rfind(':')), impl->metrics->port());
-  return std::unique_ptr<Daemon>(new Daemon(std::move(impl)));
+  return ok_status();
 }
 
 Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

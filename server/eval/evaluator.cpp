@@ -335,6 +335,14 @@ OutputCheck check_written(const HostOutput& out, DType dtype) {
   return check;
 }
 
+// One trial's comparison: the gates' inputs.
+struct TrialErrors {
+  double rel = 0, max_abs = 0;
+  double ref_max = 0;  // max |ref| over the compared elements: the max-abs gate's scale
+  double lse = 0;
+  bool on_gpu = false;  // the fp64 reference ran on the GPU
+};
+
 bool same_bytes(const HostOutput& a, const HostOutput& b) {
   return a.o == b.o && a.lse.size() == b.lse.size() &&
          std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0;
@@ -406,6 +414,14 @@ class Evaluation {
              DeviceTensors& outputs, HostOutput& host);
   Status upload_inputs(DeviceTensors& inputs, size_t set);
   const GpuReference* gpu_reference();
+  // One trial's errors against the reference kernel's output on the same inputs.
+  TrialErrors against_kernel(const HostOutput& out, const std::vector<float>& out_values,
+                             const HostOutput& reference_out) const;
+  // One trial's errors against fp64: every row on the GPU when `on_gpu` and it
+  // can be built, else the CPU on the request's rows.
+  Result<TrialErrors> against_fp64(const HostOutput& out, const std::vector<float>& out_values,
+                                   const AttentionParams& params, double scale,
+                                   uint64_t trial_seed, bool on_gpu);
   // Every row of this trial's inputs (at `inputs`) in fp64 on the GPU, after
   // the CPU agrees with it on sampled rows; the CPU's verdict otherwise.
   Result<AttentionReference> every_row_on_gpu(const GpuReference& reference,
@@ -543,6 +559,58 @@ Result<AttentionReference> Evaluation::every_row_on_gpu(const GpuReference& refe
   return ref;
 }
 
+TrialErrors Evaluation::against_kernel(const HostOutput& out, const std::vector<float>& out_values,
+                                      const HostOutput& reference_out) const {
+  TrialErrors e;
+  double diff_sq = 0, ref_sq = 0;
+  for (size_t i = 0; i < counts_.o; ++i) {
+    const double got = out_values[i];
+    const double want = element_to_float(dtype_, reference_out.o[i]);
+    if (!std::isfinite(got) || !std::isfinite(want)) continue;
+    diff_sq += (got - want) * (got - want);
+    ref_sq += want * want;
+    e.max_abs = std::max(e.max_abs, std::abs(got - want));
+    e.ref_max = std::max(e.ref_max, std::abs(want));
+  }
+  e.rel = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
+  for (size_t i = 0; i < counts_.lse; ++i)
+    if (std::isfinite(out.lse[i]) && std::isfinite(reference_out.lse[i]))
+      e.lse = std::max(e.lse, std::abs(double(out.lse[i]) - reference_out.lse[i]));
+  return e;
+}
+
+Result<TrialErrors> Evaluation::against_fp64(const HostOutput& out,
+                                             const std::vector<float>& out_values,
+                                             const AttentionParams& params, double scale,
+                                             uint64_t trial_seed, bool on_gpu) {
+  const int block_m = request_.kernel().config().block_m();
+  TrialErrors e;
+  if (const GpuReference* gpu_ref = on_gpu ? gpu_reference() : nullptr) {
+    auto ref = every_row_on_gpu(*gpu_ref, params, scale, trial_seed, block_m);
+    if (!ref) return ref.error();
+    const ErrorStats stats = compare_output(shape_, out_values, ref->out);
+    e = {stats.rel_error, stats.max_abs_error, stats.ref_max_abs, 0.0, true};
+    for (size_t n = 0; n < counts_.lse; ++n)
+      if (std::isfinite(out.lse[n])) e.lse = std::max(e.lse, std::abs(double(out.lse[n]) - ref->lse[n]));
+    return e;
+  }
+  std::mt19937_64 row_rng(splitmix64(trial_seed + 4));
+  std::vector<QueryRow> rows;
+  for (int b = 0; b < shape_.batch; ++b)
+    for (int h = 0; h < shape_.heads; ++h)
+      for (int i : sample_rows(shape_.seq_q, request_.validation().reference_rows(), block_m, row_rng))
+        rows.push_back({b, h, i});
+  const AttentionReference ref = reference_attention_rows(shape_, q_, k_, v_, scale, rows, cpu_threads());
+  const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
+  e = {stats.rel_error, stats.max_abs_error, stats.ref_max_abs, 0.0, false};
+  for (size_t n = 0; n < rows.size(); ++n) {
+    const QueryRow& r = rows[n];
+    const float got = out.lse[(static_cast<size_t>(r.batch) * shape_.heads + r.head) * shape_.seq_q + r.row];
+    if (std::isfinite(got)) e.lse = std::max(e.lse, std::abs(double(got) - ref.lse[n]));
+  }
+  return e;
+}
+
 Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
                                                   const LoadedKernel* reference) {
   const v1::ValidationOptions& options = request_.validation();
@@ -595,7 +663,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       problems.push_back(std::to_string(written.non_finite) + " outputs NaN or Inf");
     for (size_t i = 0; i < counts_.o; ++i) out_values[i] = element_to_float(dtype_, out.o[i]);
 
-    double rel = 0, max_abs = 0, lse_error = 0, ref_max = 0;
+    TrialErrors errors;
     if (reference) {
       // Tuning's gate: the already validated kernel on the very same inputs.
       if (auto s = run(*reference, request_.reference(), reference_params, *reference_outputs,
@@ -608,50 +676,15 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
                            std::to_string(reference_written.unwritten +
                                           reference_written.non_finite) +
                            " outputs unwritten or non-finite");
-      double diff_sq = 0, ref_sq = 0;
-      for (size_t i = 0; i < counts_.o; ++i) {
-        const double got = out_values[i];
-        const double want = element_to_float(dtype_, reference_out.o[i]);
-        if (!std::isfinite(got) || !std::isfinite(want)) continue;
-        diff_sq += (got - want) * (got - want);
-        ref_sq += want * want;
-        max_abs = std::max(max_abs, std::abs(got - want));
-        ref_max = std::max(ref_max, std::abs(want));
-      }
-      rel = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : std::sqrt(diff_sq);
-      for (size_t i = 0; i < counts_.lse; ++i)
-        if (std::isfinite(out.lse[i]) && std::isfinite(reference_out.lse[i]))
-          lse_error = std::max(lse_error, std::abs(double(out.lse[i]) - reference_out.lse[i]));
-    } else if (const GpuReference* gpu_ref = on_gpu ? gpu_reference() : nullptr) {
-      auto ref = every_row_on_gpu(*gpu_ref, params, scale, trial_seed, meta.config().block_m());
-      if (!ref) return ref.error();
-      const ErrorStats stats = compare_output(shape_, out_values, ref->out);
-      rel = stats.rel_error;
-      max_abs = stats.max_abs_error;
-      ref_max = stats.ref_max_abs;
-      for (size_t n = 0; n < counts_.lse; ++n)
-        if (std::isfinite(out.lse[n])) lse_error = std::max(lse_error, std::abs(double(out.lse[n]) - ref->lse[n]));
-      used_gpu_reference = true;
+      errors = against_kernel(out, out_values, reference_out);
     } else {
-      std::mt19937_64 row_rng(splitmix64(trial_seed + 4));
-      std::vector<QueryRow> rows;
-      for (int b = 0; b < shape_.batch; ++b)
-        for (int h = 0; h < shape_.heads; ++h)
-          for (int i : sample_rows(shape_.seq_q, reference_rows, meta.config().block_m(), row_rng))
-            rows.push_back({b, h, i});
-      const AttentionReference ref =
-          reference_attention_rows(shape_, q_, k_, v_, scale, rows, cpu_threads());
-      const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
-      rel = stats.rel_error;
-      max_abs = stats.max_abs_error;
-      ref_max = stats.ref_max_abs;
-      for (size_t n = 0; n < rows.size(); ++n) {
-        const QueryRow& r = rows[n];
-        const float got = out.lse[(static_cast<size_t>(r.batch) * shape_.heads + r.head) *
-                                      shape_.seq_q + r.row];
-        if (std::isfinite(got)) lse_error = std::max(lse_error, std::abs(double(got) - ref.lse[n]));
-      }
+      auto fp64 = against_fp64(out, out_values, params, scale, trial_seed, on_gpu);
+      if (!fp64) return fp64.error();
+      errors = *fp64;
+      used_gpu_reference = used_gpu_reference || errors.on_gpu;
     }
+    const double rel = errors.rel, max_abs = errors.max_abs, lse_error = errors.lse,
+                 ref_max = errors.ref_max;
     worst_rel = std::max(worst_rel, rel);
     worst_abs = std::max(worst_abs, max_abs);
     worst_lse = std::max(worst_lse, lse_error);

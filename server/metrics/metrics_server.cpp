@@ -14,8 +14,8 @@
 
 #include "cache/kernel_cache.hpp"
 #include "eval/worker_pool.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore::metrics {
 namespace {

@@ -18,7 +18,7 @@
 
 #include "eval/attention_reference.hpp"
 #include "gpu_environment.hpp"
-#include "search/search_space.hpp"
+#include "tuning/search_space.hpp"
 #include "family/tile_config.hpp"
 
 namespace flashcore {

@@ -35,7 +35,7 @@ def test_address_defaults_to_flashcore_address_then_the_clis_default(flashcore, 
     assert flashcore.Client().address == "127.0.0.1:6123"
     assert flashcore.Client("10.1.2.3:5").address == "10.1.2.3:5"
     monkeypatch.delenv("FLASHCORE_ADDRESS")
-    cli_source = (REPO / "client" / "cli" / "main.cpp").read_text()
+    cli_source = (REPO / "client" / "cli" / "cli.hpp").read_text()  # Globals
     assert 'std::string address = "%s";' % flashcore.DEFAULT_ADDRESS in cli_source
     assert flashcore.Client().address == flashcore.DEFAULT_ADDRESS == "127.0.0.1:50051"
 

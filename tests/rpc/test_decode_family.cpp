@@ -7,7 +7,7 @@
 #include <string>
 
 #include "decode/decode_params.cuh"
-#include "rpc/translate.hpp"
+#include "service/kernel_handle.hpp"
 #include "rpc_test_support.hpp"
 
 namespace flashcore {
@@ -90,7 +90,7 @@ TEST(DecodeFamilyRpc, ServesAMultiKernelHandleAndKeepsItOnDisk) {
     unfused_key = unfused.key();
     // What the evaluation worker gets: both kernels' symbols and the decode ABI.
     v1::EvalKernel eval;
-    rpc::fill_eval_kernel(unfused, &eval);
+    service::fill_eval_kernel(unfused, &eval);
     EXPECT_EQ(eval.abi_version(), 3u);
     EXPECT_EQ(eval.lowered_name(), unfused.steps(0).lowered_name());
     EXPECT_EQ(eval.combine_lowered_name(), unfused.steps(1).lowered_name());

@@ -14,9 +14,9 @@
 #include "flashcore/client.hpp"
 #include "redis_server.hpp"
 #include "rpc_test_support.hpp"
-#include "search/best_json.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "tuning/best_json.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore {
 namespace {

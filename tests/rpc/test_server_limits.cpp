@@ -7,7 +7,6 @@
 #include <thread>
 #include <vector>
 
-#include "rpc/flashcore_service.hpp"
 #include "rpc_test_support.hpp"
 
 namespace flashcore {
@@ -234,21 +233,6 @@ TEST(DaemonStartTest, WritesThePortFile) {
   EXPECT_EQ(port, daemon->port());
   EXPECT_GT(port, 0);
   EXPECT_EQ(daemon->address(), "127.0.0.1:" + std::to_string(port));
-}
-
-TEST(RequireGpuTest, NamesTheProbesReason) {
-  rpc::ServiceOptions options;
-  options.gpu.available = false;
-  options.gpu.unavailable_reason = "no CUDA driver: libcuda.so.1 not found";
-  rpc::FlashCoreService without(nullptr, nullptr, options);
-  const Status refused = without.require_gpu();
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.error().code, ErrorCode::failed_precondition);
-  EXPECT_NE(refused.error().message.find("libcuda.so.1 not found"), std::string::npos);
-
-  options.gpu = rpc::GpuStatus{true, "NVIDIA H100", "sm_90a", ""};
-  rpc::FlashCoreService with(nullptr, nullptr, options);
-  EXPECT_TRUE(with.require_gpu().ok());
 }
 
 }  // namespace

@@ -19,7 +19,7 @@
 #include "flashcore/client.hpp"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc_test_support.hpp"
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_job.hpp"
 #include "test_certs.hpp"
 
 namespace flashcore {

@@ -19,11 +19,12 @@
 
 #include "flashcore/client.hpp"
 #include "rpc/translate.hpp"
+#include "service/kernel_handle.hpp"
 #include "rpc_test_support.hpp"
-#include "search/search_space.hpp"
+#include "tuning/search_space.hpp"
 #include "family/tile_config.hpp"
-#include "search/tuning_db.hpp"
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_db.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore {
 namespace {
@@ -298,7 +299,7 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
   EXPECT_TRUE(info_after->gpu_available()) << info_after->gpu_unavailable_reason();
 
   v1::KernelRequest kernel = request.kernel();
-  rpc::fill_config(best, kernel.mutable_config());
+  service::fill_config(best, kernel.mutable_config());
   kernel.set_omit_cubin(true);
   auto compiled = client.compile(kernel);
   ASSERT_TRUE(compiled.ok()) << compiled.error().message;

@@ -17,8 +17,8 @@
 #include <optional>
 #include <string>
 
-#include "search/search_space.hpp"
-#include "search/searcher.hpp"
+#include "tuning/search_space.hpp"
+#include "tuning/searcher.hpp"
 #include "family/tile_config.hpp"
 
 namespace flashcore::test {

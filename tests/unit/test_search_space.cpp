@@ -1,4 +1,4 @@
-#include "search/search_space.hpp"
+#include "tuning/search_space.hpp"
 
 #include "family/attention_sm90.hpp"
 #include "family/template_catalog.hpp"

@@ -1,4 +1,4 @@
-#include "search/searcher.hpp"
+#include "tuning/searcher.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,9 +11,9 @@
 #include <set>
 #include <vector>
 
-#include "search/evolutionary_searcher.hpp"
-#include "search/exhaustive_searcher.hpp"
-#include "search/random_searcher.hpp"
+#include "tuning/evolutionary_searcher.hpp"
+#include "tuning/exhaustive_searcher.hpp"
+#include "tuning/random_searcher.hpp"
 #include "search_test_objective.hpp"
 
 namespace flashcore {

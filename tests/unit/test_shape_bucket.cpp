@@ -2,7 +2,7 @@
 
 #include <vector>
 
-#include "search/shape_bucket.hpp"
+#include "tuning/shape_bucket.hpp"
 
 namespace flashcore {
 namespace {

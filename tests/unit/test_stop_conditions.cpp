@@ -1,10 +1,10 @@
-#include "search/stop_condition.hpp"
+#include "tuning/stop_condition.hpp"
 
 #include <gtest/gtest.h>
 
 #include <chrono>
 
-#include "search/exhaustive_searcher.hpp"
+#include "tuning/exhaustive_searcher.hpp"
 #include "search_test_objective.hpp"
 
 namespace flashcore {

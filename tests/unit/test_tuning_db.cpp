@@ -13,8 +13,8 @@
 #include <thread>
 #include <vector>
 
-#include "search/shape_bucket.hpp"
-#include "search/tuning_db.hpp"
+#include "tuning/shape_bucket.hpp"
+#include "tuning/tuning_db.hpp"
 
 namespace flashcore {
 namespace {

@@ -3,7 +3,7 @@
 // evaluation budget. Jobs end to end are in tests/rpc/test_tune.cpp.
 #include <gtest/gtest.h>
 
-#include "search/tuning_job.hpp"
+#include "tuning/tuning_job.hpp"
 
 namespace flashcore {
 namespace {

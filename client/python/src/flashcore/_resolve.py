@@ -2,7 +2,7 @@
 
 For a problem class (dtype, head_dim, causal), an arch and the shape bucket
 of the call (DESIGN.md §1: sequence lengths and batch x heads rounded up to
-powers of two; server/search/shape_bucket.cpp), the kernel is:
+powers of two; server/tuning/shape_bucket.cpp), the kernel is:
 
 1. the tuned config of that bucket for this GPU, when the daemon's tuning
    database holds one (GetTuningResult with this process's device name);
@@ -33,7 +33,7 @@ TEMPLATE = "attention_fwd"
 # The Hopper family (server/family/attention_sm90.hpp): sm_90a, these head dims.
 HOPPER_TEMPLATE = "attention_fwd_sm90"
 HOPPER_HEAD_DIMS = (64, 128, 256)
-# server/search/tile_config.hpp kSupportedHeadDims.
+# server/tuning/tile_config.hpp kSupportedHeadDims.
 SUPPORTED_HEAD_DIMS = (32, 64, 96, 128, 256)
 # The sm80 family's default tile per head dim, (block_m, block_n, warps,
 # stages): the configs tests/gpu/test_attention_gpu.cpp verifies without
@@ -41,7 +41,7 @@ SUPPORTED_HEAD_DIMS = (32, 64, 96, 128, 256)
 # 128 keep 128-row tiles with 8 warps).
 DEFAULT_CONFIGS = {32: (128, 64, 4, 2), 64: (128, 64, 4, 2), 96: (128, 64, 8, 2),
                    128: (128, 64, 8, 2), 256: (64, 32, 4, 2)}
-# server/search/shape_bucket.hpp.
+# server/tuning/shape_bucket.hpp.
 MIN_SEQ_BUCKET = 64
 MIN_QUERY_BUCKET = 1  # seq_q below 64: every power of two is its own bucket
 MAX_SEQ_BUCKET = 1 << 30

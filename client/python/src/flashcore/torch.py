@@ -76,7 +76,7 @@ def arch_for_capability(major: int, minor: int) -> Optional[str]:
 
     A cubin runs on its own major version at the same or a higher minor, so 8.7
     takes sm_86's; 9.0 takes sm_90a, the daemon's own choice for Hopper
-    (server/cuda/driver_api.cpp), so tuning results recorded under it are found.
+    (runtime/cuda/driver_api.cpp), so tuning results recorded under it are found.
     """
     if major == 8:
         return "sm_89" if minor >= 9 else "sm_86" if minor >= 6 else "sm_80"

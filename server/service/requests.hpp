@@ -1,0 +1,21 @@
+// The service's request types: what a front end (rpc/ today) parses a
+// message into before it calls the service.
+#pragma once
+
+#include <string>
+
+#include "flashcore/v1/flashcore.pb.h"
+#include "jit/kernel_spec.hpp"
+
+namespace flashcore::service {
+
+// A validated Compile request: what selects the cubin plus the run-time
+// shape the launch geometry is computed for.
+struct CompileRequest {
+  KernelSpec spec;
+  RuntimeShape shape;
+  v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
+  std::string cached_key;  // the client holds this kernel: its cubin is left out
+};
+
+}  // namespace flashcore::service
