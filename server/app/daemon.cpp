@@ -24,6 +24,7 @@
 #include "jit/template_registry.hpp"
 #include "metrics/metrics_server.hpp"
 #include "redis/redis_client.hpp"
+#include "evolve/evolution_service.hpp"
 #include "rpc/flashcore_service.hpp"
 #include "rpc/tuning_backends.hpp"
 #include "search/redis_bests.hpp"
@@ -160,6 +161,7 @@ struct Daemon::Impl {
   // service waits for evaluations still running.
   std::shared_ptr<eval::WorkerPool> workers;
   std::unique_ptr<rpc::FlashCoreService> service;
+  std::unique_ptr<evolve::EvolutionService> evolution;  // null: its store did not open
   std::unique_ptr<metrics::MetricsServer> metrics;  // null without metrics_listen
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -274,6 +276,29 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   impl->service = std::make_unique<rpc::FlashCoreService>(impl->cache, impl->compiler, options,
                                                           impl->workers, tuning, tuning_db);
 
+  // Submitted sources (issue 18): compiled in sandboxed worker processes,
+  // evaluated on the same workers, kept in their own SQLite store.
+  {
+    evolve::EvolutionServiceParts parts;
+    parts.templates = templates;
+    parts.cache = impl->cache;
+    parts.workers = impl->workers;
+    parts.workers_unavailable_reason = options.evaluation_unavailable_reason;
+    parts.tuning_db = tuning_db;
+    parts.auth = impl->auth;
+    parts.quotas = options.quotas;
+    parts.default_arch = options.default_arch;
+    parts.compile_worker = config.compile_worker;
+    parts.store_path = config.candidates_db.empty() ? db_path.parent_path() / "candidates.db"
+                                                    : config.candidates_db;
+    parts.limits = config.evolve;
+    auto evolution = evolve::EvolutionService::create(std::move(parts));
+    if (evolution)
+      impl->evolution = std::move(evolution).value();
+    else
+      spdlog::warn("{}; EvaluateSource is unavailable", evolution.error().message);
+  }
+
   // Both must be in place before the builder is made: they hook into it.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -285,6 +310,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
   builder.RegisterService(impl->service.get());
+  if (impl->evolution) builder.RegisterService(impl->evolution.get());
   if (impl->metrics) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
     creators.push_back(impl->metrics->interceptor_factory());
@@ -350,6 +376,7 @@ void Daemon::shutdown(std::chrono::milliseconds drain) {
   impl_->server->Shutdown(std::chrono::system_clock::now() + drain);
   // Evaluations of calls cancelled at the deadline end with their workers.
   if (impl_->workers) impl_->workers->shutdown();
+  if (impl_->evolution) impl_->evolution->shutdown();  // kills running compile workers
 }
 
 void Daemon::wait() { impl_->server->Wait(); }

@@ -514,6 +514,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
 
   const double scale = 1.0 / std::sqrt(static_cast<double>(problem_.head_dim()));
   double worst_rel = 0, worst_abs = 0, worst_lse = 0;
+  std::optional<WrongElement> first_wrong;  // in the first trial that failed
   int stable = 0, first_failed_trial = -1, mismatches = 0;
   std::string first_failure, digest;
   HostOutput out, again, reference_out;
@@ -576,6 +577,8 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
       rel = stats.rel_error;
       max_abs = stats.max_abs_error;
+      if (!first_wrong && (rel > tolerance || !std::isfinite(rel) || stats.non_finite > 0))
+        first_wrong = first_wrong_element(shape_, out_values, rows, ref.out, tolerance);
       for (size_t n = 0; n < rows.size(); ++n) {
         const QueryRow& r = rows[n];
         const float got = out.lse[(static_cast<size_t>(r.batch) * shape_.heads + r.head) *
@@ -614,6 +617,15 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
   v1::ValidationRecord record;
   record.set_evaluated(true);
   record.set_device(state_.device.name);
+  if (first_wrong) {
+    v1::OutputElement* where = record.mutable_first_wrong();
+    where->set_batch(first_wrong->batch);
+    where->set_head(first_wrong->head);
+    where->set_row(first_wrong->row);
+    where->set_col(first_wrong->col);
+    where->set_got(first_wrong->got);
+    where->set_want(first_wrong->want);
+  }
   record.set_rel_error(worst_rel);
   record.set_max_abs_error(worst_abs);
   record.set_determinism_hash(digest);
