@@ -766,15 +766,64 @@ void EvolutionService::Generation::evaluate(Candidate& c, Clock::time_point budg
       c.median_us = result->timing().median_us();
     }
   }
-  if (options.sanitizer()) {
-    auto* sanitizer = c.verdict.mutable_sanitizer();
-    sanitizer->set_evaluated(false);
-    sanitizer->set_report("compute-sanitizer runs are not wired into the evaluation workers yet");
-  }
   c.verdict.set_status(all_passed ? v1::CANDIDATE_STATUS_VALID : v1::CANDIDATE_STATUS_WRONG);
   c.verdict.set_detail(all_passed ? "correct on " + std::to_string(shapes.size()) + " shape(s)" +
                                        (c.median_us > 0 ? std::string() : "; not timed: the generation's GPU budget is spent")
                                   : first_problem);
+  if (options.sanitizer()) {
+    // memcheck and racecheck on one small shape of the class: the first
+    // shape cut to 2 heads, 128 query rows and keys; one launch checked.
+    auto* sanitizer = c.verdict.mutable_sanitizer();
+    sanitizer->set_tools("memcheck,racecheck");
+    RuntimeShape small = shapes[0];
+    small.batch = 1;
+    small.heads = std::min<int64_t>(small.heads, 2);
+    small.kv_heads = small.kv_heads == 0 ? 0 : std::min<int64_t>(small.kv_heads, small.heads);
+    if (small.kv_heads != 0 && small.heads % small.kv_heads != 0) small.kv_heads = 0;
+    small.seq_q = std::min<int64_t>(small.seq_q, 128);
+    small.seq_k = std::min<int64_t>(small.effective_seq_k(), 128);
+    bool clean = true;
+    std::string report;
+    for (const char* tool : {"memcheck", "racecheck"}) {
+      if (Clock::now() >= budget_end) {
+        budget_spent = true;
+        report += std::string(tool) + ": not run, the generation's GPU budget is spent\n";
+        clean = false;
+        break;
+      }
+      v1::EvaluateRequest request;
+      *request.mutable_kernel() = kernel;
+      rpc::fill_problem(problem, small, layouts[0], request.mutable_problem());
+      request.set_validate(true);
+      request.mutable_validation()->set_determinism_runs(1);
+      request.mutable_validation()->set_stability_trials(1);
+      request.mutable_validation()->set_reference_rows(16);
+      request.mutable_validation()->set_rel_tolerance(options.rel_tolerance());
+      request.set_sanitizer_tool(tool);
+      const auto start = Clock::now();
+      auto result = parts.workers->evaluate(request, budget_end);
+      const double used = ms_since(start);
+      gpu_ms += used;
+      c.verdict.set_gpu_ms(c.verdict.gpu_ms() + used);
+      if (!result) {
+        clean = false;
+        report += std::string(tool) + ": " + result.error().message + "\n";
+        continue;
+      }
+      if (!result->sanitizer_clean()) {
+        clean = false;
+        report += std::string(tool) + ":\n" + result->sanitizer_report();
+      }
+    }
+    sanitizer->set_evaluated(true);
+    sanitizer->set_clean(clean);
+    sanitizer->set_report(report.substr(0, 16384));
+    if (!clean) {
+      c.verdict.set_status(v1::CANDIDATE_STATUS_FAILED);
+      const std::string first = report.substr(0, report.find('\n', report.find('\n') + 1));
+      c.verdict.set_detail("compute-sanitizer found errors: " + first);
+    }
+  }
 }
 
 void EvolutionService::Generation::run() {
