@@ -412,8 +412,6 @@ grpc::ServerWriteReactor<v1::EvaluateSourceEvent>* EvolutionService::EvaluateSou
         c.launch.set_block_m(parsed->spec.config.block_m);
         c.launch.set_threads(static_cast<int>(geometry.block.x));
         c.launch.set_dynamic_smem_bytes(geometry.dynamic_smem_bytes);
-        v1::KernelHandle handle;
-        rpc::fill_problem(g.problem, g.shapes.front(), g.layouts.front(), handle.mutable_problem());
         c.config = in.config();
         c.config.set_block_m(static_cast<int32_t>(parsed->spec.config.block_m));
         c.config.set_block_n(static_cast<int32_t>(parsed->spec.config.block_n));
@@ -687,7 +685,6 @@ void EvolutionService::Generation::evaluate(Candidate& c, Clock::time_point budg
     }
     v1::EvaluateRequest request;
     *request.mutable_kernel() = kernel;
-    v1::KernelHandle shape_handle;
     rpc::fill_problem(problem, shapes[i], layouts[i], request.mutable_problem());
     request.set_validate(true);
     *request.mutable_validation() = validation;

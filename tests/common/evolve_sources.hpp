@@ -84,10 +84,10 @@ inline std::string naive_name_expression(const std::string& name = "naive_attent
 // warp's shared-memory write with no barrier between (racecheck reports the
 // hazard); the value read is never used, so the output stays correct.
 inline const char* kSharedMemoryRace = R"(
-  __shared__ int scratch[64];
+  __shared__ volatile int scratch[64];
+  __shared__ volatile int sink[64];
   scratch[threadIdx.x] = threadIdx.x;
-  volatile int sink = scratch[(threadIdx.x + 32) % 64];
-  (void)sink;
+  sink[threadIdx.x] = scratch[(threadIdx.x + 32) % 64];
 )";
 
 // Reads far outside every buffer: an illegal address on the GPU.
@@ -101,8 +101,9 @@ __global__ void faulting(const flashcore::AttentionParams __grid_constant__ p) {
 // Never returns (the evaluation worker's timeout kills it).
 inline const char* kHangingSource = R"(#include "common/attention_params.cuh"
 __global__ void hanging(const flashcore::AttentionParams __grid_constant__ p) {
-  volatile int spin = 1;
-  while (spin) {
+  // clock64() is a volatile read of the SM clock: the loop cannot be
+  // optimized away (an empty infinite loop could be), and never ends.
+  while (clock64() >= 0) {
   }
   static_cast<unsigned short*>(p.o)[0] = 0;
 }

@@ -89,6 +89,8 @@ TEST(EvaluateSourceGpuTest, SM80_CorrectWrongFaultingAndHangingCandidatesGetThei
   request.set_arch(info.default_arch() == "sm_90a" ? "sm_90a" : "sm_80");
   request.set_generation(1);
   request.mutable_options()->set_baseline("correct");
+  // A fault (worker restart) and a 15 s hang fit with room to spare.
+  request.mutable_options()->set_gpu_time_budget_ms(300000);
   *request.add_candidates() = candidate("correct", test_support::naive_attention_source(),
                                         test_support::naive_name_expression());
   *request.add_candidates() =
