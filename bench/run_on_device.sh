@@ -43,7 +43,8 @@ if [[ " $steps " == *" tests "* ]]; then
 fi
 
 if [[ " $steps " == *" rpc "* ]]; then
-  FLASHCORE_WORKER_BINARY=$bin/flashcore_worker "$bin/flashcore_rpc_tests" --gtest_filter='*GpuTest.*' \
+  FLASHCORE_WORKER_BINARY=$bin/flashcore_worker FLASHCORE_COMPILE_WORKER_BINARY=$bin/flashcore_compile_worker \
+    "$bin/flashcore_rpc_tests" --gtest_filter='*GpuTest.*' \
     2>&1 | tee "$out/rpc_gpu_tests.log" | grep -E '^\[ *(OK|FAILED|PASSED|SKIPPED) *\]|Failure'
   note "rpc gpu tests: $(grep -E '^\[  (PASSED|FAILED)  \]' "$out/rpc_gpu_tests.log" | tr '\n' ' ')"
 fi

@@ -59,6 +59,7 @@ fi
 binaries=(
   "$BUILD_DIR/server/flashcored"
   "$BUILD_DIR/server/flashcore_worker"
+  "$BUILD_DIR/server/flashcore_compile_worker"  # compiles submitted sources (EvaluateSource)
   "$BUILD_DIR/client/flashcore"
   "$BUILD_DIR/tests/flashcore_gpu_tests"
   "$BUILD_DIR/tests/flashcore_rpc_tests"  # its *GpuTest.* cases run Validate and Tune on the GPU

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "eval/evaluator.hpp"
+#include "eval/sanitizer_run.hpp"
 #include "eval/worker_service.hpp"
 
 namespace {
@@ -64,7 +65,13 @@ int main(int argc, char** argv) {
   std::string socket;
   int gpu = 0;
   std::string log_level = "info";
-  app.add_option("--socket", socket, "Unix socket path to serve EvalWorker on")->required();
+  std::string one_shot, one_shot_out;
+  auto* socket_option =
+      app.add_option("--socket", socket, "Unix socket path to serve EvalWorker on");
+  // compute-sanitizer's target (eval/sanitizer_run.cpp): one evaluation, no server.
+  app.add_option("--one-shot", one_shot, "evaluate the serialized EvaluateRequest in this file and exit")
+      ->excludes(socket_option);
+  app.add_option("--one-shot-out", one_shot_out, "where --one-shot writes the EvaluateResponse");
   app.add_option("--gpu", gpu, "CUDA device ordinal")->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
@@ -74,6 +81,17 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? kExitOk : kExitUsage;
   }
 
+  if (!one_shot.empty()) {
+    if (one_shot_out.empty()) {
+      std::fprintf(stderr, "flashcore_worker: --one-shot needs --one-shot-out\n");
+      return kExitUsage;
+    }
+    return eval::run_one_shot(one_shot, one_shot_out, gpu);
+  }
+  if (socket.empty()) {
+    std::fprintf(stderr, "flashcore_worker: --socket is required\n");
+    return kExitUsage;
+  }
   // stderr: the daemon collects it; stdout stays free.
   auto logger = spdlog::stderr_color_mt("worker");
   logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [worker gpu " + std::to_string(gpu) + " pid " +

@@ -20,6 +20,8 @@ from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 SERVICE_PROTO = "flashcore/v1/flashcore.proto"
+# The evaluator for evolution loops (KernelEvolution); imports SERVICE_PROTO.
+EVOLVE_PROTO = "flashcore/v1/evolve.proto"
 HEALTH_PROTO = "grpc/health/v1/health.proto"
 
 
@@ -47,7 +49,7 @@ def generate(out: Path) -> None:
     rc = protoc.main(
         args
         + ["--python_out=" + str(out), "--pyi_out=" + str(out), "--grpc_python_out=" + str(out)]
-        + [SERVICE_PROTO]
+        + [SERVICE_PROTO, EVOLVE_PROTO]
     )
     if rc != 0:
         sys.exit("flashcore build: protoc failed on %s (exit %d)" % (SERVICE_PROTO, rc))

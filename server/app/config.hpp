@@ -9,6 +9,7 @@
 
 #include "app/fleet_config.hpp"
 #include "common/result.hpp"
+#include "evolve/evolve_limits.hpp"
 
 namespace flashcore {
 
@@ -39,6 +40,11 @@ struct DaemonConfig {
   size_t quota_concurrent_compiles = 0;        // per client; 0 = no limit
   size_t quota_tune_jobs = 0;                  // queued or running, per client; 0 = no limit
   size_t quota_tune_gpu_seconds_per_hour = 0;  // per client; 0 = no limit
+
+  // The evaluator for evolution loops (KernelEvolution, server/evolve).
+  std::filesystem::path candidates_db;   // empty = candidates.db beside the tuning database
+  std::filesystem::path compile_worker;  // empty = flashcore_compile_worker beside the daemon
+  evolve::EvolveLimits evolve;
 };
 
 // Parses argv (CLI11) over env over the TOML file named by --config or

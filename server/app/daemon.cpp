@@ -24,6 +24,7 @@
 #include "jit/template_registry.hpp"
 #include "metrics/metrics_server.hpp"
 #include "redis/redis_client.hpp"
+#include "evolve/evolution_service.hpp"
 #include "rpc/flashcore_service.hpp"
 #include "service/service.hpp"
 #include "service/tuning_backends.hpp"
@@ -220,6 +221,7 @@ struct Daemon::Impl {
   // drains calls that point into the service), then the service, then the
   // cache (which waits for compiles still running on the pool).
   std::shared_ptr<CompilePool> pool;
+  std::shared_ptr<const TemplateRegistry> templates;
   std::shared_ptr<const NvrtcCompiler> compiler;
   std::shared_ptr<KernelCache> cache;
   // Shut down (workers stopped) once the server has drained, before the
@@ -227,6 +229,9 @@ struct Daemon::Impl {
   std::shared_ptr<eval::WorkerPool> workers;
   std::unique_ptr<service::Service> service;
   std::unique_ptr<rpc::FlashCoreService> rpc;  // translates calls into the service's operations
+  // Submitted sources (issue 18): its own gRPC service; null when its store
+  // did not open.
+  std::unique_ptr<evolve::EvolutionService> evolution;
   std::unique_ptr<metrics::MetricsServer> metrics;  // null without metrics_listen
   std::unique_ptr<grpc::Server> server;
   int port = 0;
@@ -239,6 +244,8 @@ struct Daemon::Impl {
   Status build_parts(const std::shared_ptr<redis::Client>& redis);
   Status build_service(const std::shared_ptr<redis::Client>& redis, const DaemonHooks& hooks);
   Status serve(const std::shared_ptr<grpc::ServerCredentials>& credentials);
+  void build_evolution(const flashcore::service::ServiceOptions& options,
+                       const std::shared_ptr<TuningDb>& tuning_db);
 };
 
 Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config) {
@@ -288,13 +295,14 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const DaemonConfig& config, Daemon
 // The compile side: templates, compiler, pool, the cache with its tiers,
 // and /metrics.
 Status Daemon::Impl::build_parts(const std::shared_ptr<redis::Client>& redis) {
-  auto templates = load_templates(config);
-  if (!templates) return templates.error();
+  auto loaded = load_templates(config);
+  if (!loaded) return loaded.error();
+  templates = std::move(loaded).value();
   const size_t threads = config.compile_threads > 0
                              ? config.compile_threads
                              : std::max<size_t>(1, std::thread::hardware_concurrency());
   pool = std::make_shared<CompilePool>(threads, config.max_queued_compiles);
-  compiler = std::make_shared<const NvrtcCompiler>(std::move(templates).value());
+  compiler = std::make_shared<const NvrtcCompiler>(templates);
   KernelCacheOptions cache_options;
   cache_options.memory_bytes = config.memory_cache_bytes;
   cache_options.disk_dir = config.cache_dir;
@@ -345,7 +353,33 @@ Status Daemon::Impl::build_service(const std::shared_ptr<redis::Client>& redis,
   service = std::make_unique<flashcore::service::Service>(cache, compiler, options, workers,
                                                           tuning, tuning_db);
   rpc = std::make_unique<flashcore::rpc::FlashCoreService>(*service);
+  build_evolution(options, tuning_db);
   return ok_status();
+}
+
+// Submitted sources (issue 18): compiled in sandboxed worker processes,
+// evaluated on the same workers, kept in their own SQLite store beside the
+// tuning database. A store that does not open leaves EvaluateSource off.
+void Daemon::Impl::build_evolution(const flashcore::service::ServiceOptions& options,
+                                   const std::shared_ptr<TuningDb>& tuning_db) {
+  const std::filesystem::path db_path =
+      config.tuning_db.empty() ? default_tuning_db(config.cache_dir) : config.tuning_db;
+  evolve::EvolutionServiceParts parts;
+  parts.templates = templates;
+  parts.cache = cache;
+  parts.workers = workers;
+  parts.workers_unavailable_reason = options.evaluation_unavailable_reason;
+  parts.tuning_db = tuning_db;
+  parts.auth = auth;
+  parts.quotas = options.quotas;
+  parts.default_arch = options.default_arch;
+  parts.compile_worker = config.compile_worker;
+  parts.store_path =
+      config.candidates_db.empty() ? db_path.parent_path() / "candidates.db" : config.candidates_db;
+  parts.limits = config.evolve;
+  auto created = evolve::EvolutionService::create(std::move(parts));
+  if (created) evolution = std::move(created).value();
+  else spdlog::warn("{}; EvaluateSource is unavailable", created.error().message);
 }
 
 // The gRPC server: the rpc service, health and reflection, the metrics
@@ -362,6 +396,7 @@ Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& crede
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
   builder.RegisterService(rpc.get());
+  if (evolution) builder.RegisterService(evolution.get());
   if (metrics) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
     creators.push_back(metrics->interceptor_factory());
@@ -406,6 +441,7 @@ void Daemon::shutdown(std::chrono::milliseconds drain) {
   impl_->server->Shutdown(std::chrono::system_clock::now() + drain);
   // Evaluations of calls cancelled at the deadline end with their workers.
   if (impl_->workers) impl_->workers->shutdown();
+  if (impl_->evolution) impl_->evolution->shutdown();  // kills running compile workers
 }
 
 void Daemon::wait() { impl_->server->Wait(); }

@@ -220,6 +220,26 @@ ErrorStats compare_rows(const AttentionShape& shape, const std::vector<float>& o
   return stats;
 }
 
+std::optional<WrongElement> first_wrong_element(const AttentionShape& shape,
+                                                const std::vector<float>& out,
+                                                const std::vector<QueryRow>& rows,
+                                                const std::vector<double>& ref, double tolerance) {
+  const int D = shape.head_dim;
+  double ref_sq = 0;
+  for (size_t i = 0; i < rows.size() * D; ++i) ref_sq += ref[i] * ref[i];
+  const double rms = rows.empty() ? 0 : std::sqrt(ref_sq / (rows.size() * D));
+  for (size_t n = 0; n < rows.size(); ++n)
+    for (int d = 0; d < D; ++d) {
+      const QueryRow& row = rows[n];
+      const double got =
+          out[tensor_offset(shape, shape.heads, shape.seq_q, row.batch, row.head, row.row, d)];
+      const double want = ref[n * D + d];
+      if (!std::isfinite(got) || std::abs(got - want) > tolerance * (std::abs(want) + rms))
+        return WrongElement{row.batch, row.head, row.row, d, got, want};
+    }
+  return std::nullopt;
+}
+
 float element_to_float(DType dtype, uint16_t bits) {
   return dtype == DType::fp16 ? fp16_to_float(bits) : bf16_to_float(bits);
 }

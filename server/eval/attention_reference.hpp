@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <random>
+#include <optional>
 #include <vector>
 
 #include "family/tile_config.hpp"
@@ -71,5 +72,17 @@ AttentionReference reference_attention_rows(const AttentionShape& shape,
 // compare_output over `rows` only; `ref` is reference_attention_rows' out.
 ErrorStats compare_rows(const AttentionShape& shape, const std::vector<float>& out,
                         const std::vector<QueryRow>& rows, const std::vector<double>& ref);
+
+// Where a failed comparison first goes wrong (for a kernel's author): the
+// first element of `rows` (in their order, then by column) that is not
+// finite or is off by more than tolerance x (|want| + rms(ref)).
+struct WrongElement {
+  int batch = 0, head = 0, row = 0, col = 0;
+  double got = 0, want = 0;
+};
+std::optional<WrongElement> first_wrong_element(const AttentionShape& shape,
+                                                const std::vector<float>& out,
+                                                const std::vector<QueryRow>& rows,
+                                                const std::vector<double>& ref, double tolerance);
 
 }  // namespace flashcore::eval

@@ -419,9 +419,12 @@ class Evaluation {
                              const HostOutput& reference_out) const;
   // One trial's errors against fp64: every row on the GPU when `on_gpu` and it
   // can be built, else the CPU on the request's rows.
+  // With `tolerance` >= 0, a trial over it sets `first_wrong` (the first
+  // element off by more than tolerance x (|want| + rms)).
   Result<TrialErrors> against_fp64(const HostOutput& out, const std::vector<float>& out_values,
                                    const AttentionParams& params, double scale,
-                                   uint64_t trial_seed, bool on_gpu);
+                                   uint64_t trial_seed, bool on_gpu, double tolerance,
+                                   std::optional<WrongElement>& first_wrong);
   // Every row of this trial's inputs (at `inputs`) in fp64 on the GPU, after
   // the CPU agrees with it on sampled rows; the CPU's verdict otherwise.
   Result<AttentionReference> every_row_on_gpu(const GpuReference& reference,
@@ -582,7 +585,12 @@ TrialErrors Evaluation::against_kernel(const HostOutput& out, const std::vector<
 Result<TrialErrors> Evaluation::against_fp64(const HostOutput& out,
                                              const std::vector<float>& out_values,
                                              const AttentionParams& params, double scale,
-                                             uint64_t trial_seed, bool on_gpu) {
+                                             uint64_t trial_seed, bool on_gpu, double tolerance,
+                                             std::optional<WrongElement>& first_wrong) {
+  auto wrong = [&](const ErrorStats& stats) {
+    return tolerance >= 0 &&
+           (stats.rel_error > tolerance || !std::isfinite(stats.rel_error) || stats.non_finite > 0);
+  };
   const int block_m = request_.kernel().config().block_m();
   TrialErrors e;
   if (const GpuReference* gpu_ref = on_gpu ? gpu_reference() : nullptr) {
@@ -590,6 +598,14 @@ Result<TrialErrors> Evaluation::against_fp64(const HostOutput& out,
     if (!ref) return ref.error();
     const ErrorStats stats = compare_output(shape_, out_values, ref->out);
     e = {stats.rel_error, stats.max_abs_error, stats.ref_max_abs, 0.0, true};
+    if (wrong(stats)) {  // every row, in the reference's logical order
+      std::vector<QueryRow> all;
+      all.reserve(static_cast<size_t>(shape_.batch) * shape_.heads * shape_.seq_q);
+      for (int b = 0; b < shape_.batch; ++b)
+        for (int h = 0; h < shape_.heads; ++h)
+          for (int i = 0; i < shape_.seq_q; ++i) all.push_back({b, h, i});
+      first_wrong = first_wrong_element(shape_, out_values, all, ref->out, tolerance);
+    }
     for (size_t n = 0; n < counts_.lse; ++n)
       if (std::isfinite(out.lse[n])) e.lse = std::max(e.lse, std::abs(double(out.lse[n]) - ref->lse[n]));
     return e;
@@ -603,6 +619,7 @@ Result<TrialErrors> Evaluation::against_fp64(const HostOutput& out,
   const AttentionReference ref = reference_attention_rows(shape_, q_, k_, v_, scale, rows, cpu_threads());
   const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
   e = {stats.rel_error, stats.max_abs_error, stats.ref_max_abs, 0.0, false};
+  if (wrong(stats)) first_wrong = first_wrong_element(shape_, out_values, rows, ref.out, tolerance);
   for (size_t n = 0; n < rows.size(); ++n) {
     const QueryRow& r = rows[n];
     const float got = out.lse[(static_cast<size_t>(r.batch) * shape_.heads + r.head) * shape_.seq_q + r.row];
@@ -636,6 +653,7 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
 
   const double scale = 1.0 / std::sqrt(static_cast<double>(problem_.head_dim()));
   double worst_rel = 0, worst_abs = 0, worst_lse = 0;
+  std::optional<WrongElement> first_wrong;  // in the first trial that failed
   int stable = 0, first_failed_trial = -1, mismatches = 0;
   std::string first_failure, digest;
   HostOutput out, again, reference_out;
@@ -678,7 +696,8 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
                            " outputs unwritten or non-finite");
       errors = against_kernel(out, out_values, reference_out);
     } else {
-      auto fp64 = against_fp64(out, out_values, params, scale, trial_seed, on_gpu);
+      auto fp64 = against_fp64(out, out_values, params, scale, trial_seed, on_gpu,
+                               first_wrong ? -1.0 : tolerance, first_wrong);
       if (!fp64) return fp64.error();
       errors = *fp64;
       used_gpu_reference = used_gpu_reference || errors.on_gpu;
@@ -718,6 +737,15 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
   v1::ValidationRecord record;
   record.set_evaluated(true);
   record.set_device(state_.device.name);
+  if (first_wrong) {
+    v1::OutputElement* where = record.mutable_first_wrong();
+    where->set_batch(first_wrong->batch);
+    where->set_head(first_wrong->head);
+    where->set_row(first_wrong->row);
+    where->set_col(first_wrong->col);
+    where->set_got(first_wrong->got);
+    where->set_want(first_wrong->want);
+  }
   record.set_rel_error(worst_rel);
   record.set_max_abs_error(worst_abs);
   record.set_determinism_hash(digest);

@@ -1,5 +1,7 @@
 #include "eval/worker_service.hpp"
 
+#include "eval/sanitizer_run.hpp"
+
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -47,6 +49,15 @@ WorkerService::WorkerService(Evaluator& evaluator, std::shared_ptr<StopLatch> la
 grpc::Status WorkerService::Evaluate(grpc::ServerContext* context,
                                      const v1::EvaluateRequest* request,
                                      v1::EvaluateResponse* response) {
+  if (!request->sanitizer_tool().empty()) {
+    // In a child under compute-sanitizer; this worker's context is untouched
+    // (a fault there ends only the child).
+    auto sanitized = evaluate_under_sanitizer(*request, evaluator_.info().gpu_index(),
+                                              std::chrono::minutes(5));
+    if (!sanitized) return grpc::Status(to_grpc_code(sanitized.error().code), sanitized.error().message);
+    *response = std::move(sanitized).value();
+    return grpc::Status::OK;
+  }
   auto result = evaluator_.evaluate(*request, [context] { return context->IsCancelled(); });
   if (result) {
     *response = std::move(result.value());

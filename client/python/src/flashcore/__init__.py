@@ -10,9 +10,10 @@ failure is a :class:`FlashCoreError`. ``flashcore.torch`` (needs PyTorch)
 holds the attention op that launches the served kernels.
 """
 
-from ._stubs import pb
+from ._stubs import epb, pb
 from .client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_S, Client, TuneStream
 from .errors import FlashCoreError
+from .evolve import EvaluationStream, source_candidate
 from .messages import kernel_request, problem, tile_config
 
 __version__ = "0.1.0"
@@ -20,4 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Client", "FlashCoreError", "TuneStream", "DEFAULT_ADDRESS", "DEFAULT_TIMEOUT_S",
     "kernel_request", "pb", "problem", "tile_config", "__version__",
+    "epb", "EvaluationStream", "source_candidate",
 ]

@@ -17,6 +17,8 @@ from importlib import resources
 try:
     from flashcore.v1 import flashcore_pb2 as pb  # noqa: F401  (re-exported)
     from flashcore.v1 import flashcore_pb2_grpc as pb_grpc  # noqa: F401
+    from flashcore.v1 import evolve_pb2 as epb  # noqa: F401  (KernelEvolution)
+    from flashcore.v1 import evolve_pb2_grpc as epb_grpc  # noqa: F401
 except ImportError as error:  # pragma: no cover - only in a source tree without a build
     raise ImportError(
         "flashcore's generated gRPC stubs are missing (flashcore.v1.flashcore_pb2); they are "

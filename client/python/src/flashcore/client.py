@@ -10,6 +10,7 @@ from . import messages
 from ._stubs import (HEALTH_CHECK_METHOD, HealthCheckRequest, HealthCheckResponse, pb, pb_grpc,
                      serving_status_name)
 from .errors import FlashCoreError
+from .evolve import EvolutionMethods
 
 # The C++ CLI's and client library's defaults (client/cli/main.cpp,
 # client/include/flashcore/client.hpp).
@@ -75,7 +76,7 @@ class TuneStream:
             self.cancel()
 
 
-class Client:
+class Client(EvolutionMethods):
     """A connection to flashcored.
 
     ``address`` defaults to $FLASHCORE_ADDRESS, else 127.0.0.1:50051 (as the
@@ -93,6 +94,10 @@ class Client:
     $FLASHCORE_TOKEN) is sent as ``authorization: Bearer <token>`` with every
     call; ``tls_ca`` (default $FLASHCORE_TLS_CA), a PEM file of the CA that
     signed the daemon's certificate, makes the channel TLS.
+
+    KernelEvolution (the evaluator for evolution loops): ``evaluate_source``,
+    ``list_candidates``/``iter_candidates``, ``get_candidate`` and
+    ``promote_candidate`` (flashcore/evolve.py).
     """
 
     def __init__(self, address: Optional[str] = None, timeout: Optional[float] = DEFAULT_TIMEOUT_S,
