@@ -27,8 +27,10 @@ ELEM = {"fp16": "flashcore::fp16_t", "bf16": "flashcore::bf16_t"}
 
 class Cfg:
     def __init__(self, dtype, d, causal, block_n, stages, consumers, pingpong, separate_o=False,
-                 persistent=False, creg=None, preg=24):
+                 persistent=False, creg=None, preg=24, templates=None, tag="base"):
         self.dtype, self.d, self.causal = dtype, d, causal
+        # Another kernel_templates folder (--baseline) and its label, or None.
+        self.templates, self.tag = templates, tag
         self.block_n, self.stages, self.consumers, self.pingpong = block_n, stages, consumers, pingpong
         self.separate_o, self.persistent = separate_o, persistent
         self.creg = creg if creg is not None else {1: 0, 2: 240, 3: 160}[consumers]
@@ -59,7 +61,23 @@ class Cfg:
 
     def short(self):
         return (f"n{self.block_n}s{self.stages}c{self.consumers}{'p' if self.pingpong else ''}"
-                f"{'o' if self.separate_o else ''}{'P' if self.persistent else ''}")
+                f"{'o' if self.separate_o else ''}{'P' if self.persistent else ''}"
+                f"{'@' + self.tag if self.templates else ''}")
+
+    @staticmethod
+    def parse(dtype, d, causal, label):
+        """A config from its short label, e.g. n128s2c2poP."""
+        import re as _re
+        m = _re.fullmatch(r"n(\d+)s(\d+)c(\d+)(p?)(o?)(P?)", label)
+        if not m:
+            raise SystemExit(f"--configs: '{label}' is not a label like n128s2c2poP")
+        return Cfg(dtype, d, causal, int(m[1]), int(m[2]), int(m[3]), bool(m[4]), bool(m[5]),
+                   bool(m[6]))
+
+    def with_templates(self, templates, tag="base"):
+        return Cfg(self.dtype, self.d, self.causal, self.block_n, self.stages, self.consumers,
+                   self.pingpong, self.separate_o, self.persistent, self.creg, self.preg,
+                   templates, tag)
 
     def __repr__(self):
         return f"{self.dtype} d{self.d} {'causal' if self.causal else 'full'} {self.short()}"
@@ -84,10 +102,10 @@ _compiled = {}
 
 
 def compile_cfg(cfg: Cfg):
-    key = cfg.name_expression()
+    key = (cfg.name_expression(), cfg.templates)
     if key not in _compiled:
         cubin, lowered, log, secs = cudalab.compile_template(
-            key, ["hopper/attention_fwd_sm90.cuh"], arch="sm_90a")
+            key[0], ["hopper/attention_fwd_sm90.cuh"], arch="sm_90a", templates=cfg.templates)
         _compiled[key] = (cubin, lowered, log, secs)
     return _compiled[key]
 
@@ -333,6 +351,15 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None, head_dims=None, shapes=Non
                   open(out_json, "w"), indent=1)
 
 
+def baselines(arg):
+    """'DIR' or 'TAG=DIR' items, space separated -> [(tag, resolved dir)]."""
+    out = []
+    for item in arg.split():
+        tag, _, d = item.rpartition("=")
+        out.append((tag or "base", pathlib.Path(d).resolve()))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compile-only", action="store_true")
@@ -348,12 +375,23 @@ def main():
                     "separated by spaces (default: all)")
     ap.add_argument("--only-tuned", action="store_true", help="with --tuned: time only the "
                     "daemon's picks beside SDPA, not the lab's own configs")
+    ap.add_argument("--configs", default="", help="the lab's configs to use instead of its "
+                    "defaults, labels like n128s2c2oP separated by spaces (for every dtype, D "
+                    "and causal asked)")
+    ap.add_argument("--baseline", default="", help="other kernel_templates folders (earlier "
+                    "versions), space separated, each DIR or TAG=DIR: every config is also "
+                    "compiled from each and timed beside, labelled @TAG (default @base)")
     args = ap.parse_args()
     dtypes = args.dtypes.split(",")
     ds = [int(x) for x in args.d.split(",")]
     cfgs = [c for c in default_configs(dtypes) if c.d in ds]
+    if args.configs:
+        cfgs = [Cfg.parse(dtype, d, causal, label) for label in args.configs.split()
+                for dtype in dtypes for d in ds for causal in (False, True)]
     if args.only_tuned:
         cfgs = []
+    if args.baseline:
+        cfgs = [x for c in cfgs for x in [c] + [c.with_templates(d, t) for t, d in baselines(args.baseline)]]
     shapes = None
     if args.shapes:
         shapes = set()

@@ -58,10 +58,12 @@ class CompileError(RuntimeError):
 
 
 def compile_template(name_expression: str, includes: list[str], arch: str = "sm_90a",
-                     options: tuple[str, ...] = (), ptxas_verbose: bool = True):
+                     options: tuple[str, ...] = (), ptxas_verbose: bool = True,
+                     templates: pathlib.Path | None = None):
     """NVRTC-compile a translation unit that #includes `includes` (paths under
-    kernel_templates/) and instantiates `name_expression`. Returns
-    (cubin bytes, lowered name, log text, seconds)."""
+    kernel_templates/, or under `templates` for another copy of them) and
+    instantiates `name_expression`. Returns (cubin bytes, lowered name, log
+    text, seconds)."""
     lib = nvrtc()
     src = "".join(f'#include "{inc}"\n' for inc in includes).encode()
     prog = ctypes.c_void_p()
@@ -71,7 +73,7 @@ def compile_template(name_expression: str, includes: list[str], arch: str = "sm_
         check(lib.nvrtcAddNameExpression(prog, name_expression.encode()))
         # The daemon's options (server/jit/nvrtc_compiler.cpp), plus the include path.
         opts = [f"--gpu-architecture={arch}", "--std=c++17", "--use_fast_math", "-lineinfo",
-                "-DFLASHCORE_NVRTC=1", f"-I{TEMPLATES}", *options]
+                "-DFLASHCORE_NVRTC=1", f"-I{templates or TEMPLATES}", *options]
         if ptxas_verbose:
             opts.append("--ptxas-options=-v")
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])

@@ -86,6 +86,9 @@ __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
   constexpr int BlockM = 64 * Consumers;
   constexpr int SRegs = BlockN / 2;
   constexpr int ORegs = HeadDim / 2;
+  // The softmax of block n runs under the P V wgmma of block n-1 (see the
+  // loop): measured faster from head_dim 128 on (H100, bench/RESULTS.md).
+  constexpr bool kPvUnderSoftmax = HeadDim >= 128;
 
   extern __shared__ unsigned char smem_raw[];
   const unsigned base = (smem_u32(smem_raw) + 1023u) & ~1023u;
@@ -212,8 +215,9 @@ __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
     wgmma_commit();
   };
   // Masks block n, folds it into the running max and sum, leaves exp2 of the
-  // scaled scores in s and returns the rescale factors for O.
-  auto softmax = [&](int n, float& corr_lo, float& corr_hi) {
+  // scaled scores in s and the rescale factors for O in corr_*; returns a
+  // value that is always true but read after the last exponential.
+  auto softmax = [&](int n, float& corr_lo, float& corr_hi) -> bool {
     const bool edge = (n + 1) * BlockN > a.seq_k;
     const bool diag = Causal && (n * BlockN + BlockN - 1 > wg_first_row);
     if (edge || diag) {
@@ -250,6 +254,11 @@ __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
     }
     l_lo = l_lo * corr_lo + sum_lo;
     l_hi = l_hi * corr_hi + sum_hi;
+    // Always true (row sums are never negative; NaN only from NaN inputs),
+    // but ptxas cannot know: a branch on it after every exponential keeps
+    // the wait for the P V wgmma below the softmax (see the loop).
+    if constexpr (kPvUnderSoftmax) return __any_sync(0xffffffffu, l_lo + l_hi >= 0.f);
+    return true;
   };
   auto pack_p = [&]() {
 #pragma unroll
@@ -324,12 +333,22 @@ __global__ void __launch_bounds__(128 * (Consumers + 1), 1)
       release(k_empty(stage));
       if (SeparateO && n == n_blocks - 1) release(q_empty(wg));  // the last read of Q is done
       float corr_lo, corr_hi;
-      softmax(n, corr_lo, corr_hi);
-      wgmma_wait<0>();
-      fence_regs(o);
-      release(v_empty(prev));
+      // ptxas schedules a plain wait for the P V wgmma of block n-1 as early
+      // as it can, above the softmax meant to run under that product; in the
+      // arms of a branch on the softmax's last value it stays below it. At
+      // head_dim 64 that product is short and the branch costs more than it
+      // hides (H100: 4% slower at 4x16x2048, 1% faster at 16384), so there
+      // the branch folds away and the wait moves up as before.
+      if (softmax(n, corr_lo, corr_hi)) {
+        wgmma_wait<0>();
+        fence_regs(o);
 #pragma unroll
-      for (int i = 0; i < ORegs; ++i) o[i] *= (i & 2) ? corr_hi : corr_lo;
+        for (int i = 0; i < ORegs; ++i) o[i] *= (i & 2) ? corr_hi : corr_lo;
+      } else {
+        wgmma_wait<0>();
+        fence_regs(o);
+      }
+      release(v_empty(prev));
       pack_p();
     }
     {

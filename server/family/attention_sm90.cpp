@@ -1,6 +1,7 @@
 #include "family/attention_sm90.hpp"
 
 #include <algorithm>
+#include <span>
 #include <sstream>
 
 namespace flashcore::sm90_family {
@@ -50,6 +51,42 @@ TileConfig default_config(const ProblemClass& problem) {
     c.separate_o = false;  // 256-wide O tiles do not fit beside Q and the ring
   }
   return c;
+}
+
+std::vector<TileConfig> search_seeds(const ProblemClass& problem, const RuntimeShape&,
+                                     const ArchInfo& arch) {
+  // (block_n, stages, consumers, pingpong, separate_o, persistent)
+  struct Seed {
+    int block_n, stages, consumers;
+    bool pingpong, separate_o, persistent;
+  };
+  // D 64: separate O without ping-pong won 4x16x2048 (fp16 s2, bf16 s3) and
+  // n144 s3 the 16384-key row; D 128: FlashAttention-3's 176-key tile beside
+  // the default's 128; D 256: the default without the persistent grid.
+  static constexpr Seed kD64[] = {{128, 2, 2, false, true, true},
+                                  {128, 3, 2, false, true, true},
+                                  {144, 3, 2, false, true, true}};
+  static constexpr Seed kD128[] = {{176, 2, 2, true, false, true},
+                                   {128, 2, 2, false, true, true},
+                                   {128, 2, 2, true, false, true}};
+  static constexpr Seed kD256[] = {{80, 2, 2, true, false, false},
+                                   {64, 2, 2, true, false, true}};
+  std::span<const Seed> seeds = problem.head_dim <= 64    ? std::span<const Seed>(kD64)
+                                : problem.head_dim <= 128 ? std::span<const Seed>(kD128)
+                                                          : std::span<const Seed>(kD256);
+  std::vector<TileConfig> out;
+  for (const Seed& s : seeds) {
+    TileConfig c;
+    c.block_m = 64 * s.consumers;
+    c.warps = 4 * (s.consumers + 1);
+    c.block_n = s.block_n;
+    c.stages = s.stages;
+    c.pingpong = s.pingpong;
+    c.separate_o = s.separate_o;
+    c.persistent = s.persistent;
+    if (!sm90_family::config_error(c, problem, arch)) out.push_back(c);
+  }
+  return out;
 }
 
 int smem_bytes(const TileConfig& config, const ProblemClass& problem) {

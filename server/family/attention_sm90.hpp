@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "family/tile_config.hpp"
 
@@ -34,6 +35,12 @@ int producer_registers(const TileConfig& config);
 
 // The family's choice per head dim, as measured on the H200 (bench/RESULTS.md).
 TileConfig default_config(const ProblemClass& problem);
+
+// Configs a Tune tries right after the default: the winners of the H200
+// measurements per head dim (bench/RESULTS.md §0), so that a short search
+// reaches them; those invalid for the problem are left out.
+std::vector<TileConfig> search_seeds(const ProblemClass& problem, const RuntimeShape& shape,
+                                     const ArchInfo& arch);
 
 // Mirrors Sm90Layout::kBytes in the template.
 int smem_bytes(const TileConfig& config, const ProblemClass& problem);

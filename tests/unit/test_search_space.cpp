@@ -470,6 +470,37 @@ TEST(SearchSpaceTest, HopperFamilySpaceHoldsOnlyValidConfigsWithEverySwitchBothW
   EXPECT_EQ(family_axes("attention_fwd").pingpong, std::vector<int>{0});
 }
 
+// The Hopper family's seeds (its measured winners) are valid members of its
+// search space, none is the default (tried first anyway), and the catalog
+// hands them to a tuning job.
+TEST(SearchSpaceTest, HopperFamilySeedsAreValidMembersOfItsSpace) {
+  for (int d : {64, 128, 256}) {
+    SCOPED_TRACE("head_dim " + std::to_string(d));
+    const ProblemClass problem{DType::fp16, d, false};
+    auto space = SearchSpace::create(problem, arch("sm_90a"),
+                                     family_axes(sm90_family::kTemplateId),
+                                     sm90_family::kTemplateId);
+    ASSERT_TRUE(space.ok()) << space.error().message;
+    const auto seeds = sm90_family::search_seeds(problem, RuntimeShape{}, arch("sm_90a"));
+    EXPECT_GE(seeds.size(), 2u);
+    const TileConfig def = sm90_family::default_config(problem);
+    for (const TileConfig& seed : seeds) {
+      EXPECT_TRUE(space->contains(seed)) << config_label(seed);
+      EXPECT_NE(seed, def) << config_label(seed);
+    }
+    const TemplateInfo* info = find_template(sm90_family::kTemplateId);
+    ASSERT_NE(info, nullptr);
+    ASSERT_NE(info->search_seeds, nullptr);
+    EXPECT_EQ(info->search_seeds(problem, RuntimeShape{}, arch("sm_90a")).size(), seeds.size());
+  }
+  // D 64's separate-O winner without ping-pong is among them.
+  const auto d64 = sm90_family::search_seeds(ProblemClass{DType::bf16, 64, false}, RuntimeShape{},
+                                             arch("sm_90a"));
+  EXPECT_TRUE(std::any_of(d64.begin(), d64.end(), [](const TileConfig& c) {
+    return c.block_n == 128 && c.separate_o && !c.pingpong && c.persistent;
+  }));
+}
+
 // The decode family's space: its axes and validity (automatic enum fields,
 // packed rows by 16), both combine modes; a tuning job further keeps the
 // configs whose packed rows its shape fits.
