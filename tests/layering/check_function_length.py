@@ -21,7 +21,6 @@ KNOWN = {
     ("server/evolve/evolution_service.cpp", "void EvolutionService::Generation::run()"): 156,
     ("server/evolve/compile_sandbox.cpp", "CompileSandbox::run(const v1::SourceCompileRequest& request)"): 146,
     ("server/evolve/evolution_service.cpp", "moteCandidateRequest* request, v1::PromoteCandidateResponse* response)"): 108,
-    ("server/evolve/include_guard.cpp", "std::vector<Line> logical_lines(std::string_view s)"): 99,
 }
 
 
