@@ -19,7 +19,6 @@ KNOWN = {
     ("server/evolve/evolution_service.cpp", "lbackServerContext* context, const v1::EvaluateSourceRequest* request)"): 268,
     ("server/evolve/evolution_service.cpp", "& c, Clock::time_point budget_end, double& gpu_ms, bool& budget_spent)"): 170,
     ("server/evolve/evolution_service.cpp", "void EvolutionService::Generation::run()"): 156,
-    ("server/evolve/compile_sandbox.cpp", "CompileSandbox::run(const v1::SourceCompileRequest& request)"): 146,
     ("server/evolve/evolution_service.cpp", "moteCandidateRequest* request, v1::PromoteCandidateResponse* response)"): 108,
 }
 
