@@ -152,8 +152,8 @@ int serve(const WorkerArgs& args, const sigset_t& signals) {
 
 int main(int argc, char** argv) {
   // Blocked before any thread starts, so every thread inherits the mask and
-  // only the sigwait thread ever takes them (NVRTC is not linked here, but
-  // the driver and gRPC start threads of their own).
+  // only the sigwait thread ever takes them (the driver and gRPC start
+  // threads of their own).
   const sigset_t signals = shutdown_signals();
   if (const int error = pthread_sigmask(SIG_BLOCK, &signals, nullptr); error != 0) {
     std::fprintf(stderr, "flashcore_worker: pthread_sigmask: %s\n", std::strerror(error));
