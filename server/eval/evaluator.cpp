@@ -343,6 +343,56 @@ struct TrialErrors {
   bool on_gpu = false;  // the fp64 reference ran on the GPU
 };
 
+// A validation's options with their defaults filled in.
+struct ValidationLimits {
+  int runs = 0, trials = 0;  // determinism runs, stability trials
+  double tolerance = 0, abs_tolerance = 0;
+  int reference_rows = 0;  // rows per (batch, head) on the CPU; <= 0: every row
+};
+
+// What a validation gathers over its trials: the record's inputs.
+struct ValidationTally {
+  double worst_rel = 0, worst_abs = 0, worst_lse = 0;
+  std::optional<WrongElement> first_wrong;  // in the first trial that failed
+  int stable = 0, first_failed_trial = -1, mismatches = 0;
+  std::string first_failure, digest;
+  bool used_gpu_reference = false;
+};
+
+// The device buffers, launch parameters and host copies that every trial of
+// one validation reuses.
+struct ValidationBuffers {
+  DeviceTensors tensors, reference_outputs;
+  AttentionParams params{}, reference_params{};
+  HostOutput out, again, reference_out;
+  std::vector<float> out_values;  // out.o as floats
+  double scale = 0;               // softmax scale
+  bool on_gpu = false;            // every row in fp64 on the GPU when it can be built
+};
+
+// Folds one trial's errors into the tally; the trial fails on any of
+// `problems` or on a gate, and the first failing trial is named.
+void gate_trial(int trial, const TrialErrors& errors, const ValidationLimits& limits,
+                std::vector<std::string> problems, ValidationTally& tally) {
+  tally.worst_rel = std::max(tally.worst_rel, errors.rel);
+  tally.worst_abs = std::max(tally.worst_abs, errors.max_abs);
+  tally.worst_lse = std::max(tally.worst_lse, errors.lse);
+  if (errors.rel > limits.tolerance || !std::isfinite(errors.rel))
+    problems.push_back("rel_error " + sci(errors.rel) + " > tolerance " + sci(limits.tolerance));
+  if (const double allowed = limits.abs_tolerance * std::max(1.0, errors.ref_max);
+      !(errors.max_abs <= allowed))
+    problems.push_back("max_abs_error " + sci(errors.max_abs) + " > tolerance " + sci(allowed));
+  if (errors.lse > kLseTolerance)
+    problems.push_back("lse max error " + sci(errors.lse) + " > " + sci(kLseTolerance));
+  if (problems.empty()) {
+    ++tally.stable;
+  } else if (tally.first_failed_trial < 0) {
+    tally.first_failed_trial = trial;
+    for (const auto& p : problems)
+      tally.first_failure += (tally.first_failure.empty() ? "" : ", ") + p;
+  }
+}
+
 bool same_bytes(const HostOutput& a, const HostOutput& b) {
   return a.o == b.o && a.lse.size() == b.lse.size() &&
          std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0;
@@ -425,6 +475,35 @@ class Evaluation {
                                    const AttentionParams& params, double scale,
                                    uint64_t trial_seed, bool on_gpu, double tolerance,
                                    std::optional<WrongElement>& first_wrong);
+  // validate()'s steps: its limits; the buffers every trial reuses; one trial
+  // (fresh inputs, a checked run, the comparison, the gates, and on the first
+  // trial the determinism runs); the record made from the tally.
+  ValidationLimits validation_limits() const;
+  Status prepare_validation(const LoadedKernel* reference, const ValidationLimits& limits,
+                            ValidationBuffers& buffers);
+  Status validation_trial(int trial, const LoadedKernel& kernel, const LoadedKernel* reference,
+                          const ValidationLimits& limits, ValidationBuffers& buffers,
+                          ValidationTally& tally);
+  std::vector<std::string> written_problems(const HostOutput& out) const;
+  // This trial's errors against the reference kernel, or against fp64;
+  // problems of the reference kernel's own outputs are added to `problems`.
+  Result<TrialErrors> trial_errors(uint64_t trial_seed, const LoadedKernel* reference,
+                                   const ValidationLimits& limits, ValidationBuffers& buffers,
+                                   ValidationTally& tally, std::vector<std::string>& problems);
+  Status check_determinism(const LoadedKernel& kernel, int runs, ValidationBuffers& buffers,
+                           ValidationTally& tally);
+  v1::ValidationRecord validation_record(const ValidationLimits& limits,
+                                         const ValidationTally& tally,
+                                         const LoadedKernel* reference) const;
+  std::vector<std::string> validation_failures(const ValidationLimits& limits,
+                                               const ValidationTally& tally) const;
+  std::string validated_against(const ValidationLimits& limits, const ValidationTally& tally,
+                                const LoadedKernel* reference) const;
+  // time()'s steps: the input sets with their launch parameters, and the
+  // launches per timed loop that fill `target_ms`.
+  Result<std::vector<AttentionParams>> timing_params(DeviceTensors& buffers, int sets);
+  Result<int> launches_per_loop(const std::function<Result<double>(int)>& timed_loop,
+                                double target_ms);
   // Every row of this trial's inputs (at `inputs`) in fp64 on the GPU, after
   // the CPU agrees with it on sampled rows; the CPU's verdict otherwise.
   Result<AttentionReference> every_row_on_gpu(const GpuReference& reference,
@@ -630,138 +709,182 @@ Result<TrialErrors> Evaluation::against_fp64(const HostOutput& out,
 
 Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
                                                   const LoadedKernel* reference) {
-  const v1::ValidationOptions& options = request_.validation();
-  const int runs = options.determinism_runs() > 0 ? options.determinism_runs() : kDefaultDeterminismRuns;
-  const int trials = options.stability_trials() > 0 ? options.stability_trials() : kDefaultStabilityTrials;
-  const double tolerance =
-      options.rel_tolerance() > 0 ? options.rel_tolerance() : default_tolerance(dtype_);
-  const double abs_tolerance = options.max_abs_tolerance() > 0 ? options.max_abs_tolerance()
-                                                               : default_max_abs_tolerance(dtype_);
-  const int reference_rows = options.reference_rows();
-  const v1::EvalKernel& meta = request_.kernel();
-
-  auto buffers = allocate(1, true);
-  if (!buffers) return buffers.error();
-  Result<DeviceTensors> reference_outputs = DeviceTensors{};
-  if (reference) {
-    reference_outputs = allocate(1, false);
-    if (!reference_outputs) return reference_outputs.error();
-  }
-  const AttentionParams params = this->params(*buffers, *buffers, 0);
-  if (auto s = cuda::attention_params_error(params); !s) return invalid(s.error().message);
-  const AttentionParams reference_params = this->params(*buffers, *reference_outputs, 0);
-
-  const double scale = 1.0 / std::sqrt(static_cast<double>(problem_.head_dim()));
-  double worst_rel = 0, worst_abs = 0, worst_lse = 0;
-  std::optional<WrongElement> first_wrong;  // in the first trial that failed
-  int stable = 0, first_failed_trial = -1, mismatches = 0;
-  std::string first_failure, digest;
-  HostOutput out, again, reference_out;
-  std::vector<float> out_values(counts_.o);
-  const bool every_row = reference_rows <= 0 || reference_rows >= shape_.seq_q;
-  const bool on_gpu = every_row && reference_cost(shape_) > kGpuReferenceCost;
-  bool used_gpu_reference = false;
-
-  for (int trial = 0; trial < trials; ++trial) {
+  const ValidationLimits limits = validation_limits();
+  ValidationBuffers buffers;
+  if (auto s = prepare_validation(reference, limits, buffers); !s) return s.error();
+  ValidationTally tally;
+  for (int trial = 0; trial < limits.trials; ++trial) {
     if (is_cancelled()) return cancelled_error();
-    const uint64_t trial_seed = splitmix64(seed_ + static_cast<uint64_t>(trial) * 0x632be59bd9b4e019ull);
-    random_inputs(counts_.q, dtype_, splitmix64(trial_seed + 1), q_bits_, q_);
-    random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 2), k_bits_, k_);
-    random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 3), v_bits_, v_);
-    if (auto s = upload_inputs(*buffers, 0); !s) return s.error();
-    if (auto s = run(kernel, meta, params, *buffers, out); !s) return s.error();
-
-    std::vector<std::string> problems;
-    const OutputCheck written = check_written(out, dtype_);
-    if (written.unwritten > 0)
-      problems.push_back(std::to_string(written.unwritten) + " of " +
-                         std::to_string(counts_.o + counts_.lse) +
-                         " outputs left unwritten (still poisoned)");
-    if (written.non_finite > 0)
-      problems.push_back(std::to_string(written.non_finite) + " outputs NaN or Inf");
-    for (size_t i = 0; i < counts_.o; ++i) out_values[i] = element_to_float(dtype_, out.o[i]);
-
-    TrialErrors errors;
-    if (reference) {
-      // Tuning's gate: the already validated kernel on the very same inputs.
-      if (auto s = run(*reference, request_.reference(), reference_params, *reference_outputs,
-                       reference_out);
-          !s)
-        return s.error();
-      const OutputCheck reference_written = check_written(reference_out, dtype_);
-      if (reference_written.unwritten + reference_written.non_finite > 0)
-        problems.push_back("the reference kernel left " +
-                           std::to_string(reference_written.unwritten +
-                                          reference_written.non_finite) +
-                           " outputs unwritten or non-finite");
-      errors = against_kernel(out, out_values, reference_out);
-    } else {
-      auto fp64 = against_fp64(out, out_values, params, scale, trial_seed, on_gpu,
-                               first_wrong ? -1.0 : tolerance, first_wrong);
-      if (!fp64) return fp64.error();
-      errors = *fp64;
-      used_gpu_reference = used_gpu_reference || errors.on_gpu;
-    }
-    const double rel = errors.rel, max_abs = errors.max_abs, lse_error = errors.lse,
-                 ref_max = errors.ref_max;
-    worst_rel = std::max(worst_rel, rel);
-    worst_abs = std::max(worst_abs, max_abs);
-    worst_lse = std::max(worst_lse, lse_error);
-    if (rel > tolerance || !std::isfinite(rel))
-      problems.push_back("rel_error " + sci(rel) + " > tolerance " + sci(tolerance));
-    if (const double allowed = abs_tolerance * std::max(1.0, ref_max); !(max_abs <= allowed))
-      problems.push_back("max_abs_error " + sci(max_abs) + " > tolerance " + sci(allowed));
-    if (lse_error > kLseTolerance)
-      problems.push_back("lse max error " + sci(lse_error) + " > " + sci(kLseTolerance));
-    if (problems.empty()) {
-      ++stable;
-    } else if (first_failed_trial < 0) {
-      first_failed_trial = trial;
-      for (const auto& p : problems) first_failure += (first_failure.empty() ? "" : ", ") + p;
-    }
-
-    if (trial == 0) {
-      // Determinism on these inputs: every run's full output, byte for byte,
-      // against the first (exact comparison; the SHA-256 names the output).
-      std::string bytes(reinterpret_cast<const char*>(out.o.data()), out.o.size() * 2);
-      bytes.append(reinterpret_cast<const char*>(out.lse.data()), out.lse.size() * 4);
-      digest = output_digest(bytes);
-      for (int r = 1; r < runs; ++r) {
-        if (is_cancelled()) return cancelled_error();
-        if (auto s = run(kernel, meta, params, *buffers, again); !s) return s.error();
-        if (!same_bytes(out, again)) ++mismatches;
-      }
-    }
+    if (auto s = validation_trial(trial, kernel, reference, limits, buffers, tally); !s)
+      return s.error();
   }
+  return validation_record(limits, tally, reference);
+}
 
+ValidationLimits Evaluation::validation_limits() const {
+  const v1::ValidationOptions& options = request_.validation();
+  ValidationLimits limits;
+  limits.runs =
+      options.determinism_runs() > 0 ? options.determinism_runs() : kDefaultDeterminismRuns;
+  limits.trials =
+      options.stability_trials() > 0 ? options.stability_trials() : kDefaultStabilityTrials;
+  limits.tolerance =
+      options.rel_tolerance() > 0 ? options.rel_tolerance() : default_tolerance(dtype_);
+  limits.abs_tolerance = options.max_abs_tolerance() > 0 ? options.max_abs_tolerance()
+                                                         : default_max_abs_tolerance(dtype_);
+  limits.reference_rows = options.reference_rows();
+  return limits;
+}
+
+Status Evaluation::prepare_validation(const LoadedKernel* reference,
+                                      const ValidationLimits& limits, ValidationBuffers& buffers) {
+  auto tensors = allocate(1, true);
+  if (!tensors) return tensors.error();
+  buffers.tensors = std::move(tensors.value());
+  if (reference) {
+    auto reference_outputs = allocate(1, false);
+    if (!reference_outputs) return reference_outputs.error();
+    buffers.reference_outputs = std::move(reference_outputs.value());
+  }
+  buffers.params = this->params(buffers.tensors, buffers.tensors, 0);
+  if (auto s = cuda::attention_params_error(buffers.params); !s) return invalid(s.error().message);
+  buffers.reference_params = this->params(buffers.tensors, buffers.reference_outputs, 0);
+  buffers.scale = 1.0 / std::sqrt(static_cast<double>(problem_.head_dim()));
+  buffers.out_values.assign(counts_.o, 0.0f);
+  const bool every_row = limits.reference_rows <= 0 || limits.reference_rows >= shape_.seq_q;
+  buffers.on_gpu = every_row && reference_cost(shape_) > kGpuReferenceCost;
+  return ok_status();
+}
+
+Status Evaluation::validation_trial(int trial, const LoadedKernel& kernel,
+                                    const LoadedKernel* reference, const ValidationLimits& limits,
+                                    ValidationBuffers& buffers, ValidationTally& tally) {
+  const uint64_t trial_seed =
+      splitmix64(seed_ + static_cast<uint64_t>(trial) * 0x632be59bd9b4e019ull);
+  random_inputs(counts_.q, dtype_, splitmix64(trial_seed + 1), q_bits_, q_);
+  random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 2), k_bits_, k_);
+  random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 3), v_bits_, v_);
+  if (auto s = upload_inputs(buffers.tensors, 0); !s) return s;
+  if (auto s = run(kernel, request_.kernel(), buffers.params, buffers.tensors, buffers.out); !s)
+    return s;
+
+  std::vector<std::string> problems = written_problems(buffers.out);
+  for (size_t i = 0; i < counts_.o; ++i)
+    buffers.out_values[i] = element_to_float(dtype_, buffers.out.o[i]);
+  auto errors = trial_errors(trial_seed, reference, limits, buffers, tally, problems);
+  if (!errors) return errors.error();
+  gate_trial(trial, *errors, limits, std::move(problems), tally);
+  if (trial == 0) return check_determinism(kernel, limits.runs, buffers, tally);
+  return ok_status();
+}
+
+std::vector<std::string> Evaluation::written_problems(const HostOutput& out) const {
+  std::vector<std::string> problems;
+  const OutputCheck written = check_written(out, dtype_);
+  if (written.unwritten > 0)
+    problems.push_back(std::to_string(written.unwritten) + " of " +
+                       std::to_string(counts_.o + counts_.lse) +
+                       " outputs left unwritten (still poisoned)");
+  if (written.non_finite > 0)
+    problems.push_back(std::to_string(written.non_finite) + " outputs NaN or Inf");
+  return problems;
+}
+
+Result<TrialErrors> Evaluation::trial_errors(uint64_t trial_seed, const LoadedKernel* reference,
+                                             const ValidationLimits& limits,
+                                             ValidationBuffers& buffers, ValidationTally& tally,
+                                             std::vector<std::string>& problems) {
+  if (reference) {
+    // Tuning's gate: the already validated kernel on the very same inputs.
+    if (auto s = run(*reference, request_.reference(), buffers.reference_params,
+                     buffers.reference_outputs, buffers.reference_out);
+        !s)
+      return s.error();
+    const OutputCheck reference_written = check_written(buffers.reference_out, dtype_);
+    if (reference_written.unwritten + reference_written.non_finite > 0)
+      problems.push_back("the reference kernel left " +
+                         std::to_string(reference_written.unwritten +
+                                        reference_written.non_finite) +
+                         " outputs unwritten or non-finite");
+    return against_kernel(buffers.out, buffers.out_values, buffers.reference_out);
+  }
+  auto fp64 = against_fp64(buffers.out, buffers.out_values, buffers.params, buffers.scale,
+                           trial_seed, buffers.on_gpu,
+                           tally.first_wrong ? -1.0 : limits.tolerance, tally.first_wrong);
+  if (!fp64) return fp64.error();
+  tally.used_gpu_reference = tally.used_gpu_reference || fp64->on_gpu;
+  return fp64;
+}
+
+// Determinism on the first trial's inputs: every run's full output, byte for
+// byte, against the first (exact comparison; the SHA-256 names the output).
+Status Evaluation::check_determinism(const LoadedKernel& kernel, int runs,
+                                     ValidationBuffers& buffers, ValidationTally& tally) {
+  const HostOutput& out = buffers.out;
+  std::string bytes(reinterpret_cast<const char*>(out.o.data()), out.o.size() * 2);
+  bytes.append(reinterpret_cast<const char*>(out.lse.data()), out.lse.size() * 4);
+  tally.digest = output_digest(bytes);
+  for (int r = 1; r < runs; ++r) {
+    if (is_cancelled()) return cancelled_error();
+    if (auto s = run(kernel, request_.kernel(), buffers.params, buffers.tensors, buffers.again); !s)
+      return s;
+    if (!same_bytes(out, buffers.again)) ++tally.mismatches;
+  }
+  return ok_status();
+}
+
+v1::ValidationRecord Evaluation::validation_record(const ValidationLimits& limits,
+                                                   const ValidationTally& tally,
+                                                   const LoadedKernel* reference) const {
   v1::ValidationRecord record;
   record.set_evaluated(true);
   record.set_device(state_.device.name);
-  if (first_wrong) {
+  if (tally.first_wrong) {
     v1::OutputElement* where = record.mutable_first_wrong();
-    where->set_batch(first_wrong->batch);
-    where->set_head(first_wrong->head);
-    where->set_row(first_wrong->row);
-    where->set_col(first_wrong->col);
-    where->set_got(first_wrong->got);
-    where->set_want(first_wrong->want);
+    where->set_batch(tally.first_wrong->batch);
+    where->set_head(tally.first_wrong->head);
+    where->set_row(tally.first_wrong->row);
+    where->set_col(tally.first_wrong->col);
+    where->set_got(tally.first_wrong->got);
+    where->set_want(tally.first_wrong->want);
   }
-  record.set_rel_error(worst_rel);
-  record.set_max_abs_error(worst_abs);
-  record.set_determinism_hash(digest);
-  record.set_determinism_runs(runs);
-  record.set_deterministic(mismatches == 0);
-  record.set_stability_trials(trials);
-  record.set_stability_passed(stable);
+  record.set_rel_error(tally.worst_rel);
+  record.set_max_abs_error(tally.worst_abs);
+  record.set_determinism_hash(tally.digest);
+  record.set_determinism_runs(limits.runs);
+  record.set_deterministic(tally.mismatches == 0);
+  record.set_stability_trials(limits.trials);
+  record.set_stability_passed(tally.stable);
 
+  const std::vector<std::string> failures = validation_failures(limits, tally);
+  record.set_passed(failures.empty());
+  std::string detail;
+  if (failures.empty()) {
+    detail = "passed: worst rel_error " + sci(tally.worst_rel) + " (tolerance " +
+             sci(limits.tolerance) + "), max_abs_error " + sci(tally.worst_abs) +
+             " (tolerance " + sci(limits.abs_tolerance) + " x max(1, max |ref|)), lse error " +
+             sci(tally.worst_lse) + ", " + std::to_string(limits.trials) +
+             " trials, identical over " + std::to_string(limits.runs) + " runs";
+  } else {
+    detail = "failed: ";
+    for (size_t i = 0; i < failures.size(); ++i) detail += (i ? "; " : "") + failures[i];
+  }
+  record.set_detail(detail + "; against " + validated_against(limits, tally, reference) +
+                    "; seed " + std::to_string(seed_));
+  return record;
+}
+
+std::vector<std::string> Evaluation::validation_failures(const ValidationLimits& limits,
+                                                         const ValidationTally& tally) const {
   std::vector<std::string> failures;
-  if (stable < trials)
-    failures.push_back("stability: " + std::to_string(stable) + " of " + std::to_string(trials) +
-                       " trials passed; trial " + std::to_string(first_failed_trial) + ": " +
-                       first_failure);
-  if (mismatches > 0)
-    failures.push_back("determinism: " + std::to_string(mismatches) + " of " +
-                       std::to_string(runs - 1) + " repeated runs differ from the first");
+  if (tally.stable < limits.trials)
+    failures.push_back("stability: " + std::to_string(tally.stable) + " of " +
+                       std::to_string(limits.trials) + " trials passed; trial " +
+                       std::to_string(tally.first_failed_trial) + ": " + tally.first_failure);
+  if (tally.mismatches > 0)
+    failures.push_back("determinism: " + std::to_string(tally.mismatches) + " of " +
+                       std::to_string(limits.runs - 1) + " repeated runs differ from the first");
+  const v1::EvalKernel& meta = request_.kernel();
   if (!meta.has_resources()) {
     failures.push_back("resources: not reported (kernel.resources unset)");
   } else {
@@ -773,28 +896,19 @@ Result<v1::ValidationRecord> Evaluation::validate(const LoadedKernel& kernel,
       failures.push_back("resources: " + std::to_string(res.stack_frame_bytes()) +
                          "-byte stack frame");
   }
-  record.set_passed(failures.empty());
+  return failures;
+}
 
-  std::string against;
-  if (reference) against = "reference kernel " + request_.reference().key();
-  else if (reference_rows > 0 && reference_rows < shape_.seq_q)
-    against = "fp64 on " + std::to_string(reference_rows) + " rows per (batch, head)";
-  else if (used_gpu_reference)
-    against = "fp64 on every row (on the GPU; the CPU agreed on 4 rows of up to " +
-              std::to_string(kCrossCheckHeads) + " heads a trial)";
-  else against = "fp64 on every row";
-  std::string detail;
-  if (failures.empty()) {
-    detail = "passed: worst rel_error " + sci(worst_rel) + " (tolerance " + sci(tolerance) +
-             "), max_abs_error " + sci(worst_abs) + " (tolerance " + sci(abs_tolerance) +
-             " x max(1, max |ref|)), lse error " + sci(worst_lse) + ", " + std::to_string(trials) +
-             " trials, identical over " + std::to_string(runs) + " runs";
-  } else {
-    detail = "failed: ";
-    for (size_t i = 0; i < failures.size(); ++i) detail += (i ? "; " : "") + failures[i];
-  }
-  record.set_detail(detail + "; against " + against + "; seed " + std::to_string(seed_));
-  return record;
+std::string Evaluation::validated_against(const ValidationLimits& limits,
+                                          const ValidationTally& tally,
+                                          const LoadedKernel* reference) const {
+  if (reference) return "reference kernel " + request_.reference().key();
+  if (limits.reference_rows > 0 && limits.reference_rows < shape_.seq_q)
+    return "fp64 on " + std::to_string(limits.reference_rows) + " rows per (batch, head)";
+  if (tally.used_gpu_reference)
+    return "fp64 on every row (on the GPU; the CPU agreed on 4 rows of up to " +
+           std::to_string(kCrossCheckHeads) + " heads a trial)";
+  return "fp64 on every row";
 }
 
 Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
@@ -811,18 +925,9 @@ Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
   const int sets = input_sets_for(input_set_bytes(problem_), state_.device.l2_bytes, budget);
   auto buffers = allocate(static_cast<size_t>(sets), true);
   if (!buffers) return buffers.error();
-  // One random set copied into every slot: distinct addresses are what keep
-  // the L2 cold, and fresh samples for hundreds of sets would cost seconds.
-  random_inputs(counts_.q, dtype_, splitmix64(seed_ + 11), q_bits_, q_);
-  random_inputs(counts_.kv, dtype_, splitmix64(seed_ + 12), k_bits_, k_);
-  random_inputs(counts_.kv, dtype_, splitmix64(seed_ + 13), v_bits_, v_);
-  std::vector<AttentionParams> params;
-  params.reserve(static_cast<size_t>(sets));
-  for (int set = 0; set < sets; ++set) {
-    if (auto s = upload_inputs(*buffers, static_cast<size_t>(set)); !s) return s.error();
-    params.push_back(this->params(*buffers, *buffers, static_cast<size_t>(set)));
-  }
-  if (auto s = cuda::attention_params_error(params.front()); !s) return invalid(s.error().message);
+  auto inputs = timing_params(*buffers, sets);
+  if (!inputs) return inputs.error();
+  const std::vector<AttentionParams>& params = *inputs;
 
   auto start = cuda::Event::create();
   if (!start) return start.error();
@@ -850,9 +955,42 @@ Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
   for (int i = 0; i < warmup * sets; ++i)
     if (auto s = launch_next(); !s) return s.error();
   if (auto s = synchronize(); !s) return s.error();
+  auto launches = launches_per_loop(timed_loop, target_ms);
+  if (!launches) return launches.error();
 
-  // Size the loop: double the launches until one loop takes a quarter of
-  // the target, then scale to the target.
+  std::vector<double> samples_us;
+  for (int r = 0; r < repetitions; ++r) {
+    if (is_cancelled()) return cancelled_error();
+    auto ms = timed_loop(*launches);
+    if (!ms) return ms.error();
+    samples_us.push_back(*ms * 1000.0 / *launches);
+  }
+  v1::TimingResult result = summarize_timing(std::move(samples_us), problem_);
+  result.set_launches_per_sample(*launches);
+  result.set_input_sets(sets);
+  return result;
+}
+
+Result<std::vector<AttentionParams>> Evaluation::timing_params(DeviceTensors& buffers, int sets) {
+  // One random set copied into every slot: distinct addresses are what keep
+  // the L2 cold, and fresh samples for hundreds of sets would cost seconds.
+  random_inputs(counts_.q, dtype_, splitmix64(seed_ + 11), q_bits_, q_);
+  random_inputs(counts_.kv, dtype_, splitmix64(seed_ + 12), k_bits_, k_);
+  random_inputs(counts_.kv, dtype_, splitmix64(seed_ + 13), v_bits_, v_);
+  std::vector<AttentionParams> params;
+  params.reserve(static_cast<size_t>(sets));
+  for (int set = 0; set < sets; ++set) {
+    if (auto s = upload_inputs(buffers, static_cast<size_t>(set)); !s) return s.error();
+    params.push_back(this->params(buffers, buffers, static_cast<size_t>(set)));
+  }
+  if (auto s = cuda::attention_params_error(params.front()); !s) return invalid(s.error().message);
+  return params;
+}
+
+// Sizes the loop: double the launches until one loop takes a quarter of the
+// target, then scale to the target.
+Result<int> Evaluation::launches_per_loop(const std::function<Result<double>(int)>& timed_loop,
+                                          double target_ms) {
   int launches = 1;
   double per_launch_ms = 0;
   for (;;) {
@@ -865,20 +1003,8 @@ Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
     }
     launches *= 2;
   }
-  launches = static_cast<int>(std::clamp(std::ceil(target_ms / per_launch_ms), 1.0,
-                                         static_cast<double>(kMaxLaunchesPerLoop)));
-
-  std::vector<double> samples_us;
-  for (int r = 0; r < repetitions; ++r) {
-    if (is_cancelled()) return cancelled_error();
-    auto ms = timed_loop(launches);
-    if (!ms) return ms.error();
-    samples_us.push_back(*ms * 1000.0 / launches);
-  }
-  v1::TimingResult result = summarize_timing(std::move(samples_us), problem_);
-  result.set_launches_per_sample(launches);
-  result.set_input_sets(sets);
-  return result;
+  return static_cast<int>(std::clamp(std::ceil(target_ms / per_launch_ms), 1.0,
+                                     static_cast<double>(kMaxLaunchesPerLoop)));
 }
 
 // Unloads the oldest modules so that two more (a candidate and its

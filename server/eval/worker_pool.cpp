@@ -126,6 +126,55 @@ Result<fs::path> make_runtime_dir(const fs::path& requested, bool& owned) {
   return fs::path(pattern);
 }
 
+// How many workers to start: `requested`, or one per CUDA device when it is
+// negative; none is an error.
+Result<int> worker_count(int requested) {
+  int count = requested;
+  if (count < 0) {
+    auto devices = cuda::probe_devices();
+    if (!devices)
+      return make_error(ErrorCode::failed_precondition,
+                        "no GPU for evaluation workers: " + devices.error().message);
+    count = static_cast<int>(devices->size());
+  }
+  if (count == 0)
+    return make_error(ErrorCode::failed_precondition,
+                      "no GPU for evaluation workers: no CUDA device found");
+  return count;
+}
+
+// The worker binary (the default filled in) must be an executable file and
+// the timeouts positive.
+Status check_options(WorkerPoolOptions& options) {
+  if (options.worker_binary.empty()) options.worker_binary = default_worker_binary();
+  std::error_code ec;
+  if (!fs::is_regular_file(options.worker_binary, ec) ||
+      access(options.worker_binary.c_str(), X_OK) != 0)
+    return make_error(ErrorCode::failed_precondition,
+                      "no worker binary: " + options.worker_binary.string() +
+                          " is missing or not executable");
+  if (options.call_timeout <= milliseconds::zero() ||
+      options.startup_timeout <= milliseconds::zero())
+    return make_error(ErrorCode::invalid_argument, "worker pool timeouts must be positive");
+  return ok_status();
+}
+
+// The channel to a worker's socket.
+std::shared_ptr<grpc::Channel> worker_channel(const fs::path& socket) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  // A fresh connection per process: never a subchannel left from the
+  // previous process on the same path.
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  // The socket may exist a moment before the worker listens; retry soon.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
+  return grpc::CreateCustomChannel("unix:" + socket.string(), grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
 }  // namespace
 
 std::filesystem::path default_worker_binary() {
@@ -176,64 +225,62 @@ std::string WorkerPool::label(const Worker& worker) const {
 }
 
 Result<std::unique_ptr<WorkerPool>> WorkerPool::start(WorkerPoolOptions options) {
-  int count = options.gpu_count;
-  if (count < 0) {
-    auto devices = cuda::probe_devices();
-    if (!devices)
-      return make_error(ErrorCode::failed_precondition,
-                        "no GPU for evaluation workers: " + devices.error().message);
-    count = static_cast<int>(devices->size());
-  }
-  if (count == 0)
-    return make_error(ErrorCode::failed_precondition,
-                      "no GPU for evaluation workers: no CUDA device found");
-
-  if (options.worker_binary.empty()) options.worker_binary = default_worker_binary();
-  std::error_code ec;
-  if (!fs::is_regular_file(options.worker_binary, ec) ||
-      access(options.worker_binary.c_str(), X_OK) != 0)
-    return make_error(ErrorCode::failed_precondition,
-                      "no worker binary: " + options.worker_binary.string() +
-                          " is missing or not executable");
-  if (options.call_timeout <= milliseconds::zero() ||
-      options.startup_timeout <= milliseconds::zero())
-    return make_error(ErrorCode::invalid_argument, "worker pool timeouts must be positive");
+  auto count = worker_count(options.gpu_count);
+  if (!count) return count.error();
+  if (auto s = check_options(options); !s) return s.error();
 
   std::unique_ptr<WorkerPool> pool(new WorkerPool(std::move(options)));
   auto dir = make_runtime_dir(pool->options_.runtime_dir, pool->owns_runtime_dir_);
   if (!dir) return dir.error();
   pool->runtime_dir_ = *dir;
+  if (auto s = pool->add_workers(*count); !s) {
+    pool->shutdown();
+    return s.error();
+  }
+  if (auto s = pool->start_all(); !s) {
+    pool->shutdown();
+    return s.error();
+  }
+  for (const auto& worker : pool->workers_)
+    if (worker->state == Worker::State::idle)
+      spdlog::info("evaluation worker for GPU {}: {} ({}), pid {}", worker->gpu,
+                   worker->info.device(), worker->info.arch(), worker->process->pid());
+  return pool;
+}
 
+Status WorkerPool::add_workers(int count) {
   for (int gpu = 0; gpu < count; ++gpu) {
     auto worker = std::make_unique<Worker>();
     worker->gpu = gpu;
-    worker->socket = pool->runtime_dir_ / ("worker-gpu" + std::to_string(gpu) + ".sock");
-    worker->backoff = pool->options_.restart_backoff;
+    worker->socket = runtime_dir_ / ("worker-gpu" + std::to_string(gpu) + ".sock");
+    worker->backoff = options_.restart_backoff;
     // sockaddr_un holds the path, terminator included.
-    if (worker->socket.string().size() >= sizeof(sockaddr_un::sun_path)) {
-      const std::string path = worker->socket.string();
-      pool->shutdown();
+    if (worker->socket.string().size() >= sizeof(sockaddr_un::sun_path))
       return make_error(ErrorCode::failed_precondition,
-                        "socket path " + path + " is longer than a Unix socket allows (" +
+                        "socket path " + worker->socket.string() +
+                            " is longer than a Unix socket allows (" +
                             std::to_string(sizeof(sockaddr_un::sun_path) - 1) + " bytes)");
-    }
-    pool->workers_.push_back(std::move(worker));
+    workers_.push_back(std::move(worker));
   }
+  return ok_status();
+}
 
+Status WorkerPool::start_all() {
+  const size_t count = workers_.size();
   // In parallel: each worker creates a CUDA context, which takes a while.
-  std::vector<Status> started(static_cast<size_t>(count), ok_status());
+  std::vector<Status> started(count, ok_status());
   {
     std::vector<std::thread> threads;
-    for (int gpu = 0; gpu < count; ++gpu)
-      threads.emplace_back([&, gpu] { started[gpu] = pool->start_worker(*pool->workers_[gpu]); });
+    for (size_t gpu = 0; gpu < count; ++gpu)
+      threads.emplace_back([&, gpu] { started[gpu] = start_worker(*workers_[gpu]); });
     for (auto& thread : threads) thread.join();
   }
 
   size_t failed = 0;
   {
-    std::lock_guard lock(pool->mutex_);
-    for (int gpu = 0; gpu < count; ++gpu) {
-      Worker& worker = *pool->workers_[gpu];
+    std::lock_guard lock(mutex_);
+    for (size_t gpu = 0; gpu < count; ++gpu) {
+      Worker& worker = *workers_[gpu];
       if (started[gpu]) {
         worker.state = Worker::State::idle;
         continue;
@@ -245,24 +292,29 @@ Result<std::unique_ptr<WorkerPool>> WorkerPool::start(WorkerPoolOptions options)
       worker.retry_at = Clock::now() + worker.backoff;
     }
   }
-  if (failed == static_cast<size_t>(count)) {
+  if (failed == count) {
     Error first = started.front().error();
-    pool->shutdown();
     std::string message = first.message;
     if (count > 1) message += " (and the other " + std::to_string(count - 1) + " workers failed too)";
     return make_error(ErrorCode::failed_precondition, std::move(message), std::move(first.detail));
   }
-  for (int gpu = 0; gpu < count; ++gpu)
+  for (size_t gpu = 0; gpu < count; ++gpu)
     if (!started[gpu])
       spdlog::warn("{}; retrying when an evaluation needs it", started[gpu].error().message);
-  for (const auto& worker : pool->workers_)
-    if (worker->state == Worker::State::idle)
-      spdlog::info("evaluation worker for GPU {}: {} ({}), pid {}", worker->gpu,
-                   worker->info.device(), worker->info.arch(), worker->process->pid());
-  return pool;
+  return ok_status();
 }
 
 Status WorkerPool::start_worker(Worker& worker) {
+  auto spawned = spawn_worker(worker);
+  if (!spawned) return spawned.error();
+  ChildProcess& process = **spawned;
+  const auto began = Clock::now();
+  const auto deadline = began + options_.startup_timeout;
+  if (auto s = await_socket(worker, process, deadline); !s) return s;
+  return connect_worker(worker, process, began, deadline);
+}
+
+Result<ChildProcess*> WorkerPool::spawn_worker(Worker& worker) {
   std::error_code ec;
   fs::remove(worker.socket, ec);  // a dead worker's socket must not pass for the new one's
 
@@ -276,32 +328,33 @@ Status WorkerPool::start_worker(Worker& worker) {
   if (!spawned)
     return make_error(ErrorCode::failed_precondition, label(worker) + ": " + spawned.error().message);
   ChildProcess* process = spawned->get();
-  {
-    std::lock_guard lock(mutex_);
-    worker.process = std::move(spawned).value();
-    worker.stub.reset();
-    if (stopping_) process->signal(SIGTERM);
-  }
+  std::lock_guard lock(mutex_);
+  worker.process = std::move(spawned).value();
+  worker.stub.reset();
+  if (stopping_) process->signal(SIGTERM);
+  return process;
+}
 
-  const auto began = Clock::now();
-  const auto deadline = began + options_.startup_timeout;
-  const auto exited = [&](const ExitStatus& exit) {
-    process->wait_for_output(kLastWordsWait);
-    const std::string last = process->last_output_line();
-    Error error = make_error(ErrorCode::failed_precondition,
-                             label(worker) + " " + exit.describe() + " during startup" +
-                                 (last.empty() ? "" : ": " + last),
-                             joined(process->output_tail()));
-    stop_worker(worker, options_.kill_grace);
-    return error;
-  };
+Error WorkerPool::exited_during_startup(Worker& worker, ChildProcess& process,
+                                        const ExitStatus& exit) {
+  process.wait_for_output(kLastWordsWait);
+  const std::string last = process.last_output_line();
+  Error error = make_error(ErrorCode::failed_precondition,
+                           label(worker) + " " + exit.describe() + " during startup" +
+                               (last.empty() ? "" : ": " + last),
+                           joined(process.output_tail()));
+  stop_worker(worker, options_.kill_grace);
+  return error;
+}
+
+Status WorkerPool::await_socket(Worker& worker, ChildProcess& process,
+                                Clock::time_point deadline) {
   const auto stopping = [&] {
     std::lock_guard lock(mutex_);
     return stopping_;
   };
-
   while (!is_unix_socket(worker.socket)) {
-    if (auto exit = process->poll()) return exited(*exit);
+    if (auto exit = process.poll()) return exited_during_startup(worker, process, *exit);
     if (stopping()) {
       stop_worker(worker, options_.kill_grace);
       return make_error(ErrorCode::unavailable, "evaluation pool is shutting down");
@@ -312,39 +365,31 @@ Status WorkerPool::start_worker(Worker& worker) {
                                    worker.socket.string() + " within " +
                                    std::to_string(options_.startup_timeout.count()) +
                                    " ms; killed",
-                               joined(process->output_tail()));
+                               joined(process.output_tail()));
       stop_worker(worker, options_.kill_grace);
       return error;
     }
     std::this_thread::sleep_for(kSocketPoll);
   }
+  return ok_status();
+}
 
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(-1);
-  args.SetMaxSendMessageSize(-1);
-  // A fresh connection per process: never a subchannel left from the
-  // previous process on the same path.
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  // The socket may exist a moment before the worker listens; retry soon.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 20);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 20);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 200);
-  auto channel = grpc::CreateCustomChannel("unix:" + worker.socket.string(),
-                                           grpc::InsecureChannelCredentials(), args);
-  auto stub = v1::EvalWorker::NewStub(channel);
-
+Status WorkerPool::connect_worker(Worker& worker, ChildProcess& process,
+                                  Clock::time_point began, Clock::time_point deadline) {
+  auto stub = v1::EvalWorker::NewStub(worker_channel(worker.socket));
   v1::WorkerInfo info;
   grpc::ClientContext context;
   context.set_deadline(to_system(deadline));
   context.set_wait_for_ready(true);
   const grpc::Status status = stub->Info(&context, v1::WorkerInfoRequest{}, &info);
   if (!status.ok()) {
-    if (auto exit = process->wait_for(milliseconds(200))) return exited(*exit);
+    if (auto exit = process.wait_for(milliseconds(200)))
+      return exited_during_startup(worker, process, *exit);
     Error error = make_error(ErrorCode::failed_precondition,
                              label(worker) + " did not answer Info within " +
                                  std::to_string(options_.startup_timeout.count()) +
                                  " ms: " + status.error_message() + "; killed",
-                             joined(process->output_tail()));
+                             joined(process.output_tail()));
     stop_worker(worker, options_.kill_grace);
     return error;
   }
@@ -354,7 +399,7 @@ Status WorkerPool::start_worker(Worker& worker) {
   worker.stub = std::move(stub);
   ++worker.starts;
   spdlog::debug("{} ready in {} ms (pid {})", label(worker), ms_between(began, Clock::now()),
-                process->pid());
+                process.pid());
   return ok_status();
 }
 

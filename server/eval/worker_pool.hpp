@@ -24,6 +24,9 @@
 
 namespace flashcore::eval {
 
+class ChildProcess;
+struct ExitStatus;
+
 struct WorkerPoolOptions {
   // Empty: `flashcore_worker` in the folder of the running executable.
   std::filesystem::path worker_binary;
@@ -140,9 +143,23 @@ class WorkerPool {
   enum class Pick { none, wait, down };
 
   explicit WorkerPool(WorkerPoolOptions options);
+  // start()'s steps: one worker record per GPU (down, not yet started), then
+  // every worker started in parallel; an error when none started.
+  Status add_workers(int count);
+  Status start_all();
   // Spawns the worker's process and waits for it to answer Info. Called by
   // the worker's owner (start(), or the thread that holds it busy).
   Status start_worker(Worker& worker);
+  // start_worker()'s steps: spawn (the process handed to the worker under
+  // the lock), wait for the socket, connect and ask Info. A failing step
+  // has stopped the worker.
+  Result<ChildProcess*> spawn_worker(Worker& worker);
+  Status await_socket(Worker& worker, ChildProcess& process, Clock::time_point deadline);
+  Status connect_worker(Worker& worker, ChildProcess& process, Clock::time_point began,
+                        Clock::time_point deadline);
+  // The error for a worker that exited while starting, with its last words;
+  // stops the worker.
+  Error exited_during_startup(Worker& worker, ChildProcess& process, const ExitStatus& exit);
   // Kills and reaps the worker's process (if any), taking it out of the pool's reach.
   void stop_worker(Worker& worker, std::chrono::milliseconds grace);
   // Takes a worker for `gpus` (FIFO among waiters); caller holds mutex_.

@@ -1,6 +1,8 @@
 #include "evolve/include_guard.hpp"
 
 #include <cctype>
+#include <optional>
+#include <string>
 #include <vector>
 
 namespace flashcore::evolve {
@@ -15,110 +17,144 @@ struct Line {
 
 bool ident_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
+// Splits a source into logical lines (logical_lines below), one character at
+// a time: a small state machine with the physical line count beside it.
+class LineSplitter {
+ public:
+  explicit LineSplitter(std::string_view s) : s_(s), lines_(1) {}
+
+  std::vector<Line> run() {
+    for (size_t i = 0; i < s_.size(); ++i) {
+      if (splice(i)) continue;
+      if (s_[i] == '\n') {
+        end_line();
+        continue;
+      }
+      switch (state_) {
+        case State::code:
+          i = code(i);
+          break;
+        case State::block_comment:
+          if (s_[i] == '*' && next_is(i, '/')) {
+            state_ = State::code;
+            ++i;
+          }
+          break;
+        case State::line_comment:
+          break;
+        case State::string:
+        case State::character:
+          i = literal(i);
+          break;
+      }
+    }
+    return std::move(lines_);
+  }
+
+ private:
+  enum class State { code, block_comment, line_comment, string, character };
+
+  void emit(char c) { lines_.back().text.push_back(c); }
+  bool next_is(size_t i, char c) const { return i + 1 < s_.size() && s_[i + 1] == c; }
+
+  // Line splice: \ newline (or \ CR LF) joins two physical lines; `i` is
+  // left on the splice's last character.
+  bool splice(size_t& i) {
+    if (!(s_[i] == '\\' && i + 1 < s_.size() && (s_[i + 1] == '\n' || s_[i + 1] == '\r')))
+      return false;
+    i += (s_[i + 1] == '\r' && i + 2 < s_.size() && s_[i + 2] == '\n') ? 2 : 1;
+    ++physical_;
+    return true;
+  }
+
+  // A newline ends comments to the end of the line and (unterminated)
+  // literals. A block comment's newline still ends the directive line for our
+  // purposes: a new logical line starts, so that a directive after the
+  // comment is seen at the start of its line.
+  void end_line() {
+    ++physical_;
+    if (state_ == State::line_comment || state_ == State::string || state_ == State::character)
+      state_ = State::code;
+    if (state_ == State::block_comment) emit(' ');
+    lines_.push_back(Line{physical_, {}});
+  }
+
+  // One character of code at `i`; the index of the last character consumed.
+  size_t code(size_t i) {
+    const char c = s_[i];
+    if (c == '/' && next_is(i, '/')) {
+      state_ = State::line_comment;
+      emit(' ');
+      return i + 1;
+    }
+    if (c == '/' && next_is(i, '*')) {
+      state_ = State::block_comment;
+      emit(' ');
+      return i + 1;
+    }
+    if (c == '"') {
+      if (auto last = raw_string(i)) return *last;
+      state_ = State::string;
+    } else if (c == '\'' && !(i > 0 && std::isxdigit(static_cast<unsigned char>(s_[i - 1])) &&
+                              i + 1 < s_.size() &&
+                              std::isxdigit(static_cast<unsigned char>(s_[i + 1])))) {
+      // (a quote between digits is a digit separator, 1'000)
+      state_ = State::character;
+    }
+    emit(c);
+    return i;
+  }
+
+  // A raw string opening at the quote at `i`: R"delim( ... )delim", prefixed
+  // R, LR, uR, UR, u8R. The prefix must be the whole identifier before the
+  // quote (fooLR"x" is an identifier and an ordinary string). Skipped whole
+  // (its lines belong to this logical line, which gets "" in its place); the
+  // index of its last character, or nullopt when this is no raw string.
+  std::optional<size_t> raw_string(size_t i) {
+    size_t begin = i;
+    while (begin > 0 && ident_char(s_[begin - 1])) --begin;
+    const std::string_view prefix = s_.substr(begin, i - begin);
+    const bool raw =
+        prefix == "R" || prefix == "LR" || prefix == "uR" || prefix == "UR" || prefix == "u8R";
+    if (!raw) return std::nullopt;
+    const size_t open = s_.find('(', i + 1);
+    if (open == std::string_view::npos || open - i - 1 > 16) return std::nullopt;
+    const std::string close = ")" + std::string(s_.substr(i + 1, open - i - 1)) + "\"";
+    const size_t end = s_.find(close, open + 1);
+    const size_t stop = end == std::string_view::npos ? s_.size() : end + close.size();
+    for (size_t j = i; j < stop; ++j)
+      if (s_[j] == '\n') ++physical_;
+    emit('"');
+    emit('"');
+    return stop - 1;
+  }
+
+  // One character inside a string or character literal at `i` (an escape
+  // takes the next one too); the index of the last character consumed.
+  size_t literal(size_t i) {
+    const char c = s_[i];
+    emit(c);
+    if (c == '\\' && i + 1 < s_.size() && s_[i + 1] != '\n') {
+      emit(s_[++i]);
+    } else if ((state_ == State::string && c == '"') ||
+               (state_ == State::character && c == '\'')) {
+      state_ = State::code;
+    }
+    return i;
+  }
+
+  std::string_view s_;
+  std::vector<Line> lines_;
+  int physical_ = 1;
+  State state_ = State::code;
+};
+
 // Splits `source` into logical lines. Block comments may span lines; string
 // and character literals may not (a newline ends them, as the compiler
 // would reject them anyway), except raw strings, which are skipped whole.
 // A mistake here must only ever make the scan see more directives than the
 // compiler, never fewer: anything it cannot place counts as code.
-std::vector<Line> logical_lines(std::string_view s) {
-  std::vector<Line> lines(1);
-  int physical = 1;
-  enum class State { code, block_comment, line_comment, string, character };
-  State state = State::code;
-  auto emit = [&](char c) { lines.back().text.push_back(c); };
-  auto newline = [&] {
-    lines.push_back(Line{physical, {}});
-  };
-  for (size_t i = 0; i < s.size(); ++i) {
-    const char c = s[i];
-    if (c == '\\' && i + 1 < s.size() && (s[i + 1] == '\n' || s[i + 1] == '\r')) {
-      // Line splice: \ newline (or \ CR LF) joins two physical lines.
-      i += (s[i + 1] == '\r' && i + 2 < s.size() && s[i + 2] == '\n') ? 2 : 1;
-      ++physical;
-      continue;
-    }
-    if (c == '\n') {
-      ++physical;
-      if (state == State::line_comment || state == State::string || state == State::character)
-        state = State::code;
-      if (state == State::block_comment) {
-        emit(' ');
-        // A block comment's newline still ends the directive line for our
-        // purposes: start a new logical line so that a directive after the
-        // comment is seen at the start of its line.
-      }
-      newline();
-      continue;
-    }
-    switch (state) {
-      case State::code:
-        if (c == '/' && i + 1 < s.size() && s[i + 1] == '/') {
-          state = State::line_comment;
-          emit(' ');
-          ++i;
-        } else if (c == '/' && i + 1 < s.size() && s[i + 1] == '*') {
-          state = State::block_comment;
-          emit(' ');
-          ++i;
-        } else if (c == '"') {
-          // A raw string: R"delim( ... )delim", prefixed R, LR, uR, UR, u8R.
-          // The prefix must be the whole identifier before the quote (fooLR"x" is
-          // an identifier and an ordinary string).
-          size_t begin = i;
-          while (begin > 0 && ident_char(s[begin - 1])) --begin;
-          const std::string_view prefix = s.substr(begin, i - begin);
-          const bool raw = prefix == "R" || prefix == "LR" || prefix == "uR" || prefix == "UR" ||
-                           prefix == "u8R";
-          if (raw) {
-            const size_t open = s.find('(', i + 1);
-            if (open != std::string_view::npos && open - i - 1 <= 16) {
-              const std::string close =
-                  ")" + std::string(s.substr(i + 1, open - i - 1)) + "\"";
-              const size_t end = s.find(close, open + 1);
-              const size_t stop = end == std::string_view::npos ? s.size() : end + close.size();
-              for (size_t j = i; j < stop; ++j)
-                if (s[j] == '\n') ++physical;
-              // The raw string's lines belong to this logical line.
-              emit('"');
-              emit('"');
-              i = stop - 1;
-              break;
-            }
-          }
-          state = State::string;
-          emit(c);
-        } else if (c == '\'' && !(i > 0 && std::isxdigit(static_cast<unsigned char>(s[i - 1])) &&
-                                  i + 1 < s.size() &&
-                                  std::isxdigit(static_cast<unsigned char>(s[i + 1])))) {
-          // (a quote between digits is a digit separator, 1'000)
-          state = State::character;
-          emit(c);
-        } else {
-          emit(c);
-        }
-        break;
-      case State::block_comment:
-        if (c == '*' && i + 1 < s.size() && s[i + 1] == '/') {
-          state = State::code;
-          ++i;
-        }
-        break;
-      case State::line_comment:
-        break;
-      case State::string:
-      case State::character:
-        emit(c);
-        if (c == '\\' && i + 1 < s.size() && s[i + 1] != '\n') {
-          emit(s[++i]);
-        } else if ((state == State::string && c == '"') ||
-                   (state == State::character && c == '\'')) {
-          state = State::code;
-        }
-        break;
-    }
-  }
-  return lines;
-}
+std::vector<Line> logical_lines(std::string_view s) { return LineSplitter(s).run(); }
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);

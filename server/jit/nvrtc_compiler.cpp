@@ -53,6 +53,119 @@ int max_match(const std::string& log, const std::regex& pattern) {
   return best;
 }
 
+// The spec's template, once its arch, problem class and config are known to
+// be ones the template takes (INVALID_ARGUMENT naming the field otherwise).
+Result<const TemplateInfo*> checked_template(const KernelSpec& spec) {
+  const TemplateInfo* info = find_template(spec.template_id);
+  if (info == nullptr)
+    return make_error(ErrorCode::invalid_argument,
+                      "template_id: unknown template " + spec.template_id);
+  const auto arch = find_arch(spec.arch);
+  if (!arch) return make_error(ErrorCode::invalid_argument, "arch: unsupported arch " + spec.arch);
+  if (auto error = problem_class_error(spec.problem))
+    return make_error(ErrorCode::invalid_argument, *error);
+  if (auto error = info->config_error(spec.config, spec.problem, *arch))
+    return make_error(ErrorCode::invalid_argument, *error);
+  return info;
+}
+
+// Creates the program over the registry's sources and adds the kernel's name
+// expressions (a multi-kernel family's further kernels come from the same
+// program; they are listed in kernel.extra_kernels).
+Status create_program(Program& program, const TemplateRegistry& templates,
+                      const std::string& entry_header, const KernelSpec& spec,
+                      const TemplateInfo& info, CompiledKernel& kernel,
+                      const std::string& context) {
+  // Every registry file goes in as a header named by its relative path, so
+  // the templates' #include "common/..." lines resolve without a file system.
+  std::vector<const char*> header_sources, header_names;
+  for (const auto& [path, contents] : templates.sources()) {
+    header_names.push_back(path.c_str());
+    header_sources.push_back(contents.c_str());
+  }
+  const std::string source = "#include \"" + entry_header + "\"\n";
+  const std::string program_name = spec.template_id + ".cu";
+  if (auto r = nvrtcCreateProgram(program.out(), source.c_str(), program_name.c_str(),
+                                  static_cast<int>(header_sources.size()), header_sources.data(),
+                                  header_names.data());
+      r != NVRTC_SUCCESS)
+    return nvrtc_error(r, "nvrtcCreateProgram", context);
+  if (auto r = nvrtcAddNameExpression(program.get(), kernel.name_expression.c_str());
+      r != NVRTC_SUCCESS)
+    return nvrtc_error(r, "nvrtcAddNameExpression", context);
+  if (info.extra_name_expressions != nullptr)
+    for (std::string& name : info.extra_name_expressions(spec.problem, spec.config)) {
+      if (auto r = nvrtcAddNameExpression(program.get(), name.c_str()); r != NVRTC_SUCCESS)
+        return nvrtc_error(r, "nvrtcAddNameExpression", name);
+      kernel.extra_kernels.emplace_back(std::move(name), std::string());
+    }
+  return ok_status();
+}
+
+// Compiles the program with `options`; its log, or the failure with the log
+// as detail.
+Result<std::string> compile_program(const Program& program,
+                                    const std::vector<std::string>& options,
+                                    const std::string& context) {
+  std::vector<const char*> option_ptrs;
+  for (const auto& option : options) option_ptrs.push_back(option.c_str());
+  const nvrtcResult compiled = nvrtcCompileProgram(
+      program.get(), static_cast<int>(option_ptrs.size()), option_ptrs.data());
+  std::string log = program_log(program.get());
+  if (compiled != NVRTC_SUCCESS) {
+    spdlog::warn("NVRTC failed to compile {}: {}", context, nvrtcGetErrorString(compiled));
+    return make_error(ErrorCode::internal, "NVRTC failed to compile " + context,
+                      log.empty() ? std::string(nvrtcGetErrorString(compiled)) : log);
+  }
+  return log;
+}
+
+// The lowered names of the kernel and of its further kernels, copied out of
+// the program (which owns them).
+Status read_lowered_names(const Program& program, CompiledKernel& kernel,
+                          const std::string& context) {
+  const char* lowered = nullptr;
+  if (auto r = nvrtcGetLoweredName(program.get(), kernel.name_expression.c_str(), &lowered);
+      r != NVRTC_SUCCESS || lowered == nullptr)
+    return nvrtc_error(r, "nvrtcGetLoweredName", context);
+  kernel.lowered_name = lowered;
+  for (auto& [name, extra_lowered] : kernel.extra_kernels) {
+    const char* other = nullptr;
+    if (auto r = nvrtcGetLoweredName(program.get(), name.c_str(), &other);
+        r != NVRTC_SUCCESS || other == nullptr)
+      return nvrtc_error(r, "nvrtcGetLoweredName", name);
+    extra_lowered = other;
+  }
+  return ok_status();
+}
+
+Status read_cubin(const Program& program, CompiledKernel& kernel, const std::string& context,
+                  const std::string& log) {
+  size_t cubin_size = 0;
+  if (auto r = nvrtcGetCUBINSize(program.get(), &cubin_size); r != NVRTC_SUCCESS)
+    return nvrtc_error(r, "nvrtcGetCUBINSize", context);
+  if (cubin_size == 0)
+    return make_error(ErrorCode::internal, "NVRTC produced no cubin for " + context, log);
+  kernel.cubin.resize(cubin_size);
+  if (auto r = nvrtcGetCUBIN(program.get(), kernel.cubin.data()); r != NVRTC_SUCCESS)
+    return nvrtc_error(r, "nvrtcGetCUBIN", context);
+  return ok_status();
+}
+
+// Where a CUDA driver is installed NVRTC may answer from the driver's compute
+// cache (~/.nv/ComputeCache) and then prints no ptxas report. A kernel without
+// one would read as 0 registers and 0 spills, which the tuner's pruning and
+// the validation matrix would take as true: refuse it. (Daemon::start turns
+// that cache off, so this is a guard, not a path.)
+Status check_resource_report(const std::string& log, const std::string& context) {
+  if (log.find("Used ") == std::string::npos || log.find("registers") == std::string::npos)
+    return make_error(ErrorCode::internal,
+                      "NVRTC returned no ptxas resource report for " + context +
+                          " (a CUDA driver compute-cache hit? run with CUDA_CACHE_DISABLE=1)",
+                      log);
+  return ok_status();
+}
+
 }  // namespace
 
 NvrtcCompiler::NvrtcCompiler(std::shared_ptr<const TemplateRegistry> templates)
@@ -86,97 +199,27 @@ ToolchainFingerprint NvrtcCompiler::fingerprint(const KernelSpec& spec) const {
 
 Result<CompiledKernel> NvrtcCompiler::compile(const KernelSpec& spec) const {
   const auto start = std::chrono::steady_clock::now();
-
-  const TemplateInfo* info = find_template(spec.template_id);
-  if (info == nullptr)
-    return make_error(ErrorCode::invalid_argument,
-                      "template_id: unknown template " + spec.template_id);
-  const auto arch = find_arch(spec.arch);
-  if (!arch) return make_error(ErrorCode::invalid_argument, "arch: unsupported arch " + spec.arch);
-  if (auto error = problem_class_error(spec.problem))
-    return make_error(ErrorCode::invalid_argument, *error);
-  if (auto error = info->config_error(spec.config, spec.problem, *arch))
-    return make_error(ErrorCode::invalid_argument, *error);
+  auto info = checked_template(spec);
+  if (!info) return info.error();
   auto header = templates_->entry_header(spec.template_id);
   if (!header)  // the template exists, but this registry (a directory override) lacks it
     return make_error(ErrorCode::failed_precondition, header.error().message);
 
   CompiledKernel kernel;
-  kernel.name_expression = info->name_expression(spec.problem, spec.config);
+  kernel.name_expression = (*info)->name_expression(spec.problem, spec.config);
   kernel.toolchain = fingerprint(spec);
   const std::string context = kernel.name_expression + " for " + spec.arch;
-
-  // Every registry file goes in as a header named by its relative path, so
-  // the templates' #include "common/..." lines resolve without a file system.
-  std::vector<const char*> header_sources, header_names;
-  for (const auto& [path, contents] : templates_->sources()) {
-    header_names.push_back(path.c_str());
-    header_sources.push_back(contents.c_str());
-  }
-  const std::string source = "#include \"" + header.value() + "\"\n";
-  const std::string program_name = spec.template_id + ".cu";
-
   Program program;
-  if (auto r = nvrtcCreateProgram(program.out(), source.c_str(), program_name.c_str(),
-                                  static_cast<int>(header_sources.size()), header_sources.data(),
-                                  header_names.data());
-      r != NVRTC_SUCCESS)
-    return nvrtc_error(r, "nvrtcCreateProgram", context);
-  if (auto r = nvrtcAddNameExpression(program.get(), kernel.name_expression.c_str());
-      r != NVRTC_SUCCESS)
-    return nvrtc_error(r, "nvrtcAddNameExpression", context);
-  // A multi-kernel family's further kernels come from the same program.
-  if (info->extra_name_expressions != nullptr)
-    for (std::string& name : info->extra_name_expressions(spec.problem, spec.config)) {
-      if (auto r = nvrtcAddNameExpression(program.get(), name.c_str()); r != NVRTC_SUCCESS)
-        return nvrtc_error(r, "nvrtcAddNameExpression", name);
-      kernel.extra_kernels.emplace_back(std::move(name), std::string());
-    }
+  if (auto s = create_program(program, *templates_, header.value(), spec, **info, kernel, context);
+      !s)
+    return s.error();
+  auto log = compile_program(program, kernel.toolchain.options, context);
+  if (!log) return log.error();
+  if (auto s = read_lowered_names(program, kernel, context); !s) return s.error();
+  if (auto s = read_cubin(program, kernel, context, *log); !s) return s.error();
+  if (auto s = check_resource_report(*log, context); !s) return s.error();
 
-  std::vector<const char*> option_ptrs;
-  for (const auto& option : kernel.toolchain.options) option_ptrs.push_back(option.c_str());
-  const nvrtcResult compiled = nvrtcCompileProgram(
-      program.get(), static_cast<int>(option_ptrs.size()), option_ptrs.data());
-  std::string log = program_log(program.get());
-  if (compiled != NVRTC_SUCCESS) {
-    spdlog::warn("NVRTC failed to compile {}: {}", context, nvrtcGetErrorString(compiled));
-    return make_error(ErrorCode::internal, "NVRTC failed to compile " + context,
-                      log.empty() ? std::string(nvrtcGetErrorString(compiled)) : log);
-  }
-
-  const char* lowered = nullptr;
-  if (auto r = nvrtcGetLoweredName(program.get(), kernel.name_expression.c_str(), &lowered);
-      r != NVRTC_SUCCESS || lowered == nullptr)
-    return nvrtc_error(r, "nvrtcGetLoweredName", context);
-  kernel.lowered_name = lowered;  // owned by the program: copy before it goes
-  for (auto& [name, extra_lowered] : kernel.extra_kernels) {
-    const char* other = nullptr;
-    if (auto r = nvrtcGetLoweredName(program.get(), name.c_str(), &other);
-        r != NVRTC_SUCCESS || other == nullptr)
-      return nvrtc_error(r, "nvrtcGetLoweredName", name);
-    extra_lowered = other;
-  }
-
-  size_t cubin_size = 0;
-  if (auto r = nvrtcGetCUBINSize(program.get(), &cubin_size); r != NVRTC_SUCCESS)
-    return nvrtc_error(r, "nvrtcGetCUBINSize", context);
-  if (cubin_size == 0)
-    return make_error(ErrorCode::internal, "NVRTC produced no cubin for " + context, log);
-  kernel.cubin.resize(cubin_size);
-  if (auto r = nvrtcGetCUBIN(program.get(), kernel.cubin.data()); r != NVRTC_SUCCESS)
-    return nvrtc_error(r, "nvrtcGetCUBIN", context);
-
-  // Where a CUDA driver is installed NVRTC may answer from the driver's
-  // compute cache (~/.nv/ComputeCache) and then prints no ptxas report. A
-  // kernel without one would read as 0 registers and 0 spills, which the
-  // tuner's pruning and the validation matrix would take as true: refuse it.
-  // (Daemon::start turns that cache off, so this is a guard, not a path.)
-  if (log.find("Used ") == std::string::npos || log.find("registers") == std::string::npos)
-    return make_error(ErrorCode::internal,
-                      "NVRTC returned no ptxas resource report for " + context +
-                          " (a CUDA driver compute-cache hit? run with CUDA_CACHE_DISABLE=1)",
-                      log);
-  kernel.resources = parse_ptxas_report(log);
+  kernel.resources = parse_ptxas_report(*log);
   kernel.compile_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   spdlog::debug("compiled {} in {:.0f} ms: {} registers, {} B spill stores, {} B cubin", context,

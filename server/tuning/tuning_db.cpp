@@ -14,8 +14,6 @@
 namespace flashcore {
 namespace {
 
-// Ordered schema migrations: step i takes user_version i to i + 1. Append new
-// steps; never edit a released one, since databases in the field already ran it.
 // ceil(heads / kv_heads) rounded up to a power of two in SQL (bucket_of's
 // gqa_ratio), for rows that recorded a shape; 1 where none was recorded.
 std::string gqa_ratio_sql() {
@@ -31,10 +29,10 @@ std::string gqa_ratio_sql() {
 // migration 4: a SQLite file of another application is refused, not migrated.
 constexpr int32_t kApplicationId = 0x46435444;
 
-const std::vector<std::string>& migrations() {
-  static const std::vector<std::string> steps = {
-      // 1: jobs, trials, best.
-      R"sql(
+// Ordered schema migrations: step i takes user_version i to i + 1. Append new
+// steps; never edit a released one, since databases in the field already ran it.
+// Step 1: jobs, trials, best.
+constexpr const char* kMigration1Tables = R"sql(
 CREATE TABLE jobs (
   id INTEGER PRIMARY KEY,
   template_id TEXT NOT NULL,
@@ -132,11 +130,12 @@ CREATE TABLE best (
   UNIQUE (template_id, dtype, head_dim, causal, bucket, device_name, arch)
 );
 CREATE INDEX best_by_class ON best(template_id, dtype, head_dim, causal, device_name, arch);
-)sql",
-      // 2: configs gain q_placement and smem_layout ('auto' on older rows,
-      // the rule of their time); a best row names the exact shape it was
-      // tuned on (0 on older rows: not recorded).
-      R"sql(
+)sql";
+
+// Step 2: configs gain q_placement and smem_layout ('auto' on older rows, the
+// rule of their time); a best row names the exact shape it was tuned on (0 on
+// older rows: not recorded).
+constexpr const char* kMigration2ConfigAndShape = R"sql(
 ALTER TABLE trials ADD COLUMN q_placement TEXT NOT NULL DEFAULT 'auto';
 ALTER TABLE trials ADD COLUMN smem_layout TEXT NOT NULL DEFAULT 'auto';
 ALTER TABLE best ADD COLUMN q_placement TEXT NOT NULL DEFAULT 'auto';
@@ -146,51 +145,66 @@ ALTER TABLE best ADD COLUMN heads INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN kv_heads INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN seq_q INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN seq_k INTEGER NOT NULL DEFAULT 0;
-)sql",
-      // 3: the Hopper family's switches (0 on older rows: sm80 configs).
-      R"sql(
+)sql";
+
+// Step 3: the Hopper family's switches (0 on older rows: sm80 configs).
+constexpr const char* kMigration3HopperSwitches = R"sql(
 ALTER TABLE trials ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE trials ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE trials ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN pingpong INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN separate_o INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN persistent INTEGER NOT NULL DEFAULT 0;
-)sql",
-      // 4: the layout and the GQA ratio join the key (in the bucket text, so
-      // the best table's UNIQUE key covers them). Every earlier row was
-      // measured in (B,S,H,D); its ratio comes from the shape it recorded
-      // (1 where none was: MHA, or a best from before schema 2), a job's
-      // from its trials.
-      std::string(R"sql(
+)sql";
+
+// Step 4: the layout and the GQA ratio join the key (in the bucket text, so
+// the best table's UNIQUE key covers them). Every earlier row was measured in
+// (B,S,H,D); its ratio comes from the shape it recorded (1 where none was:
+// MHA, or a best from before schema 2), a job's from its trials. The columns,
+// then the ratios (gqa_ratio_sql), then the jobs' ratios and the buckets.
+constexpr const char* kMigration4Columns = R"sql(
 ALTER TABLE jobs ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE jobs ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
 ALTER TABLE trials ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE trials ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
 ALTER TABLE best ADD COLUMN gqa_ratio INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE best ADD COLUMN layout TEXT NOT NULL DEFAULT 'bshd';
-)sql") + "UPDATE trials SET gqa_ratio = " + gqa_ratio_sql() + ";\n" +
-          "UPDATE best SET gqa_ratio = " + gqa_ratio_sql() + ";\n" + R"sql(
+)sql";
+constexpr const char* kMigration4Buckets = R"sql(
 UPDATE jobs SET gqa_ratio = COALESCE(
   (SELECT gqa_ratio FROM trials WHERE trials.job_id = jobs.id ORDER BY id LIMIT 1), 1);
 UPDATE trials SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
 UPDATE best SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
 UPDATE jobs SET bucket = bucket || 'gqa=' || gqa_ratio || ';layout=bshd;';
-)sql" + "PRAGMA application_id = " + std::to_string(kApplicationId) + ";\n",
-      // 5: a best carries its spread and whether the full validation matrix
-      // passed before it was stored (older rows: spread unknown, not validated).
-      R"sql(
+)sql";
+
+std::string migration4_layout_and_gqa() {
+  return std::string(kMigration4Columns) + "UPDATE trials SET gqa_ratio = " + gqa_ratio_sql() +
+         ";\n" + "UPDATE best SET gqa_ratio = " + gqa_ratio_sql() + ";\n" + kMigration4Buckets +
+         "PRAGMA application_id = " + std::to_string(kApplicationId) + ";\n";
+}
+
+// Step 5: a best carries its spread and whether the full validation matrix
+// passed before it was stored (older rows: spread unknown, not validated).
+constexpr const char* kMigration5Validation = R"sql(
 ALTER TABLE best ADD COLUMN p10_us REAL NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN p90_us REAL NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN validated INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN validation_detail TEXT NOT NULL DEFAULT '';
-)sql",
-      // 6: the decode family's config fields (0 on older rows: other families).
-      R"sql(
+)sql";
+
+// Step 6: the decode family's config fields (0 on older rows: other families).
+constexpr const char* kMigration6Decode = R"sql(
 ALTER TABLE trials ADD COLUMN fused_combine INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE trials ADD COLUMN splits INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN fused_combine INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE best ADD COLUMN splits INTEGER NOT NULL DEFAULT 0;
-)sql",
+)sql";
+
+const std::vector<std::string>& migrations() {
+  static const std::vector<std::string> steps = {
+      kMigration1Tables,         kMigration2ConfigAndShape, kMigration3HopperSwitches,
+      migration4_layout_and_gqa(), kMigration5Validation,     kMigration6Decode,
   };
   return steps;
 }
