@@ -1101,7 +1101,12 @@ Result<bool> TuningDb::update_best_if_better(const BestRecord& candidate, BestUp
            "updated_unix_ms = excluded.updated_unix_ms, p10_us = excluded.p10_us, "
            "p90_us = excluded.p90_us, validated = excluded.validated, "
            "validation_detail = excluded.validation_detail "
-           "WHERE ? OR excluded.median_us < best.median_us OR NOT (best.median_us > 0) "
+           // A later job displaces the stored best only by more than the
+           // larger of the two p10-p90 spreads (DESIGN 6: a win smaller than
+           // the spread is not a win); rows without a spread count 0.
+           "WHERE ? OR excluded.median_us < best.median_us - MAX(0, "
+           "excluded.p90_us - excluded.p10_us, best.p90_us - best.p10_us) "
+           "OR NOT (best.median_us > 0) "
            "OR excluded.nvrtc_version <> best.nvrtc_version "
            "OR excluded.template_source_hash <> best.template_source_hash"});
   std::lock_guard lock(mutex_);

@@ -151,7 +151,8 @@ struct TrialFilter {
 };
 
 enum class BestUpdate {
-  if_faster,  // store only if strictly faster than the current best (or none, or stale)
+  if_faster,  // store only if faster than the current best by more than the larger of
+              // their p10-p90 spreads (or there is none, or it is stale)
   force,      // store regardless (e.g. an operator pins a config)
 };
 
@@ -206,7 +207,8 @@ class TuningDb {
   // Atomically replaces the best for candidate.scope when there is none, when
   // `mode` is force, when the stored one was made by another NVRTC version or
   // template source (its cubin is no longer served), or when the candidate is
-  // strictly faster. Returns whether the candidate was stored.
+  // faster by more than the larger p10-p90 spread of the two (a win inside
+  // the measured noise is not a win). Returns whether the candidate was stored.
   Result<bool> update_best_if_better(const BestRecord& candidate,
                                      BestUpdate mode = BestUpdate::if_faster);
   Result<std::optional<BestRecord>> best_for(const TuningScope& scope);

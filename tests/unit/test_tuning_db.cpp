@@ -558,6 +558,25 @@ TEST(TuningDb, UpdateBestKeepsTheFasterUnlessForcedOrStale) {
                                          BestUpdate::force));
   EXPECT_DOUBLE_EQ(stored_median(), 90.0);
 
+  // With spreads: a later best displaces the stored one only by more than the
+  // larger of the two p10-p90 spreads.
+  auto with_spread = [&](TileConfig c, double median, double p10, double p90) {
+    BestRecord b = best_for_scope(scope, c, median);
+    b.p10_us = p10;
+    b.p90_us = p90;
+    return b;
+  };
+  EXPECT_TRUE(*db->update_best_if_better(with_spread(TileConfig{64, 64, 4, 2}, 80.0, 76.0, 86.0),
+                                         BestUpdate::force));
+  // 75 is faster than 80 but inside the stored spread of 10: kept.
+  EXPECT_FALSE(*db->update_best_if_better(with_spread(TileConfig{64, 128, 4, 3}, 75.0, 74.0, 76.0)));
+  // 71 is 9 faster, the candidate's own spread is 12: kept.
+  EXPECT_FALSE(*db->update_best_if_better(with_spread(TileConfig{64, 128, 4, 3}, 71.0, 64.0, 76.0)));
+  EXPECT_DOUBLE_EQ(stored_median(), 80.0);
+  // 69 is 11 faster, more than both spreads: replaced.
+  EXPECT_TRUE(*db->update_best_if_better(with_spread(TileConfig{64, 128, 4, 3}, 69.0, 68.0, 70.0)));
+  EXPECT_DOUBLE_EQ(stored_median(), 69.0);
+
   // A best measured with another template source is stale: its cubin is no
   // longer served, so a slower current result replaces it.
   BestRecord current = best_for_scope(scope, TileConfig{128, 64, 4, 2}, 95.0);
