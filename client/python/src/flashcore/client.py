@@ -243,6 +243,27 @@ class Client(EvolutionMethods):
             if not token:
                 return
 
+    def tune_many(self, shapes, *, template_id: str = "attention_fwd", arch: str = "",
+                  searcher: str = "", max_evaluations: int = 0, time_budget_ms: int = 0,
+                  patience: int = 0, force: bool = False, seed: int = 0,
+                  timeout: Optional[float] = None, progress: bool = True, stream=None,
+                  on_outcome=None):
+        """Tune every shape, one Tune call after another: a :class:`flashcore.TunePlanReport`.
+
+        ``shapes``: :class:`flashcore.Shape` objects or plan-file mappings (what
+        ``flashcore.torch.record_shapes()`` yields, or :func:`flashcore.load_plan`
+        returns). A shape that fails is kept in the report with its error (``.code``,
+        e.g. FAILED_PRECONDITION from a daemon without GPU workers) and the next one
+        is tuned. ``progress`` draws a tqdm bar on ``stream`` (stderr; plain lines
+        without tqdm); ``report.table()`` is the summary, speedup per shape against
+        the family default. Each Tune call has ``timeout`` (None: no deadline); the
+        search settings are Tune's."""
+        from .tune_plan import tune_many
+        return tune_many(self, shapes, template_id=template_id, arch=arch, searcher=searcher,
+                         max_evaluations=max_evaluations, time_budget_ms=time_budget_ms,
+                         patience=patience, force=force, seed=seed, timeout=timeout,
+                         progress=progress, stream=stream, on_outcome=on_outcome)
+
     def health(self, service: str = "", *, timeout=_UNSET) -> str:
         """grpc.health.v1.Health/Check: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
         response = self._call("Health.Check", self._health, HealthCheckRequest(service=service),
