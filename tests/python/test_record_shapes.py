@@ -25,17 +25,16 @@ def ft(flashcore, tmp_path):
 
 
 class Block(torch.nn.Module):
-    """GQA self-attention through F.scaled_dot_product_attention, as models write it."""
+    """Causal self-attention through F.scaled_dot_product_attention, as models write it."""
 
-    def __init__(self, heads=8, kv_heads=2, dim=64):
+    def __init__(self, heads=8, dim=64):
         super().__init__()
-        self.heads, self.kv_heads, self.dim = heads, kv_heads, dim
+        self.heads, self.dim = heads, dim
 
     def forward(self, x):  # x: (batch, seq, heads * dim)
         b, s, _ = x.shape
         q = x.view(b, s, self.heads, self.dim).transpose(1, 2)
-        kv = q[:, : self.kv_heads]
-        return F.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, q, q, is_causal=True)
 
 
 class Model(torch.nn.Module):
@@ -48,14 +47,14 @@ class Model(torch.nn.Module):
         y = self.block(x)                                      # SDPA, causal, GQA 8/2
         y = self.block(x)                                      # the same shape again
         q = y.transpose(1, 2)                                  # (b, s, h, d): bshd
-        out = self.ft.attention(q, memory, memory, layout="bshd")  # cross-attention
+        out = self.ft.attention(q, memory, memory, layout="bshd")  # GQA cross-attention
         return out
 
 
 def test_records_every_shape_of_a_forward_pass(ft):
     model = Model(ft)
     x = torch.randn(2, 100, 8 * 64, dtype=torch.bfloat16)
-    memory = torch.randn(2, 77, 8, 64, dtype=torch.bfloat16)
+    memory = torch.randn(2, 77, 2, 64, dtype=torch.bfloat16)  # 2 kv heads for 8
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # attention() on CPU runs SDPA with a warning
         with ft.record_shapes() as shapes:
@@ -63,9 +62,9 @@ def test_records_every_shape_of_a_forward_pass(ft):
     assert len(shapes) == 2, shapes.calls
     sdpa_shape, cross = shapes
     assert sdpa_shape.to_dict() == dict(head_dim=64, seq_q=100, dtype="bf16", causal=True,
-                                        batch=2, heads=8, kv_heads=2, seq_k=100, layout="bhsd")
+                                        batch=2, heads=8, kv_heads=8, seq_k=100, layout="bhsd")
     assert cross.to_dict() == dict(head_dim=64, seq_q=100, dtype="bf16", causal=False, batch=2,
-                                   heads=8, kv_heads=8, seq_k=77, layout="bshd")
+                                   heads=8, kv_heads=2, seq_k=77, layout="bshd")
     # attention()'s SDPA fallback is not counted a second time.
     assert shapes.calls[sdpa_shape] == 2 and shapes.calls[cross] == 1
     assert shapes.skipped == {}
