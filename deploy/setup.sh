@@ -127,7 +127,9 @@ build_fuzzers() {
 # The Python client's tests (tests/python, run by ctest through
 # tests/python/run_pytest.sh) need grpcio, grpcio-tools, protobuf, pytest and
 # setuptools from PyPI; the Kubernetes manifests' check (deploy/k8s/validate.py)
-# needs kubernetes-validate (with PyYAML). They go into a virtual environment in the build folder,
+# needs kubernetes-validate (with PyYAML); the package's optional extras that the tests
+# exercise (tune-plan: tqdm, PyYAML; flashcore-report: matplotlib) come with them. They go
+# into a virtual environment in the build folder,
 # never into the system's Python, and only when one is missing.
 install_python_test_packages() {
   step "Checking the Python test packages (grpcio, grpcio-tools, protobuf, pytest)"
@@ -142,14 +144,14 @@ install_python_test_packages() {
   if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv" || die "python3 -m venv $venv failed"
   fi
-  if "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, pytest, setuptools, kubernetes_validate, yaml' 2>/dev/null; then
+  if "$venv/bin/python" -c 'import grpc, grpc_tools, google.protobuf, pytest, setuptools, kubernetes_validate, yaml, tqdm, matplotlib' 2>/dev/null; then
     echo "installed in $venv"
     return
   fi
   "$venv/bin/python" -m pip install --disable-pip-version-check --quiet \
-    grpcio grpcio-tools protobuf pytest setuptools kubernetes-validate pyyaml \
+    grpcio grpcio-tools protobuf pytest setuptools kubernetes-validate pyyaml tqdm matplotlib \
     || die "pip install into $venv failed (the Python tests need PyPI)"
-  echo "installed grpcio, grpcio-tools, protobuf, pytest, setuptools, kubernetes-validate, pyyaml into $venv"
+  echo "installed grpcio, grpcio-tools, protobuf, pytest, setuptools, kubernetes-validate, pyyaml, tqdm, matplotlib into $venv"
 }
 
 run_tests() {

@@ -211,6 +211,30 @@ Result<v1::ListTuningResultsResponse> Client::list_tuning_results(int page_size,
   return response;
 }
 
+Result<v1::ListTuningJobsResponse> Client::list_tuning_jobs(int page_size,
+                                                            const std::string& page_token) {
+  v1::ListTuningJobsRequest request;
+  request.set_page_size(page_size);
+  request.set_page_token(page_token);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::ListTuningJobsResponse response;
+  const grpc::Status status = impl_->stub->ListTuningJobs(&context, request, &response);
+  if (!status.ok()) return rpc_error("ListTuningJobs", status);
+  return response;
+}
+
+Result<v1::TuningJobTrials> Client::get_tuning_job(int64_t job_id) {
+  v1::GetTuningJobRequest request;
+  request.set_job_id(job_id);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::TuningJobTrials response;
+  const grpc::Status status = impl_->stub->GetTuningJob(&context, request, &response);
+  if (!status.ok()) return rpc_error("GetTuningJob", status);
+  return response;
+}
+
 Result<v1::ListTuneJobsResponse> Client::list_tune_jobs() {
   grpc::ClientContext context;
   impl_->prepare(context);

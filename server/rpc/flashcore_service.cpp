@@ -371,4 +371,38 @@ grpc::ServerUnaryReactor* FlashCoreService::ListTuningResults(
                     });
 }
 
+grpc::ServerUnaryReactor* FlashCoreService::ListTuningJobs(
+    grpc::CallbackServerContext* context, const v1::ListTuningJobsRequest* request,
+    v1::ListTuningJobsResponse* response) {
+  return answer_now(context, auth::Role::read, "ListTuningJobs", true,
+                    [&](const auth::Identity&) {
+                      if (Status ok = page_size_in_range(request->page_size(), kMaxPageSize, "");
+                          !ok)
+                        return ok;
+                      auto page = service_.list_tuning_jobs(request->page_size(),
+                                                            request->page_token());
+                      if (!page) return Status(page.error());
+                      for (const auto& job : page->items) fill_job(job, response->add_jobs());
+                      response->set_next_page_token(page->next_page_token);
+                      response->set_skipped_rows(page->skipped);
+                      for (const auto& reason : page->skipped_reasons)
+                        response->add_skipped_reasons(reason);
+                      return ok_status();
+                    });
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::GetTuningJob(grpc::CallbackServerContext* context,
+                                                         const v1::GetTuningJobRequest* request,
+                                                         v1::TuningJobTrials* response) {
+  return answer_now(context, auth::Role::read, "GetTuningJob", true,
+                    [&](const auth::Identity&) {
+                      auto job = service_.tuning_job(request->job_id());
+                      if (!job) return Status(job.error());
+                      fill_job(job->job, response->mutable_job());
+                      for (const auto& trial : job->trials)
+                        fill_trial(trial, job->job.scope, response->add_trials());
+                      return ok_status();
+                    });
+}
+
 }  // namespace flashcore::rpc

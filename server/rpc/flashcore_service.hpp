@@ -43,6 +43,12 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   grpc::ServerUnaryReactor* ListTuningResults(grpc::CallbackServerContext* context,
                                               const v1::ListTuningResultsRequest* request,
                                               v1::ListTuningResultsResponse* response) override;
+  grpc::ServerUnaryReactor* ListTuningJobs(grpc::CallbackServerContext* context,
+                                           const v1::ListTuningJobsRequest* request,
+                                           v1::ListTuningJobsResponse* response) override;
+  grpc::ServerUnaryReactor* GetTuningJob(grpc::CallbackServerContext* context,
+                                         const v1::GetTuningJobRequest* request,
+                                         v1::TuningJobTrials* response) override;
   grpc::ServerUnaryReactor* ListTuneJobs(grpc::CallbackServerContext* context,
                                          const v1::ListTuneJobsRequest* request,
                                          v1::ListTuneJobsResponse* response) override;

@@ -104,6 +104,43 @@ void fill_best(const BestRecord& best, v1::TuningResult* out) {
   fill_result(tune_result_from_best(best), out);
 }
 
+void fill_job(const JobRecord& job, v1::TuningJobRecord* out) {
+  out->set_id(job.id);
+  out->set_template_id(job.scope.template_id);
+  fill_problem(job.scope.problem, RuntimeShape{}, layout_of(job.scope.bucket.layout),
+               out->mutable_problem());
+  out->set_bucket(canonical_bucket(job.scope.bucket));
+  out->set_device(job.scope.device_name);
+  out->set_arch(job.scope.arch);
+  out->set_searcher(job.searcher);
+  out->set_status(std::string(job_status_name(job.status)));
+  out->set_started_unix_ms(job.started_unix_ms);
+  out->set_finished_unix_ms(job.finished_unix_ms);
+  out->set_evaluations(job.evaluations);
+  out->set_best_trial_id(job.best_trial_id);
+  out->set_nvrtc_version(job.toolchain.nvrtc_version);
+}
+
+void fill_trial(const TrialRecord& trial, const TuningScope& job_scope,
+                v1::TuningTrialRecord* out) {
+  const TemplateInfo& family = template_info(job_scope.template_id);
+  out->set_id(trial.id);
+  fill_config(family.resolve(trial.config, job_scope.problem), out->mutable_config());
+  out->set_status(std::string(trial_status_name(trial.status)));
+  out->set_failure(trial.failure_reason);
+  out->set_median_us(trial.median_us);
+  out->set_p10_us(trial.p10_us);
+  out->set_p90_us(trial.p90_us);
+  out->set_tflops(trial.tflops);
+  fill_problem(trial.scope.problem, trial.shape, layout_of(trial.scope.bucket.layout),
+               out->mutable_shape());
+  out->set_key(trial.cache_key);
+  out->set_created_unix_ms(trial.created_unix_ms);
+  out->set_gpu_index(trial.gpu_index);
+  out->set_registers(trial.registers);
+  out->set_rel_error(trial.rel_error);
+}
+
 v1::TuneProgress to_progress(const TuneEvent& event) {
   v1::TuneProgress progress;
   switch (event.kind) {

@@ -17,6 +17,10 @@ Result<TuneSettings> parse_tune_request(const v1::TuneRequest& request,
 void fill_result(const TuneResult& result, v1::TuningResult* out);
 void fill_best(const BestRecord& best, v1::TuningResult* out);
 v1::TuneProgress to_progress(const TuneEvent& event);
+// The tuning database's records of a job and of one of its trials.
+void fill_job(const JobRecord& job, v1::TuningJobRecord* out);
+void fill_trial(const TrialRecord& trial, const TuningScope& job_scope,
+                v1::TuningTrialRecord* out);
 
 v1::Layout layout_of(QkvLayout layout);
 QkvLayout qkv_layout_of(v1::Layout layout);

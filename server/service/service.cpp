@@ -648,4 +648,24 @@ Result<BestPage> Service::list_tuning_results(int page_size, const std::string& 
   return page;
 }
 
+Result<JobPage> Service::list_tuning_jobs(int page_size, const std::string& page_token) const {
+  if (!tuning_db_)
+    return make_error(ErrorCode::failed_precondition, "the daemon has no tuning database");
+  return tuning_db_->list_jobs(page_size, page_token);
+}
+
+Result<Service::JobTrials> Service::tuning_job(int64_t job_id) const {
+  if (!tuning_db_)
+    return make_error(ErrorCode::failed_precondition, "the daemon has no tuning database");
+  if (job_id <= 0) return make_error(ErrorCode::invalid_argument, "job_id: must be > 0");
+  auto job = tuning_db_->job(job_id);
+  if (!job) return job.error();
+  if (!*job)
+    return make_error(ErrorCode::not_found,
+                      "job_id: no tuning job " + std::to_string(job_id) + " in the database");
+  auto trials = tuning_db_->trials_for_job(job_id);
+  if (!trials) return trials.error();
+  return JobTrials{std::move(**job), std::move(trials).value()};
+}
+
 }  // namespace flashcore::service

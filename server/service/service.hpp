@@ -159,6 +159,14 @@ class Service {
   // tuning GPU's); NOT_FOUND naming the bucket.
   Result<BestRecord> tuning_result(const CompileRequest& target, const std::string& device) const;
   Result<BestPage> list_tuning_results(int page_size, const std::string& page_token) const;
+  // The tuning database's jobs (any status) and one job with its trials in
+  // measurement order: what a report draws. NOT_FOUND for an unknown job.
+  struct JobTrials {
+    JobRecord job;
+    std::vector<TrialRecord> trials;
+  };
+  Result<JobPage> list_tuning_jobs(int page_size, const std::string& page_token) const;
+  Result<JobTrials> tuning_job(int64_t job_id) const;
 
   // ---- Policies, public for their tests ----
   // FAILED_PRECONDITION with the probe's reason when the daemon has no GPU.

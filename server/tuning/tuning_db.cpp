@@ -899,19 +899,32 @@ Status TuningDb::finish_job(int64_t job_id, JobStatus status,
   return tx.commit();
 }
 
-Result<std::optional<JobRecord>> TuningDb::job(int64_t job_id) {
-  std::lock_guard lock(mutex_);
-  Statement st(db_, path_, "read job");
-  if (auto s = st.prepare(cat({"SELECT id, ", kScopeSelectCols, ", ", kToolchainCols, ", ",
-                               kJobCols, " FROM jobs WHERE id = ?"}));
-      !s)
-    return s.error();
-  st.bind(job_id);
-  auto row = st.step();
-  if (!row) return row.error();
-  if (!*row) return std::optional<JobRecord>{};
+namespace {
+
+// The row id a page token names (the previous page's last); 0 for none.
+Result<int64_t> page_after(std::string_view page_token, std::string_view lister) {
+  int64_t after = 0;
+  if (page_token.empty()) return after;
+  const auto [end, ec] =
+      std::from_chars(page_token.data(), page_token.data() + page_token.size(), after);
+  if (ec != std::errc() || end != page_token.data() + page_token.size() || after < 0)
+    return make_error(ErrorCode::invalid_argument, "page_token: '" + std::string(page_token) +
+                                                       "' is not a token " + std::string(lister) +
+                                                       " gave");
+  return after;
+}
+
+std::string job_select() {
+  return cat({"SELECT id, ", kScopeSelectCols, ", ", kToolchainCols, ", ", kJobCols,
+              " FROM jobs "});
+}
+
+// One row of job_select(), or why it does not read; `id` gets the row's id
+// either way (list_jobs pages on it).
+Result<JobRecord> read_job(Statement& st, int64_t* id = nullptr) {
   JobRecord j;
   j.id = st.i64();
+  if (id != nullptr) *id = j.id;
   j.scope = read_scope(st);
   j.toolchain = read_toolchain(st);
   j.searcher = st.text();
@@ -921,7 +934,54 @@ Result<std::optional<JobRecord>> TuningDb::job(int64_t job_id) {
   j.evaluations = st.i64();
   j.best_trial_id = st.i64();
   if (auto s = st.row_status(); !s) return s.error();
-  return std::optional<JobRecord>(std::move(j));
+  return j;
+}
+
+}  // namespace
+
+Result<std::optional<JobRecord>> TuningDb::job(int64_t job_id) {
+  std::lock_guard lock(mutex_);
+  Statement st(db_, path_, "read job");
+  if (auto s = st.prepare(job_select() + "WHERE id = ?"); !s) return s.error();
+  st.bind(job_id);
+  auto row = st.step();
+  if (!row) return row.error();
+  if (!*row) return std::optional<JobRecord>{};
+  auto job = read_job(st);
+  if (!job) return job.error();
+  return std::optional<JobRecord>(std::move(job).value());
+}
+
+Result<JobPage> TuningDb::list_jobs(int page_size, std::string_view page_token) {
+  if (page_size <= 0) page_size = kDefaultPageSize;
+  page_size = std::min(page_size, kMaxPageSize);
+  // The token is the last job id of the previous page, as list_best's.
+  auto after = page_after(page_token, "list_jobs");
+  if (!after) return after.error();
+  std::lock_guard lock(mutex_);
+  Statement st(db_, path_, "list jobs");
+  if (auto s = st.prepare(job_select() + "WHERE id > ? ORDER BY id"); !s) return s.error();
+  st.bind(*after);
+  JobPage page;
+  int64_t last_id = 0;
+  for (;;) {
+    auto row = st.step();
+    if (!row) return row.error();
+    if (!*row) break;
+    if (static_cast<int>(page.items.size()) == page_size) {
+      page.next_page_token = std::to_string(last_id);
+      break;
+    }
+    auto job = read_job(st, &last_id);
+    if (!job) {
+      spdlog::warn("{}; left out of the list", job.error().message);
+      ++page.skipped;
+      page.skipped_reasons.push_back(job.error().message);
+      continue;
+    }
+    page.items.push_back(std::move(job).value());
+  }
+  return page;
 }
 
 Result<int64_t> TuningDb::record_trial(const TrialRecord& trial) {
@@ -1161,20 +1221,14 @@ Result<BestPage> TuningDb::list_best(int page_size, std::string_view page_token)
   page_size = std::min(page_size, kMaxPageSize);
   // The token is the last row id of the previous page: ids never change on
   // update, so paging is stable while bests improve underneath it.
-  int64_t after = 0;
-  if (!page_token.empty()) {
-    const auto [end, ec] =
-        std::from_chars(page_token.data(), page_token.data() + page_token.size(), after);
-    if (ec != std::errc() || end != page_token.data() + page_token.size() || after < 0)
-      return make_error(ErrorCode::invalid_argument, "page_token: '" + std::string(page_token) +
-                                                         "' is not a token list_best gave");
-  }
+  auto after = page_after(page_token, "list_best");
+  if (!after) return after.error();
   std::lock_guard lock(mutex_);
   Statement st(db_, path_, "list best");
   // No LIMIT: rows that do not read are skipped, so how many rows make a
   // page is known only while stepping (SQLite reads them lazily).
   if (auto s = st.prepare(kBestSelect + "WHERE id > ? ORDER BY id"); !s) return s.error();
-  st.bind(after);
+  st.bind(*after);
   BestPage page;
   int64_t last_id = 0;
   for (;;) {

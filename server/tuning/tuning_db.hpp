@@ -138,6 +138,14 @@ struct BestPage {
   std::vector<std::string> skipped_reasons;
 };
 
+struct JobPage {
+  std::vector<JobRecord> items;
+  std::string next_page_token;  // empty on the last page
+  // Rows that did not read, left out and counted as in BestPage.
+  int64_t skipped = 0;
+  std::vector<std::string> skipped_reasons;
+};
+
 struct NearBest {
   BestRecord best;
   int distance = 0;  // bucket_distance to the requested bucket
@@ -190,6 +198,8 @@ class TuningDb {
   // its job finished: failed_precondition.
   Status set_trial_status(int64_t trial_id, TrialStatus status, std::string_view reason);
   Result<std::optional<JobRecord>> job(int64_t job_id);
+  // Every recorded job (any status), in id order, paged as list_best.
+  Result<JobPage> list_jobs(int page_size, std::string_view page_token = {});
 
   // Inserts the trial (and counts it toward its job's evaluations); returns its id.
   Result<int64_t> record_trial(const TrialRecord& trial);

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -64,9 +65,9 @@ def flashcore(tmp_path_factory):
 class Daemon:
     """flashcored started with --listen 127.0.0.1:0 --port-file and its own folders."""
 
-    def __init__(self, folder: Path, *extra: str):
+    def __init__(self, folder: Path, *extra: str, binary: Optional[Path] = None):
         folder.mkdir(parents=True, exist_ok=True)
-        binary = daemon_binary()
+        binary = binary or daemon_binary()
         if not binary.is_file():
             pytest.fail("%s not found: build the daemon first (./deploy/setup.sh)" % binary)
         self.folder = folder
@@ -120,6 +121,21 @@ def daemon(tmp_path_factory):
     yield d
     rc = d.stop()
     assert rc == 0, "flashcored exited %s after SIGTERM:\n%s" % (rc, d.log())
+
+
+def synthetic_daemon_binary() -> Path:
+    return Path(os.environ.get("FLASHCORE_SYNTHETIC_DAEMON")
+                or REPO / "build" / "tests" / "flashcore_synthetic_daemon")
+
+
+@pytest.fixture(scope="session")
+def synthetic_daemon(tmp_path_factory):
+    """flashcored with the synthetic test objective measuring its Tune jobs
+    (tests/python/synthetic_daemon.cpp): tuning that succeeds without a GPU."""
+    d = Daemon(tmp_path_factory.mktemp("synthetic"), binary=synthetic_daemon_binary())
+    yield d
+    rc = d.stop()
+    assert rc == 0, "flashcore_synthetic_daemon exited %s after SIGTERM:\n%s" % (rc, d.log())
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ fi
 missing="$("$python" - <<'PY'
 import importlib
 names = {"grpc": "grpcio", "grpc_tools": "grpcio-tools", "google.protobuf": "protobuf",
-         "pytest": "pytest", "setuptools": "setuptools"}
+         "pytest": "pytest", "setuptools": "setuptools",
+         # the package's extras the tests exercise: tune-plan (tqdm, PyYAML), flashcore-report
+         "tqdm": "tqdm", "yaml": "pyyaml", "matplotlib": "matplotlib"}
 missing = []
 for module, package in names.items():
     try:
@@ -35,7 +37,7 @@ PY
 if [[ -n "$missing" ]]; then
   echo "run_pytest.sh: $python lacks the Python test packages: $missing" >&2
   echo "  install them with ./deploy/setup.sh --test (a venv in the build folder)," >&2
-  echo "  or: $python -m pip install grpcio grpcio-tools protobuf pytest setuptools" >&2
+  echo "  or: $python -m pip install grpcio grpcio-tools protobuf pytest setuptools tqdm pyyaml matplotlib" >&2
   exit 1
 fi
 echo "run_pytest.sh: $("$python" -c 'import sys; print(sys.executable, sys.version.split()[0])')"

@@ -341,3 +341,17 @@ def test_token_and_tls_reach_a_shared_box_daemon(flashcore, start_daemon, tmp_pa
             client.server_info()
         assert refused.value.code == grpc.StatusCode.UNAUTHENTICATED
         assert client.health() == "SERVING"  # open for probes
+
+
+def test_tune_jobs_list_and_cancel(flashcore, client):
+    assert list(client.list_tune_jobs().jobs) == []  # nothing queued or running
+    error = raises_code(flashcore, grpc.StatusCode.NOT_FOUND, client.cancel_tune_job, 424242)
+    assert error.message.startswith("CancelTuneJob: ")
+
+
+def test_recorded_tuning_jobs_of_a_daemon_that_never_tuned(flashcore, client):
+    assert list(client.iter_tuning_jobs()) == []
+    error = raises_code(flashcore, grpc.StatusCode.NOT_FOUND, client.get_tuning_job, 7)
+    assert "job_id" in error.message
+    error = raises_code(flashcore, grpc.StatusCode.INVALID_ARGUMENT, client.list_tuning_jobs, -1)
+    assert "page_size" in error.message

@@ -171,6 +171,20 @@ std::vector<MethodCall> every_method() {
                      v1::ListTuneJobsResponse r;
                      return stub.ListTuneJobs(&c, {}, &r);
                    }});
+  calls.push_back({"ListTuningJobs", 0, [](auto& stub, const std::string& a) {
+                     grpc::ClientContext c;
+                     authorize(c, a);
+                     v1::ListTuningJobsResponse r;
+                     return stub.ListTuningJobs(&c, {}, &r);
+                   }});
+  calls.push_back({"GetTuningJob", 0, [](auto& stub, const std::string& a) {
+                     grpc::ClientContext c;
+                     authorize(c, a);
+                     v1::GetTuningJobRequest q;
+                     q.set_job_id(424242);  // NOT_FOUND once admitted
+                     v1::TuningJobTrials r;
+                     return stub.GetTuningJob(&c, q, &r);
+                   }});
   calls.push_back({"Compile", 1, [bad_kernel](auto& stub, const std::string& a) {
                      grpc::ClientContext c;
                      authorize(c, a);
@@ -245,8 +259,8 @@ TEST(SharedBoxAuthTest, EveryMethodChecksTheTokenAndTheRole) {
       }
     }
   }
-  std::printf("auth matrix: %d calls refused, %d admitted, 10 methods x %zu credentials\n",
-              refused, answered, credentials.size());
+  std::printf("auth matrix: %d calls refused, %d admitted, %zu methods x %zu credentials\n",
+              refused, answered, every_method().size(), credentials.size());
 
   // A real compile with the compiler's token, fetched back by the reader.
   v1::KernelHandle handle;

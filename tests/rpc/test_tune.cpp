@@ -373,6 +373,108 @@ CliRun run_cli(const test_support::ScratchDir& scratch, std::vector<std::string>
   return run;
 }
 
+// ListTuningJobs and GetTuningJob read back what Tune recorded: every job, and
+// each trial in the order the stream reported it, with the chosen one named.
+// Called by StreamsProgressFindsTheOptimumAndPersistsIt after its first job
+// (`events`, its stream; `first`, its result), which costs a search less.
+void expect_recorded_jobs(TuneDaemon* d, const std::vector<v1::TuneProgress>& events,
+                          const v1::TuningResult* first) {
+  std::vector<v1::TuneTrial> streamed;
+  for (const auto& p : events)
+    if (p.has_trial()) streamed.push_back(p.trial());
+  const int64_t job_id = events.front().started().job_id();
+  ASSERT_GT(job_id, 0);
+  // A second job, cancelled as it starts (cheaper than a second search): a
+  // record with another status and few trials or none.
+  auto cancel = std::make_shared<client::TuneCancel>();
+  auto second = d->client->tune(small_tune(100, /*causal=*/true), [&](const v1::TuneProgress& p) {
+    if (p.has_started()) cancel->cancel();
+  }, cancel);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().code, ErrorCode::cancelled);
+
+  // The cancel is recorded when the job's in-flight work ends.
+  Result<v1::ListTuningJobsResponse> listed = d->client->list_tuning_jobs(0, "");
+  for (int i = 0; i < 600 && listed.ok() && listed->jobs_size() == 2 &&
+                  listed->jobs(1).status() == "running";
+       ++i) {
+    std::this_thread::sleep_for(100ms);
+    listed = d->client->list_tuning_jobs(0, "");
+  }
+  ASSERT_TRUE(listed.ok()) << listed.error().message;
+  ASSERT_EQ(listed->jobs_size(), 2);
+  EXPECT_EQ(listed->jobs(1).status(), "cancelled");
+  EXPECT_TRUE(listed->next_page_token().empty());
+  const v1::TuningJobRecord& job = listed->jobs(0);
+  EXPECT_EQ(job.id(), job_id);
+  EXPECT_EQ(job.status(), "succeeded");
+  EXPECT_EQ(job.template_id(), "attention_fwd");
+  EXPECT_EQ(job.problem().head_dim(), 256);
+  EXPECT_FALSE(job.problem().causal());
+  EXPECT_TRUE(listed->jobs(1).problem().causal());
+  EXPECT_EQ(job.bucket(), first->bucket());
+  EXPECT_EQ(job.device(), "Synthetic Test Device");
+  EXPECT_EQ(job.arch(), "sm_86");
+  EXPECT_EQ(job.searcher(), "evolutionary");
+  EXPECT_EQ(job.evaluations(), first->evaluations());
+  EXPECT_GE(job.finished_unix_ms(), job.started_unix_ms());
+  EXPECT_GT(job.best_trial_id(), 0);
+
+  // Pages of one: the same two jobs in order, then no token.
+  auto page1 = d->client->list_tuning_jobs(1, "");
+  ASSERT_TRUE(page1.ok());
+  ASSERT_EQ(page1->jobs_size(), 1);
+  ASSERT_FALSE(page1->next_page_token().empty());
+  auto page2 = d->client->list_tuning_jobs(1, page1->next_page_token());
+  ASSERT_TRUE(page2.ok());
+  ASSERT_EQ(page2->jobs_size(), 1);
+  EXPECT_EQ(page2->jobs(0).id(), listed->jobs(1).id());
+
+  auto trials = d->client->get_tuning_job(job_id);
+  ASSERT_TRUE(trials.ok()) << trials.error().message;
+  EXPECT_EQ(trials->job().id(), job_id);
+  // The streamed trials first; after them only configs the background pass
+  // pruned that the search never proposed (recorded skipped, not streamed).
+  ASSERT_GE(trials->trials_size(), static_cast<int>(streamed.size()));
+  bool chosen_found = false;
+  for (int i = 0; i < trials->trials_size(); ++i) {
+    const v1::TuningTrialRecord& t = trials->trials(i);
+    SCOPED_TRACE("trial " + std::to_string(i));
+    if (i >= static_cast<int>(streamed.size())) {
+      EXPECT_EQ(t.status(), "skipped");
+      continue;
+    }
+    EXPECT_EQ(tile_of(t.config()), tile_of(streamed[i].config()));
+    EXPECT_EQ(t.status(), streamed[i].status());
+    EXPECT_DOUBLE_EQ(t.median_us(), streamed[i].median_us());
+    EXPECT_EQ(t.shape().seq_q(), 1000);
+    EXPECT_EQ(t.shape().batch(), 2);
+    EXPECT_EQ(t.key().size(), 64u);
+    if (t.id() == trials->job().best_trial_id()) {
+      chosen_found = true;
+      EXPECT_EQ(tile_of(t.config()), tile_of(first->config()));
+    }
+  }
+  EXPECT_TRUE(chosen_found);
+
+  // Refusals name the field, with the gRPC code the client keeps.
+  auto unknown = d->client->get_tuning_job(424242);
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_EQ(unknown.error().code, ErrorCode::not_found);
+  EXPECT_NE(unknown.error().message.find("job_id"), std::string::npos) << unknown.error().message;
+  auto zero = d->client->get_tuning_job(0);
+  ASSERT_FALSE(zero.ok());
+  EXPECT_EQ(zero.error().code, ErrorCode::invalid_argument);
+  auto bad_size = d->client->list_tuning_jobs(-1, "");
+  ASSERT_FALSE(bad_size.ok());
+  EXPECT_EQ(bad_size.error().code, ErrorCode::invalid_argument);
+  EXPECT_NE(bad_size.error().message.find("page_size"), std::string::npos);
+  auto bad_token = d->client->list_tuning_jobs(0, "not-a-token");
+  ASSERT_FALSE(bad_token.ok());
+  EXPECT_EQ(bad_token.error().code, ErrorCode::invalid_argument);
+  EXPECT_NE(bad_token.error().message.find("page_token"), std::string::npos);
+}
+
 TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   auto d = make_daemon();
   v1::TuneRequest request = small_tune();
@@ -455,6 +557,8 @@ TEST(Tune, StreamsProgressFindsTheOptimumAndPersistsIt) {
   auto trials_stored = db->trials_for_job(job_id);
   ASSERT_TRUE(trials_stored.ok());
   EXPECT_EQ(trials_stored->size(), space->size());
+  // The same records over gRPC (and a second, cancelled job beside it).
+  expect_recorded_jobs(d.get(), events, &*result);
 
   // A second Tune answers from the database without measuring; force tunes again.
   const int measured = d->backend->measured_.load();
@@ -1214,3 +1318,4 @@ TEST(Tune, AWinInsideTheSpreadIsNotAWin) {
 
 }  // namespace
 }  // namespace flashcore
+

@@ -531,6 +531,43 @@ TEST(TuningDb, ListBestPagesThroughEveryRowOnce) {
   EXPECT_EQ(bad.error().code, ErrorCode::invalid_argument);
 }
 
+TEST(TuningDb, ListJobsPagesThroughEveryJobInIdOrder) {
+  auto db = open_ok(":memory:");
+  ASSERT_NE(db, nullptr);
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 5; ++i) {
+    auto job = db->begin_job(scope_at(ShapeBucket{int64_t{64} << i, 1024, 16}), "random",
+                             kToolchain);
+    ASSERT_TRUE(job.ok()) << job.error().message;
+    ids.push_back(*job);
+  }
+  ASSERT_TRUE(db->finish_job(ids[1], JobStatus::cancelled).ok());
+  std::vector<int64_t> seen;
+  std::vector<size_t> page_sizes;
+  std::string token;
+  for (int pages = 0; pages < 10; ++pages) {
+    auto page = db->list_jobs(2, token);
+    ASSERT_TRUE(page.ok()) << page.error().message;
+    page_sizes.push_back(page->items.size());
+    for (const auto& job : page->items) seen.push_back(job.id);
+    token = page->next_page_token;
+    if (token.empty()) break;
+  }
+  EXPECT_EQ(page_sizes, (std::vector<size_t>{2, 2, 1}));
+  EXPECT_EQ(seen, ids);
+  auto all = db->list_jobs(0);
+  ASSERT_TRUE(all.ok());
+  ASSERT_EQ(all->items.size(), 5u);
+  EXPECT_EQ(all->items[1].status, JobStatus::cancelled);
+  EXPECT_EQ(all->items[0].status, JobStatus::running);
+  EXPECT_EQ(all->items[0].searcher, "random");
+  EXPECT_EQ(all->items[4].scope.bucket.seq_q, int64_t{64} << 4);
+  auto bad = db->list_jobs(2, "-3");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code, ErrorCode::invalid_argument);
+  EXPECT_NE(bad.error().message.find("page_token"), std::string::npos);
+}
+
 TEST(TuningDb, UpdateBestKeepsTheFasterUnlessForcedOrStale) {
   auto db = open_ok(":memory:");
   ASSERT_NE(db, nullptr);

@@ -87,6 +87,11 @@ class Client {
   Result<v1::TuningResult> get_tuning_result(const v1::GetTuningResultRequest& request);
   Result<v1::ListTuningResultsResponse> list_tuning_results(int page_size,
                                                             const std::string& page_token);
+  // The tuning database's recorded jobs (any status), and one job with every
+  // trial it measured (not_found for an unknown id).
+  Result<v1::ListTuningJobsResponse> list_tuning_jobs(int page_size,
+                                                      const std::string& page_token);
+  Result<v1::TuningJobTrials> get_tuning_job(int64_t job_id);
   // Tune jobs queued or running: this client's own (an admin's: all).
   Result<v1::ListTuneJobsResponse> list_tune_jobs();
   // Cancels one by its TuneJob.id: this client's own, or any for an admin.

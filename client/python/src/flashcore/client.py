@@ -243,6 +243,64 @@ class Client(EvolutionMethods):
             if not token:
                 return
 
+    def list_tune_jobs(self, *, timeout=_UNSET) -> pb.ListTuneJobsResponse:
+        """Tune jobs queued or running now: this client's own (an admin's: all): ListTuneJobs."""
+        return self._call("ListTuneJobs", self._stub.ListTuneJobs, pb.ListTuneJobsRequest(),
+                          timeout)
+
+    def cancel_tune_job(self, job_id: int, *, timeout=_UNSET) -> pb.TuneJob:
+        """Cancels a queued or running tune job by its ``TuneJob.id``: CancelTuneJob.
+
+        Its Tune stream ends CANCELLED; NOT_FOUND for a job this client may not see."""
+        response = self._call("CancelTuneJob", self._stub.CancelTuneJob,
+                              pb.CancelTuneJobRequest(id=job_id), timeout)
+        return response.job
+
+    def list_tuning_jobs(self, page_size: int = 0, page_token: str = "", *,
+                         timeout=_UNSET) -> pb.ListTuningJobsResponse:
+        """One page of the tuning database's recorded jobs, in id order: ListTuningJobs."""
+        request = pb.ListTuningJobsRequest(page_size=page_size, page_token=page_token)
+        return self._call("ListTuningJobs", self._stub.ListTuningJobs, request, timeout)
+
+    def iter_tuning_jobs(self, page_size: int = 0, *,
+                         timeout=_UNSET) -> Iterator[pb.TuningJobRecord]:
+        """Every recorded tuning job (any status), page after page."""
+        token = ""
+        while True:
+            page = self.list_tuning_jobs(page_size, token, timeout=timeout)
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    def get_tuning_job(self, job_id: int, *, timeout=_UNSET) -> pb.TuningJobTrials:
+        """A recorded job and every trial it measured, in order: GetTuningJob.
+
+        NOT_FOUND for an unknown id; ``TuneStarted.job_id`` names a job."""
+        return self._call("GetTuningJob", self._stub.GetTuningJob,
+                          pb.GetTuningJobRequest(job_id=job_id), timeout)
+
+    def tune_many(self, shapes, *, template_id: str = "attention_fwd", arch: str = "",
+                  searcher: str = "", max_evaluations: int = 0, time_budget_ms: int = 0,
+                  patience: int = 0, force: bool = False, seed: int = 0,
+                  timeout: Optional[float] = None, progress: bool = True, stream=None,
+                  on_outcome=None):
+        """Tune every shape, one Tune call after another: a :class:`flashcore.TunePlanReport`.
+
+        ``shapes``: :class:`flashcore.Shape` objects or plan-file mappings (what
+        ``flashcore.torch.record_shapes()`` yields, or :func:`flashcore.load_plan`
+        returns). A shape that fails is kept in the report with its error (``.code``,
+        e.g. FAILED_PRECONDITION from a daemon without GPU workers) and the next one
+        is tuned. ``progress`` draws a tqdm bar on ``stream`` (stderr; plain lines
+        without tqdm); ``report.table()`` is the summary, speedup per shape against
+        the family default. Each Tune call has ``timeout`` (None: no deadline); the
+        search settings are Tune's."""
+        from .tune_plan import tune_many
+        return tune_many(self, shapes, template_id=template_id, arch=arch, searcher=searcher,
+                         max_evaluations=max_evaluations, time_budget_ms=time_budget_ms,
+                         patience=patience, force=force, seed=seed, timeout=timeout,
+                         progress=progress, stream=stream, on_outcome=on_outcome)
+
     def health(self, service: str = "", *, timeout=_UNSET) -> str:
         """grpc.health.v1.Health/Check: "SERVING", "NOT_SERVING", ... ("" = the whole server)."""
         response = self._call("Health.Check", self._health, HealthCheckRequest(service=service),

@@ -34,6 +34,7 @@ torch.ops.flashcore.attention with a fake implementation, so torch.compile
 implementation directly, skipping the dispatcher's per-call cost.
 """
 
+import contextlib
 import math
 from collections import OrderedDict
 import os
@@ -50,9 +51,14 @@ from . import _abi, _cuda, _resolve
 from ._store import HandleStore
 from .client import Client
 from .errors import FlashCoreError
+from .plan import Shape, save_plan
 
 __all__ = ["attention", "explain", "configure", "FlashCoreFallbackWarning", "NotCoveredError",
-           "Plan", "arch_for_capability"]
+           "Plan", "arch_for_capability", "record_shapes", "RecordedShapes"]
+
+# SDPA as PyTorch defines it: the fallback calls this one, so that a call
+# record_shapes() sees through attention() is not recorded twice.
+_original_sdpa = F.scaled_dot_product_attention
 
 LAYOUTS = ("bhsd", "bshd")
 _DTYPES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -277,7 +283,7 @@ def _sdpa(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool):
     if heads != kv_heads:
         k = k.repeat_interleave(heads // kv_heads, dim=1)
         v = v.repeat_interleave(heads // kv_heads, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
+    out = _original_sdpa(q, k, v, is_causal=causal, scale=scale)
     if return_lse:
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
         if causal:
@@ -464,6 +470,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     raises NotCoveredError where the call would otherwise fall back to SDPA.
     """
     _check_inputs(q, k, v, layout)
+    if _recorders:
+        _record_attention(q, k, v, causal, layout)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
@@ -495,3 +503,156 @@ def explain(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool =
             return kernel.plan
         problem = kernel
     return Plan(None, None, None, None, problem[1])
+
+
+# -- record_shapes ------------------------------------------------------------
+
+
+class RecordedShapes:
+    """The attention shapes a forward pass made: each distinct :class:`flashcore.Shape`
+    once, in the order first seen, with how many calls made it (``calls``), and the
+    calls that were not recordable with the reason (``skipped``: reason -> count).
+
+    Pass it to :meth:`flashcore.Client.tune_many`, or ``save(path)`` a JSON plan
+    for ``flashcore-tune-plan``."""
+
+    def __init__(self, sdpa: bool = True):
+        self.sdpa = sdpa  # whether this block records SDPA calls too
+        self.calls: "OrderedDict[Shape, int]" = OrderedDict()
+        self.skipped: Dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, shape: Shape) -> None:
+        with self._lock:
+            self.calls[shape] = self.calls.get(shape, 0) + 1
+
+    def skip(self, reason: str) -> None:
+        with self._lock:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def __iter__(self):
+        return iter(list(self.calls))
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __getitem__(self, index) -> Shape:
+        return list(self.calls)[index]
+
+    def __contains__(self, shape) -> bool:
+        return shape in self.calls
+
+    def save(self, path):
+        """Writes the shapes as a JSON plan file (with their call counts)."""
+        return save_plan(self, path)
+
+    def __repr__(self) -> str:
+        return "RecordedShapes(%d shapes, %d calls%s)" % (
+            len(self.calls), sum(self.calls.values()),
+            ", %d skipped" % sum(self.skipped.values()) if self.skipped else "")
+
+
+_recorders: list = []
+_recorders_lock = threading.Lock()
+_replaced_sdpa = None  # what F.scaled_dot_product_attention was before the first block
+
+
+def _record(shape_or_reason, sdpa_call: bool = False) -> None:
+    for recorder in list(_recorders):
+        if sdpa_call and not recorder.sdpa:
+            continue
+        if isinstance(shape_or_reason, Shape):
+            recorder.add(shape_or_reason)
+        else:
+            recorder.skip(shape_or_reason)
+
+
+def _dtype_name(dtype) -> Optional[str]:
+    return _DTYPES.get(dtype)
+
+
+def _record_attention(q, k, v, causal: bool, layout: str) -> None:
+    dtype = _dtype_name(q.dtype)
+    if dtype is None:
+        _record("dtype %s is not served (float16, bfloat16)" % q.dtype)
+        return
+    batch, heads, seq_q, head_dim = _dims(q, layout)
+    _, kv_heads, seq_k, _ = _dims(k, layout)
+    _record(Shape(head_dim=head_dim, seq_q=seq_q, dtype=dtype, causal=bool(causal), batch=batch,
+                  heads=heads, kv_heads=kv_heads, seq_k=seq_k, layout=layout))
+
+
+def _sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                    scale=None, enable_gqa=False, **_):
+    return query, key, value, attn_mask, dropout_p, is_causal
+
+
+def _record_sdpa(*args, **kwargs) -> None:
+    """The Shape of an F.scaled_dot_product_attention call (q: (N, ..., H, L, E)), or why none."""
+    try:
+        q, k, v, attn_mask, dropout_p, is_causal = _sdpa_arguments(*args, **kwargs)
+    except TypeError:
+        return  # SDPA itself reports the bad call
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 2 for t in (q, k, v)):
+        return
+    if attn_mask is not None:
+        _record("SDPA with an attn_mask (the kernels take causal or no mask)", True)
+        return
+    if dropout_p:
+        _record("SDPA with dropout (the kernels are for inference)", True)
+        return
+    if _dtype_name(q.dtype) is None:
+        _record("dtype %s is not served (float16, bfloat16)" % q.dtype, True)
+        return
+    if v.shape[-1] != q.shape[-1]:
+        _record("v's head dim differs from q's", True)
+        return
+    lead = 1
+    for size in q.shape[:-3]:
+        lead *= size
+    heads = q.shape[-3] if q.dim() >= 3 else 1
+    kv_heads = k.shape[-3] if k.dim() >= 3 else 1
+    batch = lead if q.dim() >= 4 else (q.shape[0] if q.dim() == 3 else 1)
+    if q.dim() == 3:  # (N, L, E): one head per batch entry
+        heads = kv_heads = 1
+    _record(Shape(head_dim=q.shape[-1], seq_q=q.shape[-2], dtype=_dtype_name(q.dtype),
+                  causal=bool(is_causal), batch=batch, heads=heads, kv_heads=kv_heads,
+                  seq_k=k.shape[-2], layout="bhsd"), True)
+
+
+def _recording_sdpa(*args, **kwargs):
+    if _recorders and not torch.compiler.is_compiling():
+        _record_sdpa(*args, **kwargs)
+    return _original_sdpa(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def record_shapes(*, sdpa: bool = True):
+    """Records every attention shape made inside the ``with`` block (no daemon needed)::
+
+        with flashcore.torch.record_shapes() as shapes:
+            model(example)
+        client.tune_many(shapes)            # or shapes.save("plan.json")
+
+    It sees calls of :func:`attention` and, with ``sdpa`` (the default), of
+    ``torch.nn.functional.scaled_dot_product_attention`` (replaced for the block;
+    modules that call it through that attribute are seen, including
+    nn.MultiheadAttention's SDPA path, but not code that imported the function
+    itself before the block). Calls nothing could serve (an attn_mask, dropout, a
+    dtype other than fp16/bf16) are counted in ``shapes.skipped`` with the reason.
+    Blocks nest; recording costs nothing outside them."""
+    global _replaced_sdpa
+    shapes = RecordedShapes(sdpa)
+    with _recorders_lock:
+        _recorders.append(shapes)
+        if sdpa and F.scaled_dot_product_attention is not _recording_sdpa:
+            _replaced_sdpa = F.scaled_dot_product_attention
+            F.scaled_dot_product_attention = _recording_sdpa
+    try:
+        yield shapes
+    finally:
+        with _recorders_lock:
+            _recorders.remove(shapes)
+            if not any(r.sdpa for r in _recorders) and _replaced_sdpa is not None:
+                F.scaled_dot_product_attention = _replaced_sdpa
+                _replaced_sdpa = None
