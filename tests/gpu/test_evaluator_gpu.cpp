@@ -88,7 +88,7 @@ std::optional<fs::path> test_templates_dir() {
   std::vector<fs::path> candidates;
   if (const char* dir = std::getenv("FLASHCORE_GPU_TEST_TEMPLATES"); dir && *dir)
     candidates.emplace_back(dir);
-  candidates.push_back(fs::path(__FILE__).parent_path() / "templates");
+  candidates.push_back(fs::path(FLASHCORE_SOURCE_DIR) / "tests" / "gpu" / "templates");
   candidates.push_back(fs::current_path() / "tests" / "gpu" / "templates");
   for (const auto& dir : candidates)
     if (fs::exists(dir / "faulting" / "attention" / "attention_fwd.cuh")) return dir;

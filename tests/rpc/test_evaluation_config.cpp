@@ -97,9 +97,8 @@ TEST_F(EvaluationConfigTest, BadValuesAreRejectedByName) {
 
 // The example config documents every key; it must load as it ships.
 TEST_F(EvaluationConfigTest, ExampleConfigLoadsAndNamesTheEvaluationKeys) {
-  // This file is tests/rpc/ of the source tree (CMake passes absolute paths).
-  const std::filesystem::path example = std::filesystem::path(__FILE__).parent_path().parent_path()
-                                            .parent_path() / "deploy" / "flashcored.example.toml";
+  const std::filesystem::path example =
+      std::filesystem::path(FLASHCORE_SOURCE_DIR) / "deploy" / "flashcored.example.toml";
   const std::string text = test_support::read_file(example);
   EXPECT_NE(text.find("evaluation_timeout_ms = 120000"), std::string::npos);
   EXPECT_NE(text.find("worker_binary"), std::string::npos);
