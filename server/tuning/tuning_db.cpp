@@ -914,6 +914,35 @@ Result<int64_t> page_after(std::string_view page_token, std::string_view lister)
   return after;
 }
 
+// Steps a prepared "... WHERE id > ? ORDER BY id" listing into a page of at
+// most page_size items read by `read` (row -> Result<item>, with the row's
+// id). No LIMIT: rows that do not read are skipped, so how many rows make a
+// page is known only while stepping (SQLite reads them lazily). One bad row
+// must not hide every good one: it is left out, said in the log and counted.
+template <typename Page, typename Read>
+Result<Page> read_page(Statement& st, int page_size, Read read) {
+  Page page;
+  int64_t last_id = 0;
+  for (;;) {
+    auto row = st.step();
+    if (!row) return row.error();
+    if (!*row) break;
+    if (static_cast<int>(page.items.size()) == page_size) {
+      page.next_page_token = std::to_string(last_id);
+      break;
+    }
+    auto item = read(st, &last_id);
+    if (!item) {
+      spdlog::warn("{}; left out of the list", item.error().message);
+      ++page.skipped;
+      page.skipped_reasons.push_back(item.error().message);
+      continue;
+    }
+    page.items.push_back(std::move(item).value());
+  }
+  return page;
+}
+
 std::string job_select() {
   return cat({"SELECT id, ", kScopeSelectCols, ", ", kToolchainCols, ", ", kJobCols,
               " FROM jobs "});
@@ -962,26 +991,8 @@ Result<JobPage> TuningDb::list_jobs(int page_size, std::string_view page_token) 
   Statement st(db_, path_, "list jobs");
   if (auto s = st.prepare(job_select() + "WHERE id > ? ORDER BY id"); !s) return s.error();
   st.bind(*after);
-  JobPage page;
-  int64_t last_id = 0;
-  for (;;) {
-    auto row = st.step();
-    if (!row) return row.error();
-    if (!*row) break;
-    if (static_cast<int>(page.items.size()) == page_size) {
-      page.next_page_token = std::to_string(last_id);
-      break;
-    }
-    auto job = read_job(st, &last_id);
-    if (!job) {
-      spdlog::warn("{}; left out of the list", job.error().message);
-      ++page.skipped;
-      page.skipped_reasons.push_back(job.error().message);
-      continue;
-    }
-    page.items.push_back(std::move(job).value());
-  }
-  return page;
+  return read_page<JobPage>(st, page_size,
+                            [](Statement& row, int64_t* id) { return read_job(row, id); });
 }
 
 Result<int64_t> TuningDb::record_trial(const TrialRecord& trial) {
@@ -1225,32 +1236,10 @@ Result<BestPage> TuningDb::list_best(int page_size, std::string_view page_token)
   if (!after) return after.error();
   std::lock_guard lock(mutex_);
   Statement st(db_, path_, "list best");
-  // No LIMIT: rows that do not read are skipped, so how many rows make a
-  // page is known only while stepping (SQLite reads them lazily).
   if (auto s = st.prepare(kBestSelect + "WHERE id > ? ORDER BY id"); !s) return s.error();
   st.bind(*after);
-  BestPage page;
-  int64_t last_id = 0;
-  for (;;) {
-    auto row = st.step();
-    if (!row) return row.error();
-    if (!*row) break;
-    if (static_cast<int>(page.items.size()) == page_size) {
-      page.next_page_token = std::to_string(last_id);
-      break;
-    }
-    auto best = read_best(st, &last_id);
-    if (!best) {
-      // One bad row must not hide every good one: it is left out, said
-      // in the log and counted in the page.
-      spdlog::warn("{}; left out of the list", best.error().message);
-      ++page.skipped;
-      page.skipped_reasons.push_back(best.error().message);
-      continue;
-    }
-    page.items.push_back(std::move(best).value());
-  }
-  return page;
+  return read_page<BestPage>(st, page_size,
+                             [](Statement& row, int64_t* id) { return read_best(row, id); });
 }
 
 Result<std::vector<NearBest>> TuningDb::nearest_best(const TuningScope& scope, int limit) {
