@@ -235,13 +235,7 @@ class Client(EvolutionMethods):
     def iter_tuning_results(self, page_size: int = 0, *,
                             timeout=_UNSET) -> Iterator[pb.TuningResult]:
         """Every stored tuning result, page after page (the CLI's ``results --all``)."""
-        token = ""
-        while True:
-            page = self.list_tuning_results(page_size, token, timeout=timeout)
-            yield from page.results
-            token = page.next_page_token
-            if not token:
-                return
+        return self._every(self.list_tuning_results, "results", page_size, timeout)
 
     def list_tune_jobs(self, *, timeout=_UNSET) -> pb.ListTuneJobsResponse:
         """Tune jobs queued or running now: this client's own (an admin's: all): ListTuneJobs."""
@@ -265,10 +259,16 @@ class Client(EvolutionMethods):
     def iter_tuning_jobs(self, page_size: int = 0, *,
                          timeout=_UNSET) -> Iterator[pb.TuningJobRecord]:
         """Every recorded tuning job (any status), page after page."""
+        return self._every(self.list_tuning_jobs, "jobs", page_size, timeout)
+
+    @staticmethod
+    def _every(list_page, field: str, page_size: int, timeout) -> Iterator:
+        """The items of a paged listing (``list_page(page_size, token, timeout=)``,
+        its repeated ``field``), page after page until no next_page_token."""
         token = ""
         while True:
-            page = self.list_tuning_jobs(page_size, token, timeout=timeout)
-            yield from page.jobs
+            page = list_page(page_size, token, timeout=timeout)
+            yield from getattr(page, field)
             token = page.next_page_token
             if not token:
                 return
