@@ -28,6 +28,20 @@ Status page_size_in_range(int page_size, int max, std::string_view zero_means) {
                                                      "]" + std::string(zero_means));
 }
 
+void fill_tier(const TierRemoval& removal, v1::CacheTierChange* out) {
+  out->set_entries_removed(removal.entries_removed);
+  out->set_bytes_removed(removal.bytes_removed);
+  out->set_entries_left(removal.entries_left);
+  out->set_bytes_left(removal.bytes_left);
+}
+
+void fill_cache_change(const CacheRemoval& removal, v1::CacheChange* out) {
+  fill_tier(removal.memory, out->mutable_memory());
+  if (removal.disk) fill_tier(*removal.disk, out->mutable_disk());
+  if (removal.shared) fill_tier(*removal.shared, out->mutable_shared());
+  for (const auto& key : removal.keys_not_found) out->add_keys_not_found(key);
+}
+
 }  // namespace
 
 Result<auth::Identity> FlashCoreService::authorize(const grpc::CallbackServerContext* context,
@@ -367,6 +381,36 @@ grpc::ServerUnaryReactor* FlashCoreService::ListTuningResults(
                       response->set_skipped_rows(page->skipped);
                       for (const auto& reason : page->skipped_reasons)
                         response->add_skipped_reasons(reason);
+                      return ok_status();
+                    });
+}
+
+// ---- Cache administration ----
+
+grpc::ServerUnaryReactor* FlashCoreService::ClearCache(grpc::CallbackServerContext* context,
+                                                       const v1::ClearCacheRequest* request,
+                                                       v1::CacheChange* response) {
+  return answer_now(context, auth::Role::admin, "ClearCache", true,
+                    [&](const auth::Identity& who) {
+                      auto removal = service_.clear_cache(who, request->include_shared());
+                      if (!removal) return Status(removal.error());
+                      fill_cache_change(*removal, response);
+                      return ok_status();
+                    });
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::EvictCache(grpc::CallbackServerContext* context,
+                                                       const v1::EvictCacheRequest* request,
+                                                       v1::CacheChange* response) {
+  return answer_now(context, auth::Role::admin, "EvictCache", true,
+                    [&](const auth::Identity& who) {
+                      service::EvictRequest evict;
+                      evict.keys.assign(request->keys().begin(), request->keys().end());
+                      if (request->has_down_to_bytes()) evict.down_to_bytes = request->down_to_bytes();
+                      evict.include_shared = request->include_shared();
+                      auto removal = service_.evict_cache(who, evict);
+                      if (!removal) return Status(removal.error());
+                      fill_cache_change(*removal, response);
                       return ok_status();
                     });
 }

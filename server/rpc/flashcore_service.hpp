@@ -49,6 +49,12 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   grpc::ServerUnaryReactor* CancelTuneJob(grpc::CallbackServerContext* context,
                                           const v1::CancelTuneJobRequest* request,
                                           v1::CancelTuneJobResponse* response) override;
+  grpc::ServerUnaryReactor* ClearCache(grpc::CallbackServerContext* context,
+                                       const v1::ClearCacheRequest* request,
+                                       v1::CacheChange* response) override;
+  grpc::ServerUnaryReactor* EvictCache(grpc::CallbackServerContext* context,
+                                       const v1::EvictCacheRequest* request,
+                                       v1::CacheChange* response) override;
 
   static constexpr int kDefaultPageSize = 50;
   static constexpr int kMaxPageSize = 1000;
