@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "rpc/call_reactor.hpp"
+#include "rpc/handle_wire.hpp"
 #include "rpc/translate.hpp"
 #include "rpc/tune_messages.hpp"
 #include "service/kernel_handle.hpp"
@@ -14,8 +15,9 @@
 namespace flashcore::rpc {
 namespace {
 
-// The handle of a kernel answer; the launch geometry is for `shape`.
-void write_handle(const service::KernelAnswer& answer, const RuntimeShape& shape,
+// The handle of a kernel answer as a message (Validate); the launch geometry
+// is for `shape`. Compile and GetKernel write theirs with rpc::write_handle.
+void fill_answer(const service::KernelAnswer& answer, const RuntimeShape& shape,
                   v1::Layout layout, bool omit_cubin, v1::KernelHandle* out) {
   service::fill_handle(*answer.lookup.kernel, answer.lookup.tier, shape, layout, omit_cubin, out);
   if (answer.validation) *out->mutable_validation() = *answer.validation;
@@ -77,10 +79,14 @@ grpc::ServerUnaryReactor* FlashCoreService::answer_now(grpc::CallbackServerConte
 // ---- Kernels ----
 
 grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext* context,
-                                                    const v1::KernelRequest* request,
-                                                    v1::KernelHandle* response) {
+                                                    const grpc::ByteBuffer* raw,
+                                                    grpc::ByteBuffer* response) {
   auto who = authorize(context, auth::Role::compile, "Compile");
   if (!who) return finish_now(context, to_grpc_status(who.error()));
+  v1::KernelRequest message;
+  if (Status read = parse_request(*raw, &message, "Compile"); !read)
+    return finish_now(context, to_grpc_status(read.error()));
+  const v1::KernelRequest* request = &message;
   if (Status admitted = service_.admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   const bool tuned = request->use_tuned_config();
@@ -96,7 +102,8 @@ grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext*
                omit = request->omit_cubin(),
                cached = parsed->cached_key](Result<service::KernelAnswer> answer) {
     if (!answer) return call->finish(to_grpc_status(answer.error()));
-    write_handle(*answer, shape, layout, omit || answer->lookup.kernel->key == cached, response);
+    write_handle(*answer, shape, layout, omit || answer->lookup.kernel->key == cached,
+                      response);
     call->finish(grpc::Status::OK);
   };
   call->follow(service_.compile(*who, std::move(parsed).value(), tuned, std::move(done)));
@@ -124,7 +131,7 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
   auto done = [call, response, shape = validate.kernel.shape, layout = validate.kernel.layout,
                omit = request->kernel().omit_cubin()](Result<service::KernelAnswer> answer) {
     if (!answer) return call->finish(to_grpc_status(answer.error()));
-    write_handle(*answer, shape, layout, /*omit_cubin=*/false, response);
+    fill_answer(*answer, shape, layout, /*omit_cubin=*/false, response);
     if (omit) response->clear_cubin();
     call->finish(grpc::Status::OK);
   };
@@ -133,9 +140,12 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
 }
 
 grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContext* context,
-                                                      const v1::GetKernelRequest* request,
-                                                      v1::KernelHandle* response) {
+                                                      const grpc::ByteBuffer* raw,
+                                                      grpc::ByteBuffer* response) {
   return answer_now(context, auth::Role::read, "GetKernel", true, [&](const auth::Identity&) {
+    v1::GetKernelRequest message;
+    if (Status read = parse_request(*raw, &message, "GetKernel"); !read) return read;
+    const v1::GetKernelRequest* request = &message;
     auto answer = service_.get_kernel(request->key());
     if (!answer) return Status(answer.error());
     const CachedKernel& kernel = *answer->lookup.kernel;
@@ -148,7 +158,7 @@ grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContex
       layout = request->problem().layout();
     }
     write_handle(*answer, shape, layout,
-                 request->omit_cubin() || request->cached_key() == kernel.key, response);
+                      request->omit_cubin() || request->cached_key() == kernel.key, response);
     return ok_status();
   });
 }
