@@ -388,7 +388,7 @@ void Daemon::Impl::build_evolution(const flashcore::service::ServiceOptions& opt
 Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& credentials) {
   // Debian's Abseil is built without NDEBUG, so every absl::Mutex (gRPC's
   // locks, taken many times per call) also updates a deadlock-detection
-  // graph: 3-4% of the daemon's CPU on memory hits in perf (GraphCycles).
+  // graph: about 2% of the daemon's CPU samples on memory hits in perf.
   // A debugging aid for Abseil's users, not a check the daemon relies on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Both must be in place before the builder is made: they hook into it.
