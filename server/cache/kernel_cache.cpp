@@ -356,25 +356,30 @@ Result<CacheRemoval> KernelCache::evict(const std::vector<std::string>& keys, bo
     total.entries_left = one.entries_left;
     total.bytes_left = one.bytes_left;
   };
-  for (const auto& key : keys) {
-    bool found = false;
-    if (include_shared) {
-      auto deleted = options_.shared->erase(key);
+  // The shared tier first, every key, so Redis out of reach leaves the
+  // local tiers as they were.
+  std::vector<bool> found(keys.size(), false);
+  if (include_shared)
+    for (size_t i = 0; i < keys.size(); ++i) {
+      auto deleted = options_.shared->erase(keys[i]);
       if (!deleted) return deleted.error();
       if (*deleted) {
-        found = true;
+        found[i] = true;
         ++removal.shared->entries_removed;
       }
     }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string& key = keys[i];
+    bool held = found[i];
     if (disk_) {
       const TierRemoval one = disk_->erase(key);
-      found = found || one.entries_removed > 0;
+      held = held || one.entries_removed > 0;
       add(*removal.disk, one);
     }
     const TierRemoval one = memory_.erase(key);
-    found = found || one.entries_removed > 0;
+    held = held || one.entries_removed > 0;
     add(removal.memory, one);
-    if (!found) removal.keys_not_found.push_back(key);
+    if (!held) removal.keys_not_found.push_back(key);
   }
   if (keys.empty()) {  // nothing to remove: report what the tiers hold
     removal.memory = memory_.trim_to(memory_.max_bytes());
