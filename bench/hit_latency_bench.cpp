@@ -6,8 +6,12 @@
 //
 //   bench/run_hit_latency_bench.sh [--clients 8] [--requests 2000]
 //
-// The daemon runs in this process on 127.0.0.1:0 with the embedded
-// templates and a scratch cache; Redis is the one --redis names.
+// The daemon is the one --address names (run_hit_latency_bench.sh starts a
+// flashcored process, as clients and Redis are processes of their own);
+// without --address it runs in this process on 127.0.0.1:0 with the
+// embedded templates and a scratch cache, where gRPC's client and server
+// share one poller and hand events between their threads. Redis is the one
+// --redis names.
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 #include <stdlib.h>
@@ -100,7 +104,10 @@ int main(int argc, char** argv) {
   std::string redis_url;
   int clients = 8, requests = 2000, warmup = 200, head_dim = 128;
   std::string arch = "sm_90a";
+  std::string daemon_address;
   app.add_option("--redis", redis_url, "redis://host:port/db to GET the same bytes from")->required();
+  app.add_option("--address", daemon_address,
+                 "a running flashcored to measure; empty: one in this process");
   app.add_option("--clients", clients, "concurrent clients")->capture_default_str();
   app.add_option("--requests", requests, "timed requests per client")->capture_default_str();
   app.add_option("--warmup", warmup, "untimed requests per client first")->capture_default_str();
@@ -111,17 +118,21 @@ int main(int argc, char** argv) {
 
   char scratch_pattern[] = "/tmp/flashcore_hit_bench_XXXXXX";
   const std::filesystem::path scratch = mkdtemp(scratch_pattern);
-  fc::DaemonConfig config;
-  config.listen_address = "127.0.0.1:0";
-  config.cache_dir = scratch / "cache";
-  config.tuning_db = scratch / "tuning.db";
-  config.log_level = "warn";
-  auto daemon = fc::Daemon::start(config);
-  if (!daemon) {
-    std::fprintf(stderr, "daemon: %s\n", daemon.error().message.c_str());
-    return 1;
+  std::unique_ptr<fc::Daemon> daemon;
+  if (daemon_address.empty()) {
+    fc::DaemonConfig config;
+    config.listen_address = "127.0.0.1:0";
+    config.cache_dir = scratch / "cache";
+    config.tuning_db = scratch / "tuning.db";
+    config.log_level = "warn";
+    auto started = fc::Daemon::start(config);
+    if (!started) {
+      std::fprintf(stderr, "daemon: %s\n", started.error().message.c_str());
+      return 1;
+    }
+    daemon = std::move(started).value();
   }
-  const std::string address = (*daemon)->address();
+  const std::string address = daemon ? daemon->address() : daemon_address;
 
   auto url = fc::redis::parse_redis_url(redis_url);
   if (!url) {
@@ -214,8 +225,8 @@ int main(int argc, char** argv) {
                   concurrency, s.p50_us, s.p99_us, s.mean_us, s.per_second);
       std::fflush(stdout);
     }
-  (*daemon)->shutdown(std::chrono::milliseconds(1000));
-  daemon.value().reset();
+  if (daemon) daemon->shutdown(std::chrono::milliseconds(1000));
+  daemon.reset();
   std::error_code ec;
   std::filesystem::remove_all(scratch, ec);
   return 0;

@@ -32,6 +32,7 @@ std::unique_ptr<Command> add_validate(CLI::App& app);
 std::unique_ptr<Command> add_tune(CLI::App& app);
 std::unique_ptr<Command> add_results(CLI::App& app);  // list, export, import
 std::unique_ptr<Command> add_stats(CLI::App& app);
+std::unique_ptr<Command> add_cache(CLI::App& app);  // clear, evict
 std::unique_ptr<Command> add_get(CLI::App& app);
 std::unique_ptr<Command> add_list(CLI::App& app);
 std::unique_ptr<Command> add_health(CLI::App& app);

@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
   commands.push_back(fc::cli::add_tune(app));
   commands.push_back(fc::cli::add_results(app));
   commands.push_back(fc::cli::add_stats(app));
+  commands.push_back(fc::cli::add_cache(app));
   commands.push_back(fc::cli::add_get(app));
   commands.push_back(fc::cli::add_list(app));
   commands.push_back(fc::cli::add_health(app));

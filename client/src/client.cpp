@@ -256,6 +256,26 @@ Result<v1::TuneJob> Client::cancel_tune_job(int64_t id) {
   return response.job();
 }
 
+Result<v1::CacheChange> Client::clear_cache(bool include_shared) {
+  v1::ClearCacheRequest request;
+  request.set_include_shared(include_shared);
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::CacheChange response;
+  const grpc::Status status = impl_->stub->ClearCache(&context, request, &response);
+  if (!status.ok()) return rpc_error("ClearCache", status);
+  return response;
+}
+
+Result<v1::CacheChange> Client::evict_cache(const v1::EvictCacheRequest& request) {
+  grpc::ClientContext context;
+  impl_->prepare(context);
+  v1::CacheChange response;
+  const grpc::Status status = impl_->stub->EvictCache(&context, request, &response);
+  if (!status.ok()) return rpc_error("EvictCache", status);
+  return response;
+}
+
 Result<v1::KernelHandle> Client::compile(const v1::KernelRequest& request) {
   grpc::ClientContext context;
   impl_->prepare(context);

@@ -1,5 +1,6 @@
 #include "app/daemon.hpp"
 
+#include <absl/synchronization/mutex.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -385,6 +386,11 @@ void Daemon::Impl::build_evolution(const flashcore::service::ServiceOptions& opt
 // The gRPC server: the rpc service, health and reflection, the metrics
 // interceptor; binds the listener.
 Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& credentials) {
+  // Debian's Abseil is built without NDEBUG, so every absl::Mutex (gRPC's
+  // locks, taken many times per call) also updates a deadlock-detection
+  // graph: about 2% of the daemon's CPU samples on memory hits in perf.
+  // A debugging aid for Abseil's users, not a check the daemon relies on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Both must be in place before the builder is made: they hook into it.
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

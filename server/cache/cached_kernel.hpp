@@ -31,4 +31,13 @@ struct CachedKernel {
   size_t footprint_bytes() const;
 };
 
+// What an administrative removal (clear, evict by key, trim to a size) did
+// to one tier: entries and bytes gone, and what the tier holds after it.
+struct TierRemoval {
+  uint64_t entries_removed = 0;
+  uint64_t bytes_removed = 0;
+  uint64_t entries_left = 0;
+  uint64_t bytes_left = 0;
+};
+
 }  // namespace flashcore

@@ -287,7 +287,7 @@ void DiskStore::scan() {
   if (stale_temps_removed_ > 0)
     spdlog::info("cache folder {}: removed {} temp files a crashed writer left", root_.string(),
                  stale_temps_removed_);
-  evict_to_fit("");
+  if (max_bytes_ > 0) evicted_ += evict_to_fit("", max_bytes_).entries_removed;
 }
 
 uint64_t DiskStore::bytes() const {
@@ -303,21 +303,93 @@ void DiskStore::forget(const std::string& key) {
   index_.erase(it);
 }
 
-void DiskStore::evict_to_fit(const std::string& keep_key) {
-  if (max_bytes_ == 0) return;
-  while (total_bytes_ > max_bytes_) {
+TierRemoval DiskStore::evict_to_fit(const std::string& keep_key, uint64_t limit) {
+  TierRemoval removal;
+  while (total_bytes_ > limit) {
     auto oldest = index_.end();
     for (auto it = index_.begin(); it != index_.end(); ++it)
       if (it->first != keep_key && (oldest == index_.end() || it->second.used < oldest->second.used))
         oldest = it;
-    if (oldest == index_.end()) return;  // only the entry just stored: it stays
-    std::error_code ec;
-    fs::remove(path_for(oldest->first), ec);
-    if (ec) spdlog::warn("cache entry {}: cannot evict: {}", oldest->first, ec.message());
-    total_bytes_ -= oldest->second.size;
-    index_.erase(oldest);
-    ++evicted_;
+    if (oldest == index_.end()) break;  // only the entry just stored: it stays
+    remove_indexed(oldest->first, removal);
   }
+  return removal;
+}
+
+bool DiskStore::remove_indexed(const std::string& key, TierRemoval& removal) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return false;
+  std::error_code ec;
+  const bool removed = fs::remove(path_for(key), ec);
+  if (ec) spdlog::warn("cache entry {}: cannot remove: {}", path_for(key).string(), ec.message());
+  if (removed) {
+    ++removal.entries_removed;
+    removal.bytes_removed += it->second.size;
+  }
+  // Forgotten either way, so an eviction loop always ends; a file that could
+  // not be unlinked is found again by the next scan or load.
+  total_bytes_ -= it->second.size;
+  index_.erase(it);
+  return removed;
+}
+
+void DiskStore::index_if_present(const std::string& key, uint64_t size,
+                                 fs::file_time_type used) {
+  std::error_code ec;
+  if (!fs::exists(path_for(key), ec)) return;  // removed since it was written or read
+  auto [it, inserted] = index_.try_emplace(key, Indexed{0, used});
+  total_bytes_ = total_bytes_ - it->second.size + size;
+  it->second = Indexed{size, used};
+}
+
+TierRemoval DiskStore::left(TierRemoval removal) const {
+  removal.entries_left = index_.size();
+  removal.bytes_left = total_bytes_;
+  return removal;
+}
+
+TierRemoval DiskStore::clear() {
+  std::lock_guard lock(index_mutex_);
+  // Entry files this store has not indexed (another daemon sharing the
+  // folder wrote them) go too; temp files (".tmp.") belong to writers in flight.
+  std::error_code ec;
+  for (fs::directory_iterator shards(root_, ec), end; !ec && shards != end; shards.increment(ec)) {
+    std::error_code entry_ec;
+    if (!shards->is_directory(entry_ec) || shards->path().filename().string().size() != 2) continue;
+    for (fs::directory_iterator files(shards->path(), entry_ec); !entry_ec && files != end;
+         files.increment(entry_ec)) {
+      const fs::path& file = files->path();
+      const std::string key = file.stem().string();
+      if (file.extension() != kExtension || !is_well_formed_key(key) || index_.contains(key))
+        continue;
+      std::error_code file_ec;
+      const auto size = fs::file_size(file, file_ec);
+      if (!file_ec) index_if_present(key, size, fs::file_time_type::clock::now());
+    }
+  }
+  TierRemoval removal;
+  std::vector<std::string> keys;
+  keys.reserve(index_.size());
+  for (const auto& [key, indexed] : index_) keys.push_back(key);
+  for (const auto& key : keys) remove_indexed(key, removal);
+  return left(removal);
+}
+
+TierRemoval DiskStore::erase(const std::string& key) {
+  TierRemoval removal;
+  std::lock_guard lock(index_mutex_);
+  if (is_well_formed_key(key)) {
+    std::error_code ec;
+    const auto size = fs::file_size(path_for(key), ec);
+    if (!ec && !index_.contains(key)) index_if_present(key, size, fs::file_time_type::clock::now());
+    remove_indexed(key, removal);
+  }
+  return left(removal);
+}
+
+TierRemoval DiskStore::trim_to(uint64_t max_bytes) {
+  std::lock_guard lock(index_mutex_);
+  return left(evict_to_fit("", max_bytes));
 }
 
 fs::path DiskStore::path_for(const std::string& key) const {
@@ -398,9 +470,7 @@ std::optional<CachedKernel> DiskStore::load(const std::string& key) {
   fs::last_write_time(path, now, ec);
   {
     std::lock_guard lock(index_mutex_);
-    auto [it, inserted] = index_.try_emplace(key, Indexed{size, now});
-    if (inserted) total_bytes_ += size;
-    else it->second.used = now;
+    index_if_present(key, size, now);
   }
   return entry;
 }
@@ -413,10 +483,8 @@ Status DiskStore::store(const CachedKernel& entry) {
   Status written = write_file_atomically(path, bytes);
   if (written.ok()) {
     std::lock_guard lock(index_mutex_);
-    auto& slot = index_[entry.key];
-    total_bytes_ = total_bytes_ - slot.size + bytes.size();
-    slot = Indexed{bytes.size(), fs::file_time_type::clock::now()};
-    evict_to_fit(entry.key);
+    index_if_present(entry.key, bytes.size(), fs::file_time_type::clock::now());
+    if (max_bytes_ > 0) evicted_ += evict_to_fit(entry.key, max_bytes_).entries_removed;
   }
   if (!written.ok()) {
     std::call_once(unwritable_logged_, [&] {

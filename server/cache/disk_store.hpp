@@ -38,6 +38,17 @@ class DiskStore {
   // `after_key`, at most `limit`. Corrupt files found here are removed too.
   std::vector<CachedKernel> list(const std::string& after_key, size_t limit);
 
+  // Administrative removals (cache clear|evict): each entry file is
+  // unlinked whole (a reader that opened it keeps reading; no file is ever
+  // left half-written). clear() removes every entry file in the folder, also
+  // those another daemon sharing it wrote; temp files of writers in flight
+  // are left to them. A removal that fails (permissions) is logged and the
+  // file stays indexed.
+  TierRemoval clear();
+  TierRemoval erase(const std::string& key);  // entries_removed 0: no such file
+  // Least recently used first, until the entries are <= max_bytes.
+  TierRemoval trim_to(uint64_t max_bytes);
+
   std::filesystem::path path_for(const std::string& key) const;
   const std::filesystem::path& root() const { return root_; }
   size_t corrupt_entries() const { return corrupt_.load(); }
@@ -52,7 +63,17 @@ class DiskStore {
  private:
   void scan();                                    // index existing entries, drop stale temps
   void forget(const std::string& key);            // after a removal
-  void evict_to_fit(const std::string& keep_key);  // caller holds index_mutex_
+  // Evicts least recently used entries but keep_key until the entries fit
+  // `limit`; caller holds index_mutex_. Returns what went.
+  TierRemoval evict_to_fit(const std::string& keep_key, uint64_t limit);
+  // Unlinks an entry file and drops it from the index; false (logged) when
+  // the file stays. Caller holds index_mutex_.
+  bool remove_indexed(const std::string& key, TierRemoval& removal);
+  // Indexes an entry file just written or read, unless a removal took it
+  // meanwhile (the index never names a file that is gone). Caller holds index_mutex_.
+  void index_if_present(const std::string& key, uint64_t size,
+                        std::filesystem::file_time_type used);
+  TierRemoval left(TierRemoval removal) const;  // caller holds index_mutex_
 
   std::filesystem::path root_;
   uint64_t max_bytes_ = 0;

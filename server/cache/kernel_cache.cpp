@@ -2,7 +2,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <future>
 #include <map>
@@ -324,6 +326,73 @@ std::vector<CachedKernel> KernelCache::list(const std::string& after_key, size_t
     page.push_back(std::move(entry));
   }
   return page;
+}
+
+Result<CacheRemoval> KernelCache::clear(bool include_shared) {
+  CacheRemoval removal;
+  if (include_shared) {
+    if (!options_.shared)
+      return make_error(ErrorCode::failed_precondition,
+                        "include_shared: this daemon has no shared tier (start it with --redis)");
+    auto deleted = options_.shared->clear();
+    if (!deleted) return deleted.error();
+    removal.shared = TierRemoval{*deleted, 0, 0, 0};
+  }
+  if (disk_) removal.disk = disk_->clear();
+  removal.memory = memory_.clear();
+  return removal;
+}
+
+Result<CacheRemoval> KernelCache::evict(const std::vector<std::string>& keys, bool include_shared) {
+  if (include_shared && !options_.shared)
+    return make_error(ErrorCode::failed_precondition,
+                      "include_shared: this daemon has no shared tier (start it with --redis)");
+  CacheRemoval removal;
+  if (include_shared) removal.shared = TierRemoval{};
+  if (disk_) removal.disk = TierRemoval{};
+  auto add = [](TierRemoval& total, const TierRemoval& one) {
+    total.entries_removed += one.entries_removed;
+    total.bytes_removed += one.bytes_removed;
+    total.entries_left = one.entries_left;
+    total.bytes_left = one.bytes_left;
+  };
+  // The shared tier first, every key, so Redis out of reach leaves the
+  // local tiers as they were.
+  std::vector<bool> found(keys.size(), false);
+  if (include_shared)
+    for (size_t i = 0; i < keys.size(); ++i) {
+      auto deleted = options_.shared->erase(keys[i]);
+      if (!deleted) return deleted.error();
+      if (*deleted) {
+        found[i] = true;
+        ++removal.shared->entries_removed;
+      }
+    }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const std::string& key = keys[i];
+    bool held = found[i];
+    if (disk_) {
+      const TierRemoval one = disk_->erase(key);
+      held = held || one.entries_removed > 0;
+      add(*removal.disk, one);
+    }
+    const TierRemoval one = memory_.erase(key);
+    held = held || one.entries_removed > 0;
+    add(removal.memory, one);
+    if (!held) removal.keys_not_found.push_back(key);
+  }
+  if (keys.empty()) {  // nothing to remove: report what the tiers hold
+    removal.memory = memory_.trim_to(memory_.max_bytes());
+    if (disk_) removal.disk = disk_->trim_to(UINT64_MAX);
+  }
+  return removal;
+}
+
+CacheRemoval KernelCache::trim_to(uint64_t max_bytes) {
+  CacheRemoval removal;
+  if (disk_) removal.disk = disk_->trim_to(max_bytes);
+  removal.memory = memory_.trim_to(static_cast<size_t>(std::min<uint64_t>(max_bytes, SIZE_MAX)));
+  return removal;
 }
 
 CacheStats KernelCache::stats() const {

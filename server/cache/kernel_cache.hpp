@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -61,6 +62,14 @@ struct CacheStats {
   uint64_t disk_bytes = 0;
 };
 
+// What cache clear|evict removed, per tier.
+struct CacheRemoval {
+  TierRemoval memory;
+  std::optional<TierRemoval> disk;    // nullopt: no disk tier
+  std::optional<TierRemoval> shared;  // nullopt: the shared tier was not asked
+  std::vector<std::string> keys_not_found;  // evict by key: held by no tier asked
+};
+
 struct KernelCacheOptions {
   size_t memory_bytes = size_t{256} << 20;
   std::filesystem::path disk_dir;  // empty = no disk tier
@@ -105,6 +114,19 @@ class KernelCache {
   // Entries (cubin omitted) sorted by key, after `after_key`, at most `limit`:
   // the disk tier's listing merged with memory-only entries.
   std::vector<CachedKernel> list(const std::string& after_key, size_t limit);
+
+  // Administrative removals (cache clear|evict), each tier's entries whole.
+  // The tiers are emptied back to front (shared, disk, memory), so a lookup
+  // running meanwhile cannot promote an entry into a tier already emptied
+  // from one not emptied yet. Compiles in flight are not stopped: they land
+  // afterwards. With `include_shared` (FAILED_PRECONDITION without a shared
+  // tier) the shared tier goes first; Redis out of reach: UNAVAILABLE and
+  // the local tiers untouched.
+  Result<CacheRemoval> clear(bool include_shared);
+  // Well-formed keys only (the caller checks them).
+  Result<CacheRemoval> evict(const std::vector<std::string>& keys, bool include_shared);
+  // Least recently used entries until memory and disk each hold <= max_bytes.
+  CacheRemoval trim_to(uint64_t max_bytes);
 
   CacheStats stats() const;
   // The shared tier (null without one), for the metrics' Redis figures.

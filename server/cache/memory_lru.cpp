@@ -38,6 +38,49 @@ void MemoryLru::put(std::shared_ptr<const CachedKernel> entry) {
   bytes_ += size;
 }
 
+TierRemoval MemoryLru::left(TierRemoval removal) const {
+  removal.entries_left = index_.size();
+  removal.bytes_left = bytes_;
+  return removal;
+}
+
+TierRemoval MemoryLru::clear() {
+  std::lock_guard lock(mutex_);
+  TierRemoval removal{index_.size(), bytes_};
+  index_.clear();
+  order_.clear();  // callers that hold an entry keep it through their shared_ptr
+  bytes_ = 0;
+  return left(removal);
+}
+
+TierRemoval MemoryLru::erase(const std::string& key) {
+  std::lock_guard lock(mutex_);
+  TierRemoval removal;
+  if (auto it = index_.find(key); it != index_.end()) {
+    removal.entries_removed = 1;
+    removal.bytes_removed = (*it->second)->footprint_bytes();
+    bytes_ -= removal.bytes_removed;
+    order_.erase(it->second);
+    index_.erase(it);
+  }
+  return left(removal);
+}
+
+TierRemoval MemoryLru::trim_to(size_t max_bytes) {
+  std::lock_guard lock(mutex_);
+  TierRemoval removal;
+  while (bytes_ > max_bytes && !order_.empty()) {
+    const auto& victim = order_.back();
+    const size_t size = victim->footprint_bytes();
+    bytes_ -= size;
+    removal.bytes_removed += size;
+    ++removal.entries_removed;
+    index_.erase(victim->key);
+    order_.pop_back();
+  }
+  return left(removal);
+}
+
 std::vector<std::shared_ptr<const CachedKernel>> MemoryLru::snapshot() const {
   std::lock_guard lock(mutex_);
   return {order_.begin(), order_.end()};

@@ -22,6 +22,13 @@ class MemoryLru {
   // An entry larger than the whole budget is not kept.
   void put(std::shared_ptr<const CachedKernel> entry);
 
+  // Administrative removals (cache clear|evict). An entry a caller already
+  // holds stays alive with that caller; the tier just forgets it.
+  TierRemoval clear();
+  TierRemoval erase(const std::string& key);  // entries_removed 0: not held
+  // Least recently used first, until the entries' footprint is <= max_bytes.
+  TierRemoval trim_to(size_t max_bytes);
+
   // Every entry held now, most recent first (for listings).
   std::vector<std::shared_ptr<const CachedKernel>> snapshot() const;
 
@@ -36,6 +43,8 @@ class MemoryLru {
   size_t max_bytes_;
   size_t bytes_ = 0;
   size_t evictions_ = 0;
+  TierRemoval left(TierRemoval removal) const;  // caller holds mutex_
+
   Order order_;  // front = most recent
   std::unordered_map<std::string, Order::iterator> index_;
 };

@@ -87,6 +87,45 @@ void RedisStore::store(const CachedKernel& entry) {
   ++stores_;
 }
 
+Result<uint64_t> RedisStore::clear() {
+  const std::string pattern = options_.prefix + "kernel:*";
+  std::string cursor = "0";
+  uint64_t deleted = 0;
+  auto failed = [&](const std::string& why) {
+    ++errors_;
+    return make_error(ErrorCode::unavailable,
+                      "shared tier: " + why + " (" + std::to_string(deleted) +
+                          " entries deleted before that)");
+  };
+  // SCAN, not KEYS: it never blocks a Redis the fleet is using for long.
+  do {
+    auto page = client_->command({"SCAN", cursor, "MATCH", pattern, "COUNT", "1000"});
+    if (!page) return failed(page.error().message);
+    if (page->type != redis::Reply::Type::array || page->elements.size() != 2)
+      return failed("unexpected SCAN reply");
+    cursor = page->elements[0].str;
+    std::vector<std::string_view> argv{"DEL"};
+    for (const auto& name : page->elements[1].elements) argv.push_back(name.str);
+    if (argv.size() == 1) continue;
+    auto reply = client_->command(argv);
+    if (!reply) return failed(reply.error().message);
+    if (reply->type == redis::Reply::Type::error) return failed("DEL refused: " + reply->str);
+    deleted += static_cast<uint64_t>(reply->integer);
+  } while (cursor != "0");
+  return deleted;
+}
+
+Result<bool> RedisStore::erase(const std::string& key) {
+  auto reply = client_->command({"DEL", entry_key(key)});
+  if (!reply) {
+    ++errors_;
+    return make_error(ErrorCode::unavailable, "shared tier: " + reply.error().message);
+  }
+  if (reply->type == redis::Reply::Type::error)
+    return make_error(ErrorCode::unavailable, "shared tier: DEL refused: " + reply->str);
+  return reply->integer > 0;
+}
+
 RedisStore::Lock RedisStore::lock(const std::string& key) {
   const std::string name = lock_key(key);
   std::string token;

@@ -61,6 +61,13 @@ class RedisStore {
   Lock lock(const std::string& key);
   void unlock(const std::string& key);
 
+  // Administrative removals (cache clear|evict --include-shared): DEL of the
+  // entries, every daemon's; locks are left alone (they expire). unavailable
+  // when Redis is out of reach (entries deleted before that stay deleted).
+  Result<uint64_t> clear();
+  // Whether the entry existed.
+  Result<bool> erase(const std::string& key);
+
   bool available() const { return client_->available(); }
   RedisStoreStats stats() const;
   // Redis's used_memory (INFO memory); nullopt when unreachable.

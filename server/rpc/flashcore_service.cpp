@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "rpc/call_reactor.hpp"
+#include "rpc/handle_wire.hpp"
 #include "rpc/translate.hpp"
 #include "rpc/tune_messages.hpp"
 #include "service/kernel_handle.hpp"
@@ -14,8 +15,9 @@
 namespace flashcore::rpc {
 namespace {
 
-// The handle of a kernel answer; the launch geometry is for `shape`.
-void write_handle(const service::KernelAnswer& answer, const RuntimeShape& shape,
+// The handle of a kernel answer as a message (Validate); the launch geometry
+// is for `shape`. Compile and GetKernel write theirs with rpc::write_handle.
+void fill_answer(const service::KernelAnswer& answer, const RuntimeShape& shape,
                   v1::Layout layout, bool omit_cubin, v1::KernelHandle* out) {
   service::fill_handle(*answer.lookup.kernel, answer.lookup.tier, shape, layout, omit_cubin, out);
   if (answer.validation) *out->mutable_validation() = *answer.validation;
@@ -26,6 +28,20 @@ Status page_size_in_range(int page_size, int max, std::string_view zero_means) {
   return make_error(ErrorCode::invalid_argument, "page_size: " + std::to_string(page_size) +
                                                      " must be in [0, " + std::to_string(max) +
                                                      "]" + std::string(zero_means));
+}
+
+void fill_tier(const TierRemoval& removal, v1::CacheTierChange* out) {
+  out->set_entries_removed(removal.entries_removed);
+  out->set_bytes_removed(removal.bytes_removed);
+  out->set_entries_left(removal.entries_left);
+  out->set_bytes_left(removal.bytes_left);
+}
+
+void fill_cache_change(const CacheRemoval& removal, v1::CacheChange* out) {
+  fill_tier(removal.memory, out->mutable_memory());
+  if (removal.disk) fill_tier(*removal.disk, out->mutable_disk());
+  if (removal.shared) fill_tier(*removal.shared, out->mutable_shared());
+  for (const auto& key : removal.keys_not_found) out->add_keys_not_found(key);
 }
 
 }  // namespace
@@ -63,10 +79,14 @@ grpc::ServerUnaryReactor* FlashCoreService::answer_now(grpc::CallbackServerConte
 // ---- Kernels ----
 
 grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext* context,
-                                                    const v1::KernelRequest* request,
-                                                    v1::KernelHandle* response) {
+                                                    const grpc::ByteBuffer* raw,
+                                                    grpc::ByteBuffer* response) {
   auto who = authorize(context, auth::Role::compile, "Compile");
   if (!who) return finish_now(context, to_grpc_status(who.error()));
+  v1::KernelRequest message;
+  if (Status read = parse_request(*raw, &message, "Compile"); !read)
+    return finish_now(context, to_grpc_status(read.error()));
+  const v1::KernelRequest* request = &message;
   if (Status admitted = service_.admit(); !admitted)
     return finish_now(context, to_grpc_status(admitted.error()));
   const bool tuned = request->use_tuned_config();
@@ -82,7 +102,8 @@ grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext*
                omit = request->omit_cubin(),
                cached = parsed->cached_key](Result<service::KernelAnswer> answer) {
     if (!answer) return call->finish(to_grpc_status(answer.error()));
-    write_handle(*answer, shape, layout, omit || answer->lookup.kernel->key == cached, response);
+    write_handle(*answer, shape, layout, omit || answer->lookup.kernel->key == cached,
+                      response);
     call->finish(grpc::Status::OK);
   };
   call->follow(service_.compile(*who, std::move(parsed).value(), tuned, std::move(done)));
@@ -110,7 +131,7 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
   auto done = [call, response, shape = validate.kernel.shape, layout = validate.kernel.layout,
                omit = request->kernel().omit_cubin()](Result<service::KernelAnswer> answer) {
     if (!answer) return call->finish(to_grpc_status(answer.error()));
-    write_handle(*answer, shape, layout, /*omit_cubin=*/false, response);
+    fill_answer(*answer, shape, layout, /*omit_cubin=*/false, response);
     if (omit) response->clear_cubin();
     call->finish(grpc::Status::OK);
   };
@@ -119,9 +140,12 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
 }
 
 grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContext* context,
-                                                      const v1::GetKernelRequest* request,
-                                                      v1::KernelHandle* response) {
+                                                      const grpc::ByteBuffer* raw,
+                                                      grpc::ByteBuffer* response) {
   return answer_now(context, auth::Role::read, "GetKernel", true, [&](const auth::Identity&) {
+    v1::GetKernelRequest message;
+    if (Status read = parse_request(*raw, &message, "GetKernel"); !read) return read;
+    const v1::GetKernelRequest* request = &message;
     auto answer = service_.get_kernel(request->key());
     if (!answer) return Status(answer.error());
     const CachedKernel& kernel = *answer->lookup.kernel;
@@ -134,7 +158,7 @@ grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContex
       layout = request->problem().layout();
     }
     write_handle(*answer, shape, layout,
-                 request->omit_cubin() || request->cached_key() == kernel.key, response);
+                      request->omit_cubin() || request->cached_key() == kernel.key, response);
     return ok_status();
   });
 }
@@ -401,6 +425,36 @@ grpc::ServerUnaryReactor* FlashCoreService::GetTuningJob(grpc::CallbackServerCon
                       fill_job(job->job, response->mutable_job());
                       for (const auto& trial : job->trials)
                         fill_trial(trial, job->job.scope, response->add_trials());
+                      return ok_status();
+                    });
+}
+
+// ---- Cache administration ----
+
+grpc::ServerUnaryReactor* FlashCoreService::ClearCache(grpc::CallbackServerContext* context,
+                                                       const v1::ClearCacheRequest* request,
+                                                       v1::CacheChange* response) {
+  return answer_now(context, auth::Role::admin, "ClearCache", true,
+                    [&](const auth::Identity& who) {
+                      auto removal = service_.clear_cache(who, request->include_shared());
+                      if (!removal) return Status(removal.error());
+                      fill_cache_change(*removal, response);
+                      return ok_status();
+                    });
+}
+
+grpc::ServerUnaryReactor* FlashCoreService::EvictCache(grpc::CallbackServerContext* context,
+                                                       const v1::EvictCacheRequest* request,
+                                                       v1::CacheChange* response) {
+  return answer_now(context, auth::Role::admin, "EvictCache", true,
+                    [&](const auth::Identity& who) {
+                      service::EvictRequest evict;
+                      evict.keys.assign(request->keys().begin(), request->keys().end());
+                      if (request->has_down_to_bytes()) evict.down_to_bytes = request->down_to_bytes();
+                      evict.include_shared = request->include_shared();
+                      auto removal = service_.evict_cache(who, evict);
+                      if (!removal) return Status(removal.error());
+                      fill_cache_change(*removal, response);
                       return ok_status();
                     });
 }

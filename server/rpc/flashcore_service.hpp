@@ -14,17 +14,25 @@
 
 namespace flashcore::rpc {
 
-class FlashCoreService final : public v1::FlashCore::CallbackService {
+// Compile and GetKernel, whose answers carry a cubin, are raw methods: they
+// parse their request themselves and write the handle with the cubin as a
+// slice of the cache entry (rpc/handle_wire), not a copy.
+using FlashCoreBase = v1::FlashCore::WithRawCallbackMethod_Compile<
+    v1::FlashCore::WithRawCallbackMethod_GetKernel<v1::FlashCore::CallbackService>>;
+
+class FlashCoreService final : public FlashCoreBase {
  public:
   // `service` outlives this (the server drains its calls first).
   explicit FlashCoreService(service::Service& service) : service_(service) {}
 
+  // KernelRequest -> KernelHandle.
   grpc::ServerUnaryReactor* Compile(grpc::CallbackServerContext* context,
-                                    const v1::KernelRequest* request,
-                                    v1::KernelHandle* response) override;
+                                    const grpc::ByteBuffer* request,
+                                    grpc::ByteBuffer* response) override;
+  // GetKernelRequest -> KernelHandle.
   grpc::ServerUnaryReactor* GetKernel(grpc::CallbackServerContext* context,
-                                      const v1::GetKernelRequest* request,
-                                      v1::KernelHandle* response) override;
+                                      const grpc::ByteBuffer* request,
+                                      grpc::ByteBuffer* response) override;
   grpc::ServerUnaryReactor* ListKernels(grpc::CallbackServerContext* context,
                                         const v1::ListKernelsRequest* request,
                                         v1::ListKernelsResponse* response) override;
@@ -55,6 +63,12 @@ class FlashCoreService final : public v1::FlashCore::CallbackService {
   grpc::ServerUnaryReactor* CancelTuneJob(grpc::CallbackServerContext* context,
                                           const v1::CancelTuneJobRequest* request,
                                           v1::CancelTuneJobResponse* response) override;
+  grpc::ServerUnaryReactor* ClearCache(grpc::CallbackServerContext* context,
+                                       const v1::ClearCacheRequest* request,
+                                       v1::CacheChange* response) override;
+  grpc::ServerUnaryReactor* EvictCache(grpc::CallbackServerContext* context,
+                                       const v1::EvictCacheRequest* request,
+                                       v1::CacheChange* response) override;
 
   static constexpr int kDefaultPageSize = 50;
   static constexpr int kMaxPageSize = 1000;

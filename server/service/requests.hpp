@@ -2,7 +2,10 @@
 // message into before it calls the service.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "flashcore/v1/flashcore.pb.h"
 #include "jit/kernel_spec.hpp"
@@ -16,6 +19,13 @@ struct CompileRequest {
   RuntimeShape shape;
   v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
   std::string cached_key;  // the client holds this kernel: its cubin is left out
+};
+
+// cache evict: exactly one of `keys` and `down_to_bytes` (the service checks).
+struct EvictRequest {
+  std::vector<std::string> keys;
+  std::optional<uint64_t> down_to_bytes;
+  bool include_shared = false;
 };
 
 }  // namespace flashcore::service

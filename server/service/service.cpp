@@ -424,6 +424,60 @@ Result<KernelAnswer> Service::get_kernel(const std::string& key) const {
   return answer;
 }
 
+// ---- Cache administration ----
+
+namespace {
+
+std::string removal_summary(const CacheRemoval& removal) {
+  auto tier = [](std::string_view name, const TierRemoval& t) {
+    return std::string(name) + " " + std::to_string(t.entries_removed) + " entries (" +
+           std::to_string(t.bytes_removed) + " bytes)";
+  };
+  std::string text = tier("memory", removal.memory);
+  if (removal.disk) text += ", " + tier("disk", *removal.disk);
+  if (removal.shared) text += ", shared " + std::to_string(removal.shared->entries_removed) + " entries";
+  return text;
+}
+
+}  // namespace
+
+Result<CacheRemoval> Service::clear_cache(const auth::Identity& who, bool include_shared) {
+  auto removal = cache_->clear(include_shared);
+  if (!removal) return removal.error();
+  spdlog::info("cache cleared by client '{}': {}", who.client, removal_summary(*removal));
+  return removal;
+}
+
+Result<CacheRemoval> Service::evict_cache(const auth::Identity& who, const EvictRequest& request) {
+  if (request.keys.empty() == !request.down_to_bytes.has_value())
+    return make_error(ErrorCode::invalid_argument,
+                      request.keys.empty()
+                          ? "keys, down_to_bytes: give the keys to evict or the size to evict down to"
+                          : "keys, down_to_bytes: give either keys or down_to_bytes, not both");
+  if (request.down_to_bytes && request.include_shared)
+    return make_error(ErrorCode::invalid_argument,
+                      "include_shared: only with keys; the shared tier bounds its own size "
+                      "(Redis maxmemory-policy)");
+  for (size_t i = 0; i < request.keys.size(); ++i)
+    if (!is_well_formed_key(request.keys[i]))
+      return make_error(ErrorCode::invalid_argument,
+                        "keys[" + std::to_string(i) + "]: '" + request.keys[i] +
+                            "' is not 64 lowercase hex characters");
+  CacheRemoval removal;
+  if (request.down_to_bytes) {
+    removal = cache_->trim_to(*request.down_to_bytes);
+  } else {
+    auto evicted = cache_->evict(request.keys, request.include_shared);
+    if (!evicted) return evicted.error();
+    removal = std::move(evicted).value();
+  }
+  spdlog::info("cache evicted by client '{}' ({}): {}", who.client,
+               request.down_to_bytes ? "down to " + std::to_string(*request.down_to_bytes) + " bytes"
+                                     : std::to_string(request.keys.size()) + " keys",
+               removal_summary(removal));
+  return removal;
+}
+
 Result<KernelPage> Service::list_kernels(const std::string& page_token, size_t page_size) const {
   // The token is the last key of the previous page: listing resumes after it.
   if (!page_token.empty() && !is_well_formed_key(page_token))

@@ -140,6 +140,16 @@ class Service {
   Result<KernelPage> list_kernels(const std::string& page_token, size_t page_size) const;
   ServerInfo server_info() const;
 
+  // ---- Cache administration (the rpc layer asks for the admin role) ----
+  // Empties the memory and disk tiers (and the shared tier with
+  // include_shared: FAILED_PRECONDITION naming include_shared without one,
+  // UNAVAILABLE when Redis is out of reach, the local tiers then untouched).
+  Result<CacheRemoval> clear_cache(const auth::Identity& who, bool include_shared);
+  // INVALID_ARGUMENT naming the field: a key that is not one (keys[i]),
+  // neither or both of keys and down_to_bytes, include_shared with
+  // down_to_bytes; then as clear_cache.
+  Result<CacheRemoval> evict_cache(const auth::Identity& who, const EvictRequest& request);
+
   // Compile or fetch like compile(), then run the validation matrix on a
   // worker whose GPU runs the cubin; the record is kept for later answers.
   // A kernel that faults or hangs comes back as a failed record.

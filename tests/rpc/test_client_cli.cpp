@@ -495,6 +495,43 @@ TEST(Cli, ValidateRefusesBadOptionsAndDocumentsItsExitCodes) {
   EXPECT_NE(help.out.find("3 when it failed"), std::string::npos) << help.out;
 }
 
+TEST(Cli, CacheEvictAndClearRemoveKernelsAndSayWhat) {
+  REQUIRE_ENV();
+  const auto& a = kernel_a();
+  ASSERT_TRUE(a.ok()) << a.error().message;
+  const CliRun evicted = run_cli({"--address", address_arg(), "cache", "evict", a->key(),
+                                  std::string(64, 'd')});
+  ASSERT_EQ(evicted.exit_code, 0) << describe_run(evicted);
+  EXPECT_NE(evicted.out.find("memory: removed 1 entries"), std::string::npos) << evicted.out;
+  EXPECT_NE(evicted.out.find("disk:   removed 1 entries"), std::string::npos) << evicted.out;
+  EXPECT_NE(evicted.out.find("not cached: " + std::string(64, 'd')), std::string::npos)
+      << evicted.out;
+  const CliRun get = run_cli({"--address", address_arg(), "get", a->key()});
+  EXPECT_EQ(get.exit_code, 1) << describe_run(get);
+
+  const CliRun cleared = run_cli({"--address", address_arg(), "--json", "cache", "clear"});
+  ASSERT_EQ(cleared.exit_code, 0) << describe_run(cleared);
+  v1::CacheChange change;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(cleared.out, &change).ok())
+      << cleared.out;
+  EXPECT_EQ(change.memory().entries_left(), 0u);
+
+  const CliRun trimmed =
+      run_cli({"--address", address_arg(), "cache", "evict", "--down-to", "1M"});
+  EXPECT_EQ(trimmed.exit_code, 0) << describe_run(trimmed);
+  // Neither keys nor a size: the daemon's one-line refusal names the fields.
+  const CliRun nothing = run_cli({"--address", address_arg(), "cache", "evict"});
+  EXPECT_EQ(nothing.exit_code, 1) << describe_run(nothing);
+  EXPECT_NE(nothing.err.find("keys, down_to_bytes"), std::string::npos) << nothing.err;
+
+  const CliRun help = run_cli({"cache", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* word : {"clear", "evict", "admin"})
+    EXPECT_NE(help.out.find(word), std::string::npos) << word << "\n" << help.out;
+  const CliRun top = run_cli({"--help"});
+  EXPECT_NE(top.out.find("cache"), std::string::npos) << top.out;
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   // No daemon needed: the arguments are refused before connecting.
   const CliRun missing_dtype = run_cli({"--address", "127.0.0.1:1", "compile", "--head-dim",

@@ -123,7 +123,7 @@ std::string bearer(const TestClient& c) { return std::string("Bearer ") + c.toke
 // authentication and then fails fast (or succeeds) without compiling.
 struct MethodCall {
   std::string name;
-  int needed;  // 0 read, 1 compile, 2 tune
+  int needed;  // 0 read, 1 compile, 2 tune, 3 admin
   std::function<grpc::Status(v1::FlashCore::Stub&, const std::string&)> call;
 };
 
@@ -217,6 +217,18 @@ std::vector<MethodCall> every_method() {
                      q.set_id(424242);
                      v1::CancelTuneJobResponse r;
                      return stub.CancelTuneJob(&c, q, &r);
+                   }});
+  calls.push_back({"ClearCache", 3, [](auto& stub, const std::string& a) {
+                     grpc::ClientContext c;
+                     authorize(c, a);
+                     v1::CacheChange r;
+                     return stub.ClearCache(&c, {}, &r);
+                   }});
+  calls.push_back({"EvictCache", 3, [](auto& stub, const std::string& a) {
+                     grpc::ClientContext c;
+                     authorize(c, a);
+                     v1::CacheChange r;  // no keys, no size: INVALID_ARGUMENT once admitted
+                     return stub.EvictCache(&c, {}, &r);
                    }});
   return calls;
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -337,6 +338,101 @@ TEST(DiskStore, BoundEvictsTheLeastRecentlyUsedEntries) {
   ASSERT_TRUE(tiny.store(entries[1]).ok());
   EXPECT_TRUE(tiny.load(entries[1].key).has_value());
   EXPECT_EQ(tiny.list("", 10).size(), 1u);
+}
+
+// cache clear|evict: every entry file goes whole (also one another daemon
+// sharing the folder wrote), a temp file of a writer in flight stays, and
+// the byte count follows.
+TEST(DiskStore, ClearEraseAndTrimRemoveWholeEntries) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "cache";
+  std::vector<CachedKernel> entries;
+  for (int i = 0; i < 4; ++i)
+    entries.push_back(sample_entry(test_key("admin" + std::to_string(i)), sample_cubin(5000, i)));
+  const uint64_t one = DiskStore::encode(entries[0]).size();
+  DiskStore store(root);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(store.store(entries[i]).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // distinct file times
+  }
+  ASSERT_TRUE(store.load(entries[0].key).has_value());  // 1 is now the least recent
+
+  TierRemoval erased = store.erase(entries[2].key);
+  EXPECT_EQ(erased.entries_removed, 1u);
+  EXPECT_EQ(erased.bytes_removed, one);
+  EXPECT_EQ(erased.entries_left, 2u);
+  EXPECT_EQ(erased.bytes_left, 2 * one);
+  EXPECT_FALSE(fs::exists(store.path_for(entries[2].key)));
+  EXPECT_EQ(store.erase(entries[2].key).entries_removed, 0u);
+  EXPECT_EQ(store.erase("not-a-key").entries_removed, 0u);
+
+  TierRemoval trimmed = store.trim_to(one);
+  EXPECT_EQ(trimmed.entries_removed, 1u);
+  EXPECT_FALSE(store.load(entries[1].key).has_value());
+  EXPECT_TRUE(store.load(entries[0].key).has_value());
+  EXPECT_EQ(store.bytes(), one);
+  EXPECT_EQ(store.evicted_entries(), 0u);  // administrative, not the bound's
+
+  // Another daemon's entry (written behind this store's back) and a writer's temp file.
+  {
+    DiskStore other(root);
+    ASSERT_TRUE(other.store(entries[3]).ok());
+  }
+  const fs::path temp = store.path_for(entries[1].key).string() + ".tmp.4242.1";
+  write_file(temp, "half of an entry");
+  TierRemoval cleared = store.clear();
+  EXPECT_EQ(cleared.entries_removed, 2u);
+  EXPECT_EQ(cleared.bytes_removed, 2 * one);
+  EXPECT_EQ(cleared.entries_left, 0u);
+  EXPECT_EQ(cleared.bytes_left, 0u);
+  EXPECT_EQ(store.bytes(), 0u);
+  EXPECT_TRUE(store.list("", 10).empty());
+  EXPECT_TRUE(fs::exists(temp));
+  // Stores and loads go on after a clear.
+  ASSERT_TRUE(store.store(entries[1]).ok());
+  EXPECT_TRUE(store.load(entries[1].key).has_value());
+  EXPECT_EQ(store.bytes(), one);
+}
+
+// Loads and stores racing a clear never leave the index naming a file that
+// is gone, nor a file that does not decode.
+TEST(DiskStore, ClearsRacingStoresAndLoadsLeaveOnlyWholeEntries) {
+  ScratchDir dir;
+  const fs::path root = dir.path() / "cache";
+  std::vector<CachedKernel> entries;
+  for (int i = 0; i < 4; ++i)
+    entries.push_back(sample_entry(test_key("race" + std::to_string(i)), sample_cubin(20000, i)));
+  DiskStore store(root);
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; !stop.load(); ++i) {
+        const CachedKernel& e = entries[(i + t) % entries.size()];
+        (void)store.store(e);
+        if (auto loaded = store.load(e.key); loaded && loaded->compiled.cubin != e.compiled.cubin)
+          ++bad;
+      }
+    });
+  for (int i = 0; i < 50; ++i) {
+    store.clear();
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  stop = true;
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(bad.load(), 0);
+  EXPECT_EQ(store.corrupt_entries(), 0u);
+  // What the index counts is exactly what is on disk, and each file decodes.
+  uint64_t on_disk = 0;
+  for (const auto& e : entries) {
+    std::error_code ec;
+    const auto size = fs::file_size(store.path_for(e.key), ec);
+    if (ec) continue;
+    on_disk += size;
+    EXPECT_TRUE(DiskStore::decode(read_file(store.path_for(e.key)), nullptr).has_value());
+  }
+  EXPECT_EQ(store.bytes(), on_disk);
 }
 
 // Temp files a crashed writer left are removed at start; a fresh one (a

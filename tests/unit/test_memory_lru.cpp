@@ -60,6 +60,43 @@ TEST(MemoryLru, EvictsLeastRecentlyUsedByBytes) {
   EXPECT_EQ(lru.bytes(), d->footprint_bytes() + big->footprint_bytes());
 }
 
+// cache clear|evict: entries go whole; a caller holding one keeps it.
+TEST(MemoryLru, ClearEraseAndTrimCountWhatTheyRemove) {
+  auto a = entry("a", 1000), b = entry("b", 2000), c = entry("c", 3000);
+  MemoryLru lru(1 << 20);
+  for (const auto& e : {a, b, c}) lru.put(e);
+  ASSERT_EQ(lru.get(a->key), a);  // order now (newest first): a, c, b
+
+  TierRemoval erased = lru.erase(c->key);
+  EXPECT_EQ(erased.entries_removed, 1u);
+  EXPECT_EQ(erased.bytes_removed, c->footprint_bytes());
+  EXPECT_EQ(erased.entries_left, 2u);
+  EXPECT_EQ(erased.bytes_left, a->footprint_bytes() + b->footprint_bytes());
+  EXPECT_EQ(lru.get(c->key), nullptr);
+  EXPECT_EQ(lru.erase(c->key).entries_removed, 0u);  // not held: nothing
+
+  // Down to a's size: b, the least recent, goes; a stays.
+  TierRemoval trimmed = lru.trim_to(a->footprint_bytes());
+  EXPECT_EQ(trimmed.entries_removed, 1u);
+  EXPECT_EQ(trimmed.bytes_removed, b->footprint_bytes());
+  EXPECT_EQ(lru.get(b->key), nullptr);
+  EXPECT_EQ(lru.get(a->key), a);
+  EXPECT_EQ(lru.trim_to(a->footprint_bytes()).entries_removed, 0u);
+  EXPECT_EQ(lru.evictions(), 0u);  // administrative removals are not LRU evictions
+
+  std::shared_ptr<const CachedKernel> held = lru.get(a->key);
+  TierRemoval cleared = lru.clear();
+  EXPECT_EQ(cleared.entries_removed, 1u);
+  EXPECT_EQ(cleared.bytes_removed, a->footprint_bytes());
+  EXPECT_EQ(cleared.entries_left, 0u);
+  EXPECT_EQ(cleared.bytes_left, 0u);
+  EXPECT_EQ(lru.size(), 0u);
+  EXPECT_EQ(lru.bytes(), 0u);
+  EXPECT_EQ(held->compiled.cubin, a->compiled.cubin);  // still whole for its holder
+  lru.put(b);
+  EXPECT_EQ(lru.get(b->key), b);  // the tier works on after a clear
+}
+
 TEST(MemoryLru, OversizedEntryIsNotKeptAndEvictsNothing) {
   auto a = entry("a", 1000);
   MemoryLru lru(a->footprint_bytes() * 2);

@@ -96,6 +96,10 @@ class Client {
   Result<v1::ListTuneJobsResponse> list_tune_jobs();
   // Cancels one by its TuneJob.id: this client's own, or any for an admin.
   Result<v1::TuneJob> cancel_tune_job(int64_t id);
+  // Admin role: empties the daemon's memory and disk tiers (and the fleet's
+  // shared tier with include_shared), or evicts by key or down to a size.
+  Result<v1::CacheChange> clear_cache(bool include_shared = false);
+  Result<v1::CacheChange> evict_cache(const v1::EvictCacheRequest& request);
   // grpc.health.v1 status name: "SERVING", "NOT_SERVING", "UNKNOWN", ...
   Result<std::string> health(const std::string& service = "");
 
