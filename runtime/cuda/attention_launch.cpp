@@ -250,9 +250,17 @@ Status decode_launch_error(const DecodeLaunchConfig& config) {
   const auto bad = [](const std::string& what) {
     return make_error(ErrorCode::invalid_argument, "decode handle: " + what);
   };
-  if (config.packed_rows == 0) return bad("config.block_m (packed rows) must be > 0");
-  if (config.block_n == 0) return bad("config.block_n must be > 0");
-  if (config.split_threads == 0) return bad("launch.block.x must be > 0");
+  // The split rule and the launch take these as int: a value past 1024 (a
+  // CUDA block's limit, and 16x the family's largest tile) would come out
+  // negative there (a handle's int32 -1 reads as 4294967295) and divide by 0.
+  constexpr unsigned kMax = 1024;
+  if (config.packed_rows == 0 || config.packed_rows > kMax)
+    return bad("config.block_m (packed rows) must be in [1, 1024], not " +
+               std::to_string(config.packed_rows));
+  if (config.block_n == 0 || config.block_n > kMax)
+    return bad("config.block_n must be in [1, 1024], not " + std::to_string(config.block_n));
+  if (config.split_threads == 0 || config.split_threads > kMax)
+    return bad("launch.block.x must be in [1, 1024], not " + std::to_string(config.split_threads));
   if (config.head_dim <= 0 || config.head_dim > 256)
     return bad("problem.head_dim " + std::to_string(config.head_dim) + " is not in (0, 256]");
   if (config.splits < 0) return bad("config.splits must be >= 0");

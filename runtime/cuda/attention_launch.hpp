@@ -92,8 +92,9 @@ struct DecodeLaunchConfig {
 };
 
 // invalid_argument naming the field when a decode handle's launch config
-// cannot be used: no packed rows, block_n or split block (the split rule
-// divides by block_n), a head_dim outside (0, 256], negative splits. The
+// cannot be used: packed rows, block_n or split block not in [1, 1024] (the
+// split rule divides by block_n, as an int), a head_dim outside (0, 256],
+// negative splits. The
 // launcher and the worker check it before anything below.
 Status decode_launch_error(const DecodeLaunchConfig& config);
 

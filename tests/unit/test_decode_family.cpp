@@ -125,6 +125,37 @@ TEST(DecodeFamily, LaunchFollowsTheSplitRuleAndSizesTheWorkspace) {
   EXPECT_EQ(decode_family::launch(config, problem, small, 132).num_splits, 7);
 }
 
+// A handle's launch config is checked before the split rule divides by it:
+// sizes read from a handle's int32 fields as unsigned (-1 is 4294967295)
+// would come out negative as int there (the handle-ABI fuzzer found
+// block_n -1 dividing by zero in decode_effective_splits).
+TEST(DecodeFamily, LaunchConfigOutsideTheBlockLimitsIsRefusedNamingTheField) {
+  cuda::DecodeLaunchConfig config;
+  config.head_dim = 128;
+  config.packed_rows = 16;
+  config.block_n = 64;
+  config.split_threads = 128;
+  config.splits = 8;
+  EXPECT_TRUE(cuda::decode_launch_error(config).ok());
+  for (unsigned bad : {0u, 1025u, 4294967295u}) {
+    cuda::DecodeLaunchConfig c = config;
+    c.block_n = bad;
+    const auto block_n = cuda::decode_launch_error(c);
+    ASSERT_FALSE(block_n.ok()) << bad;
+    EXPECT_NE(block_n.error().message.find("config.block_n"), std::string::npos);
+    c = config;
+    c.packed_rows = bad;
+    const auto rows = cuda::decode_launch_error(c);
+    ASSERT_FALSE(rows.ok()) << bad;
+    EXPECT_NE(rows.error().message.find("config.block_m"), std::string::npos);
+    c = config;
+    c.split_threads = bad;
+    const auto threads = cuda::decode_launch_error(c);
+    ASSERT_FALSE(threads.ok()) << bad;
+    EXPECT_NE(threads.error().message.find("launch.block.x"), std::string::npos);
+  }
+}
+
 // The split counters sit at offset 0 of the workspace whatever the shape, so
 // a workspace reused for another shape keeps them where it zeroed them; the
 // partials follow, and everything fits in decode_workspace_bytes.
