@@ -247,6 +247,21 @@ ReadOutcome read_prefix(const fs::path& path, size_t max_bytes, std::string* out
   return ReadOutcome::ok;
 }
 
+// Calls visit(file) for every file in the two-character shard folders under
+// root, skipping what cannot be read (the start scan, listings and clear walk
+// the folder this way).
+template <typename Visit>
+void for_each_shard_file(const fs::path& root, Visit visit) {
+  std::error_code ec;
+  for (fs::directory_iterator shards(root, ec), end; !ec && shards != end; shards.increment(ec)) {
+    std::error_code entry_ec;
+    if (!shards->is_directory(entry_ec) || shards->path().filename().string().size() != 2) continue;
+    for (fs::directory_iterator files(shards->path(), entry_ec); !entry_ec && files != end;
+         files.increment(entry_ec))
+      visit(files->path());
+  }
+}
+
 }  // namespace
 
 DiskStore::DiskStore(fs::path root, uint64_t max_bytes)
@@ -259,31 +274,24 @@ void DiskStore::scan() {
   // older than this start (with a minute's grace for a concurrent writer
   // sharing the folder) belongs to a writer that died.
   const auto stale_before = fs::file_time_type::clock::now() - std::chrono::minutes(1);
-  std::error_code ec;
   std::lock_guard lock(index_mutex_);
-  for (fs::directory_iterator shards(root_, ec), end; !ec && shards != end; shards.increment(ec)) {
-    std::error_code entry_ec;
-    if (!shards->is_directory(entry_ec) || shards->path().filename().string().size() != 2) continue;
-    for (fs::directory_iterator files(shards->path(), entry_ec); !entry_ec && files != end;
-         files.increment(entry_ec)) {
-      const fs::path& file = files->path();
-      std::error_code file_ec;
-      const auto time = fs::last_write_time(file, file_ec);
-      if (file_ec) continue;
-      const std::string name = file.filename().string();
-      if (name.find(".tmp.") != std::string::npos) {
-        if (time < stale_before && fs::remove(file, file_ec)) ++stale_temps_removed_;
-        continue;
-      }
-      if (file.extension() != kExtension) continue;
-      const std::string key = file.stem().string();
-      if (!is_well_formed_key(key)) continue;
-      const auto size = fs::file_size(file, file_ec);
-      if (file_ec) continue;
-      index_[key] = Indexed{size, time};
-      total_bytes_ += size;
+  for_each_shard_file(root_, [&](const fs::path& file) {
+    std::error_code file_ec;
+    const auto time = fs::last_write_time(file, file_ec);
+    if (file_ec) return;
+    const std::string name = file.filename().string();
+    if (name.find(".tmp.") != std::string::npos) {
+      if (time < stale_before && fs::remove(file, file_ec)) ++stale_temps_removed_;
+      return;
     }
-  }
+    if (file.extension() != kExtension) return;
+    const std::string key = file.stem().string();
+    if (!is_well_formed_key(key)) return;
+    const auto size = fs::file_size(file, file_ec);
+    if (file_ec) return;
+    index_[key] = Indexed{size, time};
+    total_bytes_ += size;
+  });
   if (stale_temps_removed_ > 0)
     spdlog::info("cache folder {}: removed {} temp files a crashed writer left", root_.string(),
                  stale_temps_removed_);
@@ -352,21 +360,13 @@ TierRemoval DiskStore::clear() {
   std::lock_guard lock(index_mutex_);
   // Entry files this store has not indexed (another daemon sharing the
   // folder wrote them) go too; temp files (".tmp.") belong to writers in flight.
-  std::error_code ec;
-  for (fs::directory_iterator shards(root_, ec), end; !ec && shards != end; shards.increment(ec)) {
-    std::error_code entry_ec;
-    if (!shards->is_directory(entry_ec) || shards->path().filename().string().size() != 2) continue;
-    for (fs::directory_iterator files(shards->path(), entry_ec); !entry_ec && files != end;
-         files.increment(entry_ec)) {
-      const fs::path& file = files->path();
-      const std::string key = file.stem().string();
-      if (file.extension() != kExtension || !is_well_formed_key(key) || index_.contains(key))
-        continue;
-      std::error_code file_ec;
-      const auto size = fs::file_size(file, file_ec);
-      if (!file_ec) index_if_present(key, size, fs::file_time_type::clock::now());
-    }
-  }
+  for_each_shard_file(root_, [&](const fs::path& file) {
+    const std::string key = file.stem().string();
+    if (file.extension() != kExtension || !is_well_formed_key(key) || index_.contains(key)) return;
+    std::error_code file_ec;
+    const auto size = fs::file_size(file, file_ec);
+    if (!file_ec) index_if_present(key, size, fs::file_time_type::clock::now());
+  });
   TierRemoval removal;
   std::vector<std::string> keys;
   keys.reserve(index_.size());
@@ -501,22 +501,15 @@ std::vector<CachedKernel> DiskStore::list(const std::string& after_key, size_t l
 
   // Keys from file names first; only the page's entries are then opened.
   std::vector<std::string> keys;
-  std::error_code ec;
-  for (fs::directory_iterator shards(root_, ec), end; !ec && shards != end; shards.increment(ec)) {
-    std::error_code entry_ec;
-    if (!shards->is_directory(entry_ec)) continue;
-    const std::string shard = shards->path().filename().string();
-    if (shard.size() != 2) continue;
-    for (fs::directory_iterator files(shards->path(), entry_ec); !entry_ec && files != end;
-         files.increment(entry_ec)) {
-      const fs::path& file = files->path();
-      if (file.extension() != kExtension) continue;  // temp files end in .tmp.<pid>.<n>
-      const std::string key = file.stem().string();
-      if (is_well_formed_key(key) && key.compare(0, 2, shard) == 0 && key > after_key)
-        keys.push_back(key);
-    }
-  }
+  for_each_shard_file(root_, [&](const fs::path& file) {
+    if (file.extension() != kExtension) return;  // temp files end in .tmp.<pid>.<n>
+    const std::string key = file.stem().string();
+    const std::string shard = file.parent_path().filename().string();
+    if (is_well_formed_key(key) && key.compare(0, 2, shard) == 0 && key > after_key)
+      keys.push_back(key);
+  });
   std::sort(keys.begin(), keys.end());
+  std::error_code ec;
 
   for (const auto& key : keys) {
     if (out.size() >= limit) break;
