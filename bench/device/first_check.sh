@@ -10,9 +10,7 @@ B=dist/flashcore-0.1.0-linux-x86_64/bin
 GPU_TEST_FILTER=${GPU_TEST_FILTER:-'*sm90_*:*dec_*:SM90_Evaluator.*'} GPU_TEST_TIMEOUT=${GPU_TEST_TIMEOUT:-300} \
   bash bench/hopper/device_check.sh
 echo "== rpc gpu tests"
-FLASHCORE_WORKER_BINARY=$B/flashcore_worker FLASHCORE_COMPILE_WORKER_BINARY=$B/flashcore_compile_worker \
-  timeout 240 $B/flashcore_rpc_tests --gtest_filter='*GpuTest.*' \
-  > $OUT/rpc_gpu_tests.log 2>&1; echo "rpc gpu rc $?"; grep -E '^\[  (PASSED|FAILED)  \]|FAILED  \]|^\[ evolve' $OUT/rpc_gpu_tests.log | cut -c1-300
+bash bench/device/rpc_gpu_tests.sh $OUT/rpc_gpu_tests.log 240
 echo "== validate through the daemon"
 work=$(mktemp -d)
 $B/flashcored --listen 127.0.0.1:0 --port-file $work/port --cache-dir $work/cache --tuning-db $work/tuning.db --log-level warn \

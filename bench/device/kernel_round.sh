@@ -14,15 +14,12 @@ mkdir -p $final/ab $final/gpu
   OUT=$final/ab bash bench/device/ab_round.sh
   echo "== ab_round $((SECONDS - start)) s"
   tar xzf dist/flashcore-0.1.0-linux-x86_64.tar.gz -C dist
-  B=dist/flashcore-0.1.0-linux-x86_64/bin
   start=$SECONDS
   GPU_TEST_FILTER=${GPU_TEST_FILTER:-'*sm90_*:SM90_Evaluator.*'} GPU_TEST_TIMEOUT=${GPU_TEST_TIMEOUT:-150} \
     SANITIZER_TIMEOUT=${SANITIZER_TIMEOUT:-60} OUT=$final/gpu bash bench/hopper/device_check.sh
   echo "== device_check $((SECONDS - start)) s"
   start=$SECONDS
-  FLASHCORE_WORKER_BINARY=$B/flashcore_worker FLASHCORE_COMPILE_WORKER_BINARY=$B/flashcore_compile_worker \
-    timeout ${RPC_TIMEOUT:-150} $B/flashcore_rpc_tests --gtest_filter='*GpuTest.*' > $final/gpu/rpc_gpu_tests.log 2>&1
-  echo "rpc gpu rc $?"; grep -E '^\[  (PASSED|FAILED)  \]|FAILED  \]|^\[ evolve' $final/gpu/rpc_gpu_tests.log | cut -c1-300
+  bash bench/device/rpc_gpu_tests.sh $final/gpu/rpc_gpu_tests.log ${RPC_TIMEOUT:-150}
   echo "== rpc $((SECONDS - start)) s"
 } 2>&1 | tee $final/summary.txt
 tar czf $final/logs.tgz -C $final ab gpu && rm -rf $final/ab $final/gpu

@@ -12,7 +12,6 @@ export PYTHONUNBUFFERED=1
 final=$OUT
 OUT=$final/work; mkdir -p $OUT
 tar xzf dist/flashcore-0.1.0-linux-x86_64.tar.gz -C dist
-B=dist/flashcore-0.1.0-linux-x86_64/bin
 {
   if [[ -z "${SKIP_CHECK:-}" ]]; then
     start=$SECONDS
@@ -29,9 +28,7 @@ B=dist/flashcore-0.1.0-linux-x86_64/bin
   echo "== bench $((SECONDS - start)) s"
   if [[ -n "${RPC_TESTS-1}" ]]; then
     start=$SECONDS
-    FLASHCORE_WORKER_BINARY=$B/flashcore_worker FLASHCORE_COMPILE_WORKER_BINARY=$B/flashcore_compile_worker \
-      timeout ${RPC_TIMEOUT:-200} $B/flashcore_rpc_tests --gtest_filter='*GpuTest.*' > $OUT/rpc_gpu_tests.log 2>&1
-    echo "rpc gpu rc $?"; grep -E '^\[  (PASSED|FAILED)  \]|FAILED  \]' $OUT/rpc_gpu_tests.log | cut -c1-300
+    bash bench/device/rpc_gpu_tests.sh $OUT/rpc_gpu_tests.log ${RPC_TIMEOUT:-200}
     echo "== rpc $((SECONDS - start)) s"
   fi
 } 2>&1 | tee $final/summary.txt
