@@ -3,7 +3,8 @@
 # the RPC layer's GPU tests (workers), Validate through the daemon for a decode and
 # a Hopper kernel (the evaluation worker's ABI 2/3 paths), and the Python GPU tests
 # with the Hopper family on (offline handle cache made by prepare_gpu_handles.py).
-#   OUT=dir bash bench/device/first_check.sh     (from the repo root, bundle tarball in dist/)
+#   OUT=dir bash bench/device/first_check.sh     (from the repo root, bundle tarball in dist/,
+#   build/pydev from make_pydev.sh, build/gpu_handles from tests/python/prepare_gpu_handles.py)
 set -u
 tar xzf dist/flashcore-0.1.0-linux-x86_64.tar.gz -C dist
 B=dist/flashcore-0.1.0-linux-x86_64/bin
