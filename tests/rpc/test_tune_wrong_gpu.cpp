@@ -1,0 +1,218 @@
+// Proof that wrong kernels never win (issue 13), on a GPU through the daemon:
+// the REAL attention template, in a scratch copy where a TEST-ONLY change
+// makes chosen tile configs drop their last key tile (a plausible kernel: it
+// runs, writes every output, and is wrong by the softmax mass of the keys it
+// skips). Through Tune:
+// - every config wrong: each trial is recorded `wrong` by the fp64 gate (no
+//   correct candidate ever becomes the reference), the job fails with
+//   FAILED_PRECONDITION and nothing is stored as best;
+// - some configs wrong: the family default (tried first, correct) becomes the
+//   reference kernel, the wrong ones are recorded `wrong` against it, and the
+//   best stored is a correct config that passed the full validation.
+// Without a GPU (or worker) each case skips after checking what needs none:
+// the insertion point still exists in the template.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "family/tile_config.hpp"
+#include "flashcore/client.hpp"
+#include "rpc/translate.hpp"
+#include "rpc_test_support.hpp"
+#include "tuning/tuning_db.hpp"
+
+namespace flashcore {
+namespace {
+
+using namespace rpc_testing;
+using namespace std::chrono_literals;
+
+constexpr const char* kWrongMarker = "TEST-ONLY WRONG";
+// The line of attention_fwd.cuh that counts a row block's key tiles.
+constexpr const char* kTileCount = "  const int n_tiles = (key_end + BlockN - 1) / BlockN;";
+
+// The embedded templates with the key-tile count of attention_fwd.cuh one
+// short (when more than one tile) for the configs `condition` selects (a
+// constant expression over the kernel's template parameters).
+void write_wrong_templates(const test_support::ScratchDir& dir, const std::string& condition) {
+  const auto& sources = TemplateRegistry::embedded()->sources();
+  const auto attention = sources.find("attention/attention_fwd.cuh");
+  ASSERT_NE(attention, sources.end()) << "embedded templates lack attention/attention_fwd.cuh";
+  std::string source = attention->second;
+  const size_t at = source.find(kTileCount);
+  ASSERT_NE(at, std::string::npos) << "'" << kTileCount << "' is not in attention_fwd.cuh: "
+                                   << "update this test";
+  ASSERT_EQ(source.find(kTileCount, at + 1), std::string::npos);
+  const std::string wrong =
+      std::string("  // ") + kWrongMarker + " (tests/rpc/test_tune_wrong_gpu.cpp): the selected\n" +
+      "  // configs skip their last key tile. Never in kernel_templates/.\n" +
+      "  const int n_tiles = (key_end + BlockN - 1) / BlockN -\n" + "                      ((" +
+      condition + ") && key_end > BlockN ? 1 : 0);";
+  source.replace(at, std::string(kTileCount).size(), wrong);
+  for (const auto& [relative, contents] : sources)
+    dir.write(relative, relative == attention->first ? source : contents);
+  ASSERT_NE(test_support::read_file(dir / attention->first).find(kWrongMarker), std::string::npos);
+}
+
+// B1 H4 S256 (4 key tiles of 64), fp16, head_dim 64, the daemon's GPU.
+v1::TuneRequest wrong_tune_request(int max_evaluations) {
+  v1::TuneRequest request;
+  v1::KernelRequest* kernel = request.mutable_kernel();
+  *kernel = quick_request();
+  kernel->clear_arch();
+  kernel->clear_config();
+  v1::Problem* problem = kernel->mutable_problem();
+  problem->set_dtype(v1::DTYPE_FP16);
+  problem->set_head_dim(64);
+  problem->set_batch(1);
+  problem->set_heads(4);
+  problem->set_seq_q(256);
+  request.set_searcher("exhaustive");
+  request.set_max_evaluations(max_evaluations);
+  request.set_time_budget_ms(300000);  // the count stops the search
+  request.set_force(true);
+  request.mutable_timing()->set_warmup(1);
+  request.mutable_timing()->set_repetitions(3);
+  request.mutable_timing()->set_target_loop_ms(0.5);
+  return request;
+}
+
+struct WrongRun {
+  test_support::ScratchDir templates, cache;
+  std::unique_ptr<Daemon> daemon;
+  std::optional<client::Client> client;
+  std::string skip;  // why the GPU part cannot run here
+};
+
+// A daemon over the scratch templates with the real evaluation worker.
+void start(WrongRun& run, const std::string& condition) {
+  ASSERT_NO_FATAL_FAILURE(write_wrong_templates(run.templates, condition));
+  DaemonConfig config = loopback_config(run.cache.path());
+  config.templates_dir = run.templates.path();
+  config.compile_threads = 4;
+  const char* worker = std::getenv("FLASHCORE_WORKER_BINARY");
+  config.worker_binary = worker != nullptr && *worker != '\0' ? worker : FLASHCORE_WORKER_PATH;
+  run.daemon = start_daemon(config);
+  ASSERT_NE(run.daemon, nullptr);
+  client::ConnectOptions options;
+  options.address = run.daemon->address();
+  auto connected = client::Client::connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  run.client.emplace(std::move(connected.value()));
+  auto info = run.client->server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  if (!info->gpu_available()) run.skip = "no evaluation workers: " + info->gpu_unavailable_reason();
+}
+
+// The job's measured trials, once the job thread has recorded its end.
+std::vector<TrialRecord> measured_trials(const WrongRun& run, int64_t job_id, JobStatus* status) {
+  auto db = TuningDb::open((run.cache.path() / "tuning.db").string());
+  EXPECT_TRUE(db.ok()) << db.error().message;
+  if (!db.ok()) return {};
+  for (int i = 0; i < 400; ++i) {
+    auto job = (*db)->job(job_id);
+    if (job.ok() && *job && (*job)->status != JobStatus::running) {
+      *status = (*job)->status;
+      break;
+    }
+    std::this_thread::sleep_for(25ms);
+  }
+  auto trials = (*db)->trials_for_job(job_id);
+  EXPECT_TRUE(trials.ok()) << trials.error().message;
+  std::vector<TrialRecord> measured;
+  if (trials.ok())
+    for (const TrialRecord& t : *trials)
+      if (t.status != TrialStatus::skipped) measured.push_back(t);
+  return measured;
+}
+
+int64_t job_of(const std::vector<v1::TuneProgress>& events) {
+  for (const auto& event : events)
+    if (event.has_started()) return event.started().job_id();
+  return -1;
+}
+
+TEST(TuneWrongGpuTest, SM80_EveryConfigWrongIsRecordedWrongByTheFp64GateAndNothingIsStored) {
+  WrongRun run;
+  ASSERT_NO_FATAL_FAILURE(start(run, "true"));
+  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+
+  constexpr int kEvaluations = 4;
+  std::vector<v1::TuneProgress> events;
+  auto result = run.client->tune(wrong_tune_request(kEvaluations),
+                                 [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
+                                 std::chrono::minutes(5));
+  ASSERT_FALSE(result.ok()) << "a best was found among kernels that all drop a key tile";
+  EXPECT_EQ(result.error().code, ErrorCode::failed_precondition) << result.error().message;
+  EXPECT_NE(result.error().message.find("passed the correctness gate"), std::string::npos)
+      << result.error().message;
+
+  JobStatus status = JobStatus::running;
+  const auto trials = measured_trials(run, job_of(events), &status);
+  EXPECT_NE(status, JobStatus::succeeded);
+  ASSERT_EQ(trials.size(), static_cast<size_t>(kEvaluations));
+  for (const TrialRecord& t : trials) {
+    SCOPED_TRACE(config_label(t.config));
+    std::printf("[ wrong    ] %s: %s\n", config_label(t.config).c_str(), t.failure_reason.c_str());
+    EXPECT_EQ(t.status, TrialStatus::wrong) << t.failure_reason;
+    EXPECT_NE(t.failure_reason.find("fp64"), std::string::npos) << t.failure_reason;
+  }
+  auto db = TuningDb::open((run.cache.path() / "tuning.db").string());
+  ASSERT_TRUE(db.ok()) << db.error().message;
+  auto best = (*db)->list_best(100);
+  ASSERT_TRUE(best.ok()) << best.error().message;
+  EXPECT_TRUE(best->items.empty()) << best->items.size() << " bests stored";
+}
+
+TEST(TuneWrongGpuTest, SM80_WrongConfigsAreRecordedWrongAgainstTheReferenceKernelAndNeverBest) {
+  // block_n 32 drops its last tile; the family default (tried first) is not 32.
+  auto wrong = [](const TileConfig& c) { return c.block_n == 32; };
+  WrongRun run;
+  ASSERT_NO_FATAL_FAILURE(start(run, "BlockN == 32"));
+  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+
+  constexpr int kEvaluations = 10;
+  std::vector<v1::TuneProgress> events;
+  auto result = run.client->tune(wrong_tune_request(kEvaluations),
+                                 [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
+                                 std::chrono::minutes(5));
+  ASSERT_TRUE(result.ok()) << result.error().message << "\n" << result.error().detail;
+  auto best = rpc::parse_config(result->config());
+  ASSERT_TRUE(best.ok()) << best.error().message;
+  EXPECT_FALSE(wrong(*best)) << config_label(*best) << " won while dropping a key tile";
+
+  JobStatus status = JobStatus::running;
+  const auto trials = measured_trials(run, job_of(events), &status);
+  EXPECT_EQ(status, JobStatus::succeeded);
+  ASSERT_EQ(trials.size(), static_cast<size_t>(kEvaluations));
+  ASSERT_FALSE(wrong(trials.front().config)) << "the first trial (the reference) is a wrong one";
+  int wrong_trials = 0;
+  for (const TrialRecord& t : trials) {
+    SCOPED_TRACE(config_label(t.config));
+    if (wrong(t.config)) {
+      ++wrong_trials;
+      std::printf("[ wrong    ] %s: %s\n", config_label(t.config).c_str(),
+                  t.failure_reason.c_str());
+      EXPECT_EQ(t.status, TrialStatus::wrong) << t.failure_reason;
+      EXPECT_NE(t.failure_reason.find("reference kernel"), std::string::npos) << t.failure_reason;
+    } else {
+      EXPECT_EQ(t.status, TrialStatus::ok) << t.failure_reason;
+    }
+  }
+  EXPECT_GE(wrong_trials, 1) << "no block_n 32 config among the first proposals: change wrong()";
+  auto db = TuningDb::open((run.cache.path() / "tuning.db").string());
+  ASSERT_TRUE(db.ok()) << db.error().message;
+  auto stored = (*db)->list_best(100);
+  ASSERT_TRUE(stored.ok()) << stored.error().message;
+  ASSERT_EQ(stored->items.size(), 1u);
+  EXPECT_FALSE(wrong(stored->items.front().config));
+  EXPECT_TRUE(stored->items.front().validated);
+}
+
+}  // namespace
+}  // namespace flashcore
