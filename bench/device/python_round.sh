@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call for the Python parts: the Python GPU tests with the Hopper
+# family on (offline handle cache), the call overhead of both families, where
+# the per-call time goes (bench/python/profile_call.py), and record_shapes
+# with PyTorch. Logs under $OUT.
+#   OUT=dir bash bench/device/python_round.sh   (repo root, bundle untarred in dist/,
+#   build/pydev from make_pydev.sh, build/gpu_handles from tests/python/prepare_gpu_handles.py)
+set -u
+root=$PWD
+B=$root/dist/flashcore-0.1.0-linux-x86_64/bin
+export PYTHONPATH=$root/build/pydev FLASHCORE_TEST_PACKAGE_DIR=$root/build/pydev PYTHONUNBUFFERED=1
+cd tests/python
+FLASHCORE_TORCH_HOPPER=1 FLASHCORE_TEST_OFFLINE_CACHE=$root/build/gpu_handles \
+  FLASHCORE_TEST_RESULTS=$OUT/py_overhead_hopper.json timeout 240 python3 -m pytest -q -p no:cacheprovider \
+  test_torch_gpu.py > $OUT/pytest_gpu_hopper.log 2>&1
+echo "pytest gpu (Hopper on) rc $?: $(tail -1 $OUT/pytest_gpu_hopper.log)"
+FLASHCORE_TEST_OFFLINE_CACHE=$root/build/gpu_handles FLASHCORE_TEST_RESULTS=$OUT/py_overhead_sm80.json \
+  timeout 120 python3 -m pytest -q -p no:cacheprovider test_torch_gpu.py -k overhead > $OUT/pytest_overhead_sm80.log 2>&1
+echo "pytest overhead (sm80) rc $?: $(tail -1 $OUT/pytest_overhead_sm80.log)"
+FLASHCORE_DAEMON=$B/flashcored timeout 120 python3 -m pytest -q -p no:cacheprovider test_record_shapes.py \
+  > $OUT/pytest_record_shapes.log 2>&1
+echo "pytest record_shapes rc $?: $(tail -1 $OUT/pytest_record_shapes.log)"
+cd $root
+for family in hopper sm80; do
+  FLASHCORE_TORCH_HOPPER=$([[ $family == hopper ]] && echo 1 || echo 0) timeout 120 \
+    python3 bench/python/profile_call.py --cache build/gpu_handles > $OUT/profile_$family.txt 2>&1
+  echo "profile $family rc $?"; head -2 $OUT/profile_$family.txt
+done
+python3 - "$OUT" <<'PY'
+import json, sys, pathlib
+for f in sorted(pathlib.Path(sys.argv[1]).glob("py_overhead_*.json")):
+    d = json.loads(f.read_text())
+    print(f.name, {k: (round(v, 1) if isinstance(v, float) else v) for k, v in d.items()})
+PY
