@@ -16,9 +16,22 @@ namespace flashcore::rpc {
 
 // Compile and GetKernel, whose answers carry a cubin, are raw methods: they
 // parse their request themselves and write the handle with the cubin as a
-// slice of the cache entry (rpc/handle_wire), not a copy.
+// slice of the cache entry (rpc/handle_wire), not a copy. The rest are
+// callback methods. Composed method by method rather than on top of
+// CallbackService, whose callback Compile/GetKernel the raw ones would hide
+// (clang's -Woverloaded-virtual); an RPC added to the proto but not here
+// fails to compile at its `override` below.
+namespace methods {
+using S = v1::FlashCore;
+using Callbacks = S::WithCallbackMethod_ListKernels<S::WithCallbackMethod_GetServerInfo<
+    S::WithCallbackMethod_Validate<S::WithCallbackMethod_Tune<S::WithCallbackMethod_GetTuningResult<
+        S::WithCallbackMethod_ListTuningResults<S::WithCallbackMethod_ListTuneJobs<
+            S::WithCallbackMethod_CancelTuneJob<S::WithCallbackMethod_ListTuningJobs<
+                S::WithCallbackMethod_GetTuningJob<S::WithCallbackMethod_ClearCache<
+                    S::WithCallbackMethod_EvictCache<S::Service>>>>>>>>>>>>;
+}  // namespace methods
 using FlashCoreBase = v1::FlashCore::WithRawCallbackMethod_Compile<
-    v1::FlashCore::WithRawCallbackMethod_GetKernel<v1::FlashCore::CallbackService>>;
+    v1::FlashCore::WithRawCallbackMethod_GetKernel<methods::Callbacks>>;
 
 class FlashCoreService final : public FlashCoreBase {
  public:
