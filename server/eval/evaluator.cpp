@@ -235,13 +235,64 @@ int input_sets_for(int64_t set_bytes, int64_t l2_bytes, int64_t memory_budget_by
 
 std::string output_digest(std::string_view bytes) { return sha256_hex(bytes); }
 
-std::optional<std::string> request_error(const v1::EvaluateRequest& request) {
+namespace {
+
+// Several kernels timed together: only timing is asked, and they share one
+// problem, so one family (the ABI decides how the worker fills the params).
+std::optional<std::string> timed_kernels_error(const v1::EvaluateRequest& request) {
+  const int n = request.kernels_size();
+  if (n > kMaxTimedKernels)
+    return "kernels: " + std::to_string(n) + " given; one call times at most " +
+           std::to_string(kMaxTimedKernels);
+  if (request.has_kernel())
+    return std::string("kernel: must be unset when kernels is given (one or the other)");
+  if (!request.time()) return std::string("time: must be true with kernels (they are only timed)");
+  if (request.validate())
+    return std::string("validate: must be false with kernels (validate each on a call of its own)");
+  if (request.has_reference()) return std::string("reference: not taken with kernels");
+  if (!request.sanitizer_tool().empty())
+    return std::string("sanitizer_tool: not taken with kernels");
+  if (request.rounds() < 0 || request.rounds() > kMaxTimingRounds)
+    return "rounds: " + std::to_string(request.rounds()) + " must be in [0, " +
+           std::to_string(kMaxTimingRounds) + "]";
+  const unsigned abi = request.kernels(0).abi_version();
+  for (int i = 0; i < n; ++i) {
+    const std::string field = "kernels[" + std::to_string(i) + "]";
+    if (auto e = kernel_error(request.kernels(i), field)) return e;
+    if (request.kernels(i).abi_version() != abi)
+      return field + ".abi_version: " + std::to_string(request.kernels(i).abi_version()) +
+             " differs from kernels[0]'s " + std::to_string(abi) +
+             "; kernels timed together must be of one family";
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> kernels_error(const v1::EvaluateRequest& request) {
+  if (request.kernels_size() > 0) return timed_kernels_error(request);
+  if (request.rounds() != 0)
+    return "rounds: " + std::to_string(request.rounds()) +
+           " given without kernels (rounds are for several kernels timed together)";
   if (!request.validate() && !request.time())
     return std::string("request: neither validate nor time is set");
-  if (!request.has_kernel()) return std::string("kernel: missing");
+  if (!request.has_kernel()) return std::string("kernel: missing (or kernels, to time several)");
   if (auto e = kernel_error(request.kernel(), "kernel")) return e;
   if (request.has_reference())
     if (auto e = kernel_error(request.reference(), "reference")) return e;
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string request_kernels_label(const v1::EvaluateRequest& request) {
+  if (request.kernels_size() == 0) return request.kernel().key().substr(0, 16);
+  std::string label = std::to_string(request.kernels_size()) + " kernels (";
+  for (int i = 0; i < request.kernels_size(); ++i)
+    label += (i ? ", " : "") + request.kernels(i).key().substr(0, 16);
+  return label + ")";
+}
+
+std::optional<std::string> request_error(const v1::EvaluateRequest& request) {
+  if (auto e = kernels_error(request)) return e;
 
   const v1::Problem& p = request.problem();
   if (p.dtype() != v1::DTYPE_FP16 && p.dtype() != v1::DTYPE_BF16)
@@ -393,6 +444,22 @@ void gate_trial(int trial, const TrialErrors& errors, const ValidationLimits& li
   }
 }
 
+// A timing's options with their defaults filled in.
+struct TimingPlan {
+  int warmup = 0, repetitions = 0;
+  double target_ms = 0;
+};
+
+// The input sets, their launch parameters and the events of one timing:
+// every kernel of an interleaved call reads the very same inputs.
+struct TimingRig {
+  DeviceTensors buffers;
+  std::vector<AttentionParams> params;
+  std::optional<cuda::Event> start, stop;
+  int sets = 0;
+  size_t next = 0;  // the set the next launch reads
+};
+
 bool same_bytes(const HostOutput& a, const HostOutput& b) {
   return a.o == b.o && a.lse.size() == b.lse.size() &&
          std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * sizeof(float)) == 0;
@@ -445,6 +512,9 @@ class Evaluation {
 
   Result<v1::ValidationRecord> validate(const LoadedKernel& kernel, const LoadedKernel* reference);
   Result<v1::TimingResult> time(const LoadedKernel& kernel);
+  // request.kernels, loaded in that order, timed in interleaved rounds.
+  Result<std::vector<v1::KernelTiming>> time_interleaved(
+      const std::vector<const LoadedKernel*>& kernels);
 
  private:
   Error lose(const Error& error) { return lose_context(state_, error); }
@@ -499,8 +569,23 @@ class Evaluation {
                                                const ValidationTally& tally) const;
   std::string validated_against(const ValidationLimits& limits, const ValidationTally& tally,
                                 const LoadedKernel* reference) const;
-  // time()'s steps: the input sets with their launch parameters, and the
-  // launches per timed loop that fill `target_ms`.
+  // time()'s and time_interleaved()'s steps: the options with their
+  // defaults; the input sets with their launch parameters and the events;
+  // `launches` launches rotating through the sets; one timed loop in ms; the
+  // warm-up that returns the launches per loop filling the target; a block
+  // of samples (us per launch); their summary.
+  TimingPlan timing_plan() const;
+  Status prepare_timing(TimingRig& rig);
+  Status launch_some(TimingRig& rig, const LoadedKernel& kernel, const v1::EvalKernel& meta,
+                     int launches);
+  Result<double> timed_loop(TimingRig& rig, const LoadedKernel& kernel,
+                            const v1::EvalKernel& meta, int launches);
+  Result<int> warm_up(TimingRig& rig, const LoadedKernel& kernel, const v1::EvalKernel& meta,
+                      const TimingPlan& plan);
+  Result<std::vector<double>> sample_block(TimingRig& rig, const LoadedKernel& kernel,
+                                           const v1::EvalKernel& meta, int launches,
+                                           int repetitions);
+  v1::TimingResult timing_result(std::vector<double> samples_us, int launches, int sets) const;
   Result<std::vector<AttentionParams>> timing_params(DeviceTensors& buffers, int sets);
   Result<int> launches_per_loop(const std::function<Result<double>(int)>& timed_loop,
                                 double target_ms);
@@ -911,64 +996,139 @@ std::string Evaluation::validated_against(const ValidationLimits& limits,
   return "fp64 on every row";
 }
 
-Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
+TimingPlan Evaluation::timing_plan() const {
   const v1::TimingOptions& options = request_.timing();
-  const int warmup = options.warmup() > 0 ? options.warmup() : kDefaultWarmup;
-  const int repetitions = options.repetitions() > 0 ? options.repetitions() : kDefaultRepetitions;
-  const double target_ms =
-      options.target_loop_ms() > 0 ? options.target_loop_ms() : kDefaultTargetLoopMs;
-  const v1::EvalKernel& meta = request_.kernel();
+  TimingPlan plan;
+  plan.warmup = options.warmup() > 0 ? options.warmup() : kDefaultWarmup;
+  plan.repetitions = options.repetitions() > 0 ? options.repetitions() : kDefaultRepetitions;
+  plan.target_ms = options.target_loop_ms() > 0 ? options.target_loop_ms() : kDefaultTargetLoopMs;
+  return plan;
+}
 
+Status Evaluation::prepare_timing(TimingRig& rig) {
   // A quarter of the device: room for the module, the context and a
   // neighbour's reference run without an out-of-memory in the timing loop.
   const int64_t budget = static_cast<int64_t>(state_.device.total_memory_bytes / 4);
-  const int sets = input_sets_for(input_set_bytes(problem_), state_.device.l2_bytes, budget);
-  auto buffers = allocate(static_cast<size_t>(sets), true);
+  rig.sets = input_sets_for(input_set_bytes(problem_), state_.device.l2_bytes, budget);
+  auto buffers = allocate(static_cast<size_t>(rig.sets), true);
   if (!buffers) return buffers.error();
-  auto inputs = timing_params(*buffers, sets);
-  if (!inputs) return inputs.error();
-  const std::vector<AttentionParams>& params = *inputs;
-
+  rig.buffers = std::move(buffers.value());
+  auto params = timing_params(rig.buffers, rig.sets);
+  if (!params) return params.error();
+  rig.params = std::move(params.value());
   auto start = cuda::Event::create();
   if (!start) return start.error();
   auto stop = cuda::Event::create();
   if (!stop) return stop.error();
+  rig.start.emplace(std::move(start.value()));
+  rig.stop.emplace(std::move(stop.value()));
+  return ok_status();
+}
 
-  size_t next = 0;
-  auto launch_next = [&]() -> Status {
-    const AttentionParams& p = params[next];
-    next = (next + 1) % params.size();
-    return launch(kernel, meta, p);
-  };
-  // Milliseconds for `launches` back-to-back launches, between two events.
-  auto timed_loop = [&](int launches) -> Result<double> {
-    if (auto s = gpu(start->record(nullptr)); !s) return s.error();
-    for (int i = 0; i < launches; ++i)
-      if (auto s = launch_next(); !s) return s.error();
-    if (auto s = gpu(stop->record(nullptr)); !s) return s.error();
-    if (auto s = gpu(stop->synchronize()); !s) return s.error();
-    auto ms = stop->elapsed_since(*start);
-    if (!ms) return lose(ms.error());
-    return static_cast<double>(*ms);
-  };
+Status Evaluation::launch_some(TimingRig& rig, const LoadedKernel& kernel,
+                               const v1::EvalKernel& meta, int launches) {
+  for (int i = 0; i < launches; ++i) {
+    const AttentionParams& p = rig.params[rig.next];
+    rig.next = (rig.next + 1) % rig.params.size();
+    if (auto s = launch(kernel, meta, p); !s) return s;
+  }
+  return ok_status();
+}
 
-  for (int i = 0; i < warmup * sets; ++i)
-    if (auto s = launch_next(); !s) return s.error();
+Result<double> Evaluation::timed_loop(TimingRig& rig, const LoadedKernel& kernel,
+                                      const v1::EvalKernel& meta, int launches) {
+  if (auto s = gpu(rig.start->record(nullptr)); !s) return s.error();
+  if (auto s = launch_some(rig, kernel, meta, launches); !s) return s.error();
+  if (auto s = gpu(rig.stop->record(nullptr)); !s) return s.error();
+  if (auto s = gpu(rig.stop->synchronize()); !s) return s.error();
+  auto ms = rig.stop->elapsed_since(*rig.start);
+  if (!ms) return lose(ms.error());
+  return static_cast<double>(*ms);
+}
+
+Result<int> Evaluation::warm_up(TimingRig& rig, const LoadedKernel& kernel,
+                                const v1::EvalKernel& meta, const TimingPlan& plan) {
+  if (auto s = launch_some(rig, kernel, meta, plan.warmup * rig.sets); !s) return s.error();
   if (auto s = synchronize(); !s) return s.error();
-  auto launches = launches_per_loop(timed_loop, target_ms);
-  if (!launches) return launches.error();
+  return launches_per_loop(
+      [&](int launches) { return timed_loop(rig, kernel, meta, launches); }, plan.target_ms);
+}
 
+Result<std::vector<double>> Evaluation::sample_block(TimingRig& rig, const LoadedKernel& kernel,
+                                                     const v1::EvalKernel& meta, int launches,
+                                                     int repetitions) {
   std::vector<double> samples_us;
   for (int r = 0; r < repetitions; ++r) {
     if (is_cancelled()) return cancelled_error();
-    auto ms = timed_loop(*launches);
+    auto ms = timed_loop(rig, kernel, meta, launches);
     if (!ms) return ms.error();
-    samples_us.push_back(*ms * 1000.0 / *launches);
+    samples_us.push_back(*ms * 1000.0 / launches);
   }
+  return samples_us;
+}
+
+v1::TimingResult Evaluation::timing_result(std::vector<double> samples_us, int launches,
+                                           int sets) const {
   v1::TimingResult result = summarize_timing(std::move(samples_us), problem_);
-  result.set_launches_per_sample(*launches);
+  result.set_launches_per_sample(launches);
   result.set_input_sets(sets);
   return result;
+}
+
+Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
+  const TimingPlan plan = timing_plan();
+  const v1::EvalKernel& meta = request_.kernel();
+  TimingRig rig;
+  if (auto s = prepare_timing(rig); !s) return s.error();
+  auto launches = warm_up(rig, kernel, meta, plan);
+  if (!launches) return launches.error();
+  auto samples = sample_block(rig, kernel, meta, *launches, plan.repetitions);
+  if (!samples) return samples.error();
+  return timing_result(std::move(samples.value()), *launches, rig.sets);
+}
+
+// Round r times kernels 0, 1, ..., n-1 in turn, each for a block of
+// repetitions samples: what drifts over the call (clocks, temperature, a
+// neighbour's load) drifts under every kernel alike, which separate calls
+// minutes apart cannot promise.
+Result<std::vector<v1::KernelTiming>> Evaluation::time_interleaved(
+    const std::vector<const LoadedKernel*>& kernels) {
+  const TimingPlan plan = timing_plan();
+  const int rounds = request_.rounds() > 0 ? request_.rounds() : kDefaultTimingRounds;
+  auto named = [&](size_t i, Error error) {
+    error.message = "kernels[" + std::to_string(i) + "] (" +
+                    request_.kernels(static_cast<int>(i)).key().substr(0, 16) +
+                    "): " + error.message;
+    return error;
+  };
+  TimingRig rig;
+  if (auto s = prepare_timing(rig); !s) return s.error();
+  const size_t n = kernels.size();
+  std::vector<int> launches(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto sized = warm_up(rig, *kernels[i], request_.kernels(static_cast<int>(i)), plan);
+    if (!sized) return named(i, sized.error());
+    launches[i] = *sized;
+  }
+  std::vector<std::vector<double>> pooled(n);
+  std::vector<v1::KernelTiming> timings(n);
+  for (int round = 0; round < rounds; ++round)
+    for (size_t i = 0; i < n; ++i) {
+      const v1::EvalKernel& meta = request_.kernels(static_cast<int>(i));
+      // The kernel before left its code in the caches: a few untimed
+      // launches, ordered before the start event on the same stream.
+      if (auto s = launch_some(rig, *kernels[i], meta, plan.warmup); !s)
+        return named(i, s.error());
+      auto samples = sample_block(rig, *kernels[i], meta, launches[i], plan.repetitions);
+      if (!samples) return named(i, samples.error());
+      pooled[i].insert(pooled[i].end(), samples->begin(), samples->end());
+      *timings[i].add_rounds() = timing_result(std::move(samples.value()), launches[i], rig.sets);
+    }
+  for (size_t i = 0; i < n; ++i) {
+    timings[i].set_key(request_.kernels(static_cast<int>(i)).key());
+    *timings[i].mutable_timing() = timing_result(std::move(pooled[i]), launches[i], rig.sets);
+  }
+  return timings;
 }
 
 Result<std::vector<AttentionParams>> Evaluation::timing_params(DeviceTensors& buffers, int sets) {
@@ -1007,11 +1167,11 @@ Result<int> Evaluation::launches_per_loop(const std::function<Result<double>(int
                                      static_cast<double>(kMaxLaunchesPerLoop)));
 }
 
-// Unloads the oldest modules so that two more (a candidate and its
-// reference) fit under the bound; only between evaluations, so no kernel in
-// use goes away.
-void evict_kernels(Evaluator::State& state) {
-  while (state.kernels.size() + 2 > kMaxLoadedKernels && !state.load_order.empty()) {
+// Unloads the oldest modules so that `needed` more (a candidate and its
+// reference, or the kernels timed together) fit under the bound; only
+// between evaluations, so no kernel in use goes away.
+void evict_kernels(Evaluator::State& state, size_t needed) {
+  while (state.kernels.size() + needed > kMaxLoadedKernels && !state.load_order.empty()) {
     state.kernels.erase(state.load_order.front());
     state.load_order.pop_front();
   }
@@ -1075,6 +1235,42 @@ uint64_t fresh_seed() {
   return (static_cast<uint64_t>(device()) << 32) ^ device();
 }
 
+v1::EvaluateResponse response_header(const Evaluator::State& state) {
+  v1::EvaluateResponse response;
+  response.set_gpu_index(state.info.gpu_index());
+  response.set_device(state.info.device());
+  response.set_driver_version(state.info.driver_version());
+  return response;
+}
+
+// EvaluateRequest.kernels: all loaded first (a cubin that does not load
+// fails the call before any GPU time), then timed interleaved.
+Result<v1::EvaluateResponse> time_kernels(Evaluator::State& state,
+                                          const v1::EvaluateRequest& request,
+                                          const std::function<bool()>& cancelled, uint64_t seed) {
+  evict_kernels(state, static_cast<size_t>(request.kernels_size()));
+  std::vector<const LoadedKernel*> kernels;
+  for (int i = 0; i < request.kernels_size(); ++i) {
+    auto loaded = load_kernel(state, request.kernels(i), "kernels[" + std::to_string(i) + "]");
+    if (!loaded) return loaded.error();
+    kernels.push_back(*loaded);
+  }
+  Evaluation evaluation(state, request, cancelled, seed);
+  auto timings = evaluation.time_interleaved(kernels);
+  if (!timings) return timings.error();
+  v1::EvaluateResponse response = response_header(state);
+  std::string summary;
+  for (auto& timing : *timings) {
+    summary += fmt::format("{}{}: {:.2f} us [{:.2f}, {:.2f}]", summary.empty() ? "" : "; ",
+                           timing.key().substr(0, 16), timing.timing().median_us(),
+                           timing.timing().p10_us(), timing.timing().p90_us());
+    *response.add_timings() = std::move(timing);
+  }
+  spdlog::info("timed {} kernels interleaved, {} rounds: {}", kernels.size(),
+               request.rounds() > 0 ? request.rounds() : kDefaultTimingRounds, summary);
+  return response;
+}
+
 }  // namespace
 
 Evaluator::Evaluator(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -1128,7 +1324,9 @@ Result<v1::EvaluateResponse> Evaluator::evaluate(const v1::EvaluateRequest& requ
   // gRPC calls arrive on any thread; the context must be current on this one.
   if (auto s = state.context.make_current(); !s) return lose_context(state, s.error());
 
-  evict_kernels(state);
+  const uint64_t seed = request.seed() != 0 ? request.seed() : fresh_seed();
+  if (request.kernels_size() > 0) return time_kernels(state, request, cancelled, seed);
+  evict_kernels(state, 2);
   auto kernel = load_kernel(state, request.kernel(), "kernel");
   if (!kernel) return kernel.error();
   const LoadedKernel* reference = nullptr;
@@ -1138,12 +1336,8 @@ Result<v1::EvaluateResponse> Evaluator::evaluate(const v1::EvaluateRequest& requ
     reference = *loaded;
   }
 
-  const uint64_t seed = request.seed() != 0 ? request.seed() : fresh_seed();
   Evaluation evaluation(state, request, cancelled, seed);
-  v1::EvaluateResponse response;
-  response.set_gpu_index(state.info.gpu_index());
-  response.set_device(state.info.device());
-  response.set_driver_version(state.info.driver_version());
+  v1::EvaluateResponse response = response_header(state);
 
   bool may_time = true;
   if (request.validate()) {

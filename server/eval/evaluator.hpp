@@ -39,6 +39,12 @@ inline constexpr double kLseTolerance = 1e-2;
 inline constexpr int kDefaultWarmup = 3;
 inline constexpr int kDefaultRepetitions = 15;
 inline constexpr double kDefaultTargetLoopMs = 2.0;
+// EvaluateRequest.kernels (several kernels timed interleaved in one call):
+// the tuning job sends its finalists (kFinalists + the family default), so 8
+// leaves room without letting one call hold the GPU for long.
+inline constexpr int kMaxTimedKernels = 8;
+inline constexpr int kDefaultTimingRounds = 3;
+inline constexpr int kMaxTimingRounds = 100;
 
 // ---- Pure CPU parts (no device needed) ----
 
@@ -77,8 +83,13 @@ std::string output_digest(std::string_view bytes);
 
 // INVALID_ARGUMENT reasons, naming the proto field, for a request the worker
 // cannot evaluate: no cubin or name, a shape the templates do not take, an
-// ABI version other than this build's, negative options, nothing asked.
+// ABI version other than this build's, negative options, nothing asked; with
+// `kernels`: more than kMaxTimedKernels, kernels of different ABIs, `kernel`
+// set too, anything asked besides timing, rounds out of [0, kMaxTimingRounds].
 std::optional<std::string> request_error(const v1::EvaluateRequest& request);
+
+// For logs: the request's kernel key (16 hex digits), or "3 kernels (k0, k1, k2)".
+std::string request_kernels_label(const v1::EvaluateRequest& request);
 
 // The part of a KernelHandle the worker needs (the handle must carry its cubin).
 v1::EvalKernel eval_kernel_from_handle(const v1::KernelHandle& handle);
@@ -105,6 +116,8 @@ class Evaluator {
   // memory), cancelled (`cancelled` returned true between phases),
   // unavailable (context lost earlier), internal with context_lost() (a CUDA
   // error after a launch: this process must exit).
+  // With request.kernels: every kernel timed, rounds interleaved, on the
+  // same inputs (response.timings); an error names the kernel (kernels[i]).
   Result<v1::EvaluateResponse> evaluate(const v1::EvaluateRequest& request,
                                         const std::function<bool()>& cancelled = {});
 

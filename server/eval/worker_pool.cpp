@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "cuda/driver_api.hpp"
+#include "eval/evaluator.hpp"
 #include "eval/worker_process.hpp"
 
 namespace flashcore::eval {
@@ -678,7 +679,7 @@ Result<v1::EvaluateResponse> WorkerPool::call_worker(Worker& worker,
     ++worker.failures;
     worker.last_error = error.message;
   }
-  spdlog::warn("evaluation of {} failed: {}", request.kernel().key(), error.message);
+  spdlog::warn("evaluation of {} failed: {}", request_kernels_label(request), error.message);
   if (restart) recover(worker, grace);
   else release(worker, true);
   return error;

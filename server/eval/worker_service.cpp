@@ -14,7 +14,7 @@
 namespace flashcore::eval {
 namespace {
 
-// Cubins are a few hundred KB; a request carries at most two.
+// Cubins are a few hundred KB; a request carries at most kMaxTimedKernels.
 constexpr int kMaxMessageBytes = 64 << 20;
 
 }  // namespace
@@ -49,7 +49,7 @@ WorkerService::WorkerService(Evaluator& evaluator, std::shared_ptr<StopLatch> la
 grpc::Status WorkerService::Evaluate(grpc::ServerContext* context,
                                      const v1::EvaluateRequest* request,
                                      v1::EvaluateResponse* response) {
-  if (!request->sanitizer_tool().empty()) {
+  if (!request->sanitizer_tool().empty() && request->kernels_size() == 0) {
     // In a child under compute-sanitizer; this worker's context is untouched
     // (a fault there ends only the child).
     auto sanitized = evaluate_under_sanitizer(*request, evaluator_.info().gpu_index(),
@@ -68,10 +68,10 @@ grpc::Status WorkerService::Evaluate(grpc::ServerContext* context,
     // The reply still goes out: main shuts the server down with a drain
     // deadline, which waits for this call to finish, then exits 3.
     spdlog::error("kernel {} faulted: {}; exiting for a fresh context",
-                  request->kernel().key().substr(0, 16), error.message);
+                  request_kernels_label(*request), error.message);
     latch_->set(StopReason::context_lost);
   } else {
-    spdlog::warn("evaluate {}: {}", request->kernel().key().substr(0, 16), error.message);
+    spdlog::warn("evaluate {}: {}", request_kernels_label(*request), error.message);
   }
   return grpc::Status(to_grpc_code(error.code), error.message);
 }

@@ -1,5 +1,6 @@
 #include "service/tuning_backends.hpp"
 
+#include "eval/evaluator.hpp"
 #include "family/template_catalog.hpp"
 #include "service/kernel_handle.hpp"
 
@@ -125,6 +126,107 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
     measured.validation_detail = "no timing returned";
   }
   return measured;
+}
+
+namespace {
+
+std::string problem_label(const ProblemClass& problem) {
+  return std::string(dtype_name(problem.dtype)) + " head_dim " +
+         std::to_string(problem.head_dim) + (problem.causal ? " causal" : " non-causal");
+}
+
+// Kernels timed together read one set of inputs: one template, one problem class.
+std::optional<std::string> candidate_error(const MeasureManyRequest& request, size_t i) {
+  const std::string field = "candidates[" + std::to_string(i) + "]";
+  const CompiledCandidate* candidate = request.candidates[i];
+  if (!candidate || !candidate->kernel) return field + ": without a compiled kernel";
+  const KernelSpec& spec = candidate->kernel->spec;
+  const ProblemClass& want = request.common.problem;
+  if (spec.problem.dtype != want.dtype || spec.problem.head_dim != want.head_dim ||
+      spec.problem.causal != want.causal)
+    return field + ".problem: compiled for " + problem_label(spec.problem) +
+           ", but the call times " + problem_label(want);
+  const KernelSpec& first = request.candidates[0]->kernel->spec;
+  if (spec.template_id != first.template_id)
+    return field + ".template_id: " + spec.template_id + ", but candidates[0] is " +
+           first.template_id + "; kernels timed together must be of one family";
+  return std::nullopt;
+}
+
+Measurement measurement_of(const v1::TimingResult& timing, const v1::EvaluateResponse& response) {
+  Measurement m;
+  m.correct = timing.median_us() > 0.0;  // timed only: they passed the gate before
+  if (!m.correct) m.validation_detail = "no timing returned";
+  m.median_us = timing.median_us();
+  m.p10_us = timing.p10_us();
+  m.p90_us = timing.p90_us();
+  m.samples = timing.samples();
+  m.tflops = timing.tflops();
+  m.gpu_index = response.gpu_index();
+  m.device = response.device();
+  return m;
+}
+
+}  // namespace
+
+Result<v1::EvaluateRequest> timing_request(const MeasureManyRequest& request) {
+  const size_t n = request.candidates.size();
+  if (n == 0) return make_error(ErrorCode::invalid_argument, "candidates: none to time");
+  if (n > static_cast<size_t>(eval::kMaxTimedKernels))
+    return make_error(ErrorCode::invalid_argument,
+                      "candidates: " + std::to_string(n) +
+                          " given; one worker call times at most " +
+                          std::to_string(eval::kMaxTimedKernels));
+  if (request.rounds < 1 || request.rounds > eval::kMaxTimingRounds)
+    return make_error(ErrorCode::invalid_argument,
+                      "rounds: " + std::to_string(request.rounds) + " must be in [1, " +
+                          std::to_string(eval::kMaxTimingRounds) + "]");
+  const MeasureRequest& common = request.common;
+  v1::EvaluateRequest call;
+  for (size_t i = 0; i < n; ++i) {
+    if (auto e = candidate_error(request, i))
+      return make_error(request.candidates[i] && request.candidates[i]->kernel
+                            ? ErrorCode::invalid_argument
+                            : ErrorCode::internal,
+                        *e);
+    *call.add_kernels() = eval_kernel_of(*request.candidates[i], common.shape, common.layout);
+  }
+  v1::KernelHandle handle;
+  fill_handle(*request.candidates[0]->kernel, CacheTier::memory, common.shape,
+              to_v1(common.layout), /*omit_cubin=*/true, &handle);
+  *call.mutable_problem() = handle.problem();
+  call.set_time(true);
+  call.set_rounds(request.rounds);
+  call.mutable_timing()->set_warmup(common.warmup);
+  call.mutable_timing()->set_repetitions(common.repetitions);
+  call.mutable_timing()->set_target_loop_ms(common.target_loop_ms);
+  call.set_seed(common.seed);
+  return call;
+}
+
+std::vector<Measurement> round_measurements(const v1::KernelTiming& timing,
+                                            const v1::EvaluateResponse& response) {
+  std::vector<Measurement> rounds;
+  for (const v1::TimingResult& round : timing.rounds())
+    rounds.push_back(measurement_of(round, response));
+  if (rounds.empty() && timing.has_timing())
+    rounds.push_back(measurement_of(timing.timing(), response));
+  return rounds;
+}
+
+Result<RoundTimes> WorkerPoolBackend::measure_many(const MeasureManyRequest& request) {
+  auto call = timing_request(request);
+  if (!call) return call.error();
+  auto response = pool_->evaluate_on(request.common.gpu, *call, request.common.deadline);
+  if (!response) return response.error();
+  if (response->timings_size() != call->kernels_size())
+    return make_error(ErrorCode::internal,
+                      "the worker timed " + std::to_string(response->timings_size()) + " of " +
+                          std::to_string(call->kernels_size()) + " kernels");
+  RoundTimes times;
+  for (const v1::KernelTiming& timing : response->timings())
+    times.push_back(round_measurements(timing, *response));
+  return times;
 }
 
 Result<std::optional<FullValidation>> WorkerPoolBackend::validate_fully(

@@ -35,6 +35,10 @@ class WorkerPoolBackend final : public EvaluationBackend {
  public:
   explicit WorkerPoolBackend(std::shared_ptr<eval::WorkerPool> pool) : pool_(std::move(pool)) {}
   Result<Measurement> measure(const MeasureRequest& request) override;
+  // One Evaluate with request.candidates as EvaluateRequest.kernels: the
+  // worker times them in request.rounds interleaved rounds on one set of
+  // inputs (timing_request says what it refuses).
+  Result<RoundTimes> measure_many(const MeasureManyRequest& request) override;
   // Every row against fp64, kFullDeterminismRuns launches hashed alike,
   // kFullStabilityTrials fresh inputs; no timing.
   Result<std::optional<FullValidation>> validate_fully(const MeasureRequest& request) override;
@@ -52,6 +56,18 @@ class WorkerPoolBackend final : public EvaluationBackend {
  private:
   std::shared_ptr<eval::WorkerPool> pool_;
 };
+
+// The worker call measure_many makes: invalid_argument naming the field for
+// no candidates, more than eval::kMaxTimedKernels, rounds out of [1,
+// eval::kMaxTimingRounds], or a candidate compiled for another template or
+// problem class than request.common's (they would not read the same
+// inputs); internal for a candidate without a compiled kernel.
+Result<v1::EvaluateRequest> timing_request(const MeasureManyRequest& request);
+
+// What one KernelTiming of a response says: a Measurement per round (the
+// pooled timing as the one round where the worker sent no rounds).
+std::vector<Measurement> round_measurements(const v1::KernelTiming& timing,
+                                            const v1::EvaluateResponse& response);
 
 // CompiledCandidate from a cache answer.
 CompiledCandidate to_candidate(const CachedKernel& kernel, std::shared_ptr<const CachedKernel> owner);

@@ -765,24 +765,40 @@ MeasureRequest TuningManager::Job::Run::base_request() const {
   return base;
 }
 
-// Each entrant timed again, kRetimeRounds rounds interleaved.
+// Each entrant timed again, kRetimeRounds rounds interleaved, in one
+// backend call (one worker call on the GPU). When that call fails (a kernel
+// faulted, a timeout), one call per entrant per round instead: a fault then
+// costs only its own kernel's times, and the others still race.
 std::vector<std::vector<Measurement>> TuningManager::Job::Run::retime(
     const std::vector<Kept>& entrants, const MeasureRequest& base) {
   std::vector<std::vector<Measurement>> rounds(entrants.size());
   if (entrants.size() < 2) return rounds;
-  for (int round = 0; round < kRetimeRounds && !job_.cancelled(); ++round)
-    for (size_t i = 0; i < entrants.size() && !job_.cancelled(); ++i) {
-      MeasureRequest request = base;
-      request.validate = false;
-      request.candidate = &entrants[i].candidate;
-      request.deadline = Clock::now() + std::chrono::minutes(2);
-      auto timed = job_.manager_->backend_->measure(request);
-      if (timed && timed->correct && timed->median_us > 0.0)
-        rounds[i].push_back(*timed);
-      else
-        spdlog::warn("tuning job {}: re-timing {}: {}", job_id_, config_label(entrants[i].config),
-                     timed ? std::string("no time") : timed.error().message);
-    }
+  MeasureManyRequest request;
+  request.common = base;
+  request.common.validate = false;
+  request.common.deadline =
+      Clock::now() + std::chrono::minutes(2) * static_cast<int>(entrants.size());
+  for (const Kept& entrant : entrants) request.candidates.push_back(&entrant.candidate);
+  request.rounds = kRetimeRounds;
+  EvaluationBackend& backend = *job_.manager_->backend_;
+  auto timed = backend.measure_many(request);
+  if (timed && timed->size() != entrants.size())
+    timed = make_error(ErrorCode::internal, "the backend answered " +
+                                                std::to_string(timed->size()) + " of " +
+                                                std::to_string(entrants.size()) + " finalists");
+  if (!timed) {
+    if (job_.cancelled()) return rounds;
+    spdlog::warn("tuning job {}: re-timing {} finalists in one call: {}; one call each instead",
+                 job_id_, entrants.size(), timed.error().message);
+    timed = measure_round_robin(backend, request);
+  }
+  for (size_t i = 0; i < entrants.size(); ++i) {
+    for (const Measurement& m : (*timed)[i])
+      if (m.correct && m.median_us > 0.0) rounds[i].push_back(m);
+    if (rounds[i].empty())
+      spdlog::warn("tuning job {}: re-timing {}: no time", job_id_,
+                   config_label(entrants[i].config));
+  }
   return rounds;
 }
 
@@ -973,6 +989,29 @@ Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
                                             const ToolchainRecord& toolchain, int gpu) {
   Run run(*this, scope, toolchain, gpu);
   return run.execute();
+}
+
+Result<RoundTimes> EvaluationBackend::measure_many(const MeasureManyRequest& request) {
+  return measure_round_robin(*this, request);
+}
+
+RoundTimes measure_round_robin(EvaluationBackend& backend, const MeasureManyRequest& request) {
+  RoundTimes times(request.candidates.size());
+  auto cancelled = [&] { return request.common.cancelled && request.common.cancelled->load(); };
+  for (int round = 0; round < request.rounds && !cancelled(); ++round)
+    for (size_t i = 0; i < request.candidates.size() && !cancelled(); ++i) {
+      MeasureRequest one = request.common;
+      one.validate = false;
+      one.candidate = request.candidates[i];
+      one.deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+      auto timed = backend.measure(one);
+      if (timed && timed->correct && timed->median_us > 0.0)
+        times[i].push_back(*timed);
+      else
+        spdlog::warn("timing {} (round {}): {}", config_label(request.candidates[i]->config),
+                     round + 1, timed ? std::string("no time") : timed.error().message);
+    }
+  return times;
 }
 
 bool displaces(const Finalist& challenger, const Finalist& incumbent) {

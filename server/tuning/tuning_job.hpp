@@ -64,6 +64,12 @@ class CandidateCompiler {
   virtual ToolchainRecord toolchain() const = 0;
 };
 
+// How many of the fastest correct candidates are re-timed at the end, and
+// how many interleaved rounds: the search's single measurements pick them,
+// the re-timing decides between them (DESIGN.md §6).
+inline constexpr size_t kFinalists = 3;
+inline constexpr int kRetimeRounds = 3;
+
 struct MeasureRequest {
   const CompiledCandidate* candidate = nullptr;
   // Null: validate against the fp64 reference (the job's first correct
@@ -84,6 +90,17 @@ struct MeasureRequest {
   // False for the finalists' re-timing: they passed the gate already, only
   // their times are asked for (`correct` is then true whenever timed).
   bool validate = true;
+};
+
+// Several candidates timed side by side (the finalists' re-timing): one
+// call, `rounds` rounds, each timing every candidate in turn on the same
+// inputs. Times only: they passed the correctness gate already.
+struct MeasureManyRequest {
+  // Problem, shape, layout, GPU, seed, timing options, deadline and the
+  // cancel flag; its candidate, reference and validate are not read.
+  MeasureRequest common;
+  std::vector<const CompiledCandidate*> candidates;
+  int rounds = kRetimeRounds;
 };
 
 // The whole validation matrix on the tuned shape, run on the winner before
@@ -111,12 +128,22 @@ struct Measurement {
   std::string device;
 };
 
+// Per candidate of a MeasureManyRequest (in its order), one Measurement per
+// round: that round's median, p10 and p90. Empty for a candidate that gave
+// no time.
+using RoundTimes = std::vector<std::vector<Measurement>>;
+
 // Measures compiled candidates on a GPU. An error is a failed trial (fault,
 // timeout, worker down) with its message as the reason; the search goes on.
 class EvaluationBackend {
  public:
   virtual ~EvaluationBackend() = default;
   virtual Result<Measurement> measure(const MeasureRequest& request) = 0;
+  // Every candidate timed in interleaved rounds. A backend that can time
+  // several kernels in one call does (the worker pool's); this default
+  // makes one measure() per candidate per round, round-robin. An error
+  // (one kernel faulted, a timeout) leaves every candidate without a time.
+  virtual Result<RoundTimes> measure_many(const MeasureManyRequest& request);
   // Runs the full validation matrix on request.candidate (no reference
   // kernel: fp64 on every row). nullopt: this backend cannot, and the
   // winner is stored as not fully validated (validated = false).
@@ -129,6 +156,12 @@ class EvaluationBackend {
   virtual std::string device_name(int gpu) const = 0;
   virtual std::string driver_version() const { return {}; }
 };
+
+// One measure() per candidate per round, round-robin: the default
+// measure_many, and the tuning job's fallback when a one-call measure_many
+// fails (a fault then fails only its own kernel's calls). A failed call
+// leaves that round out for its candidate (logged).
+RoundTimes measure_round_robin(EvaluationBackend& backend, const MeasureManyRequest& request);
 
 struct TuneSettings {
   std::string template_id{kAttentionTemplateId};
@@ -150,11 +183,6 @@ inline constexpr std::chrono::milliseconds kDefaultTuneTimeBudget{60000};
 // max_evaluations when the request leaves it 0.
 size_t default_max_evaluations(size_t space_size);
 
-// How many of the fastest correct candidates are re-timed at the end, and
-// how many interleaved rounds: the search's single measurements pick them,
-// the re-timing decides between them (DESIGN.md §6).
-inline constexpr size_t kFinalists = 3;
-inline constexpr int kRetimeRounds = 3;
 
 // A finalist's times from the interleaved re-timing: the median over rounds
 // of each round's median, p10 and p90.

@@ -408,6 +408,66 @@ TEST_F(SM90_Evaluator, InProcessTimingRotatesPastTwiceL2) {
   EXPECT_FALSE(response->has_validation());
 }
 
+// Three kernels in one call (EvaluateRequest.kernels): the correct kernel,
+// the same one under another key (loaded apart, so a module is not shared),
+// and the test template that leaves rows unwritten (it runs; only timing is
+// asked). Each is timed in every round on the same inputs.
+v1::EvaluateRequest three_kernels_request() {
+  v1::EvaluateRequest request;
+  *request.add_kernels() = correct_kernel();
+  v1::EvalKernel twin = correct_kernel();
+  twin.set_key(std::string(64, 'e'));
+  *request.add_kernels() = twin;
+  auto unwritten = compile_test_template("unwritten");
+  EXPECT_TRUE(unwritten.ok()) << unwritten.error().message << "\n" << unwritten.error().detail;
+  if (unwritten.ok()) *request.add_kernels() = *unwritten;
+  *request.mutable_problem() = test_problem();
+  request.set_time(true);
+  request.set_rounds(4);
+  request.mutable_timing()->set_repetitions(9);
+  return request;
+}
+
+void expect_ordered(const v1::TimingResult& t) {
+  EXPECT_GT(t.median_us(), 0);
+  EXPECT_LE(t.min_us(), t.p10_us());
+  EXPECT_LE(t.p10_us(), t.median_us());
+  EXPECT_LE(t.median_us(), t.p90_us());
+  EXPECT_LE(t.p90_us(), t.max_us());
+  EXPECT_GE(t.launches_per_sample(), 1);
+  EXPECT_GE(t.input_sets(), 2);
+}
+
+TEST_F(SM90_Evaluator, InProcessThreeKernelsTimedInterleavedInOneCall) {
+  const v1::EvaluateRequest request = three_kernels_request();
+  ASSERT_EQ(request.kernels_size(), 3);
+  auto response = evaluator().evaluate(request);
+  ASSERT_TRUE(response.ok()) << response.error().message;
+  EXPECT_FALSE(response->has_timing());
+  EXPECT_FALSE(response->has_validation());
+  ASSERT_EQ(response->timings_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    const v1::KernelTiming& k = response->timings(i);
+    SCOPED_TRACE("kernels[" + std::to_string(i) + "]");
+    EXPECT_EQ(k.key(), request.kernels(i).key());
+    std::printf("[ timing   ] kernels[%d]: median %.2f us (p10 %.2f, p90 %.2f) over %d rounds\n", i,
+                k.timing().median_us(), k.timing().p10_us(), k.timing().p90_us(), k.rounds_size());
+    expect_ordered(k.timing());
+    EXPECT_EQ(k.timing().samples(), 4 * 9);  // every round's samples together
+    ASSERT_EQ(k.rounds_size(), 4);
+    for (const auto& round : k.rounds()) {
+      expect_ordered(round);
+      EXPECT_EQ(round.samples(), 9);
+      EXPECT_EQ(round.input_sets(), k.timing().input_sets());  // one set of inputs for all
+    }
+  }
+  // The same kernel under two keys: the same time within the noise.
+  const auto& a = response->timings(0).timing();
+  const auto& b = response->timings(1).timing();
+  EXPECT_LT(std::abs(a.median_us() - b.median_us()), 0.25 * a.median_us())
+      << a.median_us() << " vs " << b.median_us();
+}
+
 TEST_F(SM90_Evaluator, InProcessSameKernelAsReferenceIsExact) {
   auto request = validate_request(correct_kernel());
   *request.mutable_reference() = correct_kernel();
@@ -610,6 +670,42 @@ TEST_F(SM90_Evaluator, FaultingKernelEndsTheWorkerAndAFreshOneEvaluates) {
   status = fresh.evaluate(validate_request(correct_kernel()), response);
   ASSERT_TRUE(status.ok()) << status.error_message();
   expect_passed(response.validation(), eval::kFp16Tolerance);
+}
+
+// One faulting kernel among several fails the call naming it, and ends the
+// worker as any fault does.
+TEST_F(SM90_Evaluator, FaultingKernelAmongSeveralFailsTheCallNamingIt) {
+  auto faulting = compile_test_template("faulting");
+  ASSERT_TRUE(faulting.ok()) << faulting.error().message << "\n" << faulting.error().detail;
+  v1::EvaluateRequest request;
+  *request.add_kernels() = correct_kernel();
+  *request.add_kernels() = *faulting;
+  *request.add_kernels() = correct_kernel();
+  *request.mutable_problem() = test_problem();
+  request.set_time(true);
+
+  ScratchDir dir;
+  WorkerProcess worker(dir / "gpu0.sock");
+  ASSERT_GT(worker.pid(), 0) << "cannot start " << worker_binary();
+  v1::WorkerInfo info;
+  auto status = worker.info(info);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  v1::EvaluateResponse response;
+  status = worker.evaluate(request, response);
+  std::printf("[ fault    ] %d: %s\n", static_cast<int>(status.error_code()),
+              status.error_message().c_str());
+  ASSERT_FALSE(status.ok()) << "a faulting kernel was timed fine";
+  EXPECT_TRUE(status.error_code() == grpc::StatusCode::INTERNAL ||
+              status.error_code() == grpc::StatusCode::UNAVAILABLE)
+      << status.error_code();
+  if (status.error_code() == grpc::StatusCode::INTERNAL) {
+    EXPECT_NE(status.error_message().find("kernels[1]"), std::string::npos)
+        << status.error_message();
+  }
+  const auto exit = worker.wait(std::chrono::seconds(30));
+  ASSERT_TRUE(exit.has_value()) << "the worker kept running on a faulted context";
+  ASSERT_TRUE(WIFEXITED(*exit)) << "killed by signal " << WTERMSIG(*exit);
+  EXPECT_EQ(WEXITSTATUS(*exit), 3);
 }
 
 }  // namespace

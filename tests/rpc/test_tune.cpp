@@ -74,17 +74,11 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
                                             : test::test_objective(request.candidate->config);
     Measurement measured;
     measured.device = device_name(0);
-    if (!request.validate) {  // a finalist re-timed: times only
+    if (!request.validate) {  // a finalist re-timed on its own call: times only
       ++retimed_;
+      ++retimed_one_by_one_;
       std::lock_guard lock(mutex_);
-      const auto times = retime_ ? retime_(request.candidate->config) : std::nullopt;
-      measured.correct = true;
-      measured.median_us = times ? times->median : outcome.time_us;
-      measured.p10_us = times ? times->p10 : measured.median_us;
-      measured.p90_us = times ? times->p90 : measured.median_us;
-      measured.samples = 1;
-      measured.tflops = 1000.0 / measured.median_us;
-      return measured;
+      return retimed(request.candidate->config, outcome);
     }
     {
       std::lock_guard lock(mutex_);
@@ -104,6 +98,32 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
     measured.samples = 1;
     measured.tflops = 1000.0 / outcome.time_us;
     return measured;
+  }
+  // The finalists timed together, as the worker pool's one call with
+  // EvaluateRequest.kernels: every candidate once per round, in turn.
+  Result<RoundTimes> measure_many(const MeasureManyRequest& request) override {
+    std::lock_guard lock(mutex_);
+    many_calls_.push_back({request.candidates.size(), request.rounds});
+    if (fail_many_) return make_error(ErrorCode::internal, "kernels[1] faulted: illegal address");
+    RoundTimes times(request.candidates.size());
+    for (int round = 0; round < request.rounds; ++round)
+      for (size_t i = 0; i < request.candidates.size(); ++i) {
+        const TileConfig& config = request.candidates[i]->config;
+        times[i].push_back(retimed(config, objective_ ? objective_(config)
+                                                      : test::test_objective(config)));
+        ++retimed_;
+      }
+    return times;
+  }
+  // Each measure_many call: (candidates, rounds).
+  std::vector<std::pair<size_t, int>> many_calls() {
+    std::lock_guard lock(mutex_);
+    return many_calls_;
+  }
+  // measure_many fails as a call whose kernel faulted does.
+  void fail_measure_many(bool fail) {
+    std::lock_guard lock(mutex_);
+    fail_many_ = fail;
   }
   // The full matrix, as a worker would run it: fails for the configs named
   // by fail_full_validation (say, wrong only on the ragged tail, which the
@@ -143,7 +163,8 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
     std::lock_guard lock(mutex_);
     return full_validated_;
   }
-  std::atomic<int> retimed_{0};
+  std::atomic<int> retimed_{0};             // finalist times given, either way
+  std::atomic<int> retimed_one_by_one_{0};  // of those, through measure()
 
   // Measurements for which `hold` is true (given their index, 0 first) wait
   // at the gate.
@@ -178,6 +199,22 @@ class SyntheticObjectiveBackend final : public EvaluationBackend {
   std::atomic<int> without_reference_{0};
 
  private:
+  // A finalist's times as re-timing gives them (caller holds mutex_).
+  Measurement retimed(const TileConfig& config, const TrialOutcome& outcome) {
+    const auto times = retime_ ? retime_(config) : std::nullopt;
+    Measurement measured;
+    measured.device = device_name(0);
+    measured.correct = true;
+    measured.median_us = times ? times->median : outcome.time_us;
+    measured.p10_us = times ? times->p10 : measured.median_us;
+    measured.p90_us = times ? times->p90 : measured.median_us;
+    measured.samples = 1;
+    measured.tflops = 1000.0 / measured.median_us;
+    return measured;
+  }
+
+  std::vector<std::pair<size_t, int>> many_calls_;
+  bool fail_many_ = false;
   std::vector<std::pair<RuntimeShape, QkvLayout>> shapes_;
   std::function<std::optional<Times>(const TileConfig&)> retime_;
   std::function<TrialOutcome(const TileConfig&)> objective_;
@@ -1314,6 +1351,67 @@ TEST(Tune, AWinInsideTheSpreadIsNotAWin) {
   ASSERT_TRUE(won.ok()) << won.error().message;
   EXPECT_NE(tile_of(won->config()), default_config);
   EXPECT_LT(won->median_us(), 60.0);
+}
+
+// The finalists are re-timed in one measure_many call (one worker call on
+// a GPU), kRetimeRounds rounds interleaved inside it, and the result carries
+// each finalist's re-timed median and spread.
+TEST(Tune, FinalistsAreRetimedTogetherInOneCall) {
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune();
+  request.set_searcher("exhaustive");
+  const auto arch = find_arch("sm_86");
+  auto space = SearchSpace::create(problem_of(request), *arch);
+  ASSERT_TRUE(space.ok());
+  request.set_max_evaluations(static_cast<int>(space->size()));
+  using Times = SyntheticObjectiveBackend::Times;
+  d->backend->retime_with([](const TileConfig& c) -> std::optional<Times> {
+    const double t = test::test_objective(c).time_us;
+    return Times{t, t * 0.99, t * 1.02};
+  });
+  auto result = d->client->tune(request, nullptr);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+
+  const auto calls = d->backend->many_calls();
+  ASSERT_EQ(calls.size(), 1u) << "one call for all finalists";
+  EXPECT_GE(calls[0].first, kFinalists);  // 3, or 4 with the family default
+  EXPECT_LE(calls[0].first, kFinalists + 1);
+  EXPECT_EQ(calls[0].second, kRetimeRounds);
+  EXPECT_EQ(d->backend->retimed_one_by_one_.load(), 0);
+  EXPECT_EQ(d->backend->retimed_.load(), static_cast<int>(calls[0].first) * kRetimeRounds);
+
+  ASSERT_EQ(static_cast<size_t>(result->finalists_size()), calls[0].first);
+  for (const auto& f : result->finalists()) {
+    const double t = test::test_objective(tile_of(f.config())).time_us;
+    EXPECT_DOUBLE_EQ(f.median_us(), t);
+    EXPECT_DOUBLE_EQ(f.p10_us(), t * 0.99);
+    EXPECT_DOUBLE_EQ(f.p90_us(), t * 1.02);
+  }
+  EXPECT_DOUBLE_EQ(result->finalists(0).median_us(), result->median_us());
+}
+
+// When the one call fails (a finalist's kernel faulted and took the worker
+// with it), the job times the finalists one call each, so the fault costs
+// only its own kernel and a winner is still chosen among the rest.
+TEST(Tune, AFailedRetimingCallFallsBackToOneCallPerFinalist) {
+  auto d = make_daemon();
+  v1::TuneRequest request = small_tune();
+  request.set_searcher("exhaustive");
+  const auto arch = find_arch("sm_86");
+  auto space = SearchSpace::create(problem_of(request), *arch);
+  ASSERT_TRUE(space.ok());
+  request.set_max_evaluations(static_cast<int>(space->size()));
+  d->backend->fail_measure_many(true);
+  auto result = d->client->tune(request, nullptr);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  const auto calls = d->backend->many_calls();
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(d->backend->retimed_one_by_one_.load(),
+            static_cast<int>(calls[0].first) * kRetimeRounds);
+  EXPECT_EQ(static_cast<size_t>(result->finalists_size()), calls[0].first);
+  const auto optimum = test::test_objective_optimum(*space);
+  ASSERT_TRUE(optimum.has_value());
+  EXPECT_EQ(tile_of(result->config()), optimum->config);
 }
 
 }  // namespace

@@ -325,5 +325,54 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
   EXPECT_EQ(stored_result->key(), result->key());
 }
 
+// The finalists re-timed side by side in one worker call (the real
+// templates, no fault): the result lists them, the winner first at its
+// re-timed median, each with a positive median inside its p10..p90.
+TEST(TuneGpuTest, SM80_TheFinalistsAreRetimedTogetherInOneWorkerCall) {
+  test_support::ScratchDir cache;
+  DaemonConfig config = loopback_config(cache.path());
+  config.compile_threads = 4;
+  config.evaluation_timeout = 60000ms;
+  use_real_worker(config);
+  auto daemon = start_daemon(config);
+  ASSERT_NE(daemon, nullptr);
+  client::ConnectOptions options;
+  options.address = daemon->address();
+  auto connected = client::Client::connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  client::Client& client = connected.value();
+  auto info = client.server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  if (!info->gpu_available())
+    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+
+  v1::TuneRequest request = small_tune_request(6);
+  request.mutable_timing()->set_repetitions(7);  // a spread worth the name
+  std::vector<v1::TuneTrial> trials;
+  auto result = client.tune(request, [&](const v1::TuneProgress& p) {
+    if (p.has_trial()) trials.push_back(p.trial());
+  }, nullptr, std::chrono::minutes(5));
+  ASSERT_TRUE(result.ok()) << result.error().message << "\n" << result.error().detail;
+  size_t ok_trials = 0;
+  for (const auto& trial : trials) ok_trials += trial.status() == "ok";
+  ASSERT_GE(ok_trials, kFinalists) << "too few healthy configs to have finalists";
+
+  ASSERT_GE(static_cast<size_t>(result->finalists_size()), kFinalists);
+  EXPECT_LE(static_cast<size_t>(result->finalists_size()), kFinalists + 1);  // + the default
+  EXPECT_EQ(config_of(result->finalists(0).config()), config_of(result->config()));
+  EXPECT_DOUBLE_EQ(result->finalists(0).median_us(), result->median_us());
+  for (const auto& f : result->finalists()) {
+    SCOPED_TRACE(config_label(config_of(f.config())));
+    std::printf("[ finalist ] %s: median %.2f us [%.2f, %.2f]\n",
+                config_label(config_of(f.config())).c_str(), f.median_us(), f.p10_us(),
+                f.p90_us());
+    EXPECT_GT(f.median_us(), 0.0);
+    EXPECT_LE(f.p10_us(), f.median_us());
+    EXPECT_LE(f.median_us(), f.p90_us());
+  }
+  EXPECT_LE(result->p10_us(), result->median_us());
+  EXPECT_GE(result->p90_us(), result->median_us());
+}
+
 }  // namespace
 }  // namespace flashcore

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/attention_params.cuh"
+#include "common/attention_tma_params.cuh"
 #include "eval/attention_reference.hpp"
 #include "eval/evaluator.hpp"
 #include "eval/gpu_reference.hpp"
@@ -301,6 +302,82 @@ TEST(RequestError, NamesTheOffendingField) {
   r = valid_request();
   r.mutable_timing()->set_target_loop_ms(1e9);
   expect_rejected(r, "timing.target_loop_ms");
+}
+
+// Several kernels timed together: `kernels` instead of `kernel`, times only.
+v1::EvaluateRequest timed_kernels_request(int n) {
+  v1::EvaluateRequest r = valid_request();
+  const v1::EvalKernel kernel = r.kernel();
+  r.clear_kernel();
+  r.set_validate(false);
+  r.set_time(true);
+  for (int i = 0; i < n; ++i) {
+    v1::EvalKernel* k = r.add_kernels();
+    *k = kernel;
+    k->set_key(std::string(64, static_cast<char>('a' + i)));
+  }
+  return r;
+}
+
+TEST(RequestError, AcceptsSeveralKernelsToTimeTogether) {
+  for (int n : {1, 3, kMaxTimedKernels}) {
+    EXPECT_EQ(request_error(timed_kernels_request(n)), std::nullopt) << n << " kernels";
+  }
+  auto r = timed_kernels_request(3);
+  r.set_rounds(kMaxTimingRounds);
+  EXPECT_EQ(request_error(r), std::nullopt);
+  EXPECT_EQ(request_kernels_label(r),
+            "3 kernels (" + std::string(16, 'a') + ", " + std::string(16, 'b') + ", " +
+                std::string(16, 'c') + ")");
+  EXPECT_EQ(request_kernels_label(valid_request()), std::string(16, 'a'));
+}
+
+TEST(RequestError, SeveralKernelsNameTheOffendingField) {
+  // Zero kernels: the single-kernel request then, which has none.
+  auto r = timed_kernels_request(0);
+  expect_rejected(r, "kernel");
+  r.set_rounds(3);  // rounds without kernels
+  expect_rejected(r, "rounds");
+
+  expect_rejected(timed_kernels_request(kMaxTimedKernels + 1), "kernels");
+  r = timed_kernels_request(2);
+  *r.mutable_kernel() = r.kernels(0);  // both forms at once
+  expect_rejected(r, "kernel");
+  r = timed_kernels_request(2);
+  r.set_time(false);
+  expect_rejected(r, "time");
+  r = timed_kernels_request(2);
+  r.set_validate(true);
+  expect_rejected(r, "validate");
+  r = timed_kernels_request(2);
+  *r.mutable_reference() = r.kernels(0);
+  expect_rejected(r, "reference");
+  r = timed_kernels_request(2);
+  r.set_sanitizer_tool("memcheck");
+  expect_rejected(r, "sanitizer_tool");
+  r = timed_kernels_request(2);
+  r.set_rounds(-1);
+  expect_rejected(r, "rounds");
+  r.set_rounds(kMaxTimingRounds + 1);
+  expect_rejected(r, "rounds");
+  // Each kernel is checked as `kernel` is, named by its index.
+  r = timed_kernels_request(3);
+  r.mutable_kernels(2)->clear_cubin();
+  expect_rejected(r, "kernels[2].cubin");
+  r = timed_kernels_request(3);
+  r.mutable_kernels(1)->set_block_threads(0);
+  expect_rejected(r, "kernels[1].block_threads");
+  // One problem for all: kernels of two families (the ABI fills the params).
+  r = timed_kernels_request(3);
+  r.mutable_kernels(1)->set_abi_version(FLASHCORE_ATTENTION_TMA_ABI_VERSION);
+  expect_rejected(r, "kernels[1].abi_version");
+  // The shared problem and timing options are checked as for one kernel.
+  r = timed_kernels_request(2);
+  r.mutable_problem()->set_head_dim(48);
+  expect_rejected(r, "problem.head_dim");
+  r = timed_kernels_request(2);
+  r.mutable_timing()->set_warmup(-2);
+  expect_rejected(r, "timing.warmup");
 }
 
 TEST(EvalKernelFromHandle, CarriesWhatTheWorkerLaunchesWith) {

@@ -1,7 +1,12 @@
 // The parts of a tuning job that need neither a GPU nor a daemon: the
 // resource filter that skips candidates before measurement, and the default
-// evaluation budget. Jobs end to end are in tests/rpc/test_tune.cpp.
+// evaluation budget, the round-robin re-timing. Jobs end to end are in
+// tests/rpc/test_tune.cpp.
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <string>
+#include <vector>
 
 #include "tuning/tuning_job.hpp"
 
@@ -54,6 +59,88 @@ TEST(Displaces, OnlyAWinLargerThanTheSpreadCounts) {
   const Finalist exact{TileConfig{}, 100.0, 100.0, 100.0};
   EXPECT_TRUE(displaces({TileConfig{}, 99.0, 99.0, 99.0}, exact));
   EXPECT_FALSE(displaces({TileConfig{}, 100.0, 100.0, 100.0}, exact));
+}
+
+// A backend with only measure(), as one without a several-kernel call is:
+// it records the order it is asked in and fails the configs it is told to.
+class OneAtATimeBackend final : public EvaluationBackend {
+ public:
+  Result<Measurement> measure(const MeasureRequest& request) override {
+    order.push_back(request.candidate->config.block_m);
+    validated.push_back(request.validate);
+    if (request.candidate->config.block_m == failing_block_m)
+      return make_error(ErrorCode::internal, "worker faulted");
+    if (cancel_after > 0 && static_cast<int>(order.size()) >= cancel_after) cancel->store(true);
+    Measurement m;
+    m.correct = true;
+    m.median_us = request.candidate->config.block_m + static_cast<double>(order.size());
+    m.p10_us = m.median_us - 1;
+    m.p90_us = m.median_us + 1;
+    return m;
+  }
+  int gpu_count() const override { return 1; }
+  std::string device_name(int) const override { return "test"; }
+
+  std::vector<int> order;
+  std::vector<bool> validated;
+  int failing_block_m = -1;
+  int cancel_after = 0;
+  std::atomic<bool>* cancel = nullptr;
+};
+
+std::vector<CompiledCandidate> candidates_with_block_m(std::vector<int> block_ms) {
+  std::vector<CompiledCandidate> out;
+  for (int m : block_ms) {
+    CompiledCandidate c;
+    c.config.block_m = m;
+    out.push_back(c);
+  }
+  return out;
+}
+
+TEST(MeasureMany, TheDefaultTimesRoundRobinAndOnlyTimes) {
+  const auto candidates = candidates_with_block_m({64, 128, 32});
+  MeasureManyRequest request;
+  for (const auto& c : candidates) request.candidates.push_back(&c);
+  request.common.validate = true;  // ignored: finalists are only timed
+  request.rounds = 2;
+  OneAtATimeBackend backend;
+  EvaluationBackend& base = backend;
+  auto times = base.measure_many(request);
+  ASSERT_TRUE(times.ok()) << times.error().message;
+  // Round r is every candidate in turn.
+  EXPECT_EQ(backend.order, (std::vector<int>{64, 128, 32, 64, 128, 32}));
+  for (bool v : backend.validated) EXPECT_FALSE(v);
+  ASSERT_EQ(times->size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_EQ((*times)[i].size(), 2u) << i;
+    // Each round's own measurement, in round order.
+    EXPECT_DOUBLE_EQ((*times)[i][0].median_us, candidates[i].config.block_m + 1.0 + i);
+    EXPECT_DOUBLE_EQ((*times)[i][1].median_us, candidates[i].config.block_m + 4.0 + i);
+  }
+}
+
+TEST(MeasureMany, RoundRobinLeavesAFailingCandidateWithoutTimesAndStopsWhenCancelled) {
+  const auto candidates = candidates_with_block_m({64, 128, 32});
+  MeasureManyRequest request;
+  for (const auto& c : candidates) request.candidates.push_back(&c);
+  OneAtATimeBackend backend;
+  backend.failing_block_m = 128;
+  RoundTimes times = measure_round_robin(backend, request);
+  ASSERT_EQ(times.size(), 3u);
+  EXPECT_EQ(times[0].size(), static_cast<size_t>(kRetimeRounds));
+  EXPECT_TRUE(times[1].empty());
+  EXPECT_EQ(times[2].size(), static_cast<size_t>(kRetimeRounds));
+
+  std::atomic<bool> cancelled{false};
+  OneAtATimeBackend stopping;
+  stopping.cancel = &cancelled;
+  stopping.cancel_after = 4;  // the job is cancelled during the second round
+  request.common.cancelled = &cancelled;
+  times = measure_round_robin(stopping, request);
+  EXPECT_EQ(stopping.order.size(), 4u);
+  EXPECT_EQ(times[0].size(), 2u);
+  EXPECT_EQ(times[1].size(), 1u);
 }
 
 }  // namespace
