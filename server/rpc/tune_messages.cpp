@@ -91,6 +91,7 @@ void fill_result(const TuneResult& result, v1::TuningResult* out) {
   out->set_p90_us(result.p90_us);
   out->set_validated(result.validated);
   out->set_validation_detail(result.validation_detail);
+  out->set_runner_up_margin_us(result.runner_up_margin_us);
   for (const Finalist& finalist : result.finalists) {
     v1::TuneFinalist* f = out->add_finalists();
     fill_config(family.resolve(finalist.config, result.scope.problem), f->mutable_config());

@@ -978,6 +978,8 @@ Result<TuneResult> TuningManager::Job::Run::result_or_error(double wall) const {
   result.wall_seconds = wall;
   result.searcher = searcher_name_;
   result.finalists = finalists_;
+  result.runner_up_margin_us =
+      finalists_.size() >= 2 ? finalists_[1].median_us - finalists_[0].median_us : 0.0;
   result.p10_us = finalists_.empty() ? result.median_us : finalists_.front().p10_us;
   result.p90_us = finalists_.empty() ? result.median_us : finalists_.front().p90_us;
   result.validated = validated_;

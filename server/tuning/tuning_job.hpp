@@ -215,6 +215,10 @@ struct TuneResult {
   // The finalists as re-timed (the winner first), and what the winner's
   // full validation said; validated = false where the backend cannot run it.
   std::vector<Finalist> finalists;
+  // finalists[1]'s median minus the winner's: how far ahead the winner is
+  // (negative where a faster finalist stayed inside the spread and did not
+  // displace it); 0 with fewer than two finalists.
+  double runner_up_margin_us = 0.0;
   bool validated = false;
   std::string validation_detail;
 };

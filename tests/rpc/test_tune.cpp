@@ -1337,6 +1337,8 @@ TEST(Tune, AWinInsideTheSpreadIsNotAWin) {
   ASSERT_TRUE(kept.ok()) << kept.error().message;
   EXPECT_EQ(tile_of(kept->config()), default_config);
   EXPECT_DOUBLE_EQ(kept->median_us(), 100.0);
+  // The runner-up is 5 us faster, inside the spread: a negative margin.
+  EXPECT_DOUBLE_EQ(kept->runner_up_margin_us(), -5.0);
 
   // Faster by more than the spread: the fastest challenger wins, at its
   // re-timed median.
@@ -1351,6 +1353,7 @@ TEST(Tune, AWinInsideTheSpreadIsNotAWin) {
   ASSERT_TRUE(won.ok()) << won.error().message;
   EXPECT_NE(tile_of(won->config()), default_config);
   EXPECT_LT(won->median_us(), 60.0);
+  EXPECT_GT(won->runner_up_margin_us(), 0.0);
 }
 
 // The finalists are re-timed in one measure_many call (one worker call on
@@ -1388,6 +1391,10 @@ TEST(Tune, FinalistsAreRetimedTogetherInOneCall) {
     EXPECT_DOUBLE_EQ(f.p90_us(), t * 1.02);
   }
   EXPECT_DOUBLE_EQ(result->finalists(0).median_us(), result->median_us());
+  ASSERT_GE(result->finalists_size(), 2);
+  EXPECT_DOUBLE_EQ(result->runner_up_margin_us(),
+                   result->finalists(1).median_us() - result->finalists(0).median_us());
+  EXPECT_NE(result->runner_up_margin_us(), 0.0);
 }
 
 // When the one call fails (a finalist's kernel faulted and took the worker

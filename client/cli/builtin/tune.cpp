@@ -93,6 +93,9 @@ class Tune final : public Command {
                   config_label(result.finalists(i).config()).c_str(),
                   result.finalists(i).median_us(), result.finalists(i).p10_us(),
                   result.finalists(i).p90_us());
+    if (result.finalists_size() >= 2)
+      std::printf("margin        %+.2f us to the runner-up (%+.1f%%)\n", result.runner_up_margin_us(),
+                  100.0 * result.runner_up_margin_us() / result.median_us());
     std::printf("evaluations   %lld (%s)\n", static_cast<long long>(result.evaluations()),
                 result.searcher().c_str());
     std::printf("wall          %.1f s\n", result.wall_seconds());
