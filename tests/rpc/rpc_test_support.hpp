@@ -92,6 +92,33 @@ inline v1::KernelRequest quick_request() {
   return request;
 }
 
+// A Tune for the GPU tests: B1 H4 S256 (4 key tiles of 64), fp16, head_dim 64,
+// the daemon's arch (a few microseconds per launch), exhaustive, stopped by
+// the evaluation count, short timed loops.
+inline v1::TuneRequest gpu_tune_request(int max_evaluations) {
+  v1::TuneRequest request;
+  v1::KernelRequest* kernel = request.mutable_kernel();
+  *kernel = quick_request();
+  kernel->clear_arch();  // the daemon's GPU
+  kernel->clear_config();
+  v1::Problem* problem = kernel->mutable_problem();
+  problem->set_dtype(v1::DTYPE_FP16);
+  problem->set_head_dim(64);
+  problem->set_batch(1);
+  problem->set_heads(4);
+  problem->set_seq_q(256);
+  request.set_searcher("exhaustive");
+  request.set_max_evaluations(max_evaluations);
+  // Far past what the counted candidates need: the count stops the search.
+  request.set_time_budget_ms(300000);
+  request.set_force(true);
+  // Few, short timed loops: these tests are about verdicts, not timings.
+  request.mutable_timing()->set_warmup(1);
+  request.mutable_timing()->set_repetitions(3);
+  request.mutable_timing()->set_target_loop_ms(0.5);
+  return request;
+}
+
 inline grpc::Status compile(v1::FlashCore::Stub& stub, const v1::KernelRequest& request,
                             v1::KernelHandle* handle, int deadline_s = 120) {
   grpc::ClientContext context;

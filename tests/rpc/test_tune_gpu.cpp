@@ -92,30 +92,6 @@ void write_faulting_real_templates(const test_support::ScratchDir& dir) {
   ASSERT_TRUE(contains(written, kFaultMarker));
 }
 
-// B1 H4 S256, fp16, head_dim 64, the daemon's arch: a few microseconds per launch.
-v1::TuneRequest small_tune_request(int max_evaluations) {
-  v1::TuneRequest request;
-  v1::KernelRequest* kernel = request.mutable_kernel();
-  *kernel = quick_request();
-  kernel->clear_arch();  // the daemon's GPU
-  kernel->clear_config();
-  v1::Problem* problem = kernel->mutable_problem();
-  problem->set_dtype(v1::DTYPE_FP16);
-  problem->set_head_dim(64);
-  problem->set_batch(1);
-  problem->set_heads(4);
-  problem->set_seq_q(256);
-  request.set_searcher("exhaustive");
-  request.set_max_evaluations(max_evaluations);
-  // Far past what 6 candidates need, so the count is what stops the search.
-  request.set_time_budget_ms(300000);
-  request.set_force(true);
-  // Few, short timed loops: this test is about failures, not the timings.
-  request.mutable_timing()->set_warmup(1);
-  request.mutable_timing()->set_repetitions(3);
-  request.mutable_timing()->set_target_loop_ms(0.5);
-  return request;
-}
 
 TileConfig config_of(const v1::TileConfig& config) {
   auto parsed = rpc::parse_config(config);
@@ -154,7 +130,7 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
   // The exhaustive searcher proposes the space in order: which of the first
   // kEvaluations fault follows from the space, not from a list here.
   constexpr int kEvaluations = 6;
-  const v1::TuneRequest request = small_tune_request(kEvaluations);
+  const v1::TuneRequest request = gpu_tune_request(kEvaluations);
   const auto arch = find_arch(info->default_arch());
   ASSERT_TRUE(arch.has_value()) << info->default_arch();
   ProblemClass problem;
@@ -346,7 +322,7 @@ TEST(TuneGpuTest, SM80_TheFinalistsAreRetimedTogetherInOneWorkerCall) {
   if (!info->gpu_available())
     GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
 
-  v1::TuneRequest request = small_tune_request(6);
+  v1::TuneRequest request = gpu_tune_request(6);
   request.mutable_timing()->set_repetitions(7);  // a spread worth the name
   std::vector<v1::TuneTrial> trials;
   auto result = client.tune(request, [&](const v1::TuneProgress& p) {

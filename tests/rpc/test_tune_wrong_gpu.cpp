@@ -59,28 +59,6 @@ void write_wrong_templates(const test_support::ScratchDir& dir, const std::strin
   ASSERT_NE(test_support::read_file(dir / attention->first).find(kWrongMarker), std::string::npos);
 }
 
-// B1 H4 S256 (4 key tiles of 64), fp16, head_dim 64, the daemon's GPU.
-v1::TuneRequest wrong_tune_request(int max_evaluations) {
-  v1::TuneRequest request;
-  v1::KernelRequest* kernel = request.mutable_kernel();
-  *kernel = quick_request();
-  kernel->clear_arch();
-  kernel->clear_config();
-  v1::Problem* problem = kernel->mutable_problem();
-  problem->set_dtype(v1::DTYPE_FP16);
-  problem->set_head_dim(64);
-  problem->set_batch(1);
-  problem->set_heads(4);
-  problem->set_seq_q(256);
-  request.set_searcher("exhaustive");
-  request.set_max_evaluations(max_evaluations);
-  request.set_time_budget_ms(300000);  // the count stops the search
-  request.set_force(true);
-  request.mutable_timing()->set_warmup(1);
-  request.mutable_timing()->set_repetitions(3);
-  request.mutable_timing()->set_target_loop_ms(0.5);
-  return request;
-}
 
 struct WrongRun {
   test_support::ScratchDir templates, cache;
@@ -144,7 +122,7 @@ TEST(TuneWrongGpuTest, SM80_EveryConfigWrongIsRecordedWrongByTheFp64GateAndNothi
 
   constexpr int kEvaluations = 4;
   std::vector<v1::TuneProgress> events;
-  auto result = run.client->tune(wrong_tune_request(kEvaluations),
+  auto result = run.client->tune(gpu_tune_request(kEvaluations),
                                  [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
                                  std::chrono::minutes(5));
   ASSERT_FALSE(result.ok()) << "a best was found among kernels that all drop a key tile";
@@ -178,7 +156,7 @@ TEST(TuneWrongGpuTest, SM80_WrongConfigsAreRecordedWrongAgainstTheReferenceKerne
 
   constexpr int kEvaluations = 10;
   std::vector<v1::TuneProgress> events;
-  auto result = run.client->tune(wrong_tune_request(kEvaluations),
+  auto result = run.client->tune(gpu_tune_request(kEvaluations),
                                  [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
                                  std::chrono::minutes(5));
   ASSERT_TRUE(result.ok()) << result.error().message << "\n" << result.error().detail;
