@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <memory>
@@ -28,6 +29,13 @@ inline DaemonConfig loopback_config(const std::filesystem::path& cache_dir) {
   config.drain_timeout = std::chrono::milliseconds(5000);
   config.log_level = "warn";
   return config;
+}
+
+// The built evaluation worker; FLASHCORE_WORKER_BINARY names another (a
+// bundle's, on a GPU box).
+inline void use_real_worker(DaemonConfig& config) {
+  const char* other = std::getenv("FLASHCORE_WORKER_BINARY");
+  config.worker_binary = other != nullptr && *other != '\0' ? other : FLASHCORE_WORKER_PATH;
 }
 
 inline std::unique_ptr<Daemon> start_daemon(const DaemonConfig& config) {

@@ -17,8 +17,7 @@ namespace {
 using namespace std::chrono_literals;
 
 void use_real_workers(DaemonConfig& config) {
-  const char* other = std::getenv("FLASHCORE_WORKER_BINARY");
-  config.worker_binary = other != nullptr && *other != '\0' ? other : FLASHCORE_WORKER_PATH;
+  rpc_testing::use_real_worker(config);
   const char* compile = std::getenv("FLASHCORE_COMPILE_WORKER_BINARY");
   config.compile_worker =
       compile != nullptr && *compile != '\0' ? compile : FLASHCORE_COMPILE_WORKER_PATH;

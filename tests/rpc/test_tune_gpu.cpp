@@ -32,12 +32,6 @@ namespace {
 using namespace rpc_testing;
 using namespace std::chrono_literals;
 
-// The built worker; FLASHCORE_WORKER_BINARY names another (a bundle's, on a GPU box).
-void use_real_worker(DaemonConfig& config) {
-  const char* other = std::getenv("FLASHCORE_WORKER_BINARY");
-  config.worker_binary = other != nullptr && *other != '\0' ? other : FLASHCORE_WORKER_PATH;
-}
-
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }

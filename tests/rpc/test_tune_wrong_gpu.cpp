@@ -73,8 +73,7 @@ void start(WrongRun& run, const std::string& condition) {
   DaemonConfig config = loopback_config(run.cache.path());
   config.templates_dir = run.templates.path();
   config.compile_threads = 4;
-  const char* worker = std::getenv("FLASHCORE_WORKER_BINARY");
-  config.worker_binary = worker != nullptr && *worker != '\0' ? worker : FLASHCORE_WORKER_PATH;
+  use_real_worker(config);
   run.daemon = start_daemon(config);
   ASSERT_NE(run.daemon, nullptr);
   client::ConnectOptions options;

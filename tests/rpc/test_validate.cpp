@@ -38,12 +38,6 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-// The built worker; FLASHCORE_WORKER_BINARY names another (a bundle's, on a GPU box).
-void use_real_worker(DaemonConfig& config) {
-  const char* other = std::getenv("FLASHCORE_WORKER_BINARY");
-  config.worker_binary = other != nullptr && *other != '\0' ? other : FLASHCORE_WORKER_PATH;
-}
-
 class ValidateTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() { server_ = start_small_template_daemon(use_real_worker).release(); }
