@@ -7,7 +7,8 @@ void add_problem_options(CLI::App& command, KernelFlags& f) {
                      "kernel family: attention_fwd (sm80+), attention_fwd_sm90 (sm_90a) or "
                      "attention_decode (few query rows, split KV; --block-m = packed rows); "
                      "default: the daemon picks by shape and arch (attention_fwd when tile flags "
-                     "are given)");
+                     "are given); tune without it on sm_90a searches attention_fwd_sm90 and "
+                     "attention_fwd together and serves the faster");
   command.add_option("--dtype", f.dtype, "element type of Q, K, V, O")
       ->required()
       ->check(CLI::IsMember({"fp16", "bf16"}));

@@ -26,9 +26,14 @@ struct TuneProgressLine {
     if (p.has_started()) {
       queued = 0;
       budget = p.started().max_evaluations();
-      std::fprintf(stderr, "tuning job %lld: %d configs in bucket %s, budget %d evaluations\n",
-                   static_cast<long long>(p.started().job_id()), p.started().space_size(),
-                   p.started().bucket().c_str(), budget);
+      // A search of several families starts once per family: a bar each.
+      if (printed) std::fprintf(stderr, "\n");
+      evaluations = generation = failures = 0;
+      best_us = best_tflops = 0.0;
+      std::fprintf(stderr, "tuning job %lld: %s%s%d configs in bucket %s, budget %d evaluations\n",
+                   static_cast<long long>(p.started().job_id()),
+                   p.started().template_id().c_str(), p.started().template_id().empty() ? "" : ", ",
+                   p.started().space_size(), p.started().bucket().c_str(), budget);
     }
     if (p.has_trial()) {
       evaluations = p.trial().evaluations();

@@ -50,4 +50,17 @@ const TemplateInfo& template_info(std::string_view id) {
   return *info;
 }
 
+std::vector<std::string_view> prefill_families(const ProblemClass& problem,
+                                               std::string_view arch) {
+  std::vector<std::string_view> families;
+  const auto hopper = find_arch(arch);
+  if (hopper && arch == "sm_90a" &&
+      !template_info(sm90_family::kTemplateId)
+           .config_error(template_info(sm90_family::kTemplateId).default_config(problem), problem,
+                         *hopper))
+    families.push_back(sm90_family::kTemplateId);
+  families.push_back(kAttentionTemplateId);
+  return families;
+}
+
 }  // namespace flashcore

@@ -56,4 +56,13 @@ const TemplateInfo* find_template(std::string_view id);  // nullptr when unknown
 // is a programming error here).
 const TemplateInfo& template_info(std::string_view id);
 
+// The families that compute the same whole-sequence attention for `problem`
+// on `arch`, the one served by default first: on sm_90a the Hopper family
+// (where it has the head dim) and the sm80 family; elsewhere the sm80 family
+// alone. A Tune that names no family searches them together, and
+// use_tuned_config serves the one whose stored best is faster by more than
+// the spread (the first one otherwise).
+std::vector<std::string_view> prefill_families(const ProblemClass& problem,
+                                               std::string_view arch);
+
 }  // namespace flashcore

@@ -127,6 +127,7 @@ Result<CompileRequest> parse_kernel(const v1::KernelRequest& request, std::strin
 
   CompileRequest parsed;
   parsed.spec.template_id = request.template_id();
+  parsed.family_named = !request.template_id().empty();
 
   const v1::Problem& problem = request.problem();
   auto dtype = parse_proto_dtype(problem.dtype());

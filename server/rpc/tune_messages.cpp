@@ -60,6 +60,7 @@ Result<TuneSettings> parse_tune_request(const v1::TuneRequest& request,
   }
   TuneSettings out;
   out.template_id = parsed->spec.template_id;
+  out.family_named = parsed->family_named;
   out.problem = parsed->spec.problem;
   out.shape = parsed->shape;
   out.layout = qkv_layout_of(parsed->layout);
@@ -98,6 +99,18 @@ void fill_result(const TuneResult& result, v1::TuningResult* out) {
     f->set_median_us(finalist.median_us);
     f->set_p10_us(finalist.p10_us);
     f->set_p90_us(finalist.p90_us);
+  }
+  for (const FamilyFinalist& each : result.families) {
+    v1::TuneFamily* f = out->add_families();
+    f->set_template_id(each.template_id);
+    if (each.error.empty() || each.median_us > 0.0)
+      fill_config(template_info(each.template_id).resolve(each.config, result.scope.problem),
+                  f->mutable_config());
+    f->set_median_us(each.median_us);
+    f->set_p10_us(each.p10_us);
+    f->set_p90_us(each.p90_us);
+    f->set_tuned(each.tuned);
+    f->set_error(each.error);
   }
 }
 
@@ -154,6 +167,7 @@ v1::TuneProgress to_progress(const TuneEvent& event) {
       started->set_space_size(static_cast<int32_t>(event.space_size));
       started->set_max_evaluations(static_cast<int32_t>(event.max_evaluations));
       started->set_gpu_index(event.gpu);
+      started->set_template_id(event.template_id);
       break;
     }
     case TuneEvent::Kind::trial: {
@@ -165,6 +179,7 @@ v1::TuneProgress to_progress(const TuneEvent& event) {
       trial->set_failure(event.failure);
       trial->set_evaluations(static_cast<int32_t>(event.evaluations));
       trial->set_generation(static_cast<int32_t>(event.generation));
+      trial->set_template_id(event.template_id);
       break;
     }
     case TuneEvent::Kind::best: {
@@ -172,6 +187,7 @@ v1::TuneProgress to_progress(const TuneEvent& event) {
       fill_config(event.config, best->mutable_config());
       best->set_median_us(event.median_us);
       best->set_tflops(event.tflops);
+      best->set_template_id(event.template_id);
       break;
     }
   }

@@ -19,6 +19,9 @@ struct CompileRequest {
   RuntimeShape shape;
   v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
   std::string cached_key;  // the client holds this kernel: its cubin is left out
+  // False where the request left template_id empty and the daemon picked the
+  // family (GetTuningResult then answers the best served, not one family's).
+  bool family_named = true;
 };
 
 // cache evict: exactly one of `keys` and `down_to_bytes` (the service checks).

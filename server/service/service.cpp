@@ -8,7 +8,6 @@
 #include <thread>
 
 #include "cache/cache_key.hpp"
-#include "family/attention_sm90.hpp"
 #include "family/template_catalog.hpp"
 #include "service/kernel_handle.hpp"
 
@@ -302,7 +301,7 @@ class Service::TuneCall final : public PendingCall,
     std::lock_guard lock(mutex_);
     if (ended_) return;
     if (event.kind == TuneEvent::Kind::started)
-      service_.tune_jobs_.started(registry_id_, event.job_id);
+      service_.tune_jobs_.started(registry_id_, event.job_id, event.template_id);
     callbacks_.on_event(event);
   }
 
@@ -573,6 +572,31 @@ std::optional<BestRecord> Service::fleet_best(const TuningScope& scope) const {
   return best;
 }
 
+Result<std::optional<BestRecord>> Service::served_best(const TuningScope& scope) const {
+  auto stored_or_fleet = [&](const TuningScope& s) -> Result<std::optional<BestRecord>> {
+    auto best = tuning_db_->best_for(s);
+    if (!best) return best.error();
+    if (!*best && options_.fleet_bests) *best = fleet_best(s);
+    return best;
+  };
+  const auto families = prefill_families(scope.problem, scope.arch);
+  if (families.size() < 2 ||
+      std::find(families.begin(), families.end(), scope.template_id) == families.end())
+    return stored_or_fleet(scope);
+  std::vector<BestRecord> bests;
+  for (std::string_view family : families) {
+    TuningScope each = scope;
+    each.template_id = std::string(family);
+    auto best = stored_or_fleet(each);
+    if (!best) return best.error();
+    if (*best) bests.push_back(std::move(**best));
+  }
+  if (bests.empty()) return std::optional<BestRecord>{};
+  std::vector<Finalist> entrants;
+  for (const BestRecord& b : bests) entrants.push_back({b.config, b.median_us, b.p10_us, b.p90_us});
+  return std::optional<BestRecord>{std::move(bests[chosen_entrant(entrants, 0)])};
+}
+
 Status Service::apply_tuned_config(CompileRequest& request) const {
   if (!tuning_db_)
     return make_error(ErrorCode::failed_precondition,
@@ -582,31 +606,17 @@ Status Service::apply_tuned_config(CompileRequest& request) const {
     return make_error(ErrorCode::failed_precondition,
                       "use_tuned_config: tuning results are per device and the daemon has no GPU");
   const TuningScope scope = tuning_scope(request, device);
-  auto best = tuning_db_->best_for(scope);
+  // On sm_90a both attention families solve the same problem: the one their
+  // stored bests choose is served, and the handle's template_id says which.
+  auto best = served_best(scope);
   if (!best) return best.error();
-  if (!*best && options_.fleet_bests) *best = fleet_best(scope);
-  // On sm_90a both attention families solve the same problem: the faster of
-  // their stored bests (same device, bucket and arch) is what is served, and
-  // the handle's template_id says which family that is.
-  if (request.spec.arch == "sm_90a") {
-    for (std::string_view other : {kAttentionTemplateId, sm90_family::kTemplateId}) {
-      if (other == scope.template_id) continue;
-      TuningScope other_scope = scope;
-      other_scope.template_id = std::string(other);
-      auto rival = tuning_db_->best_for(other_scope);
-      if (!rival) return rival.error();
-      if (*rival && (!*best || (*rival)->median_us < (*best)->median_us)) {
-        best = std::move(rival);
-        request.spec.template_id = std::string(other);
-      }
-    }
-  }
   if (!*best)
     return make_error(ErrorCode::not_found,
                       "use_tuned_config: no tuning result for " +
                           canonical_problem_class(scope.problem) + " bucket " +
                           canonical_bucket(scope.bucket) + " on " + device + " (" + scope.arch +
                           "); run Tune first");
+  request.spec.template_id = (*best)->scope.template_id;
   const auto arch = find_arch(request.spec.arch);
   if (auto error = template_info(request.spec.template_id)
                        .config_error((*best)->config, request.spec.problem, *arch))
@@ -651,6 +661,14 @@ Result<std::shared_ptr<PendingCall>> Service::tune(const auth::Identity& who,
                                                    TuneSettings settings,
                                                    TuneCallbacks callbacks) {
   if (Status admitted = check_tune_admission(who, settings); !admitted) return admitted.error();
+  // A request that names no family on sm_90a: both attention families are
+  // searched, and the one served is chosen among them.
+  if (!settings.family_named) {
+    const auto families = prefill_families(settings.problem, settings.arch);
+    if (families.size() > 1 && families.front() == settings.template_id)
+      for (size_t i = 1; i < families.size(); ++i)
+        settings.rival_families.emplace_back(families[i]);
+  }
   const std::string bucket = canonical_bucket(bucket_of(settings.shape, settings.layout));
   auto call = std::make_shared<TuneCall>(*this, who.client, std::move(callbacks));
   call->start(std::move(settings), bucket);
@@ -678,7 +696,7 @@ Result<BestRecord> Service::tuning_result(const CompileRequest& target,
     return make_error(ErrorCode::invalid_argument,
                       "device: must be set (the daemon has no GPU to default to)");
   const TuningScope scope = tuning_scope(target, on);
-  auto best = tuning_db_->best_for(scope);
+  auto best = target.family_named ? tuning_db_->best_for(scope) : served_best(scope);
   if (!best) return best.error();
   if (!*best)
     return make_error(ErrorCode::not_found, "no tuning result for " +

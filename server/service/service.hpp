@@ -166,7 +166,8 @@ class Service {
   std::vector<v1::TuneJob> list_tune_jobs(const auth::Identity& who) const;
   Result<v1::TuneJob> cancel_tune_job(int64_t id, const auth::Identity& who);
   // The stored best for the request's bucket on `device` (empty: the
-  // tuning GPU's); NOT_FOUND naming the bucket.
+  // tuning GPU's): the named family's, or where the request names none the
+  // one served (served_best); NOT_FOUND naming the bucket.
   Result<BestRecord> tuning_result(const CompileRequest& target, const std::string& device) const;
   Result<BestPage> list_tuning_results(int page_size, const std::string& page_token) const;
   // The tuning database's jobs (any status) and one job with its trials in
@@ -203,6 +204,11 @@ class Service {
   TuningScope tuning_scope(const CompileRequest& request, const std::string& device) const;
   // The fleet's best for the scope (stored in the local database too).
   std::optional<BestRecord> fleet_best(const TuningScope& scope) const;
+  // The stored (else the fleet's) best of the scope; where its family is one
+  // of the arch's prefill_families(), the best of the family those serve:
+  // the first one's unless another's is faster by more than the spread
+  // (chosen_entrant, the rule a Tune of several families chooses by).
+  Result<std::optional<BestRecord>> served_best(const TuningScope& scope) const;
   // Per-client compile slots (compile, validate); no-ops without quotas.
   Status take_compile_slot(const std::string& client);
   void release_compile_slot(const std::string& client);

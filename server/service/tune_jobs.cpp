@@ -16,12 +16,16 @@ int64_t TuneJobRegistry::add(std::string owner, std::string template_id, std::st
   return id;
 }
 
-void TuneJobRegistry::started(int64_t id, int64_t database_job_id) {
+void TuneJobRegistry::started(int64_t id, int64_t database_job_id,
+                              const std::string& template_id) {
   std::lock_guard lock(mutex_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;
-  it->second.started = std::chrono::steady_clock::now();
+  // A job of several families starts once per family: its GPU time counts
+  // from the first start, and the list shows the family searched now.
+  if (!it->second.started) it->second.started = std::chrono::steady_clock::now();
   it->second.database_job_id = database_job_id;
+  if (!template_id.empty()) it->second.template_id = template_id;
 }
 
 std::optional<double> TuneJobRegistry::finish(int64_t id) {

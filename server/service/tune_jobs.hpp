@@ -24,8 +24,9 @@ class TuneJobRegistry {
   // registry's lock held and names who cancelled.
   int64_t add(std::string owner, std::string template_id, std::string bucket,
               std::function<void(const std::string& by)> cancel);
-  // The job got a GPU (TuneStarted).
-  void started(int64_t id, int64_t database_job_id);
+  // The job got a GPU (TuneStarted); a job of several families calls it once
+  // per family (its database job, the family searched now).
+  void started(int64_t id, int64_t database_job_id, const std::string& template_id);
   // The call ended: forgets the job and returns the seconds it held a GPU
   // (0 if it never started). Idempotent: 0 the second time.
   std::optional<double> finish(int64_t id);

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -53,6 +54,96 @@ struct CompileQueue {
   uint64_t next_id = 0;
   bool cancelled = false;
 };
+
+// A candidate of a side-by-side re-timing.
+struct RetimeEntrant {
+  const CompiledCandidate* candidate;
+  TileConfig config;
+};
+
+// Each entrant timed again, kRetimeRounds rounds interleaved, in one
+// backend call (one worker call on the GPU). When that call fails (a kernel
+// faulted, a timeout), one call per entrant per round instead: a fault then
+// costs only its own kernel's times, and the others still race. Per
+// entrant, the rounds that gave a time (none for fewer than two entrants).
+std::vector<std::vector<Measurement>> retime_side_by_side(
+    EvaluationBackend& backend, const std::vector<RetimeEntrant>& entrants,
+    const MeasureRequest& base, const std::string& who, const std::function<bool()>& cancelled) {
+  std::vector<std::vector<Measurement>> rounds(entrants.size());
+  if (entrants.size() < 2) return rounds;
+  MeasureManyRequest request;
+  request.common = base;
+  request.common.validate = false;
+  request.common.deadline =
+      Clock::now() + std::chrono::minutes(2) * static_cast<int>(entrants.size());
+  for (const RetimeEntrant& entrant : entrants) request.candidates.push_back(entrant.candidate);
+  request.rounds = kRetimeRounds;
+  auto timed = backend.measure_many(request);
+  if (timed && timed->size() != entrants.size())
+    timed = make_error(ErrorCode::internal, "the backend answered " +
+                                                std::to_string(timed->size()) + " of " +
+                                                std::to_string(entrants.size()) + " finalists");
+  if (!timed) {
+    if (cancelled()) return rounds;
+    spdlog::warn("{}: re-timing {} finalists in one call: {}; one call each instead", who,
+                 entrants.size(), timed.error().message);
+    timed = measure_round_robin(backend, request);
+  }
+  for (size_t i = 0; i < entrants.size(); ++i) {
+    for (const Measurement& m : (*timed)[i])
+      if (m.correct && m.median_us > 0.0) rounds[i].push_back(m);
+    if (rounds[i].empty())
+      spdlog::warn("{}: re-timing {}: no time", who, config_label(entrants[i].config));
+  }
+  return rounds;
+}
+
+// A finalist's times from its re-timing rounds (at least one): the median
+// over rounds of each round's median, p10 and p90.
+Finalist finalist_of(const TileConfig& config, const std::vector<Measurement>& rounds) {
+  auto median_of = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<double> med, p10, p90;
+  for (const auto& m : rounds) {
+    med.push_back(m.median_us);
+    p10.push_back(m.p10_us);
+    p90.push_back(m.p90_us);
+  }
+  Finalist f{config, median_of(med), 0.0, 0.0};
+  f.p10_us = std::min(median_of(p10), f.median_us);
+  f.p90_us = std::max(median_of(p90), f.median_us);
+  return f;
+}
+
+// The space a job searches for its family: every valid config, less those
+// the job's shape does not fit or that a search for it leaves out.
+Result<SearchSpace> family_space(const TuneSettings& settings) {
+  const auto arch = find_arch(settings.arch);
+  if (!arch)
+    return make_error(ErrorCode::invalid_argument,
+                      "arch: '" + settings.arch + "' is not supported");
+  auto space = SearchSpace::create(settings.problem, *arch, family_axes(settings.template_id),
+                                   settings.template_id);
+  if (!space) return space.error();
+  // A family whose configs fit only some shapes (decode: packed rows) keeps
+  // the ones this job's shape fits, and of those the ones worth searching
+  // for it (decode: the smallest tile that holds the rows).
+  const TemplateInfo& fits = template_info(settings.template_id);
+  if (fits.shape_error == nullptr) return space;
+  space->prune([&](const TileConfig& config, std::string* why) {
+    auto error = fits.shape_error(config, settings.problem, settings.shape);
+    if (!error && fits.search_skip != nullptr)
+      error = fits.search_skip(config, settings.problem, settings.shape);
+    if (error) *why = *error;
+    return !error;
+  });
+  if (space->empty())
+    return make_error(ErrorCode::invalid_argument,
+                      "no config of " + settings.template_id + " fits the shape");
+  return space;
+}
 
 }  // namespace
 
@@ -108,11 +199,32 @@ class TuningManager::Job {
     if (callbacks_.on_event) callbacks_.on_event(event);
   }
 
+  // A family's stored best that a job need not tune again: its own, or the
+  // fleet's (then kept here too). `replace`: the stored row does not read.
+  struct Known {
+    std::optional<BestRecord> best;
+    bool from_fleet = false;
+    bool replace = false;
+  };
+  // One family of a job that searches several.
+  struct Member {
+    TuningScope scope;
+    Known known;
+    size_t space_size = 0;
+    std::optional<Result<TuneResult>> tuned;
+  };
+
   Result<TuneResult> run();
-  Result<TuneResult> tune(const TuningScope& scope, const ToolchainRecord& toolchain, int gpu);
+  Known known_best(const TuningScope& scope, const ToolchainRecord& toolchain);
+  Result<TuneResult> tune(const TuningScope& scope, const ToolchainRecord& toolchain, int gpu,
+                          bool replace_stored);
+  Result<TuneResult> tune_families(std::vector<Member>& members,
+                                   const ToolchainRecord& toolchain, int gpu);
+  Result<TuneResult> choose_family(std::vector<Member>& members, int gpu, double search_seconds);
+  Result<CompiledCandidate> compile_now(const TuningScope& scope, const TileConfig& config);
   struct SpaceScan;
   class Run;  // the steps of tune()
-  void scan_space(const SearchSpace& space, SpaceScan& scan);
+  void scan_space(const TuneSettings& settings, const SearchSpace& space, SpaceScan& scan);
 
   TuningManager* manager_;
   TuneSettings settings_;
@@ -123,7 +235,6 @@ class TuningManager::Job {
   std::atomic<bool> finished_{false};
   int position_ = 0;
   std::optional<int> gpu_;  // held from acquire_gpu until after on_done
-  bool replace_stored_ = false;  // the stored best does not read: overwrite it
 };
 
 Result<TuneResult> TuningManager::Job::run() {
@@ -136,37 +247,88 @@ Result<TuneResult> TuningManager::Job::run() {
   ToolchainRecord toolchain = manager_->compiler_->toolchain();
   toolchain.driver_version = manager_->backend_->driver_version();
 
-  if (!settings_.force) {
-    auto stored = manager_->db_->best_for(scope);
-    if (!stored) {
-      // A stored row that does not read is no result: tune, and replace it.
-      spdlog::warn("{}; tuning the bucket again to replace it", stored.error().message);
-      replace_stored_ = true;
-      stored = std::optional<BestRecord>{};
-    }
-    // A best from another NVRTC or template source names a cubin no longer served.
-    if (*stored && (*stored)->toolchain.nvrtc_version == toolchain.nvrtc_version &&
-        (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
-      return tune_result_from_best(**stored);
-    }
-    if (auto fleet = manager_->options_.fleet ? manager_->options_.fleet->lookup(scope, toolchain)
-                                              : std::nullopt) {
-      // Kept here too, so the next call (and use_tuned_config) needs no fleet.
-      if (auto kept = manager_->db_->update_best_if_better(*fleet, BestUpdate::force); !kept)
-        spdlog::warn("fleet tuning result not stored: {}", kept.error().message);
-      spdlog::info("tuning {} {}: the fleet's best {} ({:.2f} us), no tuning here",
-                   scope.template_id, canonical_bucket(scope.bucket), config_label(fleet->config),
-                   fleet->median_us);
-      TuneResult result = tune_result_from_best(*fleet);
-      result.from_database = false;
-      result.from_fleet = true;
+  if (settings_.rival_families.empty()) {
+    Known known = known_best(scope, toolchain);
+    if (known.best) {
+      TuneResult result = tune_result_from_best(*known.best);
+      result.from_database = !known.from_fleet;
+      result.from_fleet = known.from_fleet;
       return result;
     }
+    gpu_ = manager_->acquire_gpu(*this);
+    if (!gpu_) return make_error(ErrorCode::cancelled, "tuning job cancelled while queued");
+    return tune(scope, toolchain, *gpu_, known.replace);
   }
 
+  // Several families: those with a current stored best are not tuned again;
+  // when all have one, the one served is chosen from the stored times.
+  std::vector<Member> members;
+  std::vector<std::string> families{settings_.template_id};
+  for (const std::string& rival : settings_.rival_families)
+    if (std::find(families.begin(), families.end(), rival) == families.end())
+      families.push_back(rival);
+  bool all_known = true;
+  for (const std::string& family : families) {
+    Member member;
+    member.scope = scope;
+    member.scope.template_id = family;
+    member.known = known_best(member.scope, toolchain);
+    all_known = all_known && member.known.best.has_value();
+    members.push_back(std::move(member));
+  }
+  if (all_known) {
+    std::vector<Finalist> stored;
+    for (const Member& m : members)
+      stored.push_back({m.known.best->config, m.known.best->median_us, m.known.best->p10_us,
+                        m.known.best->p90_us});
+    const Member& served = members[chosen_entrant(stored, 0)];
+    TuneResult result = tune_result_from_best(*served.known.best);
+    result.from_database = !served.known.from_fleet;
+    result.from_fleet = served.known.from_fleet;
+    for (const Member& m : members) {
+      FamilyFinalist f{m.scope.template_id, m.known.best->config, m.known.best->median_us,
+                       m.known.best->p10_us, m.known.best->p90_us, false, {}};
+      if (&m == &served)
+        result.families.insert(result.families.begin(), std::move(f));
+      else
+        result.families.push_back(std::move(f));
+    }
+    return result;
+  }
   gpu_ = manager_->acquire_gpu(*this);
   if (!gpu_) return make_error(ErrorCode::cancelled, "tuning job cancelled while queued");
-  return tune(scope, toolchain, *gpu_);
+  return tune_families(members, toolchain, *gpu_);
+}
+
+TuningManager::Job::Known TuningManager::Job::known_best(const TuningScope& scope,
+                                                         const ToolchainRecord& toolchain) {
+  Known known;
+  if (settings_.force) return known;
+  auto stored = manager_->db_->best_for(scope);
+  if (!stored) {
+    // A stored row that does not read is no result: tune, and replace it.
+    spdlog::warn("{}; tuning the bucket again to replace it", stored.error().message);
+    known.replace = true;
+    stored = std::optional<BestRecord>{};
+  }
+  // A best from another NVRTC or template source names a cubin no longer served.
+  if (*stored && (*stored)->toolchain.nvrtc_version == toolchain.nvrtc_version &&
+      (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
+    known.best = std::move(**stored);
+    return known;
+  }
+  if (auto fleet = manager_->options_.fleet ? manager_->options_.fleet->lookup(scope, toolchain)
+                                            : std::nullopt) {
+    // Kept here too, so the next call (and use_tuned_config) needs no fleet.
+    if (auto kept = manager_->db_->update_best_if_better(*fleet, BestUpdate::force); !kept)
+      spdlog::warn("fleet tuning result not stored: {}", kept.error().message);
+    spdlog::info("tuning {} {}: the fleet's best {} ({:.2f} us), no tuning here",
+                 scope.template_id, canonical_bucket(scope.bucket), config_label(fleet->config),
+                 fleet->median_us);
+    known.best = std::move(*fleet);
+    known.from_fleet = true;
+  }
+  return known;
 }
 
 // What the background pass over the search space has learned: per config,
@@ -196,7 +358,8 @@ struct TuningManager::Job::SpaceScan {
   }
 };
 
-void TuningManager::Job::scan_space(const SearchSpace& space, SpaceScan& scan) {
+void TuningManager::Job::scan_space(const TuneSettings& settings, const SearchSpace& space,
+                                    SpaceScan& scan) {
   // Below the daemon's compile-queue bound, so other clients keep room.
   constexpr size_t kInFlight = 16;
   constexpr int kBusyRetries = 50;
@@ -224,7 +387,7 @@ void TuningManager::Job::scan_space(const SearchSpace& space, SpaceScan& scan) {
     lock.unlock();
     if (retry) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     manager_->compiler_->compile(
-        settings_.template_id, settings_.problem, configs[i], settings_.arch, settings_.shape,
+        settings.template_id, settings.problem, configs[i], settings.arch, settings.shape,
         [&, i](Result<CompiledCandidate> result) {
           std::lock_guard guard(scan.mutex);
           --in_flight;
@@ -261,10 +424,13 @@ void TuningManager::Job::scan_space(const SearchSpace& space, SpaceScan& scan) {
 // row, stored best, result).
 class TuningManager::Job::Run {
  public:
-  Run(Job& job, const TuningScope& scope, const ToolchainRecord& toolchain, int gpu)
-      : job_(job), settings_(job.settings_), db_(*job.manager_->db_), scope_(scope),
-        toolchain_(toolchain), gpu_(gpu),
-        searcher_name_(searcher_kind_name(job.settings_.searcher)) {}
+  // `settings` is the job's, or one family's part of it (its template, its
+  // share of the budget).
+  Run(Job& job, TuneSettings settings, const TuningScope& scope, const ToolchainRecord& toolchain,
+      int gpu, bool replace_stored)
+      : job_(job), settings_(std::move(settings)), db_(*job.manager_->db_), scope_(scope),
+        toolchain_(toolchain), gpu_(gpu), replace_stored_(replace_stored),
+        searcher_name_(searcher_kind_name(settings_.searcher)) {}
 
   // The background pass stops where it is and is joined.
   ~Run() { stop_scan(); }
@@ -335,11 +501,12 @@ class TuningManager::Job::Run {
   void stop_scan();
 
   Job& job_;
-  const TuneSettings& settings_;
+  const TuneSettings settings_;
   TuningDb& db_;
   const TuningScope scope_;
   const ToolchainRecord toolchain_;
   const int gpu_;
+  const bool replace_stored_;  // the stored best does not read: overwrite it
   const std::string searcher_name_;
 
   std::optional<ArchInfo> arch_;
@@ -380,28 +547,9 @@ class TuningManager::Job::Run {
 
 Status TuningManager::Job::Run::build_space() {
   arch_ = find_arch(settings_.arch);
-  if (!arch_)
-    return make_error(ErrorCode::invalid_argument,
-                      "arch: '" + settings_.arch + "' is not supported");
-  auto space = SearchSpace::create(settings_.problem, *arch_,
-                                   family_axes(settings_.template_id), settings_.template_id);
+  auto space = family_space(settings_);
   if (!space) return space.error();
   space_ = std::move(space).value();
-  // A family whose configs fit only some shapes (decode: packed rows) keeps
-  // the ones this job's shape fits, and of those the ones worth searching
-  // for it (decode: the smallest tile that holds the rows).
-  const TemplateInfo& fits = template_info(settings_.template_id);
-  if (fits.shape_error == nullptr) return ok_status();
-  space_->prune([&](const TileConfig& config, std::string* why) {
-    auto error = fits.shape_error(config, settings_.problem, settings_.shape);
-    if (!error && fits.search_skip != nullptr)
-      error = fits.search_skip(config, settings_.problem, settings_.shape);
-    if (error) *why = *error;
-    return !error;
-  });
-  if (space_->empty())
-    return make_error(ErrorCode::invalid_argument,
-                      "no config of " + settings_.template_id + " fits the shape");
   return ok_status();
 }
 
@@ -421,7 +569,7 @@ Status TuningManager::Job::Run::prepare() {
   // over it is bracketed, and the search waits for the pass only if it
   // reaches the lower bracket first.
   scan_ = std::make_unique<SpaceScan>(space_->size());
-  scanner_ = std::thread([this] { job_.scan_space(*space_, *scan_); });
+  scanner_ = std::thread([this] { job_.scan_space(settings_, *space_, *scan_); });
   recorded_.assign(space_->size(), false);
   plan_budget();
   plan_seeds();
@@ -464,6 +612,7 @@ void TuningManager::Job::Run::plan_seeds() {
 void TuningManager::Job::Run::announce() {
   TuneEvent started;
   started.kind = TuneEvent::Kind::started;
+  started.template_id = settings_.template_id;
   started.job_id = job_id_;
   started.space_size = space_->size();
   started.max_evaluations = budget_bounds().second;  // at most; final once the scan is over
@@ -703,6 +852,7 @@ TuneEvent TuningManager::Job::Run::trial_event(const TileConfig& config,
   }
   TuneEvent event;
   event.kind = TuneEvent::Kind::trial;
+  event.template_id = settings_.template_id;
   event.config = config;
   event.status = trial.status;
   event.median_us = trial.median_us;
@@ -765,41 +915,13 @@ MeasureRequest TuningManager::Job::Run::base_request() const {
   return base;
 }
 
-// Each entrant timed again, kRetimeRounds rounds interleaved, in one
-// backend call (one worker call on the GPU). When that call fails (a kernel
-// faulted, a timeout), one call per entrant per round instead: a fault then
-// costs only its own kernel's times, and the others still race.
 std::vector<std::vector<Measurement>> TuningManager::Job::Run::retime(
     const std::vector<Kept>& entrants, const MeasureRequest& base) {
-  std::vector<std::vector<Measurement>> rounds(entrants.size());
-  if (entrants.size() < 2) return rounds;
-  MeasureManyRequest request;
-  request.common = base;
-  request.common.validate = false;
-  request.common.deadline =
-      Clock::now() + std::chrono::minutes(2) * static_cast<int>(entrants.size());
-  for (const Kept& entrant : entrants) request.candidates.push_back(&entrant.candidate);
-  request.rounds = kRetimeRounds;
-  EvaluationBackend& backend = *job_.manager_->backend_;
-  auto timed = backend.measure_many(request);
-  if (timed && timed->size() != entrants.size())
-    timed = make_error(ErrorCode::internal, "the backend answered " +
-                                                std::to_string(timed->size()) + " of " +
-                                                std::to_string(entrants.size()) + " finalists");
-  if (!timed) {
-    if (job_.cancelled()) return rounds;
-    spdlog::warn("tuning job {}: re-timing {} finalists in one call: {}; one call each instead",
-                 job_id_, entrants.size(), timed.error().message);
-    timed = measure_round_robin(backend, request);
-  }
-  for (size_t i = 0; i < entrants.size(); ++i) {
-    for (const Measurement& m : (*timed)[i])
-      if (m.correct && m.median_us > 0.0) rounds[i].push_back(m);
-    if (rounds[i].empty())
-      spdlog::warn("tuning job {}: re-timing {}: no time", job_id_,
-                   config_label(entrants[i].config));
-  }
-  return rounds;
+  std::vector<RetimeEntrant> timed;
+  for (const Kept& entrant : entrants) timed.push_back({&entrant.candidate, entrant.config});
+  return retime_side_by_side(*job_.manager_->backend_, timed, base,
+                             "tuning job " + std::to_string(job_id_),
+                             [this] { return job_.cancelled(); });
 }
 
 // Validation order: the chosen one first (a challenger displaces the
@@ -812,8 +934,7 @@ std::vector<size_t> TuningManager::Job::Run::validation_order(
   size_t incumbent = by_time.front();
   for (size_t i = 0; i < finalists_.size(); ++i)
     if (default_kept_ && finalists_[i].config == default_kept_->config) incumbent = i;
-  for (size_t i : by_time)
-    if (i != incumbent && displaces(finalists_[i], finalists_[incumbent])) incumbent = i;
+  incumbent = chosen_entrant(finalists_, incumbent);
   order.push_back(incumbent);
   for (size_t i : by_time)
     if (i != incumbent) order.push_back(i);
@@ -830,25 +951,13 @@ void TuningManager::Job::Run::choose() {
     entrants.push_back(*default_kept_);
   const MeasureRequest base = base_request();
   const auto rounds = retime(entrants, base);
-  auto median_of = [](std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-  };
-  std::vector<size_t> order;  // entrants that have times, fastest first
+  std::vector<size_t> order;  // entrants that have times, in entrant order
   for (size_t i = 0; i < entrants.size(); ++i) {
     Finalist f{entrants[i].config, entrants[i].median_us, entrants[i].p10_us,
                entrants[i].p90_us};
     if (entrants.size() >= 2) {
       if (rounds[i].empty()) continue;  // it did not time again: not a finalist
-      std::vector<double> med, p10, p90;
-      for (const auto& m : rounds[i]) {
-        med.push_back(m.median_us);
-        p10.push_back(m.p10_us);
-        p90.push_back(m.p90_us);
-      }
-      f.median_us = median_of(med);
-      f.p10_us = std::min(median_of(p10), f.median_us);
-      f.p90_us = std::max(median_of(p90), f.median_us);
+      f = finalist_of(entrants[i].config, rounds[i]);
     }
     finalists_.push_back(f);
     order.push_back(i);
@@ -945,7 +1054,7 @@ void TuningManager::Job::Run::store_best(double wall) {
   record.validated = validated_;
   record.validation_detail = validation_detail_;
   if (auto stored = db_.update_best_if_better(
-          record, job_.replace_stored_ ? BestUpdate::force : BestUpdate::if_faster);
+          record, replace_stored_ ? BestUpdate::force : BestUpdate::if_faster);
       !stored)
     spdlog::warn("tuning job {}: {}", job_id_, stored.error().message);
   else if (*stored && job_.manager_->options_.fleet)
@@ -988,9 +1097,194 @@ Result<TuneResult> TuningManager::Job::Run::result_or_error(double wall) const {
 }
 
 Result<TuneResult> TuningManager::Job::tune(const TuningScope& scope,
-                                            const ToolchainRecord& toolchain, int gpu) {
-  Run run(*this, scope, toolchain, gpu);
+                                            const ToolchainRecord& toolchain, int gpu,
+                                            bool replace_stored) {
+  Run run(*this, settings_, scope, toolchain, gpu, replace_stored);
   return run.execute();
+}
+
+// Several families in one job, on one GPU: each family without a current
+// stored best is searched in turn with a share of the budget in proportion
+// to its space (time, and measurements where the request fixed them), then
+// every family's stored best is re-timed side by side and one is chosen.
+Result<TuneResult> TuningManager::Job::tune_families(std::vector<Member>& members,
+                                                     const ToolchainRecord& toolchain, int gpu) {
+  const auto begin = Clock::now();
+  size_t total_space = 0;
+  for (Member& m : members) {
+    if (m.known.best) continue;
+    TuneSettings settings = settings_;
+    settings.template_id = m.scope.template_id;
+    if (auto space = family_space(settings)) m.space_size = space->size();
+    total_space += m.space_size;
+  }
+  const auto time_budget =
+      settings_.time_budget.count() > 0 ? settings_.time_budget : kDefaultTuneTimeBudget;
+  for (Member& m : members) {
+    if (m.known.best || cancelled()) continue;
+    TuneSettings settings = settings_;
+    settings.template_id = m.scope.template_id;
+    settings.rival_families.clear();
+    const double share = total_space > 0 ? static_cast<double>(m.space_size) / total_space : 1.0;
+    settings.time_budget = std::max(std::chrono::milliseconds(1000),
+                                    std::chrono::milliseconds(static_cast<int64_t>(
+                                        static_cast<double>(time_budget.count()) * share)));
+    if (settings.max_evaluations > 0)
+      settings.max_evaluations = std::max(
+          1, static_cast<int>(std::lround(static_cast<double>(settings.max_evaluations) * share)));
+    spdlog::info("tuning {} {}: {} of {} configs of the families searched together, {} ms",
+                 m.scope.template_id, canonical_bucket(m.scope.bucket), m.space_size, total_space,
+                 settings.time_budget.count());
+    Run run(*this, std::move(settings), m.scope, toolchain, gpu, m.known.replace);
+    m.tuned = run.execute();
+  }
+  if (cancelled()) return make_error(ErrorCode::cancelled, "tuning job cancelled");
+  return choose_family(members, gpu, std::chrono::duration<double>(Clock::now() - begin).count());
+}
+
+// The families' stored bests (each family's best for the bucket, whether
+// this job found it or an earlier one did) re-timed side by side in one
+// worker call; the first family (the one served by default) stays chosen
+// unless another is faster by more than the spread. The re-timed times go
+// into the stored bests, so use_tuned_config, comparing them by the same
+// rule, serves what this job chose.
+Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& members, int gpu,
+                                                     double search_seconds) {
+  const auto begin = Clock::now();
+  struct Entrant {
+    size_t member;
+    BestRecord best;
+    CompiledCandidate compiled;
+  };
+  std::vector<Entrant> entrants;
+  std::vector<FamilyFinalist> outcomes;
+  std::optional<Error> named_error;
+  int64_t evaluations = 0;
+  for (size_t i = 0; i < members.size(); ++i) {
+    Member& m = members[i];
+    FamilyFinalist outcome;
+    outcome.template_id = m.scope.template_id;
+    outcome.tuned = m.tuned.has_value();
+    if (m.tuned && *m.tuned) evaluations += (*m.tuned)->evaluations;
+    if (m.tuned && !*m.tuned) {
+      outcome.error = m.tuned->error().message;
+      if (i == 0) named_error = m.tuned->error();
+    }
+    std::optional<BestRecord> best = m.known.best;
+    if (m.tuned) {
+      auto stored = manager_->db_->best_for(m.scope);
+      if (stored && *stored) best = std::move(**stored);
+    }
+    if (!best) {
+      if (outcome.error.empty()) outcome.error = "no best stored";
+      outcomes.push_back(std::move(outcome));
+      continue;
+    }
+    outcome.config = best->config;
+    outcome.median_us = best->median_us;
+    outcome.p10_us = best->p10_us;
+    outcome.p90_us = best->p90_us;
+    auto compiled = compile_now(m.scope, best->config);
+    if (!compiled) {
+      outcome.error = "compile: " + compiled.error().message;
+      outcomes.push_back(std::move(outcome));
+      continue;
+    }
+    outcomes.push_back(std::move(outcome));
+    entrants.push_back({i, std::move(*best), std::move(*compiled)});
+  }
+  if (entrants.empty()) {
+    if (named_error) return *named_error;
+    return make_error(ErrorCode::failed_precondition,
+                      "no family found a correct kernel: " + outcomes.front().template_id + ": " +
+                          outcomes.front().error);
+  }
+
+  MeasureRequest base;
+  base.problem = settings_.problem;
+  base.shape = settings_.shape;
+  base.layout = settings_.layout;
+  base.gpu = gpu;
+  base.seed = settings_.seed == 0 ? 1 : settings_.seed;
+  base.warmup = settings_.warmup;
+  base.repetitions = settings_.repetitions;
+  base.target_loop_ms = settings_.target_loop_ms;
+  base.cancelled = &cancelled_;
+  std::vector<RetimeEntrant> timed;
+  for (const Entrant& e : entrants) timed.push_back({&e.compiled, e.best.config});
+  const auto rounds = retime_side_by_side(*manager_->backend_, timed, base, "choosing the family",
+                                          [this] { return cancelled(); });
+  if (cancelled()) return make_error(ErrorCode::cancelled, "tuning job cancelled");
+  // Entrants without a fresh time (one alone, or the re-timing failed) keep
+  // their stored times.
+  std::vector<Finalist> finalists;
+  for (size_t i = 0; i < entrants.size(); ++i) {
+    const BestRecord& b = entrants[i].best;
+    finalists.push_back(rounds[i].empty() ? Finalist{b.config, b.median_us, b.p10_us, b.p90_us}
+                                          : finalist_of(b.config, rounds[i]));
+  }
+  const size_t chosen = chosen_entrant(finalists, 0);
+  for (size_t i = 0; i < entrants.size(); ++i) {
+    FamilyFinalist& outcome = outcomes[entrants[i].member];
+    outcome.median_us = finalists[i].median_us;
+    outcome.p10_us = finalists[i].p10_us;
+    outcome.p90_us = finalists[i].p90_us;
+    if (rounds[i].empty()) continue;
+    BestRecord updated = entrants[i].best;
+    updated.tflops = updated.tflops * updated.median_us / finalists[i].median_us;
+    updated.median_us = finalists[i].median_us;
+    updated.p10_us = finalists[i].p10_us;
+    updated.p90_us = finalists[i].p90_us;
+    updated.updated_unix_ms = 0;
+    if (auto stored = manager_->db_->update_best_if_better(updated, BestUpdate::force); !stored)
+      spdlog::warn("tuning {}: the re-timed best not stored: {}", updated.scope.template_id,
+                   stored.error().message);
+    entrants[i].best = std::move(updated);
+  }
+  const Entrant& winner = entrants[chosen];
+  const Member& served = members[winner.member];
+  // This job's search found the stored best (else an earlier job did, and
+  // this search's finalists and validation are not that best's).
+  const bool found_now =
+      served.tuned && *served.tuned && (**served.tuned).config == winner.best.config;
+  TuneResult result = found_now ? **served.tuned : tune_result_from_best(winner.best);
+  result.from_database = false;
+  result.from_fleet = false;
+  result.median_us = winner.best.median_us;
+  result.p10_us = winner.best.p10_us;
+  result.p90_us = winner.best.p90_us;
+  result.tflops = winner.best.tflops;
+  result.config = winner.best.config;
+  result.key = winner.best.cache_key;
+  result.evaluations = evaluations;
+  result.wall_seconds =
+      search_seconds + std::chrono::duration<double>(Clock::now() - begin).count();
+  result.families.push_back(outcomes[winner.member]);
+  for (size_t i = 0; i < outcomes.size(); ++i)
+    if (i != winner.member) result.families.push_back(outcomes[i]);
+  spdlog::info("tuning {}: {} chosen ({:.2f} us) of {} families",
+               canonical_bucket(served.scope.bucket), served.scope.template_id, result.median_us,
+               members.size());
+  return result;
+}
+
+// A config of the job's shape compiled now (through the kernel cache, so a
+// config the search compiled is a hit); a full compile queue is waited out.
+Result<CompiledCandidate> TuningManager::Job::compile_now(const TuningScope& scope,
+                                                         const TileConfig& config) {
+  for (int attempt = 0;; ++attempt) {
+    auto done = std::make_shared<std::promise<Result<CompiledCandidate>>>();
+    auto answer = done->get_future();
+    manager_->compiler_->compile(scope.template_id, settings_.problem, config, settings_.arch,
+                                 settings_.shape, [done](Result<CompiledCandidate> result) {
+                                   done->set_value(std::move(result));
+                                 });
+    Result<CompiledCandidate> result = answer.get();
+    if (result || result.error().code != ErrorCode::resource_exhausted || attempt >= 50 ||
+        cancelled())
+      return result;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
 }
 
 Result<RoundTimes> EvaluationBackend::measure_many(const MeasureManyRequest& request) {
@@ -1019,6 +1313,17 @@ RoundTimes measure_round_robin(EvaluationBackend& backend, const MeasureManyRequ
 bool displaces(const Finalist& challenger, const Finalist& incumbent) {
   const double spread = std::max(challenger.spread_us(), incumbent.spread_us());
   return incumbent.median_us - challenger.median_us > spread;
+}
+
+size_t chosen_entrant(const std::vector<Finalist>& entrants, size_t incumbent) {
+  std::vector<size_t> by_time(entrants.size());
+  for (size_t i = 0; i < by_time.size(); ++i) by_time[i] = i;
+  std::stable_sort(by_time.begin(), by_time.end(), [&](size_t a, size_t b) {
+    return entrants[a].median_us < entrants[b].median_us;
+  });
+  for (size_t i : by_time)
+    if (i != incumbent && displaces(entrants[i], entrants[incumbent])) incumbent = i;
+  return incumbent;
 }
 
 TuningManager::TuningManager(std::shared_ptr<CandidateCompiler> compiler,

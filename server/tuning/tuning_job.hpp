@@ -165,6 +165,14 @@ RoundTimes measure_round_robin(EvaluationBackend& backend, const MeasureManyRequ
 
 struct TuneSettings {
   std::string template_id{kAttentionTemplateId};
+  // Families searched in the same job beside template_id (same problem,
+  // shape, layout and arch): each gets a share of the budget in proportion
+  // to its space, then every family's stored best is re-timed side by side
+  // and the one served is chosen (DESIGN.md §6). The service sets them on
+  // sm_90a when the request names no family (prefill_families()).
+  std::vector<std::string> rival_families;
+  // False where the request named no family (the daemon picked template_id).
+  bool family_named = true;
   ProblemClass problem;
   RuntimeShape shape;
   QkvLayout layout = QkvLayout::bshd;  // part of the key: each layout is tuned on its own
@@ -197,6 +205,22 @@ struct Finalist {
 // Whether `challenger` displaces `incumbent`: only when it is faster by more
 // than the larger of the two spreads (a win inside the noise is not a win).
 bool displaces(const Finalist& challenger, const Finalist& incumbent);
+// Of `entrants`, the one chosen: `incumbent`, unless another displaces it;
+// challengers are tried fastest first, each against the one chosen so far.
+size_t chosen_entrant(const std::vector<Finalist>& entrants, size_t incumbent);
+
+// One family's part of a job that searched several (TuneSettings::
+// rival_families): its stored best as re-timed side by side with the
+// others' at the end, or why it has none.
+struct FamilyFinalist {
+  std::string template_id;
+  TileConfig config;
+  double median_us = 0.0;
+  double p10_us = 0.0;
+  double p90_us = 0.0;
+  bool tuned = false;  // searched by this job (false: its stored best was current)
+  std::string error;   // why the family has no best (then no times)
+};
 
 struct TuneResult {
   TuningScope scope;
@@ -221,6 +245,9 @@ struct TuneResult {
   double runner_up_margin_us = 0.0;
   bool validated = false;
   std::string validation_detail;
+  // A job that searched several families: each one's outcome, the chosen
+  // (this result's family) first; empty otherwise.
+  std::vector<FamilyFinalist> families;
 };
 
 // A stored best as a job's result (from_database = true).
@@ -229,6 +256,9 @@ TuneResult tune_result_from_best(const BestRecord& best);
 struct TuneEvent {
   enum class Kind { queued, started, trial, best } kind = Kind::trial;
   int position = 0;  // queued
+  // started, trial, best: the family searched (a job that searches several
+  // starts once per family, each with its own space and budget).
+  std::string template_id;
   // started
   int64_t job_id = 0;
   size_t space_size = 0;

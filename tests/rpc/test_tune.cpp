@@ -1044,6 +1044,129 @@ TEST(Tune, OnSm90aTheFasterFamilysBestIsServed) {
   }
 }
 
+// On sm_90a a Tune that names no family searches both attention families in
+// one job (a started event, trials and a best per family), re-times their
+// bests side by side in one call, keeps the Hopper family unless the sm80
+// family is faster by more than the spread, and stores the re-timed bests so
+// that GetTuningResult (no family) and Compile use_tuned_config serve the
+// same choice; a second Tune answers from the database with both families.
+TEST(Tune, OnSm90aANamelessTuneSearchesBothFamiliesAndServesTheChosenOne) {
+  auto d = std::make_unique<TuneDaemon>();
+  test_support::write_attention_templates(d->templates, test_support::kSmallAttentionTemplate);
+  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
+    if (path.rfind("hopper/", 0) == 0 || path == "common/attention_tma_params.cuh" ||
+        path == "common/element_types.cuh" || path == "common/sm80_primitives.cuh")
+      d->templates.write(path, contents);
+  auto backend = std::make_shared<SyntheticObjectiveBackend>();
+  // The Hopper family's configs leave q_placement to the family.
+  std::atomic<double> sm80_us{100.0};
+  backend->objective_with([&sm80_us](const TileConfig& c) {
+    TrialOutcome outcome;
+    outcome.ok = true;
+    const bool hopper = c.q_placement == QPlacement::automatic;
+    outcome.time_us = (hopper ? 50.0 : sm80_us.load()) + 0.01 * c.block_n + 0.001 * c.stages;
+    return outcome;
+  });
+  d->start(backend);
+
+  v1::TuneRequest request;
+  v1::KernelRequest* kernel = request.mutable_kernel();
+  kernel->set_arch("sm_90a");  // no template_id: the daemon's choice
+  v1::Problem* problem = kernel->mutable_problem();
+  problem->set_dtype(v1::DTYPE_FP16);
+  problem->set_head_dim(64);
+  problem->set_batch(2);
+  problem->set_heads(8);
+  problem->set_seq_q(2048);
+  request.set_max_evaluations(4);
+  request.set_searcher("random");
+  std::vector<std::string> started, trial_families;
+  auto on_progress = [&](const v1::TuneProgress& p) {
+    if (p.has_started()) started.push_back(p.started().template_id());
+    if (p.has_trial()) trial_families.push_back(p.trial().template_id());
+  };
+  auto result = d->client->tune(request, on_progress);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_EQ(started, (std::vector<std::string>{"attention_fwd_sm90", "attention_fwd"}));
+  ASSERT_FALSE(trial_families.empty());
+  EXPECT_EQ(trial_families.front(), "attention_fwd_sm90");
+  EXPECT_EQ(trial_families.back(), "attention_fwd");
+  EXPECT_EQ(result->template_id(), "attention_fwd_sm90");
+  EXPECT_FALSE(result->from_database());
+  ASSERT_EQ(result->families_size(), 2);
+  EXPECT_EQ(result->families(0).template_id(), "attention_fwd_sm90");
+  EXPECT_EQ(result->families(1).template_id(), "attention_fwd");
+  for (const auto& family : result->families()) {
+    EXPECT_TRUE(family.tuned()) << family.template_id();
+    EXPECT_TRUE(family.error().empty()) << family.error();
+    EXPECT_GT(family.median_us(), 0.0) << family.template_id();
+  }
+  EXPECT_LT(result->families(0).median_us(), 60.0);
+  EXPECT_GT(result->families(1).median_us(), 100.0);
+  // The measurements were shared out, not doubled: 4 in all.
+  EXPECT_EQ(result->evaluations(), 4);
+  // The families' bests were re-timed together in one call, after each
+  // family's own finalists.
+  const auto calls = backend->many_calls();
+  ASSERT_FALSE(calls.empty());
+  EXPECT_EQ(calls.back(), (std::pair<size_t, int>{2, kRetimeRounds}));
+
+  v1::GetTuningResultRequest get;
+  *get.mutable_kernel() = request.kernel();
+  auto served = d->client->get_tuning_result(get);
+  ASSERT_TRUE(served.ok()) << served.error().message;
+  EXPECT_EQ(served->template_id(), "attention_fwd_sm90");
+  get.mutable_kernel()->set_template_id("attention_fwd");
+  auto sm80 = d->client->get_tuning_result(get);
+  ASSERT_TRUE(sm80.ok()) << sm80.error().message;
+  EXPECT_EQ(sm80->template_id(), "attention_fwd");
+  // Its stored time is the side-by-side one.
+  EXPECT_DOUBLE_EQ(sm80->median_us(), result->families(1).median_us());
+
+  // The sm80 family becomes faster by far more than the spread: a forced
+  // Tune serves it, and so do GetTuningResult and Compile use_tuned_config.
+  sm80_us = 20.0;
+  request.set_force(true);
+  started.clear();
+  result = d->client->tune(request, on_progress);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_EQ(result->template_id(), "attention_fwd");
+  ASSERT_EQ(result->families_size(), 2);
+  EXPECT_EQ(result->families(0).template_id(), "attention_fwd");
+  EXPECT_LT(result->families(0).median_us(), result->families(1).median_us());
+  get.mutable_kernel()->clear_template_id();
+  served = d->client->get_tuning_result(get);
+  ASSERT_TRUE(served.ok()) << served.error().message;
+  EXPECT_EQ(served->template_id(), "attention_fwd");
+  v1::KernelRequest compile = request.kernel();
+  compile.set_use_tuned_config(true);
+  compile.set_omit_cubin(true);
+  auto handle = d->client->compile(compile);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->template_id(), "attention_fwd");
+  EXPECT_EQ(handle->abi().abi_version(), 1u);
+
+  // Both families stored: the next Tune answers from the database, with both.
+  request.set_force(false);
+  started.clear();
+  result = d->client->tune(request, on_progress);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_TRUE(result->from_database());
+  EXPECT_TRUE(started.empty());
+  EXPECT_EQ(result->template_id(), "attention_fwd");
+  ASSERT_EQ(result->families_size(), 2);
+  EXPECT_FALSE(result->families(0).tuned());
+
+  // Naming a family tunes that family alone.
+  kernel->set_template_id("attention_fwd_sm90");
+  request.set_force(true);
+  started.clear();
+  result = d->client->tune(request, on_progress);
+  ASSERT_TRUE(result.ok()) << result.error().message;
+  EXPECT_EQ(started, (std::vector<std::string>{"attention_fwd_sm90"}));
+  EXPECT_EQ(result->families_size(), 0);
+}
+
 // The decode family is tuned like the others: real NVRTC compiles of the
 // split (and combine) kernels, only configs that fit the shape's packed rows,
 // the split count among the searched fields; the best is stored for the

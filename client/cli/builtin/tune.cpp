@@ -80,6 +80,7 @@ class Tune final : public Command {
   static void print_result(const v1::TuningResult& result) {
     std::printf("best config   %s%s\n", config_label(result.config()).c_str(),
                 result.from_database() ? "  (stored result; --force to tune again)" : "");
+    std::printf("family        %s\n", result.template_id().c_str());
     std::printf("median        %.2f us", result.median_us());
     if (result.p90_us() > 0.0)
       std::printf("  (p10-p90 %.2f-%.2f us)", result.p10_us(), result.p90_us());
@@ -96,6 +97,18 @@ class Tune final : public Command {
     if (result.finalists_size() >= 2)
       std::printf("margin        %+.2f us to the runner-up (%+.1f%%)\n", result.runner_up_margin_us(),
                   100.0 * result.runner_up_margin_us() / result.median_us());
+    // A search of several families: each one's best, re-timed side by side.
+    for (const auto& family : result.families()) {
+      if (!family.error().empty() && family.median_us() <= 0.0) {
+        std::printf("  %-22s no best: %s\n", family.template_id().c_str(),
+                    family.error().c_str());
+        continue;
+      }
+      std::printf("  %-22s %s  %.2f us (p10-p90 %.2f-%.2f)%s%s\n", family.template_id().c_str(),
+                  config_label(family.config()).c_str(), family.median_us(), family.p10_us(),
+                  family.p90_us(), family.tuned() ? "" : "  stored",
+                  family.template_id() == result.template_id() ? "  served" : "");
+    }
     std::printf("evaluations   %lld (%s)\n", static_cast<long long>(result.evaluations()),
                 result.searcher().c_str());
     std::printf("wall          %.1f s\n", result.wall_seconds());
