@@ -344,5 +344,74 @@ TEST(TuneGpuTest, SM80_TheFinalistsAreRetimedTogetherInOneWorkerCall) {
   EXPECT_GE(result->p90_us(), result->median_us());
 }
 
+// On an sm_90a GPU a Tune that names no family searches both attention
+// families with the real templates and kernels: each family finds a correct
+// best, the two are re-timed side by side, and GetTuningResult (no family)
+// and Compile use_tuned_config serve the family the job chose.
+TEST(TuneGpuTest, SM90_ANamelessTuneSearchesBothFamiliesAndServesTheChosenOne) {
+  test_support::ScratchDir cache;
+  DaemonConfig config = loopback_config(cache.path());
+  config.compile_threads = 4;
+  config.evaluation_timeout = 60000ms;
+  use_real_worker(config);
+  auto daemon = start_daemon(config);
+  ASSERT_NE(daemon, nullptr);
+  client::ConnectOptions options;
+  options.address = daemon->address();
+  auto connected = client::Client::connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  client::Client& client = connected.value();
+  auto info = client.server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  if (!info->gpu_available())
+    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+  if (info->default_arch() != "sm_90a")
+    GTEST_SKIP() << "one attention family on " << info->default_arch();
+
+  v1::TuneRequest request = gpu_tune_request(8);
+  request.mutable_kernel()->clear_template_id();
+  request.set_searcher("evolutionary");
+  request.mutable_timing()->set_repetitions(7);
+  std::vector<std::string> started;
+  auto result = client.tune(request, [&](const v1::TuneProgress& p) {
+    if (p.has_started()) started.push_back(p.started().template_id());
+  }, nullptr, std::chrono::minutes(8));
+  ASSERT_TRUE(result.ok()) << result.error().message << "\n" << result.error().detail;
+  EXPECT_EQ(started, (std::vector<std::string>{"attention_fwd_sm90", "attention_fwd"}));
+  ASSERT_EQ(result->families_size(), 2);
+  EXPECT_EQ(result->families(0).template_id(), result->template_id());
+  for (const auto& f : result->families()) {
+    std::printf("[ family ] %s %s: median %.2f us [%.2f, %.2f]%s\n", f.template_id().c_str(),
+                config_label(config_of(f.config())).c_str(), f.median_us(), f.p10_us(),
+                f.p90_us(), f.template_id() == result->template_id() ? "  served" : "");
+    EXPECT_TRUE(f.tuned()) << f.template_id();
+    EXPECT_TRUE(f.error().empty()) << f.template_id() << ": " << f.error();
+    EXPECT_GT(f.median_us(), 0.0);
+    EXPECT_LE(f.p10_us(), f.median_us());
+    EXPECT_LE(f.median_us(), f.p90_us());
+  }
+  EXPECT_DOUBLE_EQ(result->median_us(), result->families(0).median_us());
+  // The other family is kept only where it is not faster by more than the spread.
+  const auto& served = result->families(0);
+  const auto& other = result->families(1);
+  if (served.template_id() == "attention_fwd")
+    EXPECT_GT(other.median_us() - served.median_us(),
+              std::max(served.p90_us() - served.p10_us(), other.p90_us() - other.p10_us()));
+
+  v1::GetTuningResultRequest get;
+  *get.mutable_kernel() = request.kernel();
+  auto stored = client.get_tuning_result(get);
+  ASSERT_TRUE(stored.ok()) << stored.error().message;
+  EXPECT_EQ(stored->template_id(), result->template_id());
+  EXPECT_EQ(config_of(stored->config()), config_of(result->config()));
+  v1::KernelRequest compile = request.kernel();
+  compile.set_use_tuned_config(true);
+  compile.set_omit_cubin(true);
+  auto handle = client.compile(compile);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->template_id(), result->template_id());
+  EXPECT_EQ(config_of(handle->config()), config_of(result->config()));
+}
+
 }  // namespace
 }  // namespace flashcore
