@@ -8,7 +8,11 @@
 //   FAILED_PRECONDITION and nothing is stored as best;
 // - some configs wrong: the family default (tried first, correct) becomes the
 //   reference kernel, the wrong ones are recorded `wrong` against it, and the
-//   best stored is a correct config that passed the full validation.
+//   best stored is a correct config that passed the full validation;
+// - every config wrong on one row of the ragged tail only (the second to
+//   last, which the sampled gate's fixed rows leave out): the gate passes
+//   them, the winner's validation (every row against fp64) catches each
+//   finalist, and nothing is stored.
 // Without a GPU (or worker) each case skips after checking what needs none:
 // the insertion point still exists in the template.
 #include <gtest/gtest.h>
@@ -60,6 +64,31 @@ void write_wrong_templates(const test_support::ScratchDir& dir, const std::strin
 }
 
 
+// The line of attention_fwd.cuh that normalizes an output row.
+constexpr const char* kNormalize = "      const float inverse = sum > 0.f ? 1.f / sum : 0.f;";
+
+// The embedded templates with output row seq_q - 2 of every config scaled by
+// 1.25 (a kernel wrong on one row of the ragged tail, right everywhere else).
+void write_tail_wrong_templates(const test_support::ScratchDir& dir) {
+  const auto& sources = TemplateRegistry::embedded()->sources();
+  const auto attention = sources.find("attention/attention_fwd.cuh");
+  ASSERT_NE(attention, sources.end()) << "embedded templates lack attention/attention_fwd.cuh";
+  std::string source = attention->second;
+  const size_t at = source.find(kNormalize);
+  ASSERT_NE(at, std::string::npos) << "'" << kNormalize << "' is not in attention_fwd.cuh: "
+                                   << "update this test";
+  ASSERT_EQ(source.find(kNormalize, at + 1), std::string::npos);
+  const std::string wrong =
+      std::string("      // ") + kWrongMarker + " (tests/rpc/test_tune_wrong_gpu.cpp): row\n" +
+      "      // seq_q - 2 comes out 1.25x. Never in kernel_templates/.\n" +
+      "      const float inverse = (sum > 0.f ? 1.f / sum : 0.f) *\n" +
+      "          (m_start + warp_row0 + mt * 16 + group + h * 8 == p.seq_q - 2 ? 1.25f : 1.f);";
+  source.replace(at, std::string(kNormalize).size(), wrong);
+  for (const auto& [relative, contents] : sources)
+    dir.write(relative, relative == attention->first ? source : contents);
+  ASSERT_NE(test_support::read_file(dir / attention->first).find(kWrongMarker), std::string::npos);
+}
+
 struct WrongRun {
   test_support::ScratchDir templates, cache;
   std::unique_ptr<Daemon> daemon;
@@ -67,9 +96,14 @@ struct WrongRun {
   std::string skip;  // why the GPU part cannot run here
 };
 
-// A daemon over the scratch templates with the real evaluation worker.
+// A daemon over the scratch templates with the real evaluation worker:
+// `condition` selects the configs that drop a key tile; empty: every config
+// is wrong on the ragged tail's second to last row instead.
 void start(WrongRun& run, const std::string& condition) {
-  ASSERT_NO_FATAL_FAILURE(write_wrong_templates(run.templates, condition));
+  if (condition.empty())
+    ASSERT_NO_FATAL_FAILURE(write_tail_wrong_templates(run.templates));
+  else
+    ASSERT_NO_FATAL_FAILURE(write_wrong_templates(run.templates, condition));
   DaemonConfig config = loopback_config(run.cache.path());
   config.templates_dir = run.templates.path();
   config.compile_threads = 4;
@@ -189,6 +223,51 @@ TEST(TuneWrongGpuTest, SM80_WrongConfigsAreRecordedWrongAgainstTheReferenceKerne
   ASSERT_EQ(stored->items.size(), 1u);
   EXPECT_FALSE(wrong(stored->items.front().config));
   EXPECT_TRUE(stored->items.front().validated);
+}
+
+TEST(TuneWrongGpuTest, SM80_WrongOnlyOnTheRaggedTailPassesTheGateAndIsCaughtByTheWinnersValidation) {
+  WrongRun run;
+  ASSERT_NO_FATAL_FAILURE(start(run, ""));
+  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+
+  // One head of 4094 rows: every block_m leaves a partial last tile, and the
+  // gate checks 64 rows (the first, the last, the first of the last tile and
+  // 61 drawn from 4094: row 4092 about one time in 70); the CPU computes the
+  // fp64 reference (below the GPU reference's size).
+  constexpr int kEvaluations = 4;
+  v1::TuneRequest request = gpu_tune_request(kEvaluations);
+  request.mutable_kernel()->mutable_problem()->set_heads(1);
+  request.mutable_kernel()->mutable_problem()->set_seq_q(4094);
+  std::vector<v1::TuneProgress> events;
+  auto result = run.client->tune(request, [&](const v1::TuneProgress& p) { events.push_back(p); },
+                                 nullptr, std::chrono::minutes(8));
+  ASSERT_FALSE(result.ok()) << "a kernel wrong on row 4092 was stored as best";
+  EXPECT_EQ(result.error().code, ErrorCode::failed_precondition) << result.error().message;
+  EXPECT_NE(result.error().message.find("passed the full validation"), std::string::npos)
+      << result.error().message;
+
+  JobStatus status = JobStatus::running;
+  const auto trials = measured_trials(run, job_of(events), &status);
+  EXPECT_NE(status, JobStatus::succeeded);
+  ASSERT_EQ(trials.size(), static_cast<size_t>(kEvaluations));
+  int passed_gate = 0, caught_by_winner_validation = 0;
+  for (const TrialRecord& t : trials) {
+    std::printf("[ wrong    ] %s: %s\n", config_label(t.config).c_str(), t.failure_reason.c_str());
+    EXPECT_NE(t.status, TrialStatus::failed) << config_label(t.config) << ": " << t.failure_reason;
+    if (t.status == TrialStatus::wrong && t.failure_reason.rfind("winner validation:", 0) == 0) {
+      ++passed_gate;
+      ++caught_by_winner_validation;
+    } else if (t.status == TrialStatus::ok) {
+      ++passed_gate;  // past the gate, not a finalist (so never validated nor stored)
+    }
+  }
+  EXPECT_GE(passed_gate, 1);
+  EXPECT_GE(caught_by_winner_validation, 1);
+  auto db = TuningDb::open((run.cache.path() / "tuning.db").string());
+  ASSERT_TRUE(db.ok()) << db.error().message;
+  auto best = (*db)->list_best(100);
+  ASSERT_TRUE(best.ok()) << best.error().message;
+  EXPECT_TRUE(best->items.empty()) << best->items.size() << " bests stored";
 }
 
 }  // namespace
