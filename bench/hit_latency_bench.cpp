@@ -105,9 +105,12 @@ int main(int argc, char** argv) {
   int clients = 8, requests = 2000, warmup = 200, head_dim = 128;
   std::string arch = "sm_90a";
   std::string daemon_address;
+  std::vector<std::string> floors;
   app.add_option("--redis", redis_url, "redis://host:port/db to GET the same bytes from")->required();
   app.add_option("--address", daemon_address,
                  "a running flashcored to measure; empty: one in this process");
+  app.add_option("--floor", floors,
+                 "NAME=ADDRESS of a grpc_floor_server to time beside the daemon (repeatable)");
   app.add_option("--clients", clients, "concurrent clients")->capture_default_str();
   app.add_option("--requests", requests, "timed requests per client")->capture_default_str();
   app.add_option("--warmup", warmup, "untimed requests per client first")->capture_default_str();
@@ -207,7 +210,7 @@ int main(int argc, char** argv) {
       });
     };
   };
-  const std::vector<Case> cases = {
+  std::vector<Case> cases = {
       {"Redis GET, same bytes (no line info)", redis_get(plain)},
       {"GetKernel memory hit (no line info)", get_kernel(plain, false)},
       {"Compile memory hit (no line info)", compile_hit(request)},
@@ -215,6 +218,29 @@ int main(int argc, char** argv) {
       {"Redis GET, same bytes (line info)", redis_get(lines)},
       {"GetKernel memory hit (line info)", get_kernel(lines, false)},
   };
+  // Minimal gRPC servers answering GetKernel with fixed bytes: what any
+  // gRPC daemon's hit costs at least, over the same client loop.
+  std::vector<std::unique_ptr<std::string>> floor_addresses;
+  for (const std::string& floor : floors) {
+    const size_t eq = floor.find('=');
+    if (eq == std::string::npos) {
+      std::fprintf(stderr, "--floor %s: want NAME=ADDRESS\n", floor.c_str());
+      return 2;
+    }
+    floor_addresses.push_back(std::make_unique<std::string>(floor.substr(eq + 1)));
+    const std::string* at = floor_addresses.back().get();
+    cases.push_back({"gRPC floor: " + floor.substr(0, eq), [at](int c) {
+                       auto stub = std::shared_ptr<v1::FlashCore::Stub>(stub_for(*at, c));
+                       return std::function<size_t()>([stub] {
+                         v1::GetKernelRequest get;
+                         get.set_key(std::string(64, 'f'));
+                         v1::KernelHandle out;
+                         grpc::ClientContext context;
+                         if (!stub->GetKernel(&context, get, &out).ok()) std::abort();
+                         return out.cubin().size();
+                       });
+                     }});
+  }
 
   std::printf("| case | cubin bytes | clients | p50 us | p99 us | mean us | calls/s |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|\n");

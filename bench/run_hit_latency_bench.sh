@@ -4,11 +4,13 @@
 # package) and a flashcored with a scratch cache, each a process of its own on
 # a free port, runs the bench against both and stops them. Extra arguments go
 # to the bench (--clients 8 --requests 2000 --warmup 200 --head-dim 128
-# --arch sm_90a). FLASHCORED=path measures another flashcored binary.
+# --arch sm_90a). FLASHCORED=path measures another flashcored binary. FLOOR=1
+# also starts grpc_floor_server four times (callback and completion-queue
+# API, 0 and 50184 bytes) and times them as "gRPC floor" rows.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 build="${BUILD_DIR:-build}"
-cmake --build "$build" --target hit_latency_bench flashcored -j "${FLASHCORE_JOBS:-2}" >/dev/null
+cmake --build "$build" --target hit_latency_bench grpc_floor_server flashcored -j "${FLASHCORE_JOBS:-2}" >/dev/null
 flashcored="${FLASHCORED:-$build/server/flashcored}"
 work="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
@@ -18,10 +20,22 @@ redis_pid=$!
 "$flashcored" --listen 127.0.0.1:0 --port-file "$work/port" --cache-dir "$work/cache" \
   --tuning-db "$work/tuning.db" --log-level warn 2>"$work/flashcored.log" &
 daemon_pid=$!
-trap 'kill "$redis_pid" "$daemon_pid" 2>/dev/null; wait "$redis_pid" "$daemon_pid" 2>/dev/null; rm -rf "$work"' EXIT
+pids=("$redis_pid" "$daemon_pid")
+trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+floors=()
+if [[ -n "${FLOOR:-}" ]]; then
+  for api in callback async; do
+    for bytes in 0 50184; do
+      "$build/bench/grpc_floor_server" --api "$api" --bytes "$bytes" --port-file "$work/floor_${api}_$bytes" &
+      pids+=($!)
+      for _ in $(seq 100); do [ -s "$work/floor_${api}_$bytes" ] && break; sleep 0.05; done
+      floors+=(--floor "$api API, $bytes bytes=127.0.0.1:$(cat "$work/floor_${api}_$bytes")")
+    done
+  done
+fi
 for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 for _ in $(seq 200); do [ -s "$work/port" ] && break; sleep 0.05; done
 [ -s "$work/port" ] || { echo "flashcored did not start:" >&2; cat "$work/flashcored.log" >&2; exit 1; }
 echo "redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/'), $(nproc) CPUs, $(uname -srm)" >&2
 "$build/bench/hit_latency_bench" --redis "redis://127.0.0.1:$port/0" \
-  --address "127.0.0.1:$(cat "$work/port")" "$@"
+  --address "127.0.0.1:$(cat "$work/port")" "${floors[@]}" "$@"
