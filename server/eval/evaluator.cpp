@@ -188,6 +188,19 @@ std::vector<int> sample_rows(int seq_q, int count, int block_m, std::mt19937_64&
   return {picked.begin(), picked.end()};
 }
 
+uint64_t validation_trial_seed(uint64_t seed, int trial) {
+  return splitmix64(seed + static_cast<uint64_t>(trial) * 0x632be59bd9b4e019ull);
+}
+
+std::vector<std::vector<int>> reference_rows(int batch, int heads, int seq_q, int count,
+                                             int block_m, uint64_t trial_seed) {
+  std::mt19937_64 row_rng(splitmix64(trial_seed + 4));
+  std::vector<std::vector<int>> rows;
+  for (int b = 0; b < batch; ++b)
+    for (int h = 0; h < heads; ++h) rows.push_back(sample_rows(seq_q, count, block_m, row_rng));
+  return rows;
+}
+
 double attention_flops(const v1::Problem& p) {
   const double flops = 4.0 * static_cast<double>(p.batch()) * static_cast<double>(p.heads()) *
                        static_cast<double>(p.seq_q()) * static_cast<double>(seq_k_of(p)) *
@@ -774,12 +787,12 @@ Result<TrialErrors> Evaluation::against_fp64(const HostOutput& out,
       if (std::isfinite(out.lse[n])) e.lse = std::max(e.lse, std::abs(double(out.lse[n]) - ref->lse[n]));
     return e;
   }
-  std::mt19937_64 row_rng(splitmix64(trial_seed + 4));
   std::vector<QueryRow> rows;
-  for (int b = 0; b < shape_.batch; ++b)
-    for (int h = 0; h < shape_.heads; ++h)
-      for (int i : sample_rows(shape_.seq_q, request_.validation().reference_rows(), block_m, row_rng))
-        rows.push_back({b, h, i});
+  const auto sampled = reference_rows(shape_.batch, shape_.heads, shape_.seq_q,
+                                      request_.validation().reference_rows(), block_m, trial_seed);
+  for (int b = 0, n = 0; b < shape_.batch; ++b)
+    for (int h = 0; h < shape_.heads; ++h, ++n)
+      for (int i : sampled[static_cast<size_t>(n)]) rows.push_back({b, h, i});
   const AttentionReference ref = reference_attention_rows(shape_, q_, k_, v_, scale, rows, cpu_threads());
   const ErrorStats stats = compare_rows(shape_, out_values, rows, ref.out);
   e = {stats.rel_error, stats.max_abs_error, stats.ref_max_abs, 0.0, false};
@@ -844,8 +857,7 @@ Status Evaluation::prepare_validation(const LoadedKernel* reference,
 Status Evaluation::validation_trial(int trial, const LoadedKernel& kernel,
                                     const LoadedKernel* reference, const ValidationLimits& limits,
                                     ValidationBuffers& buffers, ValidationTally& tally) {
-  const uint64_t trial_seed =
-      splitmix64(seed_ + static_cast<uint64_t>(trial) * 0x632be59bd9b4e019ull);
+  const uint64_t trial_seed = validation_trial_seed(seed_, trial);
   random_inputs(counts_.q, dtype_, splitmix64(trial_seed + 1), q_bits_, q_);
   random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 2), k_bits_, k_);
   random_inputs(counts_.kv, dtype_, splitmix64(trial_seed + 3), v_bits_, v_);

@@ -57,6 +57,15 @@ double default_max_abs_tolerance(DType dtype);
 // (possibly partial) block_m tile, the rest drawn from `rng`. Sorted.
 std::vector<int> sample_rows(int seq_q, int count, int block_m, std::mt19937_64& rng);
 
+// The seed of validation trial `trial` (0-based) of an evaluation seeded
+// `seed`: that trial's random inputs and sampled rows derive from it.
+uint64_t validation_trial_seed(uint64_t seed, int trial);
+// The rows a trial seeded `trial_seed` checks against the CPU's fp64 (when
+// `count` rows per (batch, head) are sampled): sample_rows for each
+// (batch, head), batch-major, from one generator.
+std::vector<std::vector<int>> reference_rows(int batch, int heads, int seq_q, int count,
+                                             int block_m, uint64_t trial_seed);
+
 // 4 * batch * heads * seq_q * seq_k * head_dim (two matmuls, 2 flops per
 // multiply-add), halved when causal.
 double attention_flops(const v1::Problem& problem);
