@@ -15,6 +15,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 
 import pytest
 
@@ -192,6 +193,33 @@ def test_torch_compile_fullgraph_of_an_attention_module(ft):
         expected = module.proj(ref.reshape(case.batch, case.seq_q, dim).half())
     torch.testing.assert_close(compiled, eager, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(compiled, expected, atol=1e-2, rtol=1e-2)
+
+
+def test_a_repeated_call_skips_the_checks_but_not_the_data_or_its_alignment(ft):
+    """A call with the metadata of an earlier one takes the short path (no checks, no
+    lookup): fresh data gives its own right answer, and a view of the same shape and
+    strides whose data is not 16-byte aligned is still refused (strict) or run by SDPA."""
+    case = gpu_cases.CASES[0]
+    q, k, v = make_inputs(case, seed=3)
+    ft.attention(q, k, v, causal=case.causal, strict=True)  # resolves and keeps the call
+    for seed in (4, 5):
+        q, k, v = make_inputs(case, seed=seed)
+        out = ft.attention(q, k, v, causal=case.causal, strict=True)
+        ref, _ = reference(q, k, v, case.causal, case.layout)
+        check_close(case, out, ref, sdpa_error(q, k, v, case.causal, case.layout, ref))
+
+    # q 8 bytes off the alignment, with the shape and strides of the calls above.
+    base = torch.empty(q.numel() + 8, device="cuda", dtype=q.dtype)
+    shifted = base[4:4 + q.numel()].view(q.shape)
+    shifted.copy_(q)
+    assert shifted.stride() == q.stride() and shifted.data_ptr() % 16 != 0
+    with pytest.raises(ft.NotCoveredError, match="16-byte aligned"):
+        ft.attention(shifted, k, v, causal=case.causal, strict=True)
+    with warnings.catch_warnings():  # warned once per process: maybe by an earlier test
+        warnings.simplefilter("ignore", ft.FlashCoreFallbackWarning)
+        out = ft.attention(shifted, k, v, causal=case.causal)
+    ref, _ = reference(q, k, v, case.causal, case.layout)
+    check_close(case, out, ref, sdpa_error(q, k, v, case.causal, case.layout, ref))
 
 
 def _per_call_us(fn, calls=2000):
