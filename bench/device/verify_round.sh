@@ -4,7 +4,8 @@
 # (TuneGpuTest's finalists in one worker call, TuneWrongGpuTest, the rest),
 # the example evolution loop on a suite row (issue 18's figures) and the
 # Python round (issue 15). About 8 minutes in all, more than one call allows
-# once the RPC tests run long: PARTS picks (default "multi rpc evolve python");
+# once the RPC tests run long: PARTS picks (default "multi rpc evolve python";
+# "gputests" runs the whole GPU test binary);
 # logs under $OUT/logs.tgz.
 #   OUT=dir bash bench/device/verify_round.sh   (repo root; carry the bundle tarball in dist/,
 #   build/pydev from make_pydev.sh and build/gpu_handles)
@@ -24,6 +25,12 @@ parts=" ${PARTS:-multi rpc evolve python} "
     > $OUT/gpu_multi.log 2>&1
   echo "gpu multi-kernel tests rc $? $((SECONDS - start)) s"
   grep -E '^\[  (PASSED|FAILED)|FAILED  \]|Failure' $OUT/gpu_multi.log | cut -c1-200 | head -8
+  fi
+  if [[ $parts == *" gputests "* ]]; then
+  start=$SECONDS
+  FLASHCORE_WORKER=$B/flashcore_worker timeout ${GPU_TIMEOUT:-200} $B/flashcore_gpu_tests > $OUT/gpu_tests.log 2>&1
+  echo "gpu tests rc $? $((SECONDS - start)) s"
+  grep -E '^\[  (PASSED|FAILED|SKIPPED)|FAILED  \]|tests ran' $OUT/gpu_tests.log | cut -c1-200 | head -20
   fi
   if [[ $parts == *" rpc "* ]]; then
   start=$SECONDS
