@@ -220,6 +220,20 @@ class TuningManager::Job {
                           bool replace_stored);
   Result<TuneResult> tune_families(std::vector<Member>& members,
                                    const ToolchainRecord& toolchain, int gpu);
+  // The families' bests as entrants of the final choice, with each one's outcome.
+  struct FamilyEntrant {
+    size_t member;  // index into the members
+    BestRecord best;
+    CompiledCandidate compiled;
+  };
+  struct FamilyField {
+    std::vector<FamilyEntrant> entrants;
+    std::vector<FamilyFinalist> outcomes;  // one per member, in member order
+    std::optional<Error> named_error;      // the first family's search failed so
+    int64_t evaluations = 0;               // measured by this job's searches
+  };
+  FamilyField family_field(std::vector<Member>& members);
+  size_t retime_families(FamilyField& field, int gpu);
   Result<TuneResult> choose_family(std::vector<Member>& members, int gpu, double search_seconds);
   Result<CompiledCandidate> compile_now(const TuningScope& scope, const TileConfig& config);
   struct SpaceScan;
@@ -1142,33 +1156,19 @@ Result<TuneResult> TuningManager::Job::tune_families(std::vector<Member>& member
   return choose_family(members, gpu, std::chrono::duration<double>(Clock::now() - begin).count());
 }
 
-// The families' stored bests (each family's best for the bucket, whether
-// this job found it or an earlier one did) re-timed side by side in one
-// worker call; the first family (the one served by default) stays chosen
-// unless another is faster by more than the spread. The re-timed times go
-// into the stored bests, so use_tuned_config, comparing them by the same
-// rule, serves what this job chose.
-Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& members, int gpu,
-                                                     double search_seconds) {
-  const auto begin = Clock::now();
-  struct Entrant {
-    size_t member;
-    BestRecord best;
-    CompiledCandidate compiled;
-  };
-  std::vector<Entrant> entrants;
-  std::vector<FamilyFinalist> outcomes;
-  std::optional<Error> named_error;
-  int64_t evaluations = 0;
+// Each family's stored best (this job's search may have replaced it) with
+// its compiled kernel, or why it has none: the entrants of choose_family.
+TuningManager::Job::FamilyField TuningManager::Job::family_field(std::vector<Member>& members) {
+  FamilyField field;
   for (size_t i = 0; i < members.size(); ++i) {
     Member& m = members[i];
     FamilyFinalist outcome;
     outcome.template_id = m.scope.template_id;
     outcome.tuned = m.tuned.has_value();
-    if (m.tuned && *m.tuned) evaluations += (*m.tuned)->evaluations;
+    if (m.tuned && *m.tuned) field.evaluations += (*m.tuned)->evaluations;
     if (m.tuned && !*m.tuned) {
       outcome.error = m.tuned->error().message;
-      if (i == 0) named_error = m.tuned->error();
+      if (i == 0) field.named_error = m.tuned->error();
     }
     std::optional<BestRecord> best = m.known.best;
     if (m.tuned) {
@@ -1177,29 +1177,27 @@ Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& member
     }
     if (!best) {
       if (outcome.error.empty()) outcome.error = "no best stored";
-      outcomes.push_back(std::move(outcome));
-      continue;
+    } else {
+      outcome.config = best->config;
+      outcome.median_us = best->median_us;
+      outcome.p10_us = best->p10_us;
+      outcome.p90_us = best->p90_us;
+      auto compiled = compile_now(m.scope, best->config);
+      if (compiled)
+        field.entrants.push_back({i, std::move(*best), std::move(*compiled)});
+      else
+        outcome.error = "compile: " + compiled.error().message;
     }
-    outcome.config = best->config;
-    outcome.median_us = best->median_us;
-    outcome.p10_us = best->p10_us;
-    outcome.p90_us = best->p90_us;
-    auto compiled = compile_now(m.scope, best->config);
-    if (!compiled) {
-      outcome.error = "compile: " + compiled.error().message;
-      outcomes.push_back(std::move(outcome));
-      continue;
-    }
-    outcomes.push_back(std::move(outcome));
-    entrants.push_back({i, std::move(*best), std::move(*compiled)});
+    field.outcomes.push_back(std::move(outcome));
   }
-  if (entrants.empty()) {
-    if (named_error) return *named_error;
-    return make_error(ErrorCode::failed_precondition,
-                      "no family found a correct kernel: " + outcomes.front().template_id + ": " +
-                          outcomes.front().error);
-  }
+  return field;
+}
 
+// The entrants re-timed side by side in one worker call (those without a
+// fresh time keep their stored one); each re-timed best is stored with its
+// new times. Returns the index of the entrant chosen: the first family's
+// unless another is faster by more than the spread.
+size_t TuningManager::Job::retime_families(FamilyField& field, int gpu) {
   MeasureRequest base;
   base.problem = settings_.problem;
   base.shape = settings_.shape;
@@ -1211,26 +1209,20 @@ Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& member
   base.target_loop_ms = settings_.target_loop_ms;
   base.cancelled = &cancelled_;
   std::vector<RetimeEntrant> timed;
-  for (const Entrant& e : entrants) timed.push_back({&e.compiled, e.best.config});
+  for (const FamilyEntrant& e : field.entrants) timed.push_back({&e.compiled, e.best.config});
   const auto rounds = retime_side_by_side(*manager_->backend_, timed, base, "choosing the family",
                                           [this] { return cancelled(); });
-  if (cancelled()) return make_error(ErrorCode::cancelled, "tuning job cancelled");
-  // Entrants without a fresh time (one alone, or the re-timing failed) keep
-  // their stored times.
   std::vector<Finalist> finalists;
-  for (size_t i = 0; i < entrants.size(); ++i) {
-    const BestRecord& b = entrants[i].best;
+  for (size_t i = 0; i < field.entrants.size(); ++i) {
+    const BestRecord& b = field.entrants[i].best;
     finalists.push_back(rounds[i].empty() ? Finalist{b.config, b.median_us, b.p10_us, b.p90_us}
                                           : finalist_of(b.config, rounds[i]));
-  }
-  const size_t chosen = chosen_entrant(finalists, 0);
-  for (size_t i = 0; i < entrants.size(); ++i) {
-    FamilyFinalist& outcome = outcomes[entrants[i].member];
+    FamilyFinalist& outcome = field.outcomes[field.entrants[i].member];
     outcome.median_us = finalists[i].median_us;
     outcome.p10_us = finalists[i].p10_us;
     outcome.p90_us = finalists[i].p90_us;
-    if (rounds[i].empty()) continue;
-    BestRecord updated = entrants[i].best;
+    if (rounds[i].empty() || cancelled()) continue;
+    BestRecord updated = field.entrants[i].best;
     updated.tflops = updated.tflops * updated.median_us / finalists[i].median_us;
     updated.median_us = finalists[i].median_us;
     updated.p10_us = finalists[i].p10_us;
@@ -1239,9 +1231,30 @@ Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& member
     if (auto stored = manager_->db_->update_best_if_better(updated, BestUpdate::force); !stored)
       spdlog::warn("tuning {}: the re-timed best not stored: {}", updated.scope.template_id,
                    stored.error().message);
-    entrants[i].best = std::move(updated);
+    field.entrants[i].best = std::move(updated);
   }
-  const Entrant& winner = entrants[chosen];
+  return chosen_entrant(finalists, 0);
+}
+
+// The families' stored bests (each family's best for the bucket, whether
+// this job found it or an earlier one did) re-timed side by side in one
+// worker call; the first family (the one served by default) stays chosen
+// unless another is faster by more than the spread. The re-timed times go
+// into the stored bests, so use_tuned_config, comparing them by the same
+// rule, serves what this job chose.
+Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& members, int gpu,
+                                                     double search_seconds) {
+  const auto begin = Clock::now();
+  FamilyField field = family_field(members);
+  if (field.entrants.empty()) {
+    if (field.named_error) return *field.named_error;
+    return make_error(ErrorCode::failed_precondition,
+                      "no family found a correct kernel: " + field.outcomes.front().template_id +
+                          ": " + field.outcomes.front().error);
+  }
+  const size_t chosen = retime_families(field, gpu);
+  if (cancelled()) return make_error(ErrorCode::cancelled, "tuning job cancelled");
+  const FamilyEntrant& winner = field.entrants[chosen];
   const Member& served = members[winner.member];
   // This job's search found the stored best (else an earlier job did, and
   // this search's finalists and validation are not that best's).
@@ -1256,12 +1269,12 @@ Result<TuneResult> TuningManager::Job::choose_family(std::vector<Member>& member
   result.tflops = winner.best.tflops;
   result.config = winner.best.config;
   result.key = winner.best.cache_key;
-  result.evaluations = evaluations;
+  result.evaluations = field.evaluations;
   result.wall_seconds =
       search_seconds + std::chrono::duration<double>(Clock::now() - begin).count();
-  result.families.push_back(outcomes[winner.member]);
-  for (size_t i = 0; i < outcomes.size(); ++i)
-    if (i != winner.member) result.families.push_back(outcomes[i]);
+  result.families.push_back(field.outcomes[winner.member]);
+  for (size_t i = 0; i < field.outcomes.size(); ++i)
+    if (i != winner.member) result.families.push_back(field.outcomes[i]);
   spdlog::info("tuning {}: {} chosen ({:.2f} us) of {} families",
                canonical_bucket(served.scope.bucket), served.scope.template_id, result.median_us,
                members.size());

@@ -530,16 +530,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     raises NotCoveredError where the call would otherwise fall back to SDPA.
     """
     # A call with the metadata of one that launched a kernel before (and not
-    # recorded, not needing grad, not traced) skips the checks and the lookup.
-    if not _recorders and _runtime is not None:
+    # traced, recorded or needing grad) skips the checks and the lookup. Traced
+    # calls never look: torch.compile goes through the custom op below.
+    if not torch.compiler.is_compiling() and not _recorders and _runtime is not None:
         try:
             call = _runtime.calls.get(_call_key(q, k, v, causal, layout))
         except (AttributeError, TypeError):  # not tensors: the checks below say so
             call = None
         if (call is not None
                 and not (torch.is_grad_enabled()
-                         and (q.requires_grad or k.requires_grad or v.requires_grad))
-                and not torch.compiler.is_compiling()):
+                         and (q.requires_grad or k.requires_grad or v.requires_grad))):
             done = _fast_call(call, q, k, v,
                               1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale),
                               layout, return_lse)
