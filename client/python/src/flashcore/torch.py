@@ -138,7 +138,7 @@ class _Call:
         self.strides = strides
 
 
-# Calls kept per process (shapes vary: bounded, least recently used first out).
+# Calls kept per process (shapes vary: bounded, the oldest kept first out).
 _CALL_MEMO = 256
 
 
