@@ -55,6 +55,23 @@ struct CompileQueue {
   bool cancelled = false;
 };
 
+// What every measurement of a job shares: its problem, shape, layout, GPU,
+// seed, timing options and cancel flag (no candidate, reference or deadline).
+MeasureRequest measure_base(const TuneSettings& settings, int gpu,
+                            const std::atomic<bool>* cancelled) {
+  MeasureRequest base;
+  base.problem = settings.problem;
+  base.shape = settings.shape;
+  base.layout = settings.layout;
+  base.gpu = gpu;
+  base.seed = settings.seed == 0 ? 1 : settings.seed;
+  base.warmup = settings.warmup;
+  base.repetitions = settings.repetitions;
+  base.target_loop_ms = settings.target_loop_ms;
+  base.cancelled = cancelled;
+  return base;
+}
+
 // A candidate of a side-by-side re-timing.
 struct RetimeEntrant {
   const CompiledCandidate* candidate;
@@ -915,18 +932,7 @@ void TuningManager::Job::Run::record_pruned() {
 }
 
 MeasureRequest TuningManager::Job::Run::base_request() const {
-  MeasureRequest base;
-  base.reference = nullptr;
-  base.problem = settings_.problem;
-  base.shape = settings_.shape;
-  base.layout = settings_.layout;
-  base.gpu = gpu_;
-  base.seed = settings_.seed == 0 ? 1 : settings_.seed;
-  base.warmup = settings_.warmup;
-  base.repetitions = settings_.repetitions;
-  base.target_loop_ms = settings_.target_loop_ms;
-  base.cancelled = &job_.cancelled_;
-  return base;
+  return measure_base(settings_, gpu_, &job_.cancelled_);
 }
 
 std::vector<std::vector<Measurement>> TuningManager::Job::Run::retime(
@@ -1198,16 +1204,7 @@ TuningManager::Job::FamilyField TuningManager::Job::family_field(std::vector<Mem
 // new times. Returns the index of the entrant chosen: the first family's
 // unless another is faster by more than the spread.
 size_t TuningManager::Job::retime_families(FamilyField& field, int gpu) {
-  MeasureRequest base;
-  base.problem = settings_.problem;
-  base.shape = settings_.shape;
-  base.layout = settings_.layout;
-  base.gpu = gpu;
-  base.seed = settings_.seed == 0 ? 1 : settings_.seed;
-  base.warmup = settings_.warmup;
-  base.repetitions = settings_.repetitions;
-  base.target_loop_ms = settings_.target_loop_ms;
-  base.cancelled = &cancelled_;
+  const MeasureRequest base = measure_base(settings_, gpu, &cancelled_);
   std::vector<RetimeEntrant> timed;
   for (const FamilyEntrant& e : field.entrants) timed.push_back({&e.compiled, e.best.config});
   const auto rounds = retime_side_by_side(*manager_->backend_, timed, base, "choosing the family",
