@@ -11,9 +11,11 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "app/daemon.hpp"
+#include "flashcore/client.hpp"
 #include "flashcore/v1/flashcore.grpc.pb.h"
 #include "scratch_dir.hpp"
 #include "test_templates.hpp"
@@ -46,6 +48,33 @@ inline std::unique_ptr<Daemon> start_daemon(const DaemonConfig& config) {
     return nullptr;
   }
   return std::move(daemon).value();
+}
+
+// A daemon with the built evaluation worker (use_real_worker) and a client
+// connected to it. `skip` says why the daemon has no GPU workers (empty where
+// it has): GPU tests check what needs none first, then skip with it. The
+// client goes before the daemon.
+struct WorkerDaemon {
+  std::unique_ptr<Daemon> daemon;
+  std::optional<client::Client> client;
+  v1::ServerInfo info;
+  std::string skip;
+};
+
+inline void start_worker_daemon(DaemonConfig config, WorkerDaemon& out) {
+  use_real_worker(config);
+  out.daemon = start_daemon(config);
+  ASSERT_NE(out.daemon, nullptr);
+  client::ConnectOptions options;
+  options.address = out.daemon->address();
+  auto connected = client::Client::connect(options);
+  ASSERT_TRUE(connected.ok()) << connected.error().message;
+  out.client.emplace(std::move(connected.value()));
+  auto info = out.client->server_info();
+  ASSERT_TRUE(info.ok()) << info.error().message;
+  out.info = *info;
+  if (!out.info.gpu_available())
+    out.skip = "no evaluation workers: " + out.info.gpu_unavailable_reason();
 }
 
 inline std::shared_ptr<grpc::Channel> channel_to(const Daemon& daemon) {

@@ -110,23 +110,16 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
   config.templates_dir = templates.path();
   config.compile_threads = 4;  // the tuning job compiles 4 candidates ahead on one GPU
   config.evaluation_timeout = 30000ms;  // a fault that hung instead would not stall for 2 min
-  use_real_worker(config);
-  auto daemon = start_daemon(config);
-  ASSERT_NE(daemon, nullptr);
-  client::ConnectOptions options;
-  options.address = daemon->address();
-  auto connected = client::Client::connect(options);
-  ASSERT_TRUE(connected.ok()) << connected.error().message;
-  client::Client& client = connected.value();
-  auto info = client.server_info();
-  ASSERT_TRUE(info.ok()) << info.error().message;
+  WorkerDaemon served;
+  ASSERT_NO_FATAL_FAILURE(start_worker_daemon(config, served));
+  client::Client& client = *served.client;
 
   // The exhaustive searcher proposes the space in order: which of the first
   // kEvaluations fault follows from the space, not from a list here.
   constexpr int kEvaluations = 6;
   const v1::TuneRequest request = gpu_tune_request(kEvaluations);
-  const auto arch = find_arch(info->default_arch());
-  ASSERT_TRUE(arch.has_value()) << info->default_arch();
+  const auto arch = find_arch(served.info.default_arch());
+  ASSERT_TRUE(arch.has_value()) << served.info.default_arch();
   ProblemClass problem;
   problem.dtype = DType::fp16;
   problem.head_dim = 64;
@@ -144,8 +137,7 @@ TEST(TuneGpuTest, SM80_FaultingCandidatesFailWhileTheSearchAndTheDaemonGoOn) {
   // A healthy trial after a faulting one is measured by a restarted worker.
   ASSERT_TRUE(healthy_after_fault) << "no healthy config after a faulting one";
 
-  if (!info->gpu_available())
-    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+  if (!served.skip.empty()) GTEST_SKIP() << served.skip;
 
   std::vector<v1::TuneProgress> events;
   const auto began = std::chrono::steady_clock::now();
@@ -303,18 +295,10 @@ TEST(TuneGpuTest, SM80_TheFinalistsAreRetimedTogetherInOneWorkerCall) {
   DaemonConfig config = loopback_config(cache.path());
   config.compile_threads = 4;
   config.evaluation_timeout = 60000ms;
-  use_real_worker(config);
-  auto daemon = start_daemon(config);
-  ASSERT_NE(daemon, nullptr);
-  client::ConnectOptions options;
-  options.address = daemon->address();
-  auto connected = client::Client::connect(options);
-  ASSERT_TRUE(connected.ok()) << connected.error().message;
-  client::Client& client = connected.value();
-  auto info = client.server_info();
-  ASSERT_TRUE(info.ok()) << info.error().message;
-  if (!info->gpu_available())
-    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+  WorkerDaemon served;
+  ASSERT_NO_FATAL_FAILURE(start_worker_daemon(config, served));
+  client::Client& client = *served.client;
+  if (!served.skip.empty()) GTEST_SKIP() << served.skip;
 
   v1::TuneRequest request = gpu_tune_request(6);
   request.mutable_timing()->set_repetitions(7);  // a spread worth the name
@@ -353,20 +337,12 @@ TEST(TuneGpuTest, SM90_ANamelessTuneSearchesBothFamiliesAndServesTheChosenOne) {
   DaemonConfig config = loopback_config(cache.path());
   config.compile_threads = 4;
   config.evaluation_timeout = 60000ms;
-  use_real_worker(config);
-  auto daemon = start_daemon(config);
-  ASSERT_NE(daemon, nullptr);
-  client::ConnectOptions options;
-  options.address = daemon->address();
-  auto connected = client::Client::connect(options);
-  ASSERT_TRUE(connected.ok()) << connected.error().message;
-  client::Client& client = connected.value();
-  auto info = client.server_info();
-  ASSERT_TRUE(info.ok()) << info.error().message;
-  if (!info->gpu_available())
-    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
-  if (info->default_arch() != "sm_90a")
-    GTEST_SKIP() << "one attention family on " << info->default_arch();
+  WorkerDaemon served;
+  ASSERT_NO_FATAL_FAILURE(start_worker_daemon(config, served));
+  client::Client& client = *served.client;
+  if (!served.skip.empty()) GTEST_SKIP() << served.skip;
+  if (served.info.default_arch() != "sm_90a")
+    GTEST_SKIP() << "one attention family on " << served.info.default_arch();
 
   v1::TuneRequest request = gpu_tune_request(8);
   request.mutable_kernel()->clear_template_id();
@@ -392,11 +368,12 @@ TEST(TuneGpuTest, SM90_ANamelessTuneSearchesBothFamiliesAndServesTheChosenOne) {
   }
   EXPECT_DOUBLE_EQ(result->median_us(), result->families(0).median_us());
   // The other family is kept only where it is not faster by more than the spread.
-  const auto& served = result->families(0);
+  const auto& chosen = result->families(0);
   const auto& other = result->families(1);
-  if (served.template_id() == "attention_fwd")
-    EXPECT_GT(other.median_us() - served.median_us(),
-              std::max(served.p90_us() - served.p10_us(), other.p90_us() - other.p10_us()));
+  if (chosen.template_id() == "attention_fwd") {
+    EXPECT_GT(other.median_us() - chosen.median_us(),
+              std::max(chosen.p90_us() - chosen.p10_us(), other.p90_us() - other.p10_us()));
+  }
 
   v1::GetTuningResultRequest get;
   *get.mutable_kernel() = request.kernel();

@@ -43,29 +43,35 @@ constexpr const char* kWrongMarker = "TEST-ONLY WRONG";
 // The line of attention_fwd.cuh that counts a row block's key tiles.
 constexpr const char* kTileCount = "  const int n_tiles = (key_end + BlockN - 1) / BlockN;";
 
-// The embedded templates with the key-tile count of attention_fwd.cuh one
-// short (when more than one tile) for the configs `condition` selects (a
-// constant expression over the kernel's template parameters).
-void write_wrong_templates(const test_support::ScratchDir& dir, const std::string& condition) {
+// The embedded templates with the one line `line` of attention_fwd.cuh
+// replaced by `wrong` (which carries kWrongMarker).
+void write_templates_replacing(const test_support::ScratchDir& dir, const std::string& line,
+                               const std::string& wrong) {
   const auto& sources = TemplateRegistry::embedded()->sources();
   const auto attention = sources.find("attention/attention_fwd.cuh");
   ASSERT_NE(attention, sources.end()) << "embedded templates lack attention/attention_fwd.cuh";
   std::string source = attention->second;
-  const size_t at = source.find(kTileCount);
-  ASSERT_NE(at, std::string::npos) << "'" << kTileCount << "' is not in attention_fwd.cuh: "
+  const size_t at = source.find(line);
+  ASSERT_NE(at, std::string::npos) << "'" << line << "' is not in attention_fwd.cuh: "
                                    << "update this test";
-  ASSERT_EQ(source.find(kTileCount, at + 1), std::string::npos);
-  const std::string wrong =
-      std::string("  // ") + kWrongMarker + " (tests/rpc/test_tune_wrong_gpu.cpp): the selected\n" +
-      "  // configs skip their last key tile. Never in kernel_templates/.\n" +
-      "  const int n_tiles = (key_end + BlockN - 1) / BlockN -\n" + "                      ((" +
-      condition + ") && key_end > BlockN ? 1 : 0);";
-  source.replace(at, std::string(kTileCount).size(), wrong);
+  ASSERT_EQ(source.find(line, at + 1), std::string::npos);
+  source.replace(at, line.size(), wrong);
   for (const auto& [relative, contents] : sources)
     dir.write(relative, relative == attention->first ? source : contents);
   ASSERT_NE(test_support::read_file(dir / attention->first).find(kWrongMarker), std::string::npos);
 }
 
+// The embedded templates with the key-tile count of attention_fwd.cuh one
+// short (when more than one tile) for the configs `condition` selects (a
+// constant expression over the kernel's template parameters).
+void write_wrong_templates(const test_support::ScratchDir& dir, const std::string& condition) {
+  write_templates_replacing(
+      dir, kTileCount,
+      std::string("  // ") + kWrongMarker + " (tests/rpc/test_tune_wrong_gpu.cpp): the selected\n" +
+          "  // configs skip their last key tile. Never in kernel_templates/.\n" +
+          "  const int n_tiles = (key_end + BlockN - 1) / BlockN -\n" + "                      ((" +
+          condition + ") && key_end > BlockN ? 1 : 0);");
+}
 
 // The line of attention_fwd.cuh that normalizes an output row.
 constexpr const char* kNormalize = "      const float inverse = sum > 0.f ? 1.f / sum : 0.f;";
@@ -73,30 +79,17 @@ constexpr const char* kNormalize = "      const float inverse = sum > 0.f ? 1.f 
 // The embedded templates with output row seq_q - 2 of every config scaled by
 // 1.25 (a kernel wrong on one row of the ragged tail, right everywhere else).
 void write_tail_wrong_templates(const test_support::ScratchDir& dir) {
-  const auto& sources = TemplateRegistry::embedded()->sources();
-  const auto attention = sources.find("attention/attention_fwd.cuh");
-  ASSERT_NE(attention, sources.end()) << "embedded templates lack attention/attention_fwd.cuh";
-  std::string source = attention->second;
-  const size_t at = source.find(kNormalize);
-  ASSERT_NE(at, std::string::npos) << "'" << kNormalize << "' is not in attention_fwd.cuh: "
-                                   << "update this test";
-  ASSERT_EQ(source.find(kNormalize, at + 1), std::string::npos);
-  const std::string wrong =
+  write_templates_replacing(
+      dir, kNormalize,
       std::string("      // ") + kWrongMarker + " (tests/rpc/test_tune_wrong_gpu.cpp): row\n" +
-      "      // seq_q - 2 comes out 1.25x. Never in kernel_templates/.\n" +
-      "      const float inverse = (sum > 0.f ? 1.f / sum : 0.f) *\n" +
-      "          (m_start + warp_row0 + mt * 16 + group + h * 8 == p.seq_q - 2 ? 1.25f : 1.f);";
-  source.replace(at, std::string(kNormalize).size(), wrong);
-  for (const auto& [relative, contents] : sources)
-    dir.write(relative, relative == attention->first ? source : contents);
-  ASSERT_NE(test_support::read_file(dir / attention->first).find(kWrongMarker), std::string::npos);
+          "      // seq_q - 2 comes out 1.25x. Never in kernel_templates/.\n" +
+          "      const float inverse = (sum > 0.f ? 1.f / sum : 0.f) *\n" +
+          "          (m_start + warp_row0 + mt * 16 + group + h * 8 == p.seq_q - 2 ? 1.25f : 1.f);");
 }
 
 struct WrongRun {
-  test_support::ScratchDir templates, cache;
-  std::unique_ptr<Daemon> daemon;
-  std::optional<client::Client> client;
-  std::string skip;  // why the GPU part cannot run here
+  test_support::ScratchDir templates, cache;  // outlive the daemon
+  WorkerDaemon served;                        // served.skip: why the GPU part cannot run here
 };
 
 // A daemon over the scratch templates with the real evaluation worker:
@@ -110,17 +103,7 @@ void start(WrongRun& run, const std::string& condition) {
   DaemonConfig config = loopback_config(run.cache.path());
   config.templates_dir = run.templates.path();
   config.compile_threads = 4;
-  use_real_worker(config);
-  run.daemon = start_daemon(config);
-  ASSERT_NE(run.daemon, nullptr);
-  client::ConnectOptions options;
-  options.address = run.daemon->address();
-  auto connected = client::Client::connect(options);
-  ASSERT_TRUE(connected.ok()) << connected.error().message;
-  run.client.emplace(std::move(connected.value()));
-  auto info = run.client->server_info();
-  ASSERT_TRUE(info.ok()) << info.error().message;
-  if (!info->gpu_available()) run.skip = "no evaluation workers: " + info->gpu_unavailable_reason();
+  ASSERT_NO_FATAL_FAILURE(start_worker_daemon(config, run.served));
 }
 
 // The job's measured trials, once the job thread has recorded its end.
@@ -154,13 +137,13 @@ int64_t job_of(const std::vector<v1::TuneProgress>& events) {
 TEST(TuneWrongGpuTest, SM80_EveryConfigWrongIsRecordedWrongByTheFp64GateAndNothingIsStored) {
   WrongRun run;
   ASSERT_NO_FATAL_FAILURE(start(run, "true"));
-  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+  if (!run.served.skip.empty()) GTEST_SKIP() << run.served.skip;
 
   constexpr int kEvaluations = 4;
   std::vector<v1::TuneProgress> events;
-  auto result = run.client->tune(gpu_tune_request(kEvaluations),
-                                 [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
-                                 std::chrono::minutes(5));
+  auto result = run.served.client->tune(
+      gpu_tune_request(kEvaluations), [&](const v1::TuneProgress& p) { events.push_back(p); },
+      nullptr, std::chrono::minutes(5));
   ASSERT_FALSE(result.ok()) << "a best was found among kernels that all drop a key tile";
   EXPECT_EQ(result.error().code, ErrorCode::failed_precondition) << result.error().message;
   EXPECT_NE(result.error().message.find("passed the correctness gate"), std::string::npos)
@@ -190,13 +173,13 @@ TEST(TuneWrongGpuTest, SM80_WrongConfigsAreRecordedWrongAgainstTheReferenceKerne
   auto wrong = [](const TileConfig& c) { return c.block_n == 32 && c.stages == 2; };
   WrongRun run;
   ASSERT_NO_FATAL_FAILURE(start(run, "BlockN == 32 && Stages == 2"));
-  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+  if (!run.served.skip.empty()) GTEST_SKIP() << run.served.skip;
 
   constexpr int kEvaluations = 10;
   std::vector<v1::TuneProgress> events;
-  auto result = run.client->tune(gpu_tune_request(kEvaluations),
-                                 [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
-                                 std::chrono::minutes(5));
+  auto result = run.served.client->tune(
+      gpu_tune_request(kEvaluations), [&](const v1::TuneProgress& p) { events.push_back(p); },
+      nullptr, std::chrono::minutes(5));
   ASSERT_TRUE(result.ok()) << result.error().message << "\n" << result.error().detail;
   auto best = rpc::parse_config(result->config());
   ASSERT_TRUE(best.ok()) << best.error().message;
@@ -233,7 +216,7 @@ TEST(TuneWrongGpuTest, SM80_WrongConfigsAreRecordedWrongAgainstTheReferenceKerne
 TEST(TuneWrongGpuTest, SM80_WrongOnlyOnTheRaggedTailPassesTheGateAndIsCaughtByTheWinnersValidation) {
   WrongRun run;
   ASSERT_NO_FATAL_FAILURE(start(run, ""));
-  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+  if (!run.served.skip.empty()) GTEST_SKIP() << run.served.skip;
 
   // One head of 2046 rows: every block_m leaves a partial last tile, and the
   // gate checks 64 rows (the first, the last, the first of the last tile and
@@ -257,8 +240,9 @@ TEST(TuneWrongGpuTest, SM80_WrongOnlyOnTheRaggedTailPassesTheGateAndIsCaughtByTh
   request.mutable_kernel()->mutable_problem()->set_heads(1);
   request.mutable_kernel()->mutable_problem()->set_seq_q(kRows);
   std::vector<v1::TuneProgress> events;
-  auto result = run.client->tune(request, [&](const v1::TuneProgress& p) { events.push_back(p); },
-                                 nullptr, std::chrono::minutes(8));
+  auto result = run.served.client->tune(
+      request, [&](const v1::TuneProgress& p) { events.push_back(p); }, nullptr,
+      std::chrono::minutes(8));
   ASSERT_FALSE(result.ok()) << "a kernel wrong on row 2044 was stored as best";
   EXPECT_EQ(result.error().code, ErrorCode::failed_precondition) << result.error().message;
   EXPECT_NE(result.error().message.find("passed the full validation"), std::string::npos)

@@ -241,18 +241,10 @@ TEST(ValidateGpuTest, SM80_RealKernelPassesAndLaterCallsReturnTheRecord) {
 TEST(ValidateGpuTest, SM80_ClientValidateReturnsAPassingRecord) {
   test_support::ScratchDir cache;
   DaemonConfig config = loopback_config(cache.path());
-  use_real_worker(config);
-  auto daemon = start_daemon(config);
-  ASSERT_NE(daemon, nullptr);
-  client::ConnectOptions options;
-  options.address = daemon->address();
-  auto connected = client::Client::connect(options);
-  ASSERT_TRUE(connected.ok()) << connected.error().message;
-  client::Client& client = connected.value();
-  auto info = client.server_info();
-  ASSERT_TRUE(info.ok()) << info.error().message;
-  if (!info->gpu_available())
-    GTEST_SKIP() << "no evaluation workers: " << info->gpu_unavailable_reason();
+  WorkerDaemon served;
+  ASSERT_NO_FATAL_FAILURE(start_worker_daemon(config, served));
+  if (!served.skip.empty()) GTEST_SKIP() << served.skip;
+  client::Client& client = *served.client;
 
   v1::KernelRequest kernel = small_gpu_request(64);
   kernel.mutable_problem()->set_dtype(v1::DTYPE_BF16);
