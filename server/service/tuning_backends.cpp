@@ -73,6 +73,22 @@ v1::EvalKernel eval_kernel_of(const CompiledCandidate& candidate, const RuntimeS
   return kernel;
 }
 
+// A timing as a Measurement: correct when it has a time (the validation,
+// where there is one, is judged by the caller).
+Measurement measurement_of(const v1::TimingResult& timing, const v1::EvaluateResponse& response) {
+  Measurement m;
+  m.correct = timing.median_us() > 0.0;
+  if (!m.correct) m.validation_detail = "no timing returned";
+  m.median_us = timing.median_us();
+  m.p10_us = timing.p10_us();
+  m.p90_us = timing.p90_us();
+  m.samples = timing.samples();
+  m.tflops = timing.tflops();
+  m.gpu_index = response.gpu_index();
+  m.device = response.device();
+  return m;
+}
+
 }  // namespace
 
 Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
@@ -107,23 +123,15 @@ Result<Measurement> WorkerPoolBackend::measure(const MeasureRequest& request) {
 
   auto response = pool_->evaluate_on(request.gpu, call, request.deadline);
   if (!response) return response.error();
-  Measurement measured;
+  Measurement measured = measurement_of(response->timing(), *response);
   const v1::ValidationRecord& validation = response->validation();
-  measured.correct = request.validate ? validation.passed() : true;
-  measured.validation_detail = validation.detail();
   measured.rel_error = validation.rel_error();
   measured.max_abs_error = validation.max_abs_error();
-  const v1::TimingResult& timing = response->timing();
-  measured.median_us = timing.median_us();
-  measured.p10_us = timing.p10_us();
-  measured.p90_us = timing.p90_us();
-  measured.samples = timing.samples();
-  measured.tflops = timing.tflops();
-  measured.gpu_index = response->gpu_index();
-  measured.device = response->device();
-  if (measured.correct && !(measured.median_us > 0.0)) {
+  if (request.validate && !validation.passed()) {
     measured.correct = false;
-    measured.validation_detail = "no timing returned";
+    measured.validation_detail = validation.detail();
+  } else if (measured.correct) {
+    measured.validation_detail = validation.detail();
   }
   return measured;
 }
@@ -153,19 +161,6 @@ std::optional<std::string> candidate_error(const MeasureManyRequest& request, si
   return std::nullopt;
 }
 
-Measurement measurement_of(const v1::TimingResult& timing, const v1::EvaluateResponse& response) {
-  Measurement m;
-  m.correct = timing.median_us() > 0.0;  // timed only: they passed the gate before
-  if (!m.correct) m.validation_detail = "no timing returned";
-  m.median_us = timing.median_us();
-  m.p10_us = timing.p10_us();
-  m.p90_us = timing.p90_us();
-  m.samples = timing.samples();
-  m.tflops = timing.tflops();
-  m.gpu_index = response.gpu_index();
-  m.device = response.device();
-  return m;
-}
 
 }  // namespace
 
