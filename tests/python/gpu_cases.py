@@ -54,6 +54,35 @@ CASES = [
     Case("fp16_d32_b3_h5_s65", "fp16", 3, 5, 5, 65, 65, 32, False),
 ]
 
+# Decode calls, served by the decode family (split keys, packed GQA rows): one
+# kv head's query rows packed into 16..64 rows, splits > 1 with the fused
+# combine (B1 with 8192 keys), D 64/128/256, MQA, bshd, x8 inputs, one key.
+DECODE_CASES = [
+    Case("decode_fp16_d128_s1_kv8192_gqa32_8_b1", "fp16", 1, 32, 8, 1, 8192, 128, False),
+    Case("decode_bf16_d128_sq4_kv4096_gqa32_8", "bf16", 2, 32, 8, 4, 4096, 128, False),
+    Case("decode_fp16_d64_s1_kv777_mqa8_1_bshd", "fp16", 3, 8, 1, 1, 777, 64, False, "bshd"),
+    Case("decode_bf16_d256_s1_kv2000", "bf16", 2, 8, 8, 1, 2000, 256, False),
+    Case("decode_fp16_d128_sq3_kv1000_gqa16_4_x8", "fp16", 1, 16, 4, 3, 1000, 128, False,
+         input_scale=8.0),
+    Case("decode_bf16_d128_sq16_kv3000_gqa32_8", "bf16", 1, 32, 8, 16, 3000, 128, False),
+    Case("decode_fp16_d128_s1_kv1_causal", "fp16", 2, 16, 16, 1, 1, 128, True),
+]
+DECODE_LSE_CASE = Case("decode_lse_bf16_d128_s1_kv5000_gqa32_8", "bf16", 1, 32, 8, 1, 5000, 128,
+                       False)
+DECODE_GRAPH_CASE = Case("decode_graph_fp16_d128_s1_kv8192", "fp16", 1, 32, 8, 1, 8192, 128,
+                         False)
+# The decode family's two-kernel variant (unfused combine), compiled with
+# this config by name (prepare_gpu_handles.py stores it under its name).
+DECODE_TWO_KERNEL_CASE = Case("decode_two_kernel_bf16_d128_s1_kv8192", "bf16", 1, 32, 8, 1, 8192,
+                              128, False)
+DECODE_TWO_KERNEL_CONFIG = dict(block_m=16, block_n=64, warps=4, stages=3, fused_combine=False)
+# A decode loop's overhead: the KV cache grows by one key a call, from 4096
+# (bucket 4096) past 4097 (bucket 8192).
+DECODE_OVERHEAD_CASES = [
+    Case("decode_overhead_fp16_d128_s1_kv4096", "fp16", 1, 32, 8, 1, 4096, 128, False),
+    Case("decode_overhead_fp16_d128_s1_kv6000", "fp16", 1, 32, 8, 1, 6000, 128, False),
+]
+
 # The extra tests' shapes: LSE, CUDA graph, torch.compile module, call overhead.
 LSE_CASES = [
     Case("lse_fp16_d64_causal", "fp16", 2, 4, 4, 333, 333, 64, True),
@@ -63,4 +92,5 @@ GRAPH_CASE = Case("graph_fp16_d64", "fp16", 2, 8, 8, 256, 256, 64, True)
 COMPILE_CASE = Case("compile_module_fp16_d64", "fp16", 2, 4, 4, 128, 128, 64, True, "bshd")
 OVERHEAD_CASE = Case("overhead_fp16_d64_small", "fp16", 1, 8, 8, 128, 128, 64, False)
 
-ALL = CASES + LSE_CASES + [GRAPH_CASE, COMPILE_CASE, OVERHEAD_CASE]
+ALL = (CASES + LSE_CASES + [GRAPH_CASE, COMPILE_CASE, OVERHEAD_CASE] + DECODE_CASES
+       + [DECODE_LSE_CASE, DECODE_GRAPH_CASE] + DECODE_OVERHEAD_CASES)

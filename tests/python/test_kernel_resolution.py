@@ -19,7 +19,8 @@ def parts(flashcore):
 
 def query(resolve, **overrides):
     fields = dict(dtype="fp16", head_dim=128, causal=True, arch="sm_90a", batch=2, heads=16,
-                  kv_heads=4, seq_q=1000, seq_k=1000, layout="bhsd", device_name="NVIDIA H200")
+                  kv_heads=4, seq_q=1000, seq_k=1000, layout="bhsd", device_name="NVIDIA H200",
+                  template=resolve.TEMPLATE)
     fields.update(overrides)
     return resolve.Query(**fields)
 
@@ -231,3 +232,161 @@ def test_an_sm90_handle_packs_its_tensor_maps_and_fields_where_the_abi_says(clie
     k_recipe.global_dims[0] = "no_such_value"
     with pytest.raises(_abi.AbiError, match="no_such_value"):
         _abi.tensor_map_arguments(k_recipe, named)
+
+
+# -- which family: the daemon's choice (AUTO) ---------------------------------
+
+
+@pytest.mark.parametrize("arch, head_dim, family", [
+    ("sm_90a", 128, "attention_fwd_sm90"),
+    ("sm_90a", 96, "attention_fwd"),   # not a Hopper head dim
+    ("sm_80", 128, "attention_fwd"),
+])
+def test_an_untuned_prefill_call_gets_the_daemons_family(client, parts, tmp_path, arch, head_dim,
+                                                         family):
+    _, resolve, store_module = parts
+    resolver = resolve.Resolver(lambda: client, store_module.HandleStore(tmp_path / "cache"))
+    q = query(resolve, template=resolve.AUTO, arch=arch, head_dim=head_dim, causal=False)
+    resolved = resolver.resolve(q)
+    assert resolved.config_source == "default"
+    assert resolved.handle.template_id == family
+    assert "template=auto;" in q.index_text() and "packed_rows" not in q.index_text()
+
+
+# Decode-sized calls: (heads, kv_heads, seq_q, seq_k, causal); the Python rule
+# (_decode.serves) must give the family the daemon picks for each.
+DECODE_SHAPES = [
+    (32, 8, 1, 4096, False),    # GQA 4: 4 rows -> 16
+    (32, 8, 4, 777, False),     # 16 rows
+    (32, 8, 12, 2000, False),   # 48 rows
+    (32, 8, 16, 2000, False),   # 64 rows
+    (32, 8, 17, 2000, False),   # 68 rows: prefill
+    (8, 1, 8, 5000, False),     # MQA 8 x 8 = 64 rows
+    (16, 16, 1, 3001, True),    # causal, one query row, many keys: the mask matters: prefill
+    (16, 16, 1, 1, True),       # causal with one key: no mask
+    (4, 4, 64, 64, False),      # 64 rows
+    (4, 4, 65, 65, False),      # prefill
+]
+
+
+@pytest.mark.parametrize("heads, kv_heads, seq_q, seq_k, causal", DECODE_SHAPES)
+def test_the_decode_rule_picks_what_the_daemon_picks(client, parts, heads, kv_heads, seq_q,
+                                                     seq_k, causal):
+    from flashcore import _decode
+    _, resolve, _ = parts
+    q = query(resolve, template=resolve.AUTO, batch=3, heads=heads, kv_heads=kv_heads,
+              seq_q=seq_q, seq_k=seq_k, causal=causal)
+    handle = client.compile(q.request())
+    decode = _decode.serves(128, causal, heads, kv_heads, seq_q, seq_k)
+    assert (handle.template_id == _decode.TEMPLATE) == decode, handle.template_id
+    assert bool(q.decode_rows()) == decode
+    if decode:
+        assert handle.config.block_m == q.decode_rows() == _decode.packed_rows_for(
+            heads, kv_heads, seq_q)
+        assert "packed_rows=%d;" % q.decode_rows() in q.index_text()
+
+
+# (batch, heads, kv_heads, seq_q, seq_k, config) for the launch rules; config
+# None is the daemon's default (fused combine, splits by the rule).
+DECODE_LAUNCHES = [
+    (1, 32, 8, 1, 8192, None),
+    (1, 32, 8, 1, 131072, None),
+    (2, 32, 8, 1, 100, None),
+    (64, 32, 8, 1, 1024, None),
+    (8, 32, 8, 4, 4096, None),
+    (3, 8, 1, 1, 777, None),
+    (1, 32, 8, 1, 8192, (16, 32, 2, 3, False, 0)),   # two kernels, splits by the rule
+    (4, 16, 16, 2, 5000, (32, 64, 4, 3, False, 7)),  # two kernels, 7 splits asked
+    (1, 32, 8, 1, 300, (16, 64, 4, 2, True, 64)),    # more splits asked than key tiles
+]
+
+
+@pytest.mark.parametrize("batch, heads, kv_heads, seq_q, seq_k, config", DECODE_LAUNCHES)
+def test_decode_launch_rules_match_the_daemons_handles(flashcore, client, parts, batch, heads,
+                                                       kv_heads, seq_q, seq_k, config):
+    """The split count, grids and workspace the client computes for a call are the
+    ones the daemon writes into a handle compiled for that shape (at its 132 SMs)."""
+    from flashcore import _decode
+    _, resolve, _ = parts
+    tile = None
+    if config is not None:
+        rows, block_n, warps, stages, fused, splits = config
+        tile = flashcore.pb.TileConfig(block_m=rows, block_n=block_n, warps=warps,
+                                       stages=stages, fused_combine=fused, splits=splits)
+    q = query(resolve, template=_decode.TEMPLATE, batch=batch, heads=heads, kv_heads=kv_heads,
+              seq_q=seq_q, seq_k=seq_k, causal=False)
+    handle = client.compile(q.request(tile))
+    kernel = _decode.Kernel.from_handle(handle)
+    launch = kernel.launch(batch, heads, kv_heads, seq_q, seq_k, _decode.HANDLE_SM_COUNT)
+    assert launch.num_splits == handle.num_splits
+    assert launch.workspace_bytes == handle.workspace.bytes
+    split = handle.steps[0]
+    assert split.role == "split" and split.lowered_name == handle.lowered_name
+    assert launch.split_grid == (split.launch.grid.x, split.launch.grid.y, split.launch.grid.z)
+    combine = [s for s in handle.steps if s.role == "combine"]
+    assert bool(combine) == (not kernel.fused_combine)
+    if launch.combine_grid is not None:
+        assert launch.combine_grid == (combine[0].launch.grid.x, 1, 1)
+        assert combine[0].launch.block.x == _decode.COMBINE_THREADS
+    if config is not None and config[5] > 0:
+        assert launch.num_splits == _decode.effective_splits(seq_k, kernel.block_n, config[5])
+
+
+def test_the_split_rule_is_the_headers_loop(flashcore):
+    """num_splits jumps between the split counts whose tiles per split differ; the
+    header's loop visits every count. Same answer over a spread of shapes."""
+    import random
+    from flashcore import _decode
+    rng = random.Random(7)
+    for _ in range(3000):
+        kv = rng.choice([1, 2, 8, 32])
+        args = (rng.choice([1, 3, 16, 128]), kv * rng.choice([1, 4, 8]), kv, rng.choice([1, 4]),
+                rng.randint(1, rng.choice([500, 20000, 300000])), rng.choice([64, 128, 256]),
+                rng.choice([16, 32, 64, 128]), rng.choice([1, 78, 132]))
+        assert _decode.num_splits(*args) == _decode._num_splits_reference(*args), args
+
+
+def test_a_decode_handle_packs_its_params_where_the_abi_says(client, parts):
+    from flashcore import _decode
+    abi_module, resolve, _ = parts
+    q = query(resolve, template=_decode.TEMPLATE, batch=1, heads=32, kv_heads=8, seq_q=1,
+              seq_k=8192, causal=False)
+    handle = client.compile(q.request())
+    assert handle.abi.abi_version == abi_module.DECODE_ABI_VERSION
+    layout = abi_module.ParamsLayout(handle.abi)
+    assert layout.decode and not layout.tma and layout.size == handle.abi.params_size
+    values = [0x7F0000001000 + 0x100 * i for i in range(8)] + list(range(8, 8 * 13, 8)) + \
+        [1, 32, 8, 1, 8192, 16, 0.125, 0.125 * 1.4426950408889634]
+    data = layout.pack(values)
+    codes = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}
+    by_name = dict(zip(abi_module.DECODE_FIELDS, values))
+    assert {f.name for f in handle.abi.fields} == set(abi_module.DECODE_FIELDS)
+    for field in handle.abi.fields:
+        (value,) = struct.unpack_from(codes[field.type], data, field.offset)
+        assert value == pytest.approx(by_name[field.name], rel=1e-7), field.name
+
+
+def test_a_decode_call_is_cached_on_disk_by_its_packed_rows(flashcore, parts, start_daemon,
+                                                           tmp_path):
+    """Two decode calls of one bucket with other packed rows get other kernels, and
+    each is found on disk by its own index text when the daemon is gone."""
+    _, resolve, store_module = parts
+    daemon = start_daemon()
+    c = flashcore.Client(daemon.address, timeout=60)
+    store = store_module.HandleStore(tmp_path / "cache")
+    four = query(resolve, template=resolve.AUTO, heads=32, kv_heads=8, seq_q=3, seq_k=2000,
+                 causal=False)      # 12 rows -> 16
+    sixteen = query(resolve, template=resolve.AUTO, heads=32, kv_heads=8, seq_q=4, seq_k=2000,
+                    causal=False)   # 16 rows, the same bucket (seq_q 4)
+    twelve = query(resolve, template=resolve.AUTO, heads=48, kv_heads=8, seq_q=4, seq_k=2000,
+                   causal=False)    # 24 rows -> 32, batch x heads 96 -> 128 (another bucket)
+    online = [resolve.Resolver(lambda: c, store).resolve(x).handle for x in (four, sixteen, twelve)]
+    assert [h.template_id for h in online] == ["attention_decode"] * 3
+    assert online[0].key == online[1].key  # both 16 packed rows
+    assert online[2].config.block_m == 32 and online[2].key != online[0].key
+    assert daemon.stop() == 0
+    offline = resolve.Resolver(lambda: c, store)
+    for x, h in zip((four, sixteen, twelve), online):
+        served = offline.resolve(x)
+        assert served.handle_source == "disk" and served.handle.key == h.key
+    c.close()

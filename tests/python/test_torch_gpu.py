@@ -222,6 +222,113 @@ def test_a_repeated_call_skips_the_checks_but_not_the_data_or_its_alignment(ft):
     check_close(case, out, ref, sdpa_error(q, k, v, case.causal, case.layout, ref))
 
 
+# -- the decode family ---------------------------------------------------------
+
+
+def _poison_allocator(nbytes):
+    """Leaves a freed NaN-filled block of ``nbytes`` in PyTorch's caching allocator, so
+    that the next allocation of that size (the call's output) starts as NaNs."""
+    block = torch.full((nbytes // 2,), float("nan"), device="cuda", dtype=torch.float16)
+    del block
+
+
+def _decode_only(ft):
+    if os.environ.get("FLASHCORE_TORCH_DECODE") == "0":
+        pytest.skip("FLASHCORE_TORCH_DECODE=0: decode calls go to the prefill families")
+
+
+@pytest.mark.parametrize("case", gpu_cases.DECODE_CASES, ids=lambda c: c.id)
+def test_a_decode_call_runs_the_decode_family_and_matches_fp64(ft, case):
+    _decode_only(ft)
+    for seed in (6, 7):  # the second call takes the short path
+        q, k, v = make_inputs(case, seed=seed)
+        _poison_allocator(q.numel() * q.element_size())
+        out = ft.attention(q, k, v, causal=case.causal, layout=case.layout, strict=True)
+        ref, _ = reference(q, k, v, case.causal, case.layout)
+        check_close(case, out, ref, sdpa_error(q, k, v, case.causal, case.layout, ref))
+    plan = ft.explain(q, k, v, causal=case.causal, layout=case.layout)
+    assert plan.template_id == "attention_decode" and plan.fallback_reason is None, plan
+
+
+def test_decode_lse_matches_fp64(ft):
+    _decode_only(ft)
+    case = gpu_cases.DECODE_LSE_CASE
+    q, k, v = make_inputs(case, seed=8)
+    out, lse = ft.attention(q, k, v, scale=0.07, return_lse=True, strict=True)
+    ref, ref_lse = reference(q, k, v, False, case.layout, scale=0.07)
+    assert ft.explain(q, k, v).template_id == "attention_decode"
+    assert lse.shape == (case.batch, case.heads, case.seq_q) and lse.dtype == torch.float32
+    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-3, rtol=1e-4)
+    check_close(case, out, ref, 0.0)
+
+
+def test_a_split_decode_call_in_a_cuda_graph_and_eagerly_on_one_stream(ft):
+    """A decode call whose keys are split (fused combine: per-stream counters that the
+    kernels leave at zero) captured in a graph, replayed with fresh data, with eager
+    calls on the same stream between the replays."""
+    _decode_only(ft)
+    case = gpu_cases.DECODE_GRAPH_CASE
+    q, k, v = make_inputs(case, seed=9)
+    ft.attention(q, k, v, strict=True)
+    kernel = ft._state().calls[ft._call_key(q, k, v, False, "bhsd")].kernel
+    launch = ft._decode_launch(kernel, case.batch, case.heads, case.kv_heads, 1, case.seq_k)
+    assert launch.num_splits > 1 and kernel.decode.fused_combine, launch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        ft.attention(q, k, v, strict=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = ft.attention(q, k, v, strict=True)
+    for seed in (10, 11):
+        fresh = make_inputs(case, seed=seed)
+        for t, f in zip((q, k, v), fresh):
+            t.copy_(f)
+        graph.replay()
+        eager = ft.attention(q, k, v, strict=True)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref, _ = reference(q, k, v, False, case.layout)
+        err = sdpa_error(q, k, v, False, case.layout, ref)
+        check_close(case, static_out, ref, err)
+        check_close(case, eager, ref, err)
+
+
+def test_the_two_kernel_decode_variant_matches_fp64(ft, flashcore):
+    """A decode handle with the unfused combine (a second kernel merges the splits),
+    compiled by config and launched through the torch layer's own launch."""
+    _decode_only(ft)
+    from flashcore import _resolve, _store
+    case = gpu_cases.DECODE_TWO_KERNEL_CASE
+    offline = os.environ.get("FLASHCORE_TEST_OFFLINE_CACHE")
+    if offline:
+        store = _store.HandleStore(offline)
+        handle = store.get(store.lookup(case.name) or "")
+        assert handle is not None, "prepare_gpu_handles.py stores %s" % case.name
+    else:
+        client = ft._state().client()
+        query = _resolve.Query(case.dtype, case.head_dim, False, "sm_90a", case.batch,
+                               case.heads, case.kv_heads, 1, case.seq_k, "bhsd", "",
+                               "attention_decode")
+        request = query.request(flashcore.pb.TileConfig(**gpu_cases.DECODE_TWO_KERNEL_CONFIG))
+        major, minor = torch.cuda.get_device_capability()
+        request.arch = ft.arch_for_capability(major, minor)
+        handle = client.get_kernel(client.compile(request).key)
+    kernel = ft._load_kernel(ft._state(), torch.cuda.current_device(),
+                             _resolve.Resolved(handle, "named", "disk"))
+    assert kernel.combine_step is not None and not kernel.decode.fused_combine
+    launch = ft._decode_launch(kernel, case.batch, case.heads, case.kv_heads, 1, case.seq_k)
+    assert launch.num_splits > 1 and launch.combine_grid is not None, launch
+    q, k, v = make_inputs(case, seed=12)
+    scale = 1.0 / math.sqrt(case.head_dim)
+    _poison_allocator(q.numel() * q.element_size())
+    out, _ = ft._launch(kernel, q, k, v, False, scale, "bhsd", False,
+                        (case.batch, case.heads, 1, case.head_dim), case.kv_heads, case.seq_k)
+    ref, _ = reference(q, k, v, False, "bhsd")
+    check_close(case, out, ref, sdpa_error(q, k, v, False, "bhsd", ref))
+
+
 def _per_call_us(fn, calls=2000):
     fn()
     torch.cuda.synchronize()
@@ -286,6 +393,9 @@ def test_python_call_overhead_on_a_small_shape(ft):
     }
     result["flashcore_overhead_us"] = result["flashcore_call_us"] - result["flashcore_kernel_us"]
     result["sdpa_overhead_us"] = result["sdpa_call_us"] - result["sdpa_kernel_us"]
+    result["flashcore_family"] = ft.explain(q, k, v).template_id
+    if os.environ.get("FLASHCORE_TORCH_DECODE") != "0":
+        result.update(_decode_overhead(ft))
     print("\ncall overhead: " + json.dumps(result, indent=1))
     if os.environ.get("FLASHCORE_TEST_RESULTS"):
         with open(os.environ["FLASHCORE_TEST_RESULTS"], "w") as out:
@@ -293,3 +403,56 @@ def test_python_call_overhead_on_a_small_shape(ft):
     # The goal is <= 10 us; this bound only catches a per-call path gone wrong
     # (a daemon round trip or a module load per call costs milliseconds).
     assert result["flashcore_call_us"] < 200, result
+
+
+def _decode_overhead(ft):
+    """A decode step (B1, 32 query heads on 8 kv heads, D 128, one query row): the
+    same call repeated (the short path), and a loop whose KV cache grows by one key
+    a call (views of one buffer, a new shape each call: the full path), each beside
+    SDPA on the same tensors."""
+    case = gpu_cases.DECODE_OVERHEAD_CASES[0]
+    longest = gpu_cases.DECODE_OVERHEAD_CASES[1].seq_k
+    g = torch.Generator(device="cuda").manual_seed(13)
+    q = torch.randn(1, 32, 1, 128, generator=g, device="cuda").half()
+    cache_k = torch.randn(1, 8, longest, 128, generator=g, device="cuda").half()
+    cache_v = torch.randn(1, 8, longest, 128, generator=g, device="cuda").half()
+    k, v = cache_k[:, :, :case.seq_k], cache_v[:, :, :case.seq_k]
+    lengths = range(case.seq_k, longest)
+
+    def ours():
+        return ft.attention(q, k, v, strict=True)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    def ours_growing():
+        for n in lengths:
+            ft.attention(q, cache_k[:, :, :n], cache_v[:, :, :n], strict=True)
+
+    def sdpa_growing():
+        for n in lengths:
+            F.scaled_dot_product_attention(q, cache_k[:, :, :n], cache_v[:, :, :n],
+                                           enable_gqa=True)
+
+    assert ft.explain(q, k, v).template_id == "attention_decode"
+    ours_growing()  # both buckets resolved before timing
+    ours_call, sdpa_call, ours_grow, sdpa_grow = [], [], [], []
+    for _ in range(3):
+        ours_call.append(_per_call_us(ours))
+        sdpa_call.append(_per_call_us(sdpa))
+        ours_grow.append(_per_call_us(ours_growing, calls=1) / len(lengths))
+        sdpa_grow.append(_per_call_us(sdpa_growing, calls=1) / len(lengths))
+    out = {
+        "decode_shape": "batch=1 heads=32 kv_heads=8 seq_q=1 seq_k=%d head_dim=128 fp16"
+                        % case.seq_k,
+        "decode_call_us": statistics.median(ours_call),
+        "decode_kernel_us": _graph_kernel_us(ours),
+        "sdpa_decode_call_us": statistics.median(sdpa_call),
+        "sdpa_decode_kernel_us": _graph_kernel_us(sdpa),
+        "decode_growing_call_us": statistics.median(ours_grow),
+        "sdpa_decode_growing_call_us": statistics.median(sdpa_grow),
+        "decode_growing_seq_k": "%d..%d" % (lengths.start, lengths.stop - 1),
+    }
+    out["decode_overhead_us"] = out["decode_call_us"] - out["decode_kernel_us"]
+    out["sdpa_decode_overhead_us"] = out["sdpa_decode_call_us"] - out["sdpa_decode_kernel_us"]
+    return out

@@ -20,6 +20,10 @@ TMA_ABI_VERSION = 2
 TMA_PARAMS_STRUCT = "flashcore::AttentionTmaParams"
 TMA_OPERANDS = ("q", "k", "v", "o")
 TENSOR_MAP_BYTES = 128
+# The decode family's struct (FLASHCORE_DECODE_ABI_VERSION in the catalog's
+# numbering): the workspace pointers and num_splits besides the same fields.
+DECODE_ABI_VERSION = 3
+DECODE_PARAMS_STRUCT = "flashcore::DecodeParams"
 
 # Every field the client fills, in the header's order.
 FIELDS = (
@@ -29,6 +33,17 @@ FIELDS = (
     "v_batch_stride", "v_head_stride", "v_row_stride",
     "o_batch_stride", "o_head_stride", "o_row_stride",
     "batch", "heads", "kv_heads", "seq_q", "seq_k",
+    "softmax_scale", "softmax_scale_log2",
+)
+
+# DecodeParams' fields in the header's order (decode/decode_params.cuh).
+DECODE_FIELDS = (
+    "q", "k", "v", "o", "lse", "o_partial", "lse_partial", "split_counters",
+    "q_batch_stride", "q_head_stride", "q_row_stride",
+    "k_batch_stride", "k_head_stride", "k_row_stride",
+    "v_batch_stride", "v_head_stride", "v_row_stride",
+    "o_batch_stride", "o_head_stride", "o_row_stride",
+    "batch", "heads", "kv_heads", "seq_q", "seq_k", "num_splits",
     "softmax_scale", "softmax_scale_log2",
 )
 
@@ -42,20 +57,24 @@ class AbiError(ValueError):
 
 
 class ParamsLayout:
-    """A struct.Struct built once per handle; pack() takes values in FIELDS order."""
+    """A struct.Struct built once per handle; pack() takes values in FIELDS order
+    (DECODE_FIELDS order for the decode family's ABI)."""
 
     def __init__(self, abi):
         self.tma = abi.abi_version == TMA_ABI_VERSION
-        want = TMA_PARAMS_STRUCT if self.tma else PARAMS_STRUCT
+        self.decode = abi.abi_version == DECODE_ABI_VERSION
+        want = (TMA_PARAMS_STRUCT if self.tma else
+                DECODE_PARAMS_STRUCT if self.decode else PARAMS_STRUCT)
         if abi.params_struct and abi.params_struct != want:
             raise AbiError("kernel params struct is %s, this client fills %s"
                            % (abi.params_struct, want))
-        if abi.abi_version not in (ABI_VERSION, TMA_ABI_VERSION):
-            raise AbiError("kernel ABI version %d is not one this client knows (%d, %d)"
-                           % (abi.abi_version, ABI_VERSION, TMA_ABI_VERSION))
+        if abi.abi_version not in (ABI_VERSION, TMA_ABI_VERSION, DECODE_ABI_VERSION):
+            raise AbiError("kernel ABI version %d is not one this client knows (%d, %d, %d)"
+                           % (abi.abi_version, ABI_VERSION, TMA_ABI_VERSION, DECODE_ABI_VERSION))
         # Names as FIELDS spells them: ABI 2 prefixes the attention fields.
         # The maps are keyed "tma.q" ... here: "q" is also AttentionParams' pointer.
-        expected = FIELDS + (tuple("tma." + o for o in TMA_OPERANDS) if self.tma else ())
+        expected = ((DECODE_FIELDS if self.decode else FIELDS)
+                    + (tuple("tma." + o for o in TMA_OPERANDS) if self.tma else ()))
         def plain(name):
             if not self.tma:
                 return name

@@ -168,21 +168,41 @@ class LoadedKernel:
                                          int(dynamic_smem_bytes)),
                   "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
         self._module = module  # kept: the function lives as long as its module
-        self._function = function
-        self._block = tuple(int(b) or 1 for b in block)
-        self._smem = int(dynamic_smem_bytes)
+        # (function, block, dynamic smem) per kernel of the handle, the first its own.
+        self._steps = [(function, tuple(int(b) or 1 for b in block), int(dynamic_smem_bytes))]
         self._api = api
 
-    def launch(self, grid: tuple, params: bytes, stream: int) -> None:
+    @property
+    def steps(self) -> int:
+        """Kernels loaded from the cubin: the handle's own, then add_step's."""
+        return len(self._steps)
+
+    def add_step(self, lowered_name: str, block: tuple, dynamic_smem_bytes: int) -> int:
+        """Another kernel of the same cubin (a multi-kernel handle's later step, as
+        the decode family's combine); launch(..., step=) takes the index returned."""
+        api = self._api
+        api.make_current(self.context)
+        function = ctypes.c_void_p()
+        api.check(api.cuModuleGetFunction(ctypes.byref(function), self._module,
+                                          lowered_name.encode()), "cuModuleGetFunction")
+        if dynamic_smem_bytes > 48 * 1024:
+            api.check(api.cuFuncSetAttribute(function,
+                                             CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                             int(dynamic_smem_bytes)),
+                      "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
+        self._steps.append((function, tuple(int(b) or 1 for b in block), int(dynamic_smem_bytes)))
+        return len(self._steps) - 1
+
+    def launch(self, grid: tuple, params: bytes, stream: int, step: int = 0) -> None:
         """cuLaunchKernel with the struct as the single (__grid_constant__) argument:
         the driver copies its bytes from the address in kernelParams[0]."""
         api = self._api
         api.make_current(self.context)
         buffer, args = _launch_buffers(len(params))
         ctypes.memmove(buffer, params, len(params))
-        bx, by, bz = self._block
-        api.check(api.cuLaunchKernel(self._function, grid[0], grid[1], grid[2], bx, by, bz,
-                                     self._smem, stream, args, None),
+        function, (bx, by, bz), smem = self._steps[step]
+        api.check(api.cuLaunchKernel(function, grid[0], grid[1], grid[2], bx, by, bz,
+                                     smem, stream, args, None),
                   "cuLaunchKernel")
 
 

@@ -6,7 +6,15 @@ powers of two; server/tuning/shape_bucket.cpp), the kernel is:
 
 1. the tuned config of that bucket for this GPU, when the daemon's tuning
    database holds one (GetTuningResult with this process's device name);
-2. otherwise the family's default config for the head dim (DEFAULT_CONFIGS).
+2. otherwise the family's default config (the daemon's, or DEFAULT_CONFIGS
+   where the sm80 family is asked for by name).
+
+Which family: by default (template AUTO) the daemon's own choice, as it
+serves the CLI (server/rpc/translate.cpp): the decode family for a few query
+rows per kv head, on sm_90a the Hopper family or the sm80 one as their tuned
+bests decide (the Hopper family when neither is tuned, for its head dims),
+else the sm80 family; the handle's template_id says which. A Query may name
+a family instead.
    No tuning job is started on the caller's behalf: tuning takes a GPU of the
    daemon for tens of seconds, so it is asked for explicitly (Client.tune,
    `flashcore tune`); the next process then finds the tuned config.
@@ -24,12 +32,14 @@ from typing import Callable, Optional, Tuple
 
 import grpc
 
-from . import messages
+from . import _decode, messages
 from ._stubs import pb
 from ._store import HandleStore
 from .errors import FlashCoreError
 
 TEMPLATE = "attention_fwd"
+# No family named: the daemon picks (above).
+AUTO = ""
 # The Hopper family (server/family/attention_sm90.hpp): sm_90a, these head dims.
 HOPPER_TEMPLATE = "attention_fwd_sm90"
 HOPPER_HEAD_DIMS = (64, 128, 256)
@@ -80,20 +90,35 @@ class Query:
     seq_k: int
     layout: str       # "bshd" or "bhsd"
     device_name: str  # the GPU's name, as the tuning database records it
-    template: str = TEMPLATE  # the kernel family
+    template: str = AUTO  # the kernel family; AUTO: the daemon's choice
 
     def index_text(self) -> str:
+        """The disk cache's index text: class, arch and bucket, and for the decode
+        family's shapes the packed rows (its kernels are compiled for them)."""
         seq_q, seq_k, batch_heads = bucket(self.batch, self.heads, self.seq_q, self.seq_k)
-        return ("template=%s;dtype=%s;head_dim=%d;causal=%d;arch=%s;seq_q=%d;seq_k=%d;"
-                "batch_heads=%d;" % (self.template, self.dtype, self.head_dim, int(self.causal),
-                                     self.arch, seq_q, seq_k, batch_heads))
+        text = ("template=%s;dtype=%s;head_dim=%d;causal=%d;arch=%s;seq_q=%d;seq_k=%d;"
+                "batch_heads=%d;" % (self.template or "auto", self.dtype, self.head_dim,
+                                     int(self.causal), self.arch, seq_q, seq_k, batch_heads))
+        rows = self.decode_rows()
+        return text + ("packed_rows=%d;" % rows if rows else "")
 
-    def request(self, config: Optional[pb.TileConfig] = None) -> pb.KernelRequest:
+    def decode_rows(self) -> int:
+        """The decode family's packed rows when the daemon would serve this query
+        with it (AUTO or named), else 0."""
+        if self.template not in (AUTO, _decode.TEMPLATE):
+            return 0
+        if not _decode.serves(self.head_dim, self.causal, self.heads, self.kv_heads, self.seq_q,
+                              self.seq_k):
+            return 0
+        return _decode.packed_rows_for(self.heads, self.kv_heads, self.seq_q)
+
+    def request(self, config: Optional[pb.TileConfig] = None,
+                template: Optional[str] = None) -> pb.KernelRequest:
         return messages.kernel_request(
-            template_id=self.template, dtype=self.dtype, head_dim=self.head_dim, causal=self.causal,
-            batch=self.batch, heads=self.heads, kv_heads=self.kv_heads, seq_q=self.seq_q,
-            seq_k=self.seq_k, layout=self.layout, arch=self.arch, config=config,
-            omit_cubin=True)
+            template_id=self.template if template is None else template, dtype=self.dtype,
+            head_dim=self.head_dim, causal=self.causal, batch=self.batch, heads=self.heads,
+            kv_heads=self.kv_heads, seq_q=self.seq_q, seq_k=self.seq_k, layout=self.layout,
+            arch=self.arch, config=config, omit_cubin=True, accepts_multi_kernel=True)
 
 
 def default_config(head_dim: int) -> pb.TileConfig:
@@ -134,15 +159,19 @@ class Resolver:
         try:
             tuned = client.get_tuning_result(query.request(), device=query.device_name,
                                              timeout=LOOKUP_TIMEOUT_S)
+            # The family whose best the daemon serves for the bucket.
+            template = tuned.template_id or query.template
             config, config_source = tuned.config, "tuned"
         except FlashCoreError as error:
             if error.code in TRANSPORT_CODES:
                 raise
             # NOT_FOUND (untuned bucket), or a daemon without a tuning database:
-            # this client's sm80 tiles, or no config (the daemon's family default).
-            config = default_config(query.head_dim) if query.template == TEMPLATE else None
+            # this client's sm80 tiles, or no config (the daemon's family default,
+            # and with AUTO its choice of family).
+            template = query.template
+            config = default_config(query.head_dim) if template == TEMPLATE else None
             config_source = "default"
-        meta = client.compile(query.request(config))
+        meta = client.compile(query.request(config, template))
         handle, handle_source = self._store.get(meta.key), "disk"
         if handle is None:
             handle, handle_source = client.get_kernel(meta.key), "daemon"

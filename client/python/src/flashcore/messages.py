@@ -54,12 +54,16 @@ def tile_config(block_m: int = 128, block_n: int = 64, warps: int = 4, stages: i
 def kernel_request(*, config: Optional[pb.TileConfig] = None, arch: str = "",
                    template_id: str = DEFAULT_TEMPLATE, omit_cubin: bool = False,
                    use_tuned_config: bool = False, line_info: bool = False,
-                   cached_key: str = "", **problem_fields) -> pb.KernelRequest:
+                   cached_key: str = "", accepts_multi_kernel: bool = False,
+                   **problem_fields) -> pb.KernelRequest:
     """A KernelRequest; ``problem_fields`` are those of :func:`problem`.
 
     ``line_info`` compiles with -lineinfo (for profilers; another key, a
     larger cubin); ``cached_key`` names a kernel the caller holds, whose
-    cubin the answer then leaves out.
+    cubin the answer then leaves out; ``accepts_multi_kernel`` says the
+    caller launches handles of several kernels with a workspace (the decode
+    family; with an empty ``template_id`` the daemon then picks it for
+    decode shapes).
 
     Without ``config`` the sm80 family gets the CLI's default tile and another
     family none (the daemon answers with that family's default); an empty
@@ -68,7 +72,8 @@ def kernel_request(*, config: Optional[pb.TileConfig] = None, arch: str = "",
         config = tile_config()
     fields = dict(template_id=template_id, problem=problem(**problem_fields), arch=arch,
                   omit_cubin=omit_cubin, use_tuned_config=use_tuned_config,
-                  line_info=line_info, cached_key=cached_key)
+                  line_info=line_info, cached_key=cached_key,
+                  accepts_multi_kernel=accepts_multi_kernel)
     if config is not None:
         fields["config"] = config
     return pb.KernelRequest(**fields)

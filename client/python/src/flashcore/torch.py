@@ -4,8 +4,14 @@
     q = torch.randn(2, 16, 1024, 64, device="cuda", dtype=torch.float16)
     out = flashcore.torch.attention(q, q, q, causal=True)     # as SDPA(q, q, q, is_causal=True)
 
-What it covers today (the sm80 family, served for sm_80, sm_86, sm_89 and
-sm_90a GPUs): fp16 and bf16; head_dim 32, 64, 96, 128 and 256 (the same for
+What it covers today (sm_80, sm_86, sm_89 and sm_90a GPUs; which family
+serves a call is the daemon's choice, as it serves the CLI: the decode family
+for a few query rows per kv head (packed rows <= 64, head_dim 64/128/256, no
+causal mask to apply), on sm_90a the Hopper family or the sm80 one as their
+tuned bests decide (Hopper while neither is tuned, head_dim 64/128/256), else
+the sm80 family; FLASHCORE_TORCH_HOPPER=1 or 0 names the Hopper or the sm80
+family for prefill calls, FLASHCORE_TORCH_DECODE=0 sends decode calls to them
+too): fp16 and bf16; head_dim 32, 64, 96, 128 and 256 (the same for
 q, k and v); GQA/MQA by a smaller kv-head count dividing the query heads; the
 layouts "bhsd" (SDPA's (batch, heads, seq, dim)) and "bshd"; any sequence
 lengths, seq_k != seq_q included; causal masking top-left aligned as SDPA's
@@ -47,7 +53,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _abi, _cuda, _resolve
+from . import _abi, _cuda, _decode, _resolve
 from ._store import HandleStore
 from .client import Client
 from .errors import FlashCoreError
@@ -99,6 +105,7 @@ class Plan:
     config_source: Optional[str]    # "tuned", "default" or "cached" (daemon unreachable)
     handle_source: Optional[str]    # "daemon" or "disk", for the call that resolved it
     fallback_reason: Optional[str]  # set when SDPA runs instead
+    template_id: Optional[str] = None  # the kernel's family: attention_fwd, _sm90, _decode
 
 
 class _Kernel:
@@ -117,11 +124,17 @@ class _Kernel:
         # Encoded tensor maps by the call's params values (addresses, strides,
         # shape): a loop over the same tensors encodes them once.
         self.maps: "OrderedDict[tuple, list]" = OrderedDict()
+        # The decode family (ABI 3): split count and workspace per call shape,
+        # kept by what they depend on (batch, heads, kv heads, seq_q, key tiles).
+        self.decode = _decode.Kernel.from_handle(resolved.handle) if layout.decode else None
+        self.launches: "OrderedDict[tuple, _decode.Launch]" = OrderedDict()
+        self.combine_step = 1 if loaded.steps > 1 else None
         config = resolved.handle.config
         self.plan = Plan(resolved.handle.key,
                          "%dx%dw%ds%d" % (config.block_m, config.block_n, config.warps,
                                           config.stages),
-                         resolved.config_source, resolved.handle_source, None)
+                         resolved.config_source, resolved.handle_source, None,
+                         resolved.handle.template_id or None)
 
 
 class _Call:
@@ -168,6 +181,9 @@ class _Runtime:
         # choice depend on (_call_key): a later call with the same metadata
         # skips them (_fast_call).
         self.calls: "OrderedDict[tuple, _Call]" = OrderedDict()
+        # The decode family's split counters per (device, stream): zero between
+        # launches (the kernels leave them so), grown when a call needs more.
+        self.counters: Dict[Tuple[int, int], torch.Tensor] = {}
 
     def client(self) -> Client:
         if self._client is None:
@@ -327,21 +343,47 @@ def _sdpa(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool):
     return out.contiguous(), lse
 
 
-# The Hopper family (wgmma + TMA, the fast one on H100/H200) is opt-in from
-# Python, FLASHCORE_TORCH_HOPPER=1: it ran on the H200, but its per-call cost
-# (tensor maps, 55 us a call against the sm80 path's 25) pays off only on
-# large shapes.
+# The Hopper family (wgmma + TMA, the fast one on H100/H200): served on sm_90a
+# when the daemon chooses it (the default) or FLASHCORE_TORCH_HOPPER=1 names it.
 HOPPER_TEMPLATE = _resolve.HOPPER_TEMPLATE
 # Encoded tensor-map sets a Hopper kernel keeps (by pointers, strides and shape).
 _TENSOR_MAP_MEMO = 64
 HOPPER_HEAD_DIMS = _resolve.HOPPER_HEAD_DIMS
 
 
-def _family(arch: str, head_dim: int) -> str:
-    if (arch == "sm_90a" and head_dim in HOPPER_HEAD_DIMS
-            and os.environ.get("FLASHCORE_TORCH_HOPPER") == "1"):
+def _family(arch: str, head_dim: int, decode_rows: int) -> str:
+    """The family a call asks the daemon for: by default none (the daemon's choice,
+    _resolve's doc). FLASHCORE_TORCH_HOPPER=1 names the Hopper family for the
+    prefill shapes it covers, =0 the sm80 family; decode shapes keep the decode
+    family unless FLASHCORE_TORCH_DECODE=0."""
+    if decode_rows and os.environ.get("FLASHCORE_TORCH_DECODE") != "0":
+        return _resolve.AUTO
+    hopper = os.environ.get("FLASHCORE_TORCH_HOPPER")
+    if hopper == "1" and arch == "sm_90a" and head_dim in HOPPER_HEAD_DIMS:
         return HOPPER_TEMPLATE
-    return _resolve.TEMPLATE
+    if hopper in ("0", "1") or decode_rows:
+        return _resolve.TEMPLATE
+    return _resolve.AUTO
+
+
+def _load_kernel(state: _Runtime, device: int, resolved: _resolve.Resolved) -> "_Kernel":
+    """A resolved handle as a _Kernel on ``device``: its module loaded once per device
+    and key, with every kernel of the handle (the decode family's combine too)."""
+    handle = resolved.handle
+    loaded = state.modules.get((device, handle.key))
+    if loaded is None:
+        loaded = _cuda.LoadedKernel(device, handle.cubin, handle.lowered_name,
+                                    (handle.launch.block.x, handle.launch.block.y,
+                                     handle.launch.block.z),
+                                    handle.launch.dynamic_smem_bytes)
+        for step in handle.steps[1:]:  # the decode family's combine kernel
+            loaded.add_step(step.lowered_name, (step.launch.block.x or 1,
+                                                step.launch.block.y or 1,
+                                                step.launch.block.z or 1),
+                            step.launch.dynamic_smem_bytes)
+        state.modules[(device, handle.key)] = loaded
+    return _Kernel(loaded, _abi.ParamsLayout(handle.abi), handle.config.block_m, resolved,
+                   torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_heads: int,
@@ -349,7 +391,11 @@ def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_head
     """The _Kernel for this call, or a (kind, reason) to fall back for."""
     batch, heads, seq_q, head_dim = dims
     device = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    memo = (device, q.dtype, head_dim, causal) + _resolve.bucket(batch, heads, seq_q, seq_k)
+    # Within a bucket the decode family's kernels differ by their packed rows.
+    decode_rows = (_decode.packed_rows_for(heads, kv_heads, seq_q)
+                   if _decode.serves(head_dim, causal, heads, kv_heads, seq_q, seq_k) else 0)
+    memo = (device, q.dtype, head_dim, causal, decode_rows) + _resolve.bucket(
+        batch, heads, seq_q, seq_k)
     entry = state.kernels.get(memo)
     if isinstance(entry, _Kernel):
         return entry
@@ -367,19 +413,12 @@ def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_head
             state.kernels[memo] = result + (float("inf"),)
             return result
         query = _resolve.Query(_DTYPES[q.dtype], head_dim, causal, arch, batch, heads, kv_heads,
-                               seq_q, seq_k, layout, name, _family(arch, head_dim))
+                               seq_q, seq_k, layout, name, _family(arch, head_dim, decode_rows))
         try:
-            resolved = state.resolver.resolve(query)
-            handle = resolved.handle
-            loaded = state.modules.get((device, handle.key))
-            if loaded is None:
-                loaded = _cuda.LoadedKernel(device, handle.cubin, handle.lowered_name,
-                                            (handle.launch.block.x, handle.launch.block.y,
-                                             handle.launch.block.z),
-                                            handle.launch.dynamic_smem_bytes)
-                state.modules[(device, handle.key)] = loaded
-            kernel = _Kernel(loaded, _abi.ParamsLayout(handle.abi), handle.config.block_m,
-                             resolved, torch.cuda.get_device_properties(device).multi_processor_count)
+            kernel = _load_kernel(state, device, state.resolver.resolve(query))
+            if kernel.decode is not None and (heads // kv_heads) * seq_q > kernel.decode.packed_rows:
+                raise _abi.AbiError("the decode kernel packs %d rows, the call needs %d"
+                                    % (kernel.decode.packed_rows, (heads // kv_heads) * seq_q))
         except FlashCoreError as error:
             unreachable = error.code in _resolve.TRANSPORT_CODES
             result = ("unreachable" if unreachable else "daemon",
@@ -470,6 +509,10 @@ def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, k
         pointers = (q.data_ptr(), k.data_ptr(), v.data_ptr())
     if strides is None:
         strides = _all_strides(q, k, v, layout)
+    if kernel.decode is not None:
+        _launch_decode(kernel, q, (*pointers, out.data_ptr(), lse_ptr), strides, dims, kv_heads,
+                       seq_k, scale)
+        return out, lse
     values = (*pointers, out.data_ptr(), lse_ptr, *strides,
               batch, heads, kv_heads, seq_q, seq_k, scale, scale * _LOG2E)
     if kernel.tma:
@@ -494,6 +537,75 @@ def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, k
     grid = ((seq_q + kernel.block_m - 1) // kernel.block_m, heads, batch)
     kernel.loaded.launch(grid, kernel.params.pack(values), _raw_stream(q.device.index))
     return out, lse
+
+
+# Decode launches a kernel keeps (by batch, heads, kv heads, seq_q, key tiles).
+_DECODE_LAUNCH_MEMO = 256
+
+
+def _decode_launch(kernel: _Kernel, batch: int, heads: int, kv_heads: int, seq_q: int,
+                   seq_k: int) -> "_decode.Launch":
+    """The split count and workspace of a decode call: they change with seq_k only
+    when its key tiles do, so a decode loop computes them once per tile."""
+    memo = (batch, heads, kv_heads, seq_q, _decode.key_tiles(seq_k, kernel.decode.block_n))
+    launch = kernel.launches.get(memo)
+    if launch is None:
+        launch = kernel.decode.launch(batch, heads, kv_heads, seq_q, seq_k,
+                                      kernel.multiprocessors)
+        kernel.launches[memo] = launch
+        while len(kernel.launches) > _DECODE_LAUNCH_MEMO:
+            try:
+                kernel.launches.popitem(last=False)
+            except KeyError:  # emptied by another thread
+                break
+    return launch
+
+
+def _split_counters(device, stream: int, size: int) -> int:
+    """A zeroed u32 counter buffer of at least ``size`` bytes for a fused-combine
+    decode launch on ``stream``. Outside CUDA-graph capture one buffer per
+    (device, stream) serves every call: launches on one stream run in order and
+    each leaves the counters at zero. During capture each call gets its own,
+    zeroed by a node of the graph, so graphs replayed on other streams do not
+    share one."""
+    if torch.cuda.is_current_stream_capturing():
+        return torch.zeros(size // 4, dtype=torch.int32, device=device).data_ptr()
+    state = _state()
+    key = (device.index, stream)
+    counters = state.counters.get(key)
+    if counters is None or counters.numel() * 4 < size:
+        # Zeroed on this stream, after the launches that used the old buffer.
+        counters = torch.zeros(max(size, 4096) // 4, dtype=torch.int32, device=device)
+        state.counters[key] = counters
+    return counters.data_ptr()
+
+
+def _launch_decode(kernel: _Kernel, q, pointers, strides, dims, kv_heads: int, seq_k: int,
+                   scale: float) -> None:
+    """The decode family's launch: the split kernel, then the combine kernel where
+    the handle has one and the keys are split. The partials are a torch
+    allocation of the call (stream-ordered, so the next call may reuse it)."""
+    batch, heads, seq_q, _ = dims
+    launch = _decode_launch(kernel, batch, heads, kv_heads, seq_q, seq_k)
+    stream = _raw_stream(q.device.index)
+    o_partial = lse_partial = counters = 0
+    if launch.num_splits > 1:
+        partials = torch.empty(launch.o_partial_bytes + launch.lse_partial_bytes,
+                               dtype=torch.uint8, device=q.device)
+        o_partial = partials.data_ptr()
+        lse_partial = o_partial + launch.o_partial_bytes
+        if kernel.decode.fused_combine:
+            counters = _split_counters(q.device, stream, launch.counter_bytes)
+    values = (*pointers, o_partial, lse_partial, counters, *strides,
+              batch, heads, kv_heads, seq_q, seq_k, launch.num_splits, scale, scale * _LOG2E)
+    params = kernel.params.pack(values)
+    kernel.loaded.launch(launch.split_grid, params, stream)
+    if launch.combine_grid is not None:
+        if kernel.combine_step is None:
+            raise _cuda.CudaError("cuLaunchKernel(combine)", -1, "CUDA_ERROR_NOT_FOUND",
+                                  "the decode handle %s has no combine kernel"
+                                  % kernel.plan.kernel_key)
+        kernel.loaded.launch(launch.combine_grid, params, stream, step=kernel.combine_step)
 
 
 # -- the custom op ------------------------------------------------------------
