@@ -38,6 +38,7 @@ struct Layer {
   std::optional<int64_t> compile_threads;
   std::optional<int64_t> max_queued_compiles;
   std::optional<int64_t> max_concurrent_rpcs;
+  std::optional<int64_t> rpc_queues;
   std::optional<int64_t> max_message_mb;
   std::optional<std::string> templates_dir;
   std::optional<std::string> default_arch;
@@ -68,6 +69,7 @@ void apply(Layer& base, const Layer& top) {
   over(base.compile_threads, top.compile_threads);
   over(base.max_queued_compiles, top.max_queued_compiles);
   over(base.max_concurrent_rpcs, top.max_concurrent_rpcs);
+  over(base.rpc_queues, top.rpc_queues);
   over(base.max_message_mb, top.max_message_mb);
   over(base.templates_dir, top.templates_dir);
   over(base.default_arch, top.default_arch);
@@ -131,6 +133,7 @@ Result<Layer> read_toml(const std::string& path) {
     else if (k == "compile_threads") status = int_key(k, node, layer.compile_threads);
     else if (k == "max_queued_compiles") status = int_key(k, node, layer.max_queued_compiles);
     else if (k == "max_concurrent_rpcs") status = int_key(k, node, layer.max_concurrent_rpcs);
+    else if (k == "rpc_queues") status = int_key(k, node, layer.rpc_queues);
     else if (k == "max_message_mb") status = int_key(k, node, layer.max_message_mb);
     else if (k == "templates_dir") status = string_key(k, node, layer.templates_dir);
     else if (k == "default_arch") status = string_key(k, node, layer.default_arch);
@@ -208,6 +211,11 @@ Status resolve_sizes(const Layer& layer, DaemonConfig& config) {
     auto n = count("max_concurrent_rpcs", *layer.max_concurrent_rpcs, 1, kMaxCount);
     if (!n) return n.error();
     config.max_concurrent_rpcs = *n;
+  }
+  if (layer.rpc_queues) {
+    auto n = count("rpc_queues", *layer.rpc_queues, 0, 64);
+    if (!n) return n.error();
+    config.rpc_queues = *n;
   }
   if (layer.max_message_mb) {
     auto mb = count("max_message_mb", *layer.max_message_mb, 1, kMaxMessageMb);
@@ -341,6 +349,9 @@ void add_daemon_flags(CLI::App& app, Layer& flags) {
       "compiles waiting for a thread before RESOURCE_EXHAUSTED");
   num("--max-concurrent-rpcs", flags.max_concurrent_rpcs,
       "calls in flight before RESOURCE_EXHAUSTED");
+  num("--rpc-queues", flags.rpc_queues,
+      "gRPC completion queues serving Compile and GetKernel, one polling thread each (a memory hit "
+      "is answered on the thread that read it); 0 = min(4, hardware threads)");
   num("--max-message-mb", flags.max_message_mb, "gRPC send/receive message limit in MiB");
   str("--templates-dir", flags.templates_dir,
       "read kernel templates from here instead of the embedded ones (FLASHCORE_TEMPLATES_DIR)");

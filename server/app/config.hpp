@@ -22,6 +22,7 @@ struct DaemonConfig {
   size_t compile_threads = 0;                      // 0 = hardware concurrency
   size_t max_queued_compiles = 64;                 // beyond: RESOURCE_EXHAUSTED
   size_t max_concurrent_rpcs = 256;                // beyond: RESOURCE_EXHAUSTED
+  size_t rpc_queues = 0;  // completion queues serving Compile/GetKernel; 0 = min(4, hardware threads)
   size_t max_message_bytes = size_t{64} << 20;     // gRPC send/receive limit
   std::filesystem::path templates_dir;             // empty = embedded templates
   std::string default_arch;                        // empty = the GPU's, else sm_90a

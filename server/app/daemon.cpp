@@ -27,6 +27,7 @@
 #include "redis/redis_client.hpp"
 #include "evolve/evolution_service.hpp"
 #include "rpc/flashcore_service.hpp"
+#include "rpc/kernel_queues.hpp"
 #include "service/service.hpp"
 #include "service/tuning_backends.hpp"
 #include "tuning/redis_bests.hpp"
@@ -230,6 +231,9 @@ struct Daemon::Impl {
   std::shared_ptr<eval::WorkerPool> workers;
   std::unique_ptr<service::Service> service;
   std::unique_ptr<rpc::FlashCoreService> rpc;  // translates calls into the service's operations
+  // Compile and GetKernel on completion queues; stopped after the server
+  // has shut down (stop_serving), so it goes after the server.
+  std::unique_ptr<rpc::KernelQueues> queues;
   // Submitted sources (issue 18): its own gRPC service; null when its store
   // did not open.
   std::unique_ptr<evolve::EvolutionService> evolution;
@@ -241,10 +245,18 @@ struct Daemon::Impl {
   std::mutex shutdown_mutex;
   bool shut_down = false;
 
+  // A server that started is stopped before anything it calls into goes.
+  ~Impl() {
+    if (server) stop_serving(std::chrono::system_clock::now());
+  }
+
   // The steps of start().
   Status build_parts(const std::shared_ptr<redis::Client>& redis);
   Status build_service(const std::shared_ptr<redis::Client>& redis, const DaemonHooks& hooks);
   Status serve(const std::shared_ptr<grpc::ServerCredentials>& credentials);
+  // Refuses new calls, gives those in flight until `deadline` (then cancels
+  // them), and then stops the completion queues. Repeats do nothing.
+  void stop_serving(std::chrono::system_clock::time_point deadline);
   void build_evolution(const flashcore::service::ServiceOptions& options,
                        const std::shared_ptr<TuningDb>& tuning_db);
 };
@@ -402,6 +414,7 @@ Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& crede
   builder.SetMaxReceiveMessageSize(message_limit(config.max_message_bytes));
   builder.SetMaxSendMessageSize(message_limit(config.max_message_bytes));
   builder.RegisterService(rpc.get());
+  queues = std::make_unique<flashcore::rpc::KernelQueues>(*rpc, builder, config.rpc_queues);
   if (evolution) builder.RegisterService(evolution.get());
   if (metrics) {
     std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
@@ -411,7 +424,14 @@ Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& crede
   server = builder.BuildAndStart();
   if (!server || (port == 0 && !is_unix_address(config.listen_address)))
     return make_error(ErrorCode::unavailable, "cannot listen on " + config.listen_address);
+  queues->start();
   return ok_status();
+}
+
+void Daemon::Impl::stop_serving(std::chrono::system_clock::time_point deadline) {
+  server->Shutdown(deadline);
+  // Only now: no call can still be asked for or finish on the queues.
+  queues->stop();
 }
 
 Daemon::Daemon(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -444,7 +464,7 @@ void Daemon::shutdown(std::chrono::milliseconds drain) {
   // Refuses new calls at once; calls still running at the deadline are
   // cancelled (a Compile then answers CANCELLED and its NVRTC run finishes
   // in the background).
-  impl_->server->Shutdown(std::chrono::system_clock::now() + drain);
+  impl_->stop_serving(std::chrono::system_clock::now() + drain);
   // Evaluations of calls cancelled at the deadline end with their workers.
   if (impl_->workers) impl_->workers->shutdown();
   if (impl_->evolution) impl_->evolution->shutdown();  // kills running compile workers

@@ -7,7 +7,6 @@
 #include <optional>
 
 #include "rpc/call_reactor.hpp"
-#include "rpc/handle_wire.hpp"
 #include "rpc/translate.hpp"
 #include "rpc/tune_messages.hpp"
 #include "service/kernel_handle.hpp"
@@ -16,7 +15,8 @@ namespace flashcore::rpc {
 namespace {
 
 // The handle of a kernel answer as a message (Validate); the launch geometry
-// is for `shape`. Compile and GetKernel write theirs with rpc::write_handle.
+// is for `shape`. Compile and GetKernel (rpc/kernel_queues) write theirs with
+// rpc::write_handle.
 void fill_answer(const service::KernelAnswer& answer, const RuntimeShape& shape,
                   v1::Layout layout, bool omit_cubin, v1::KernelHandle* out) {
   service::fill_handle(*answer.lookup.kernel, answer.lookup.tier, shape, layout, omit_cubin, out);
@@ -46,7 +46,7 @@ void fill_cache_change(const CacheRemoval& removal, v1::CacheChange* out) {
 
 }  // namespace
 
-Result<auth::Identity> FlashCoreService::authorize(const grpc::CallbackServerContext* context,
+Result<auth::Identity> FlashCoreService::authorize(const grpc::ServerContextBase* context,
                                                   auth::Role needed, std::string_view rpc) const {
   std::string_view header;
   const auto& metadata = context->client_metadata();
@@ -78,38 +78,6 @@ grpc::ServerUnaryReactor* FlashCoreService::answer_now(grpc::CallbackServerConte
 
 // ---- Kernels ----
 
-grpc::ServerUnaryReactor* FlashCoreService::Compile(grpc::CallbackServerContext* context,
-                                                    const grpc::ByteBuffer* raw,
-                                                    grpc::ByteBuffer* response) {
-  auto who = authorize(context, auth::Role::compile, "Compile");
-  if (!who) return finish_now(context, to_grpc_status(who.error()));
-  v1::KernelRequest message;
-  if (Status read = parse_request(*raw, &message, "Compile"); !read)
-    return finish_now(context, to_grpc_status(read.error()));
-  const v1::KernelRequest* request = &message;
-  if (Status admitted = service_.admit(); !admitted)
-    return finish_now(context, to_grpc_status(admitted.error()));
-  const bool tuned = request->use_tuned_config();
-  auto parsed = tuned ? parse_tuning_target(*request, service_.options().default_arch)
-                      : parse_kernel_request(*request, service_.options().default_arch);
-  auto* call = new CallReactor(service_);
-  if (!parsed) {
-    call->finish(to_grpc_status(parsed.error()));
-    return call;
-  }
-  // A client that holds this kernel gets everything but the cubin.
-  auto done = [call, response, shape = parsed->shape, layout = parsed->layout,
-               omit = request->omit_cubin(),
-               cached = parsed->cached_key](Result<service::KernelAnswer> answer) {
-    if (!answer) return call->finish(to_grpc_status(answer.error()));
-    write_handle(*answer, shape, layout, omit || answer->lookup.kernel->key == cached,
-                      response);
-    call->finish(grpc::Status::OK);
-  };
-  call->follow(service_.compile(*who, std::move(parsed).value(), tuned, std::move(done)));
-  return call;
-}
-
 grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext* context,
                                                      const v1::ValidateRequest* request,
                                                      v1::KernelHandle* response) {
@@ -137,30 +105,6 @@ grpc::ServerUnaryReactor* FlashCoreService::Validate(grpc::CallbackServerContext
   };
   call->follow(service_.validate(*who, std::move(validate), std::move(done)));
   return call;
-}
-
-grpc::ServerUnaryReactor* FlashCoreService::GetKernel(grpc::CallbackServerContext* context,
-                                                      const grpc::ByteBuffer* raw,
-                                                      grpc::ByteBuffer* response) {
-  return answer_now(context, auth::Role::read, "GetKernel", true, [&](const auth::Identity&) {
-    v1::GetKernelRequest message;
-    if (Status read = parse_request(*raw, &message, "GetKernel"); !read) return read;
-    const v1::GetKernelRequest* request = &message;
-    auto answer = service_.get_kernel(request->key());
-    if (!answer) return Status(answer.error());
-    const CachedKernel& kernel = *answer->lookup.kernel;
-    RuntimeShape shape = kernel.first_shape;
-    v1::Layout layout = v1::LAYOUT_UNSPECIFIED;
-    if (request->has_problem()) {
-      auto requested = parse_shape_for(request->problem(), kernel.spec);
-      if (!requested) return Status(requested.error());
-      shape = *requested;
-      layout = request->problem().layout();
-    }
-    write_handle(*answer, shape, layout,
-                      request->omit_cubin() || request->cached_key() == kernel.key, response);
-    return ok_status();
-  });
 }
 
 grpc::ServerUnaryReactor* FlashCoreService::ListKernels(grpc::CallbackServerContext* context,

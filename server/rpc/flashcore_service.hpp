@@ -1,9 +1,16 @@
 // The flashcore.v1.FlashCore service: translation only. Each method
 // authorizes the caller, parses its message into the service's request
 // type (naming the offending field on bad input), calls the service
-// (service/) and writes the answer. Nothing waits on a gRPC thread: the
-// service answers compiles, evaluations and tuning jobs through callbacks,
-// from which the reactors finish.
+// (service/) and writes the answer. Nothing waits on NVRTC or a worker on a
+// gRPC thread: the service answers compiles, evaluations and tuning jobs
+// through callbacks, from which the calls finish.
+//
+// Compile and GetKernel, the calls a client makes per kernel it launches,
+// are served through gRPC's completion-queue API by rpc/kernel_queues: each
+// queue's one polling thread reads a call and answers it where it read it
+// (a memory hit never changes threads), which a callback method cannot do
+// in gRPC 1.51 (its handler and its Finish each hop to other threads:
+// bench/RESULTS.md section 4). The other methods are callback methods.
 #pragma once
 
 #include <memory>
@@ -14,12 +21,13 @@
 
 namespace flashcore::rpc {
 
-// Compile and GetKernel, whose answers carry a cubin, are raw methods: they
-// parse their request themselves and write the handle with the cubin as a
-// slice of the cache entry (rpc/handle_wire), not a copy. The rest are
-// callback methods. Composed method by method rather than on top of
-// CallbackService, whose callback Compile/GetKernel the raw ones would hide
-// (clang's -Woverloaded-virtual); an RPC added to the proto but not here
+// Compile and GetKernel, whose answers carry a cubin, are raw async
+// methods: rpc/kernel_queues asks for them on its completion queues, parses
+// their requests itself and writes the handle with the cubin as a slice of
+// the cache entry (rpc/handle_wire), not a copy. The rest are callback
+// methods (gRPC serves both kinds in one service). Composed method by method
+// rather than on top of CallbackService, whose callback Compile/GetKernel
+// would otherwise stay registered; an RPC added to the proto but not here
 // fails to compile at its `override` below.
 namespace methods {
 using S = v1::FlashCore;
@@ -30,22 +38,17 @@ using Callbacks = S::WithCallbackMethod_ListKernels<S::WithCallbackMethod_GetSer
                 S::WithCallbackMethod_GetTuningJob<S::WithCallbackMethod_ClearCache<
                     S::WithCallbackMethod_EvictCache<S::Service>>>>>>>>>>>>;
 }  // namespace methods
-using FlashCoreBase = v1::FlashCore::WithRawCallbackMethod_Compile<
-    v1::FlashCore::WithRawCallbackMethod_GetKernel<methods::Callbacks>>;
+using FlashCoreBase =
+    v1::FlashCore::WithRawMethod_Compile<v1::FlashCore::WithRawMethod_GetKernel<methods::Callbacks>>;
 
 class FlashCoreService final : public FlashCoreBase {
  public:
   // `service` outlives this (the server drains its calls first).
   explicit FlashCoreService(service::Service& service) : service_(service) {}
 
-  // KernelRequest -> KernelHandle.
-  grpc::ServerUnaryReactor* Compile(grpc::CallbackServerContext* context,
-                                    const grpc::ByteBuffer* request,
-                                    grpc::ByteBuffer* response) override;
-  // GetKernelRequest -> KernelHandle.
-  grpc::ServerUnaryReactor* GetKernel(grpc::CallbackServerContext* context,
-                                      const grpc::ByteBuffer* request,
-                                      grpc::ByteBuffer* response) override;
+  // Compile (KernelRequest -> KernelHandle) and GetKernel (GetKernelRequest
+  // -> KernelHandle) are answered by rpc::KernelQueues, through
+  // RequestCompile and RequestGetKernel.
   grpc::ServerUnaryReactor* ListKernels(grpc::CallbackServerContext* context,
                                         const v1::ListKernelsRequest* request,
                                         v1::ListKernelsResponse* response) override;
@@ -86,12 +89,15 @@ class FlashCoreService final : public FlashCoreBase {
   static constexpr int kDefaultPageSize = 50;
   static constexpr int kMaxPageSize = 1000;
 
+  // The caller from its "authorization" metadata (the service decides), for
+  // callback and completion-queue calls alike.
+  Result<auth::Identity> authorize(const grpc::ServerContextBase* context, auth::Role needed,
+                                   std::string_view rpc) const;
+  service::Service& service() const { return service_; }
+
  private:
   class TuneReactor;
 
-  // The caller from its "authorization" metadata (the service decides).
-  Result<auth::Identity> authorize(const grpc::CallbackServerContext* context,
-                                   auth::Role needed, std::string_view rpc) const;
   // Authorizes, takes an in-flight slot when `admit`, runs `answer` (which
   // fills the response) and finishes the call at once.
   template <typename Answer>

@@ -82,6 +82,7 @@ disk_cache_mb = 640
 compile_threads = 3
 max_queued_compiles = 9
 max_concurrent_rpcs = 17
+rpc_queues = 2
 max_message_mb = 8
 templates_dir = "/opt/templates"
 default_arch = "sm_86"
@@ -98,6 +99,7 @@ port_file = "/run/fc.port"
   EXPECT_EQ(config->compile_threads, 3u);
   EXPECT_EQ(config->max_queued_compiles, 9u);
   EXPECT_EQ(config->max_concurrent_rpcs, 17u);
+  EXPECT_EQ(config->rpc_queues, 2u);
   EXPECT_EQ(config->max_message_bytes, size_t{8} << 20);
   EXPECT_EQ(config->templates_dir, std::filesystem::path("/opt/templates"));
   EXPECT_EQ(config->default_arch, "sm_86");
@@ -157,6 +159,8 @@ TEST_F(ConfigTest, EveryFlagIsRead) {
                       "6",
                       "--max-concurrent-rpcs",
                       "7",
+                      "--rpc-queues",
+                      "3",
                       "--max-message-mb",
                       "3",
                       "--templates-dir",
@@ -176,6 +180,7 @@ TEST_F(ConfigTest, EveryFlagIsRead) {
   EXPECT_EQ(config->compile_threads, 5u);
   EXPECT_EQ(config->max_queued_compiles, 6u);
   EXPECT_EQ(config->max_concurrent_rpcs, 7u);
+  EXPECT_EQ(config->rpc_queues, 3u);
   EXPECT_EQ(config->max_message_bytes, size_t{3} << 20);
   EXPECT_EQ(config->templates_dir, std::filesystem::path("/t"));
   EXPECT_EQ(config->default_arch, "sm_90a");
@@ -203,6 +208,8 @@ TEST_F(ConfigTest, BadValuesAreRejectedByName) {
       {{}, "compile_threads = \"four\"\n", "compile_threads"},
       {{}, "listen_address = 5\n", "listen_address"},
       {{}, "max_concurrent_rpcs = 0\n", "max_concurrent_rpcs"},
+      {{"--rpc-queues", "65"}, "", "rpc_queues"},
+      {{}, "rpc_queues = -1\n", "rpc_queues"},
       {{"--max-message-mb", "4096"}, "", "max_message_mb"},
       {{"--default-arch", "sm_70"}, "", "default_arch"},
       {{"--log-level", "loud"}, "", "log_level"},
