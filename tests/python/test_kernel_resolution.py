@@ -32,6 +32,8 @@ def query(resolve, **overrides):
     dict(batch=5, heads=6, seq_q=1000, seq_k=33),
     dict(batch=1, heads=1, seq_q=1, seq_k=65536),
     dict(batch=3, heads=32, seq_q=4097, seq_k=64),
+    dict(batch=2, heads=40, kv_heads=8, seq_q=3, seq_k=5000, layout="bhsd"),
+    dict(batch=1, heads=32, kv_heads=1, seq_q=1, seq_k=100, layout="bshd"),
 ])
 def test_buckets_match_the_daemons(flashcore, client, parts, shape):
     _, resolve, _ = parts
@@ -42,6 +44,10 @@ def test_buckets_match_the_daemons(flashcore, client, parts, shape):
     assert info.value.code == grpc.StatusCode.NOT_FOUND
     assert "bucket seq_q=%d;seq_k=%d;batch_heads=%d;" % (seq_q, seq_k, batch_heads) \
         in info.value.message
+    text = resolve.bucket_text(shape["batch"], shape["heads"],
+                               shape.get("kv_heads") or shape["heads"], shape["seq_q"],
+                               shape["seq_k"], shape.get("layout", "bshd"))
+    assert "bucket " + text + " on any" in info.value.message, (text, info.value.message)
 
 
 # -- the family's default configs ---------------------------------------------

@@ -76,6 +76,18 @@ def bucket(batch: int, heads: int, seq_q: int, seq_k: int) -> Tuple[int, int, in
             next_power_of_two(max(batch, 1) * max(heads, 1)))
 
 
+def bucket_text(batch: int, heads: int, kv_heads: int, seq_q: int, seq_k: int,
+                layout: str) -> str:
+    """The daemon's whole bucket text (canonical_bucket): the three sizes above, the
+    GQA ratio rounded up to a power of two, and the layout."""
+    seq_q_b, seq_k_b, batch_heads = bucket(batch, heads, seq_q, seq_k)
+    heads = max(heads, 1)
+    kv_heads = min(max(kv_heads, 1), heads)
+    return "seq_q=%d;seq_k=%d;batch_heads=%d;gqa=%d;layout=%s;" % (
+        seq_q_b, seq_k_b, batch_heads, next_power_of_two((heads + kv_heads - 1) // kv_heads),
+        layout)
+
+
 @dataclass(frozen=True)
 class Query:
     """One attention call's kernel question: class, arch and run-time shape."""
@@ -95,10 +107,10 @@ class Query:
     def index_text(self) -> str:
         """The disk cache's index text: class, arch and bucket, and for the decode
         family's shapes the packed rows (its kernels are compiled for them)."""
-        seq_q, seq_k, batch_heads = bucket(self.batch, self.heads, self.seq_q, self.seq_k)
-        text = ("template=%s;dtype=%s;head_dim=%d;causal=%d;arch=%s;seq_q=%d;seq_k=%d;"
-                "batch_heads=%d;" % (self.template or "auto", self.dtype, self.head_dim,
-                                     int(self.causal), self.arch, seq_q, seq_k, batch_heads))
+        text = "template=%s;dtype=%s;head_dim=%d;causal=%d;arch=%s;%s" % (
+            self.template or "auto", self.dtype, self.head_dim, int(self.causal), self.arch,
+            bucket_text(self.batch, self.heads, self.kv_heads, self.seq_q, self.seq_k,
+                        self.layout))
         rows = self.decode_rows()
         return text + ("packed_rows=%d;" % rows if rows else "")
 
