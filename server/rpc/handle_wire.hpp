@@ -1,9 +1,10 @@
 // A kernel answer on the wire without copying its cubin. Compile and
-// GetKernel are registered as raw callback methods: their handle is written
-// as two slices, every field but the cubin serialized into the first (with
-// the cubin field's tag and length at its end), and the cubin itself as the
-// second, a slice that points into the cache's immutable entry and holds a
-// reference to it until gRPC has sent it. Protobuf readers take fields in
+// GetKernel are registered as raw methods (rpc/kernel_queues serves them
+// through completion queues): their handle is written as two slices, every
+// field but the cubin serialized into the first (with the cubin field's tag
+// and length at its end), and the cubin itself as the second, a slice that
+// points into the cache's immutable entry and holds a reference to it until
+// gRPC has sent it. Protobuf readers take fields in
 // any order, so a client reads the same KernelHandle it would from the
 // generated serializer; what changes is that the 50-230 KB of cubin are no
 // longer copied into a protobuf string and again into a slice per call.
