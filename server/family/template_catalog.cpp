@@ -50,6 +50,13 @@ const TemplateInfo& template_info(std::string_view id) {
   return *info;
 }
 
+std::optional<std::string> shape_misfit(std::string_view id, const TileConfig& config,
+                                        const ProblemClass& problem, const RuntimeShape& shape) {
+  const TemplateInfo& family = template_info(id);
+  if (family.shape_error == nullptr) return std::nullopt;
+  return family.shape_error(config, problem, shape);
+}
+
 std::vector<std::string_view> prefill_families(const ProblemClass& problem,
                                                std::string_view arch) {
   std::vector<std::string_view> families;

@@ -56,6 +56,14 @@ const TemplateInfo* find_template(std::string_view id);  // nullptr when unknown
 // is a programming error here).
 const TemplateInfo& template_info(std::string_view id);
 
+// Why `config` of family `id` cannot run `shape` ("<field>: <reason>"), for
+// the families whose configs fit only some shapes (decode: the packed rows);
+// nullopt where it can, or where the family's configs fit every shape. A
+// tuned best is kept per bucket, and one bucket holds decode shapes of up to
+// twice as many rows as the one it was tuned on.
+std::optional<std::string> shape_misfit(std::string_view id, const TileConfig& config,
+                                        const ProblemClass& problem, const RuntimeShape& shape);
+
 // The families that compute the same whole-sequence attention for `problem`
 // on `arch`, the one served by default first: on sm_90a the Hopper family
 // (where it has the head dim) and the sm80 family; elsewhere the sm80 family

@@ -616,6 +616,14 @@ Status Service::apply_tuned_config(CompileRequest& request) const {
                           canonical_problem_class(scope.problem) + " bucket " +
                           canonical_bucket(scope.bucket) + " on " + device + " (" + scope.arch +
                           "); run Tune first");
+  if (auto misfit = shape_misfit((*best)->scope.template_id, (*best)->config,
+                                 request.spec.problem, request.shape))
+    return make_error(ErrorCode::not_found,
+                      "use_tuned_config: the tuning result for " +
+                          canonical_problem_class(scope.problem) + " bucket " +
+                          canonical_bucket(scope.bucket) + " on " + device + " (" +
+                          config_label((*best)->config) + ") does not fit this shape (" +
+                          *misfit + "); run Tune for it");
   request.spec.template_id = (*best)->scope.template_id;
   const auto arch = find_arch(request.spec.arch);
   if (auto error = template_info(request.spec.template_id)
@@ -703,6 +711,14 @@ Result<BestRecord> Service::tuning_result(const CompileRequest& target,
                                                 canonical_problem_class(scope.problem) +
                                                 " bucket " + canonical_bucket(scope.bucket) +
                                                 " on " + on + " (" + scope.arch + ")");
+  // The bucket's best serves the request only where it can run its shape.
+  if (auto misfit = shape_misfit((*best)->scope.template_id, (*best)->config,
+                                 target.spec.problem, target.shape))
+    return make_error(ErrorCode::not_found,
+                      "the tuning result for " + canonical_problem_class(scope.problem) +
+                          " bucket " + canonical_bucket(scope.bucket) + " on " + on + " (" +
+                          config_label((*best)->config) + ") does not fit this shape (" +
+                          *misfit + ")");
   return std::move(**best);
 }
 

@@ -167,7 +167,9 @@ class Service {
   Result<v1::TuneJob> cancel_tune_job(int64_t id, const auth::Identity& who);
   // The stored best for the request's bucket on `device` (empty: the
   // tuning GPU's): the named family's, or where the request names none the
-  // one served (served_best); NOT_FOUND naming the bucket.
+  // one served (served_best); NOT_FOUND naming the bucket, also when the
+  // best cannot run the request's shape (shape_misfit: a decode best of
+  // fewer packed rows than the shape has).
   Result<BestRecord> tuning_result(const CompileRequest& target, const std::string& device) const;
   Result<BestPage> list_tuning_results(int page_size, const std::string& page_token) const;
   // The tuning database's jobs (any status) and one job with its trials in
@@ -185,7 +187,8 @@ class Service {
   // FAILED_PRECONDITION with the reason when there is no worker pool.
   Status require_workers() const;
   // Replaces the request's config with the tuning database's best for its
-  // scope; NOT_FOUND naming the bucket when none is stored.
+  // scope; NOT_FOUND naming the bucket when none is stored or the stored
+  // one cannot run the request's shape.
   Status apply_tuned_config(CompileRequest& request) const;
 
   const ServiceOptions& options() const { return options_; }

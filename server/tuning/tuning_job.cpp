@@ -345,6 +345,16 @@ TuningManager::Job::Known TuningManager::Job::known_best(const TuningScope& scop
   // A best from another NVRTC or template source names a cubin no longer served.
   if (*stored && (*stored)->toolchain.nvrtc_version == toolchain.nvrtc_version &&
       (*stored)->toolchain.template_source_hash == toolchain.template_source_hash) {
+    // One that cannot run this job's shape (decode: fewer packed rows than
+    // it has) is not its answer: tune, and replace it with one that can.
+    if (auto misfit = shape_misfit(scope.template_id, (*stored)->config, settings_.problem,
+                                   settings_.shape)) {
+      spdlog::info("tuning {} {}: the stored best {} does not fit the shape ({}); tuning again",
+                   scope.template_id, canonical_bucket(scope.bucket),
+                   config_label((*stored)->config), *misfit);
+      known.replace = true;
+      return known;
+    }
     known.best = std::move(**stored);
     return known;
   }
@@ -537,7 +547,7 @@ class TuningManager::Job::Run {
   const TuningScope scope_;
   const ToolchainRecord toolchain_;
   const int gpu_;
-  const bool replace_stored_;  // the stored best does not read: overwrite it
+  const bool replace_stored_;  // the stored best does not read or fit the shape: overwrite it
   const std::string searcher_name_;
 
   std::optional<ArchInfo> arch_;

@@ -1263,6 +1263,95 @@ TEST(Tune, TheDecodeFamilyIsTunedAndItsBestServed) {
   EXPECT_EQ(handle->steps(0).role(), "split");
 }
 
+// One bucket holds decode shapes of up to twice as many packed rows as the
+// one it was tuned on (GQA ratio and seq_q are rounded up to powers of two):
+// its best is not served to a shape it cannot run. GetTuningResult and
+// Compile use_tuned_config say NOT_FOUND (the client then takes the
+// family's default for its shape), and a Tune of that shape tunes again and
+// stores a best that runs both.
+TEST(Tune, ADecodeBestIsNotServedToAShapeOfMoreRowsInItsBucket) {
+  auto d = std::make_unique<TuneDaemon>();
+  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
+    if (path.rfind("decode/", 0) == 0 || path == "common/element_types.cuh" ||
+        path == "common/sm80_primitives.cuh")
+      d->templates.write(path, contents);
+  auto backend = std::make_shared<SyntheticObjectiveBackend>();
+  backend->objective_with([](const TileConfig& c) {
+    TrialOutcome outcome;
+    outcome.ok = true;
+    outcome.time_us = 20.0 + 0.1 * c.stages + 0.01 * c.warps + (c.block_n == 64 ? 0.0 : 1.0);
+    return outcome;
+  });
+  d->start(backend);
+
+  auto decode_request = [](int heads, int seq_q) {
+    v1::KernelRequest kernel;
+    kernel.set_template_id("attention_decode");
+    kernel.set_arch("sm_90a");
+    kernel.set_accepts_multi_kernel(true);
+    v1::Problem* problem = kernel.mutable_problem();
+    problem->set_dtype(v1::DTYPE_FP16);
+    problem->set_head_dim(128);
+    problem->set_batch(4);
+    problem->set_heads(heads);
+    problem->set_kv_heads(8);
+    problem->set_seq_q(seq_q);
+    problem->set_seq_k(4096);
+    return kernel;
+  };
+  // 40 heads on 8: 5 a kv head x 3 rows = 15 packed rows (a 16-row tile);
+  // 64 heads on 8 x 4 rows = 32. Both: seq_q 4, gqa 8, batch x heads 256.
+  const v1::KernelRequest sixteen = decode_request(40, 3);
+  const v1::KernelRequest thirty_two = decode_request(64, 4);
+  v1::TuneRequest tune;
+  *tune.mutable_kernel() = sixteen;
+  tune.set_max_evaluations(3);
+  tune.set_time_budget_ms(3'600'000);
+  auto first = d->client->tune(tune, nullptr);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  EXPECT_EQ(first->config().block_m(), 16);
+  const std::string bucket = first->bucket();
+
+  v1::GetTuningResultRequest lookup;
+  *lookup.mutable_kernel() = thirty_two;
+  auto result = d->client->get_tuning_result(lookup);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.error().code, ErrorCode::not_found);
+  EXPECT_NE(result.error().message.find(bucket), std::string::npos) << result.error().message;
+  EXPECT_NE(result.error().message.find("32 rows, over the kernel's 16 packed rows"),
+            std::string::npos)
+      << result.error().message;
+  v1::KernelRequest compile = thirty_two;
+  compile.set_use_tuned_config(true);
+  compile.set_omit_cubin(true);
+  auto handle = d->client->compile(compile);
+  ASSERT_FALSE(handle.ok());
+  EXPECT_EQ(handle.error().code, ErrorCode::not_found);
+  EXPECT_NE(handle.error().message.find("does not fit this shape"), std::string::npos)
+      << handle.error().message;
+  // The shape it was tuned on is still served.
+  *lookup.mutable_kernel() = sixteen;
+  ASSERT_TRUE(d->client->get_tuning_result(lookup).ok());
+
+  // A Tune of the larger shape does not answer from the database: it tunes,
+  // and its best (32 packed rows) replaces the stored one for both shapes.
+  *tune.mutable_kernel() = thirty_two;
+  auto second = d->client->tune(tune, nullptr);
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  EXPECT_FALSE(second->from_database());
+  EXPECT_EQ(second->bucket(), bucket);
+  EXPECT_EQ(second->config().block_m(), 32);
+  handle = d->client->compile(compile);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->config().block_m(), 32);
+  compile = sixteen;
+  compile.set_use_tuned_config(true);
+  compile.set_omit_cubin(true);
+  handle = d->client->compile(compile);
+  ASSERT_TRUE(handle.ok()) << handle.error().message;
+  EXPECT_EQ(handle->config().block_m(), 32);
+}
+
 // The layout and the GQA ratio are part of the tuning key: candidates are
 // measured in the request's layout and with its kv_heads, the result says
 // what it was tuned for, and a request in another layout or with another
