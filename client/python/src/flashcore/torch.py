@@ -322,6 +322,13 @@ def _not_covered(q, k, v, layout: str) -> Optional[Tuple[str, str]]:
 
 def _sdpa(q, k, v, causal: bool, scale: float, layout: str, return_lse: bool):
     """The fallback: PyTorch's SDPA, plus the LSE computed in fp32 when asked for."""
+    # Data that is not 16-byte aligned goes to SDPA as an aligned copy: PyTorch 2.11
+    # picks its kernels by strides and head dim without looking at the data pointers
+    # (pytorch/pytorch#183484). On an H100 its default (cuDNN) backend answered a q
+    # 8 bytes off alignment with garbage (max abs difference 2.5 against the aligned
+    # call) and its flash, efficient and math backends with "misaligned address"
+    # (bench/python/sdpa_misaligned_check.py).
+    q, k, v = (t.clone() if t.is_cuda and t.data_ptr() % 16 else t for t in (q, k, v))
     if layout == "bshd":
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     heads, kv_heads = q.shape[1], k.shape[1]
