@@ -572,6 +572,22 @@ std::optional<BestRecord> Service::fleet_best(const TuningScope& scope) const {
   return best;
 }
 
+namespace {
+
+// Why a stored best cannot serve the request's shape (shape_misfit: a decode
+// best of fewer packed rows than the shape has), naming the result; nullopt
+// where it can.
+std::optional<std::string> best_misfit(const BestRecord& best, const CompileRequest& request) {
+  auto misfit =
+      shape_misfit(best.scope.template_id, best.config, request.spec.problem, request.shape);
+  if (!misfit) return std::nullopt;
+  return "the tuning result for " + canonical_problem_class(best.scope.problem) + " bucket " +
+         canonical_bucket(best.scope.bucket) + " on " + best.scope.device_name + " (" +
+         config_label(best.config) + ") does not fit this shape (" + *misfit + ")";
+}
+
+}  // namespace
+
 Result<std::optional<BestRecord>> Service::served_best(const TuningScope& scope) const {
   auto stored_or_fleet = [&](const TuningScope& s) -> Result<std::optional<BestRecord>> {
     auto best = tuning_db_->best_for(s);
@@ -616,14 +632,8 @@ Status Service::apply_tuned_config(CompileRequest& request) const {
                           canonical_problem_class(scope.problem) + " bucket " +
                           canonical_bucket(scope.bucket) + " on " + device + " (" + scope.arch +
                           "); run Tune first");
-  if (auto misfit = shape_misfit((*best)->scope.template_id, (*best)->config,
-                                 request.spec.problem, request.shape))
-    return make_error(ErrorCode::not_found,
-                      "use_tuned_config: the tuning result for " +
-                          canonical_problem_class(scope.problem) + " bucket " +
-                          canonical_bucket(scope.bucket) + " on " + device + " (" +
-                          config_label((*best)->config) + ") does not fit this shape (" +
-                          *misfit + "); run Tune for it");
+  if (auto misfit = best_misfit(**best, request))
+    return make_error(ErrorCode::not_found, "use_tuned_config: " + *misfit + "; run Tune for it");
   request.spec.template_id = (*best)->scope.template_id;
   const auto arch = find_arch(request.spec.arch);
   if (auto error = template_info(request.spec.template_id)
@@ -712,13 +722,7 @@ Result<BestRecord> Service::tuning_result(const CompileRequest& target,
                                                 " bucket " + canonical_bucket(scope.bucket) +
                                                 " on " + on + " (" + scope.arch + ")");
   // The bucket's best serves the request only where it can run its shape.
-  if (auto misfit = shape_misfit((*best)->scope.template_id, (*best)->config,
-                                 target.spec.problem, target.shape))
-    return make_error(ErrorCode::not_found,
-                      "the tuning result for " + canonical_problem_class(scope.problem) +
-                          " bucket " + canonical_bucket(scope.bucket) + " on " + on + " (" +
-                          config_label((*best)->config) + ") does not fit this shape (" +
-                          *misfit + ")");
+  if (auto misfit = best_misfit(**best, target)) return make_error(ErrorCode::not_found, *misfit);
   return std::move(**best);
 }
 

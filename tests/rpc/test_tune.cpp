@@ -277,6 +277,15 @@ struct TuneDaemon {
   }
 };
 
+// The decode family's real sources (and the headers they include) in the
+// daemon's template folder.
+void write_decode_templates(TuneDaemon& d) {
+  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
+    if (path.rfind("decode/", 0) == 0 || path == "common/element_types.cuh" ||
+        path == "common/sm80_primitives.cuh")
+      d.templates.write(path, contents);
+}
+
 std::unique_ptr<TuneDaemon> make_daemon(std::chrono::milliseconds delay = 0ms) {
   auto d = std::make_unique<TuneDaemon>();
   test_support::write_attention_templates(d->templates, test_support::kSmallAttentionTemplate);
@@ -1173,10 +1182,7 @@ TEST(Tune, OnSm90aANamelessTuneSearchesBothFamiliesAndServesTheChosenOne) {
 // decode bucket and Compile use_tuned_config serves it as a decode handle.
 TEST(Tune, TheDecodeFamilyIsTunedAndItsBestServed) {
   auto d = std::make_unique<TuneDaemon>();
-  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
-    if (path.rfind("decode/", 0) == 0 || path == "common/element_types.cuh" ||
-        path == "common/sm80_primitives.cuh")
-      d->templates.write(path, contents);
+  write_decode_templates(*d);
   auto backend = std::make_shared<SyntheticObjectiveBackend>();
   // Faster with more splits up to 32, with block_n 64, and fused.
   auto decode_time = [](const TileConfig& c) {
@@ -1271,10 +1277,7 @@ TEST(Tune, TheDecodeFamilyIsTunedAndItsBestServed) {
 // stores a best that runs both.
 TEST(Tune, ADecodeBestIsNotServedToAShapeOfMoreRowsInItsBucket) {
   auto d = std::make_unique<TuneDaemon>();
-  for (const auto& [path, contents] : TemplateRegistry::embedded()->sources())
-    if (path.rfind("decode/", 0) == 0 || path == "common/element_types.cuh" ||
-        path == "common/sm80_primitives.cuh")
-      d->templates.write(path, contents);
+  write_decode_templates(*d);
   auto backend = std::make_shared<SyntheticObjectiveBackend>();
   backend->objective_with([](const TileConfig& c) {
     TrialOutcome outcome;
