@@ -466,14 +466,8 @@ def _attention_impl(q, k, v, causal: bool, scale: float, layout: str, return_lse
         kernel = _resolve_kernel(state, q, layout, causal, dims, kv_heads, seq_k)
         if isinstance(kernel, _Kernel):
             strides = _all_strides(q, k, v, layout)
-            calls = state.calls
-            calls[_call_key(q, k, v, causal, layout)] = _Call(kernel, dims, kv_heads, seq_k,
-                                                              strides)
-            while len(calls) > _CALL_MEMO:
-                try:
-                    calls.popitem(last=False)
-                except KeyError:  # emptied by another thread
-                    break
+            _keep(state.calls, _call_key(q, k, v, causal, layout),
+                  _Call(kernel, dims, kv_heads, seq_k, strides), _CALL_MEMO)
             return _launch(kernel, q, k, v, causal, scale, layout, return_lse, dims, kv_heads,
                            seq_k, strides)
         problem = kernel
@@ -482,6 +476,17 @@ def _attention_impl(q, k, v, causal: bool, scale: float, layout: str, return_lse
         raise NotCoveredError("flashcore.torch.attention: " + reason)
     warn_once(kind, "flashcore.torch.attention runs SDPA instead: %s" % reason)
     return _sdpa(q, k, v, causal, scale, layout, return_lse)
+
+
+def _keep(memo: "OrderedDict", key, value, bound: int) -> None:
+    """memo[key] = value, dropping the oldest entries past ``bound`` (shapes and
+    pointers vary, so every memo here is bounded)."""
+    memo[key] = value
+    while len(memo) > bound:
+        try:
+            memo.popitem(last=False)
+        except KeyError:  # emptied by another thread
+            break
 
 
 def _all_strides(q, k, v, layout: str) -> tuple:
@@ -531,12 +536,7 @@ def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, k
                          kv_heads=kv_heads, batch=batch)
             maps = [_cuda.encode_tensor_map(_abi.tensor_map_arguments(recipe, names))
                     for recipe in kernel.params.tensor_maps]
-            kernel.maps[memo] = maps
-            while len(kernel.maps) > _TENSOR_MAP_MEMO:
-                try:
-                    kernel.maps.popitem(last=False)
-                except KeyError:  # emptied by another thread
-                    break
+            _keep(kernel.maps, memo, maps, _TENSOR_MAP_MEMO)
         tiles = (seq_q + kernel.block_m - 1) // kernel.block_m * heads * batch
         grid = (min(tiles, kernel.multiprocessors) if kernel.persistent else tiles, 1, 1)
         kernel.loaded.launch(grid, kernel.params.pack(values, maps), _raw_stream(q.device.index))
@@ -559,12 +559,7 @@ def _decode_launch(kernel: _Kernel, batch: int, heads: int, kv_heads: int, seq_q
     if launch is None:
         launch = kernel.decode.launch(batch, heads, kv_heads, seq_q, seq_k,
                                       kernel.multiprocessors)
-        kernel.launches[memo] = launch
-        while len(kernel.launches) > _DECODE_LAUNCH_MEMO:
-            try:
-                kernel.launches.popitem(last=False)
-            except KeyError:  # emptied by another thread
-                break
+        _keep(kernel.launches, memo, launch, _DECODE_LAUNCH_MEMO)
     return launch
 
 
