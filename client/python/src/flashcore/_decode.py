@@ -96,27 +96,6 @@ def num_splits(batch: int, heads: int, kv_heads: int, seq_q: int, seq_k: int, he
     return best
 
 
-def _num_splits_reference(batch, heads, kv_heads, seq_q, seq_k, head_dim, block_n, sm_count,
-                          blocks_per_sm=1, max_splits=128):
-    """The header's loop as written (tests compare num_splits with it)."""
-    tiles = key_tiles(seq_k, block_n)
-    slots = sm_count * (blocks_per_sm if blocks_per_sm > 0 else 1)
-    best, best_cost, last_tps = 1, 0.0, 0
-    for s in range(1, min(tiles, max_splits) + 1):
-        tps = _ceil_div(tiles, s)
-        if tps == last_tps:
-            continue
-        last_tps = tps
-        used = _ceil_div(tiles, tps)
-        cost = float((batch * kv_heads * used + slots - 1) // slots) * (tps + 2.0)
-        if used > 1:
-            cost += 1.0 + (8.0 * batch * heads * seq_q * used * head_dim) / (
-                4.0 * block_n * head_dim * float(slots))
-        if s == 1 or cost < best_cost:
-            best, best_cost = used, cost
-    return best
-
-
 def combine_rows_per_block(head_dim: int) -> int:
     return COMBINE_THREADS // (head_dim // 8)
 
