@@ -76,16 +76,22 @@ def bucket(batch: int, heads: int, seq_q: int, seq_k: int) -> Tuple[int, int, in
             next_power_of_two(max(batch, 1) * max(heads, 1)))
 
 
-def bucket_text(batch: int, heads: int, kv_heads: int, seq_q: int, seq_k: int,
-                layout: str) -> str:
-    """The daemon's whole bucket text (canonical_bucket): the three sizes above, the
-    GQA ratio rounded up to a power of two, and the layout."""
+def whole_bucket(batch: int, heads: int, kv_heads: int, seq_q: int, seq_k: int,
+                 layout: str) -> Tuple[int, int, int, int, str]:
+    """The daemon's whole bucket (bucket_of): the three sizes above, the GQA ratio
+    rounded up to a power of two, and the layout."""
     seq_q_b, seq_k_b, batch_heads = bucket(batch, heads, seq_q, seq_k)
     heads = max(heads, 1)
     kv_heads = min(max(kv_heads, 1), heads)
-    return "seq_q=%d;seq_k=%d;batch_heads=%d;gqa=%d;layout=%s;" % (
-        seq_q_b, seq_k_b, batch_heads, next_power_of_two((heads + kv_heads - 1) // kv_heads),
-        layout)
+    return (seq_q_b, seq_k_b, batch_heads,
+            next_power_of_two((heads + kv_heads - 1) // kv_heads), layout)
+
+
+def bucket_text(batch: int, heads: int, kv_heads: int, seq_q: int, seq_k: int,
+                layout: str) -> str:
+    """whole_bucket as the daemon writes it (canonical_bucket)."""
+    return "seq_q=%d;seq_k=%d;batch_heads=%d;gqa=%d;layout=%s;" % whole_bucket(
+        batch, heads, kv_heads, seq_q, seq_k, layout)
 
 
 @dataclass(frozen=True)

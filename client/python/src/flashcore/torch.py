@@ -401,8 +401,8 @@ def _resolve_kernel(state: _Runtime, q, layout: str, causal: bool, dims, kv_head
     # Within a bucket the decode family's kernels differ by their packed rows.
     decode_rows = (_decode.packed_rows_for(heads, kv_heads, seq_q)
                    if _decode.serves(head_dim, causal, heads, kv_heads, seq_q, seq_k) else 0)
-    memo = (device, q.dtype, head_dim, causal, decode_rows,
-            _resolve.bucket_text(batch, heads, kv_heads, seq_q, seq_k, layout))
+    memo = (device, q.dtype, head_dim, causal, decode_rows) + _resolve.whole_bucket(
+        batch, heads, kv_heads, seq_q, seq_k, layout)
     entry = state.kernels.get(memo)
     if isinstance(entry, _Kernel):
         return entry
