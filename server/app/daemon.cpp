@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "app/accept_guard.hpp"
+#include "app/drain.hpp"
 #include "app/listener_security.hpp"
 #include "auth/authenticator.hpp"
 #include "auth/quotas.hpp"
@@ -38,6 +39,11 @@ namespace flashcore {
 namespace {
 
 constexpr std::string_view kFallbackArch = "sm_90a";
+// How long the daemon holds no call before the drain cancels what gRPC
+// still holds (app/drain.hpp). A call gRPC hands over reaches its handler,
+// and an in-flight slot, within microseconds (milliseconds on a loaded
+// box); this is far past that, and short beside any client's deadline.
+constexpr std::chrono::milliseconds kDrainSettle{500};
 
 // Never fails: a daemon without a GPU still compiles and serves kernels.
 service::GpuStatus probe_gpu(int& device_count) {
@@ -255,7 +261,9 @@ struct Daemon::Impl {
   Status build_service(const std::shared_ptr<redis::Client>& redis, const DaemonHooks& hooks);
   Status serve(const std::shared_ptr<grpc::ServerCredentials>& credentials);
   // Refuses new calls, gives those in flight until `deadline` (then cancels
-  // them), and then stops the completion queues. Repeats do nothing.
+  // them; or sooner, once none of the daemon's own is left: the calls that
+  // gRPC alone still holds, app/drain.hpp), and then stops the completion
+  // queues. Repeats do nothing.
   void stop_serving(std::chrono::system_clock::time_point deadline);
   void build_evolution(const flashcore::service::ServiceOptions& options,
                        const std::shared_ptr<TuningDb>& tuning_db);
@@ -429,7 +437,14 @@ Status Daemon::Impl::serve(const std::shared_ptr<grpc::ServerCredentials>& crede
 }
 
 void Daemon::Impl::stop_serving(std::chrono::system_clock::time_point deadline) {
-  server->Shutdown(deadline);
+  // The daemon's own calls: the queues' (whose idle() is also what says
+  // that Shutdown has begun), those holding an in-flight slot (every call
+  // that waits on the service, Tune streams included) and the evaluation
+  // streams. The rest answer within their handler, well inside kDrainSettle.
+  auto holds_calls = [this] {
+    return !queues->idle() || service->in_flight() > 0 || (evolution && evolution->streams() > 0);
+  };
+  drain_server(*server, deadline, holds_calls, kDrainSettle);
   // Only now: no call can still be asked for or finish on the queues.
   queues->stop();
 }

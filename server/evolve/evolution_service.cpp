@@ -9,6 +9,7 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "common/digest.hpp"
 #include "evolve/include_guard.hpp"
@@ -58,6 +59,22 @@ std::vector<std::string> source_options(const std::string& arch) {
   return {"--gpu-architecture=" + arch, "--std=c++17", "--ptxas-options=--verbose",
           "--use_fast_math", "-DFLASHCORE_NVRTC=1", "--no-source-include"};
 }
+
+// One EvaluateSource call in EvolutionService::streams(), from the first
+// line of its handler until the call is done: a refusal drops it as the
+// handler returns, a generation's reactor holds it until OnDone.
+class CountedCall {
+ public:
+  explicit CountedCall(std::atomic<size_t>& count) : count_(&count) { count_->fetch_add(1); }
+  CountedCall(CountedCall&& other) noexcept : count_(std::exchange(other.count_, nullptr)) {}
+  CountedCall& operator=(CountedCall&&) = delete;
+  ~CountedCall() {
+    if (count_ != nullptr) count_->fetch_sub(1);
+  }
+
+ private:
+  std::atomic<size_t>* count_;
+};
 
 }  // namespace
 
@@ -169,8 +186,8 @@ struct EvolutionService::Generation {
 class EvolutionService::GenerationReactor final
     : public grpc::ServerWriteReactor<v1::EvaluateSourceEvent> {
  public:
-  explicit GenerationReactor(std::shared_ptr<Generation> generation)
-      : state_(std::make_shared<State>()) {
+  GenerationReactor(std::shared_ptr<Generation> generation, CountedCall counted)
+      : state_(std::make_shared<State>()), counted_(std::move(counted)) {
     state_->reactor = this;
     state_->generation = std::move(generation);
   }
@@ -240,6 +257,7 @@ class EvolutionService::GenerationReactor final
     }
   }
   std::shared_ptr<State> state_;
+  CountedCall counted_;  // until OnDone deletes this
 };
 
 EvolutionService::EvolutionService(EvolutionServiceParts parts) : parts_(std::move(parts)) {}
@@ -398,6 +416,7 @@ grpc::ServerWriteReactor<v1::EvaluateSourceEvent>* refused(const Error& error) {
 
 grpc::ServerWriteReactor<v1::EvaluateSourceEvent>* EvolutionService::EvaluateSource(
     grpc::CallbackServerContext* context, const v1::EvaluateSourceRequest* request) {
+  CountedCall counted(streams_);  // checking and storing the request take a while
   auto who = authorize(context, auth::Role::tune, "EvaluateSource");
   if (!who) return refused(who.error());
 
@@ -418,7 +437,7 @@ grpc::ServerWriteReactor<v1::EvaluateSourceEvent>* EvolutionService::EvaluateSou
   if (Status s = g.store_rows(); !s) return refused(s.error());
 
   const size_t count = g.candidates.size();
-  auto* reactor = new GenerationReactor(generation);
+  auto* reactor = new GenerationReactor(generation, std::move(counted));
   std::shared_ptr<void> handle = reactor->handle();
   g.emit = [handle](v1::EvaluateSourceEvent event) {
     GenerationReactor::push(handle, std::move(event));

@@ -68,6 +68,9 @@ class EvolutionService final : public v1::KernelEvolution::CallbackService {
 
   // Stops new work: running compile workers are killed, generations end.
   void shutdown();
+  // EvaluateSource calls not yet done, from the start of their handler to
+  // the end of their stream: the daemon's drain waits for them.
+  size_t streams() const { return streams_.load(); }
 
   const CandidateStore& store() const { return *store_; }
   const CompileSandbox& sandbox() const { return *sandbox_; }
@@ -87,6 +90,7 @@ class EvolutionService final : public v1::KernelEvolution::CallbackService {
   std::unique_ptr<CandidateStore> store_;
   std::unique_ptr<CompileSandbox> sandbox_;
   std::atomic<size_t> pending_candidates_{0};
+  std::atomic<size_t> streams_{0};  // EvaluateSource calls, counted by CountedCall
   std::mutex threads_mutex_;
   std::condition_variable threads_idle_;
   size_t threads_ = 0;

@@ -231,6 +231,8 @@ void KernelQueues::start() {
     }
     queue.thread = std::thread([this, cq = queue.cq.get()] { poll(*cq); });
   }
+  std::lock_guard lock(mutex_);
+  started_ = true;  // after the asks: idle() is never true while serving
 }
 
 void KernelQueues::poll(grpc::ServerCompletionQueue& cq) {
@@ -245,6 +247,11 @@ void KernelQueues::poll(grpc::ServerCompletionQueue& cq) {
 void KernelQueues::call_ended() {
   std::lock_guard lock(mutex_);
   if (--calls_ == 0) idle_.notify_all();
+}
+
+bool KernelQueues::idle() {
+  std::lock_guard lock(mutex_);
+  return started_ && calls_ == 0;
 }
 
 void KernelQueues::stop() {

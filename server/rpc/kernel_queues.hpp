@@ -56,6 +56,12 @@ class KernelQueues {
   // object to end, then shuts the queues down, drains them and joins their
   // threads. Idempotent.
   void stop();
+  // Whether every call object has ended. Never while the server serves:
+  // from start() on, every queue keeps calls of each method asked for until
+  // the server's Shutdown fails them. So true means that Shutdown has begun
+  // and that no Compile or GetKernel call is left here (arrived, answering
+  // or finishing).
+  bool idle();
 
   size_t queues() const { return queues_.size(); }
   // min(4, hardware threads), at least 1: a hit takes one polling thread
@@ -88,6 +94,7 @@ class KernelQueues {
   std::mutex mutex_;
   std::condition_variable idle_;
   size_t calls_ = 0;  // call objects alive: asked for, answering, or finishing
+  bool started_ = false;
   bool stopping_ = false;
   bool stopped_ = false;
 };
