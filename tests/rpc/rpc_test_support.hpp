@@ -77,6 +77,27 @@ inline void start_worker_daemon(DaemonConfig config, WorkerDaemon& out) {
     out.skip = "no evaluation workers: " + out.info.gpu_unavailable_reason();
 }
 
+// A call that a daemon's shutdown ended: refused or cancelled.
+inline bool ended_by_shutdown(const grpc::Status& status) {
+  return status.error_code() == grpc::StatusCode::CANCELLED ||
+         status.error_code() == grpc::StatusCode::UNAVAILABLE;
+}
+
+// A test with its own template and cache folders: config(source) writes the
+// attention templates with `source` and gives a loopback daemon serving them.
+class TemplatesDaemonTest : public ::testing::Test {
+ protected:
+  DaemonConfig config(const std::string& source) {
+    test_support::write_attention_templates(templates_, source);
+    DaemonConfig config = loopback_config(cache_.path());
+    config.templates_dir = templates_.path();
+    return config;
+  }
+
+  test_support::ScratchDir templates_;
+  test_support::ScratchDir cache_;
+};
+
 inline std::shared_ptr<grpc::Channel> channel_to(const Daemon& daemon) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);

@@ -24,11 +24,6 @@ using namespace rpc_testing;
 using namespace test_support;
 using namespace std::chrono_literals;
 
-bool ended_by_shutdown(const grpc::Status& status) {
-  return status.error_code() == grpc::StatusCode::CANCELLED ||
-         status.error_code() == grpc::StatusCode::UNAVAILABLE;
-}
-
 // A reflection stream that sends nothing: gRPC serves it for the daemon,
 // which never sees it.
 class HeldStream {
@@ -78,18 +73,7 @@ class HeldStream {
   bool finished_ = false;
 };
 
-class DrainTest : public ::testing::Test {
- protected:
-  DaemonConfig config(const std::string& source) {
-    write_attention_templates(templates_, source);
-    DaemonConfig config = loopback_config(cache_.path());
-    config.templates_dir = templates_.path();
-    return config;
-  }
-
-  ScratchDir templates_;
-  ScratchDir cache_;
-};
+class DrainTest : public TemplatesDaemonTest {};
 
 TEST_F(DrainTest, AStreamTheDaemonDoesNotServeEndsOnceTheDaemonHoldsNoCall) {
   auto daemon = start_daemon(config(kSmallAttentionTemplate));

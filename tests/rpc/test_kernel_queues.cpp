@@ -20,23 +20,7 @@ using namespace rpc_testing;
 using namespace test_support;
 using namespace std::chrono_literals;
 
-class KernelQueuesTest : public ::testing::Test {
- protected:
-  DaemonConfig config(const std::string& source) {
-    write_attention_templates(templates_, source);
-    DaemonConfig config = loopback_config(cache_.path());
-    config.templates_dir = templates_.path();
-    return config;
-  }
-
-  ScratchDir templates_;
-  ScratchDir cache_;
-};
-
-bool ended_by_shutdown(const grpc::Status& status) {
-  return status.error_code() == grpc::StatusCode::CANCELLED ||
-         status.error_code() == grpc::StatusCode::UNAVAILABLE;
-}
+class KernelQueuesTest : public TemplatesDaemonTest {};
 
 // GetKernel until the first status that is not OK (or `stop`); the count of
 // OK answers and that status.

@@ -99,6 +99,17 @@ class Driver:
             self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
 
 
+def keep_bounded(memo: "OrderedDict", key, value, bound: int) -> None:
+    """memo[key] = value, dropping the oldest entries past ``bound`` (shapes and
+    pointers vary, so every memo of the launch path is bounded)."""
+    memo[key] = value
+    while len(memo) > bound:
+        try:
+            memo.popitem(last=False)
+        except KeyError:  # emptied by another thread
+            break
+
+
 # The ctypes arrays of one tensor map geometry (everything but the address),
 # built once: a call then only passes its address. Bounded: shapes vary.
 _map_geometries: "OrderedDict[tuple, tuple]" = OrderedDict()
@@ -120,12 +131,7 @@ def encode_tensor_map(arguments) -> bytes:
         prepared = (raw, ctypes.c_void_p(aligned), (ctypes.c_uint64 * rank)(*dims),
                     (ctypes.c_uint64 * max(rank - 1, 1))(*strides), (ctypes.c_uint32 * rank)(*box),
                     (ctypes.c_uint32 * rank)(*element_strides), threading.Lock())
-        _map_geometries[key] = prepared
-        while len(_map_geometries) > _MAP_GEOMETRIES:
-            try:
-                _map_geometries.popitem(last=False)
-            except KeyError:  # emptied by another thread
-                break
+        keep_bounded(_map_geometries, key, prepared, _MAP_GEOMETRIES)
     raw, aligned, dims_c, strides_c, box_c, elements_c, lock = prepared
     with lock:  # one encode at a time into this geometry's buffer
         api.check(api.cuTensorMapEncodeTiled(

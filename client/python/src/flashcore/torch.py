@@ -478,15 +478,7 @@ def _attention_impl(q, k, v, causal: bool, scale: float, layout: str, return_lse
     return _sdpa(q, k, v, causal, scale, layout, return_lse)
 
 
-def _keep(memo: "OrderedDict", key, value, bound: int) -> None:
-    """memo[key] = value, dropping the oldest entries past ``bound`` (shapes and
-    pointers vary, so every memo here is bounded)."""
-    memo[key] = value
-    while len(memo) > bound:
-        try:
-            memo.popitem(last=False)
-        except KeyError:  # emptied by another thread
-            break
+_keep = _cuda.keep_bounded  # memo[key] = value, the oldest dropped past a bound
 
 
 def _all_strides(q, k, v, layout: str) -> tuple:
