@@ -497,10 +497,7 @@ def bench(cfgs, reports, rounds, out_json, sms, check_best=True):
                 del timers[n]
         torch.cuda.synchronize()
         # Phase 2: finalists, interleaved rounds.
-        samples = {n: [] for n in finalists}
-        for _ in range(rounds):
-            for n in finalists:
-                samples[n].append(timers[n]())
+        samples = cudalab.interleaved({n: timers[n] for n in finalists}, rounds)
         med = {n: statistics.median(x) for n, x in samples.items()}
         fin_ours = {n: med[n] for n in finalists if n in meta}
         best = min(fin_ours, key=fin_ours.get)

@@ -156,10 +156,7 @@ def main():
             per_set = [ServedLaunch(handles[n]).prepare(*st, None, ws) for st in sets]
             timers[n] = cudalab.graph_timer(per_set, reps)
         sdpa_path = lab.sdpa_timers(sets, H, KVH, reps, timers)
-        samples = {n: [] for n in timers}
-        for _ in range(args.rounds):
-            for n, t in timers.items():
-                samples[n].append(t())
+        samples = cudalab.interleaved(timers, args.rounds)
         med = {n: statistics.median(x) for n, x in samples.items()}
         r = lambda x: round(x, 2) if x is not None else None  # noqa: E731
         tb = lambda us: kv_bytes / us / 1e6  # noqa: E731

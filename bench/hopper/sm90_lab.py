@@ -318,10 +318,7 @@ def bench(cfgs, dtypes, rounds, out_json, tuned=None, head_dims=None, shapes=Non
                                                          warmup=2)
                     except Exception as e2:  # noqa: BLE001
                         print(f"  sdpa {name}: {str(e2)[:100]}", flush=True)
-            samples = {n: [] for n in timers}
-            for _ in range(rounds):
-                for n, t in timers.items():
-                    samples[n].append(t())
+            samples = cudalab.interleaved(timers, rounds)
             med = {n: statistics.median(v) for n, v in samples.items()}
             ours = {n: m for n, m in med.items() if n not in ("cudnn", "flash")}
             best = min(ours, key=ours.get) if ours else None
