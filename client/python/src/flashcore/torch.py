@@ -214,9 +214,22 @@ _CALL_MEMO = 256
 
 def _call_key(q, k, v, causal: bool, layout: str) -> tuple:
     """Everything the input checks, the coverage checks and the kernel's choice read,
-    except the data pointers' alignment (checked on every call)."""
-    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype,
-            v.dtype, q.device, k.device, v.device, causal, layout)
+    except the data pointers' alignment and that v has k's shape (both checked on
+    every call, _fast_call). seq_k enters as its power-of-two class only (what
+    they read of it: 0, 1, or the power of two at or above it, which fixes its
+    bucket and whether it passes 2^30), so that a decode loop over a KV cache, one
+    key more each call as a view of one buffer with the same strides, takes the
+    short path. k.stride() holds k's rank: a k of another rank gets another key."""
+    ks = k.shape
+    if layout == "bhsd":
+        seq = ks[2]
+        return (q.shape, q.stride(), ks[0], ks[1], ks[3],
+                seq if seq <= 1 else 1 << (seq - 1).bit_length(), k.stride(), v.stride(),
+                q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal, layout)
+    seq = ks[1]
+    return (q.shape, q.stride(), ks[0], ks[2], ks[3],
+            seq if seq <= 1 else 1 << (seq - 1).bit_length(), k.stride(), v.stride(),
+            q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, causal, layout)
 
 
 class _Runtime:
@@ -555,12 +568,16 @@ def _all_strides(q, k, v, layout: str) -> tuple:
 
 
 def _fast_call(call: _Call, q, k, v, scale, return_lse: bool):
-    """A call whose metadata launched call.kernel before; None where the data is not
-    16-byte aligned (then the full path runs and says why)."""
+    """A call whose metadata launched call.kernel before (seq_k may differ within its
+    power-of-two class: _call_key); None where the data is not 16-byte aligned or v's
+    shape is not k's (then the full path runs and says why)."""
+    ks = k.shape
+    if ks != v.shape:
+        return None
     qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
     if (qp | kp | vp) % 16:
         return None
-    return call.launch(qp, kp, vp, k.shape[call.seq_axis],
+    return call.launch(qp, kp, vp, ks[call.seq_axis],
                        call.scale if scale is None else float(scale), return_lse)
 
 
@@ -694,7 +711,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if not torch.compiler.is_compiling() and not _recorders and _runtime is not None:
         try:
             call = _runtime.calls.get(_call_key(q, k, v, causal, layout))
-        except (AttributeError, TypeError):  # not tensors: the checks below say so
+        except (AttributeError, TypeError, IndexError):  # not 4-D tensors: the checks say so
             call = None
         if (call is not None
                 and not (torch.is_grad_enabled()
