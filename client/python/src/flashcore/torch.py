@@ -251,9 +251,12 @@ class _Runtime:
         # choice depend on (_call_key): a later call with the same metadata
         # skips them (_fast_call).
         self.calls: "OrderedDict[tuple, _Call]" = OrderedDict()
-        # The decode family's split counters per (device, stream): zero between
-        # launches (the kernels leave them so), grown when a call needs more.
-        self.counters: Dict[Tuple[int, int], torch.Tensor] = {}
+        # The decode family's fused-combine workspace per (device, stream)
+        # (_fused_workspace), each (tensor, address, bytes), grown when a call needs
+        # more: the partials, and the split counters, zero between launches (the
+        # kernels leave them so).
+        self.partials: Dict[Tuple[int, int], tuple] = {}
+        self.counters: Dict[Tuple[int, int], tuple] = {}
 
     def client(self) -> Client:
         if self._client is None:
@@ -621,40 +624,60 @@ def _decode_launch(kernel: _Kernel, batch: int, heads: int, kv_heads: int, seq_q
     return launch
 
 
-def _split_counters(device, stream: int, size: int) -> int:
-    """A zeroed u32 counter buffer of at least ``size`` bytes for a fused-combine
-    decode launch on ``stream``. Outside CUDA-graph capture one buffer per
-    (device, stream) serves every call: launches on one stream run in order and
-    each leaves the counters at zero. During capture each call gets its own,
-    zeroed by a node of the graph, so graphs replayed on other streams do not
-    share one."""
+def _fused_workspace(device, stream: int, launch: "_decode.Launch"):
+    """(keep, partials, counters) for a fused-combine decode launch on ``stream``:
+    the partials' address (o then lse, the launch's sizes) and a zeroed u32 counter
+    buffer's; ``keep`` holds what must live until the launch is enqueued.
+
+    Outside CUDA-graph capture one workspace per (device, stream) serves every
+    call, allocated on that stream: launches on one stream run in order, and each
+    is a single kernel that leaves the counters at zero and has merged its
+    partials when it ends. (Not the two-kernel variant: another thread's split
+    kernel could come between a split kernel and its combine on the stream.)
+    This saves a torch allocation per call. During capture each call gets its
+    own, its counters zeroed by a node of the graph, so graphs replayed on other
+    streams share none."""
+    partial_bytes = launch.o_partial_bytes + launch.lse_partial_bytes
     if torch.cuda.is_current_stream_capturing():
-        return torch.zeros(size // 4, dtype=torch.int32, device=device).data_ptr()
+        partials = torch.empty(partial_bytes, dtype=torch.uint8, device=device)
+        counters = torch.zeros(launch.counter_bytes // 4, dtype=torch.int32, device=device)
+        return (partials, counters), partials.data_ptr(), counters.data_ptr()
     state = _state()
+    return (None, _stream_buffer(state.partials, device, stream, partial_bytes, False),
+            _stream_buffer(state.counters, device, stream, launch.counter_bytes, True))
+
+
+def _stream_buffer(buffers: dict, device, stream: int, size: int, zeroed: bool) -> int:
+    """The address of ``buffers``' buffer for (device, stream), of at least ``size``
+    bytes: a new one (zeroed where asked, on this stream, after the launches that
+    used the old one) when there is none or it is too small."""
     key = (device.index, stream)
-    counters = state.counters.get(key)
-    if counters is None or counters.numel() * 4 < size:
-        # Zeroed on this stream, after the launches that used the old buffer.
-        counters = torch.zeros(max(size, 4096) // 4, dtype=torch.int32, device=device)
-        state.counters[key] = counters
-    return counters.data_ptr()
+    kept = buffers.get(key)
+    if kept is None or kept[2] < size:
+        size = max(size, 4096)
+        tensor = (torch.zeros if zeroed else torch.empty)(size, dtype=torch.uint8, device=device)
+        kept = buffers[key] = (tensor, tensor.data_ptr(), size)
+    return kept[1]
 
 
 def _launch_decode(kernel: _Kernel, call: _Call, stream: int, qp: int, kp: int, vp: int,
                    op: int, lp: int, seq_k: int, scale: float) -> None:
     """The decode family's launch: the split kernel, then the combine kernel where
-    the handle has one and the keys are split. The partials are a torch
-    allocation of the call (stream-ordered, so the next call may reuse it)."""
+    the handle has one and the keys are split. The partials of the two-kernel
+    variant are a torch allocation of the call (stream-ordered, so the next call
+    may reuse it); the fused combine's are _fused_workspace's."""
     batch, heads, seq_q, _ = call.dims
     launch = _decode_launch(kernel, batch, heads, call.kv_heads, seq_q, seq_k)
     o_partial = lse_partial = counters = 0
+    keep = None
     if launch.num_splits > 1:
-        partials = torch.empty(launch.o_partial_bytes + launch.lse_partial_bytes,
-                               dtype=torch.uint8, device=call.device)
-        o_partial = partials.data_ptr()
-        lse_partial = o_partial + launch.o_partial_bytes
         if kernel.decode.fused_combine:
-            counters = _split_counters(call.device, stream, launch.counter_bytes)
+            keep, o_partial, counters = _fused_workspace(call.device, stream, launch)
+        else:
+            keep = torch.empty(launch.o_partial_bytes + launch.lse_partial_bytes,
+                               dtype=torch.uint8, device=call.device)
+            o_partial = keep.data_ptr()
+        lse_partial = o_partial + launch.o_partial_bytes
     buffer, args = _cuda.params_buffer(kernel.params.size)
     values = (qp, kp, vp, op, lp, o_partial, lse_partial, counters, *call.fixed, seq_k,
               launch.num_splits, scale, scale * _LOG2E)
@@ -670,6 +693,7 @@ def _launch_decode(kernel: _Kernel, call: _Call, stream: int, qp: int, kp: int, 
                                   "the decode handle %s has no combine kernel"
                                   % kernel.plan.kernel_key)
         kernel.loaded.launch_args(launch.combine_grid, args, stream, step=kernel.combine_step)
+    del keep  # the partials (and capture's counters) outlive the launches above
 
 
 # -- the custom op ------------------------------------------------------------
