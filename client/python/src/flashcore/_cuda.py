@@ -221,7 +221,12 @@ class LoadedKernel:
         array whose entry points at the struct's bytes (params_buffer's, or one the
         caller keeps with its bytes)."""
         api = self._api
-        api.make_current(self.context)
+        try:  # make_current(self.context), inline: it runs on every launch
+            current = _thread.current
+        except AttributeError:
+            current = _thread.current = ctypes.c_void_p()
+        if api.cuCtxGetCurrent(current) or current.value != self.context:
+            api.make_current(self.context)
         function, bx, by, bz, smem = self._steps[step]
         result = api.launch_kernel(function, grid[0], grid[1], grid[2], bx, by, bz, smem,
                                    ctypes.c_void_p(stream), args, None)

@@ -215,7 +215,7 @@ _CALL_MEMO = 256
 def _call_key(q, k, v, causal: bool, layout: str) -> tuple:
     """Everything the input checks, the coverage checks and the kernel's choice read,
     except the data pointers' alignment and that v has k's shape (both checked on
-    every call, _fast_call). seq_k enters as its power-of-two class only (what
+    every call, in attention()). seq_k enters as its power-of-two class only (what
     they read of it: 0, 1, or the power of two at or above it, which fixes its
     bucket and whether it passes 2^30), so that a decode loop over a KV cache, one
     key more each call as a view of one buffer with the same strides, takes the
@@ -249,7 +249,7 @@ class _Runtime:
         self.device_info: Dict[int, Tuple[Optional[str], str]] = {}  # arch, name
         # The calls that launched a kernel, by what the checks and the kernel's
         # choice depend on (_call_key): a later call with the same metadata
-        # skips them (_fast_call).
+        # skips them (attention()'s short path).
         self.calls: "OrderedDict[tuple, _Call]" = OrderedDict()
         # The decode family's fused-combine workspace per (device, stream)
         # (_fused_workspace), each (tensor, address, bytes), grown when a call needs
@@ -570,20 +570,6 @@ def _all_strides(q, k, v, layout: str) -> tuple:
     return _strides(q, layout) + _strides(k, layout) + _strides(v, layout) + out
 
 
-def _fast_call(call: _Call, q, k, v, scale, return_lse: bool):
-    """A call whose metadata launched call.kernel before (seq_k may differ within its
-    power-of-two class: _call_key); None where the data is not 16-byte aligned or v's
-    shape is not k's (then the full path runs and says why)."""
-    ks = k.shape
-    if ks != v.shape:
-        return None
-    qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-    if (qp | kp | vp) % 16:
-        return None
-    return call.launch(qp, kp, vp, ks[call.seq_axis],
-                       call.scale if scale is None else float(scale), return_lse)
-
-
 def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, kv_heads, seq_k,
             strides=None, pointers=None):
     """A launch of ``kernel`` for these inputs without a kept call: (out, lse or None)."""
@@ -740,9 +726,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         if (call is not None
                 and not (torch.is_grad_enabled()
                          and (q.requires_grad or k.requires_grad or v.requires_grad))):
-            done = _fast_call(call, q, k, v, scale, return_lse)
-            if done is not None:
-                return done if return_lse else done[0]
+            # What the full path checks per call and the key leaves out: alignment
+            # and v's shape (then the full path runs and says why). Inline: a
+            # Python frame less per call.
+            ks = k.shape
+            qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
+            if ks == v.shape and not (qp | kp | vp) % 16:
+                out, lse = call.launch(qp, kp, vp, ks[call.seq_axis],
+                                       call.scale if scale is None else float(scale), return_lse)
+                return (out, lse) if return_lse else out
     _check_inputs(q, k, v, layout)
     if _recorders:
         _record_attention(q, k, v, causal, layout)
