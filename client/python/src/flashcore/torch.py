@@ -613,7 +613,7 @@ def _decode_launch(kernel: _Kernel, batch: int, heads: int, kv_heads: int, seq_q
 def _fused_workspace(device, stream: int, launch: "_decode.Launch"):
     """(keep, partials, counters) for a fused-combine decode launch on ``stream``:
     the partials' address (o then lse, the launch's sizes) and a zeroed u32 counter
-    buffer's; ``keep`` holds what must live until the launch is enqueued.
+    buffer's; ``keep`` holds their tensors, to live until the launch is enqueued.
 
     Outside CUDA-graph capture one workspace per (device, stream) serves every
     call, allocated on that stream: launches on one stream run in order, and each
@@ -629,21 +629,24 @@ def _fused_workspace(device, stream: int, launch: "_decode.Launch"):
         counters = torch.zeros(launch.counter_bytes // 4, dtype=torch.int32, device=device)
         return (partials, counters), partials.data_ptr(), counters.data_ptr()
     state = _state()
-    return (None, _stream_buffer(state.partials, device, stream, partial_bytes, False),
-            _stream_buffer(state.counters, device, stream, launch.counter_bytes, True))
+    partials = _stream_buffer(state.partials, device, stream, partial_bytes, False)
+    counters = _stream_buffer(state.counters, device, stream, launch.counter_bytes, True)
+    return (partials, counters), partials[1], counters[1]
 
 
-def _stream_buffer(buffers: dict, device, stream: int, size: int, zeroed: bool) -> int:
-    """The address of ``buffers``' buffer for (device, stream), of at least ``size``
-    bytes: a new one (zeroed where asked, on this stream, after the launches that
-    used the old one) when there is none or it is too small."""
+def _stream_buffer(buffers: dict, device, stream: int, size: int, zeroed: bool) -> tuple:
+    """(tensor, address, bytes) of ``buffers``' buffer for (device, stream), of at
+    least ``size`` bytes: a new one (zeroed where asked, on this stream, after the
+    launches that used the old one) when there is none or it is too small. The
+    caller keeps the tuple until its launch is enqueued: another thread may
+    replace the buffer meanwhile."""
     key = (device.index, stream)
     kept = buffers.get(key)
     if kept is None or kept[2] < size:
         size = max(size, 4096)
         tensor = (torch.zeros if zeroed else torch.empty)(size, dtype=torch.uint8, device=device)
         kept = buffers[key] = (tensor, tensor.data_ptr(), size)
-    return kept[1]
+    return kept
 
 
 def _launch_decode(kernel: _Kernel, call: _Call, stream: int, qp: int, kp: int, vp: int,
