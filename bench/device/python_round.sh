@@ -2,7 +2,7 @@
 # One device call for the Python parts: the Python GPU tests with the families
 # the daemon picks (decode, Hopper; offline handle cache), the fp64 cases with
 # the sm80 family named, the call overhead of both families, where
-# the per-call time goes (bench/python/profile_call.py), and record_shapes
+# the per-call time goes (bench/python/profile_call.py, call_parts.py), and record_shapes
 # with PyTorch. Logs under $OUT.
 #   OUT=dir bash bench/device/python_round.sh   (repo root, bundle untarred in dist/,
 #   build/pydev from make_pydev.sh, build/gpu_handles from tests/python/prepare_gpu_handles.py)
@@ -30,6 +30,10 @@ for family in hopper sm80; do
     python3 bench/python/profile_call.py --cache build/gpu_handles > $OUT/profile_$family.txt 2>&1
   echo "profile $family rc $?"; head -2 $OUT/profile_$family.txt
 done
+# What each piece of the short path costs here, beside the whole calls (issue 15).
+timeout 120 python3 bench/python/call_parts.py --cache build/gpu_handles --json $OUT/call_parts.json \
+  > $OUT/call_parts.txt 2>&1
+echo "call_parts rc $?"; grep -v "^  " $OUT/call_parts.txt | head -20
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
 for f in sorted(pathlib.Path(sys.argv[1]).glob("py_overhead_*.json")):

@@ -83,6 +83,14 @@ DECODE_OVERHEAD_CASES = [
     Case("decode_overhead_fp16_d128_s1_kv6000", "fp16", 1, 32, 8, 1, 6000, 128, False),
 ]
 
+# A prefill whose keys grow between calls (chunked prefill): seq_k 500 (bucket
+# 512) and 700 (bucket 1024) resolved ahead; the calls in between take the
+# short path with their own seq_k.
+GROWING_PREFILL_CASES = [
+    Case("growing_fp16_d64_sq256_sk500", "fp16", 1, 8, 8, 256, 500, 64, False),
+    Case("growing_fp16_d64_sq256_sk700", "fp16", 1, 8, 8, 256, 700, 64, False),
+]
+
 # The extra tests' shapes: LSE, CUDA graph, torch.compile module, call overhead.
 LSE_CASES = [
     Case("lse_fp16_d64_causal", "fp16", 2, 4, 4, 333, 333, 64, True),
@@ -93,4 +101,4 @@ COMPILE_CASE = Case("compile_module_fp16_d64", "fp16", 2, 4, 4, 128, 128, 64, Tr
 OVERHEAD_CASE = Case("overhead_fp16_d64_small", "fp16", 1, 8, 8, 128, 128, 64, False)
 
 ALL = (CASES + LSE_CASES + [GRAPH_CASE, COMPILE_CASE, OVERHEAD_CASE] + DECODE_CASES
-       + [DECODE_LSE_CASE, DECODE_GRAPH_CASE] + DECODE_OVERHEAD_CASES)
+       + [DECODE_LSE_CASE, DECODE_GRAPH_CASE] + DECODE_OVERHEAD_CASES + GROWING_PREFILL_CASES)

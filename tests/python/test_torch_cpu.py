@@ -129,6 +129,33 @@ def test_inputs_that_need_grad_run_sdpa(ft):
         ft.attention(q, k, v, strict=True)
 
 
+def test_the_call_key_reads_seq_k_as_its_power_of_two_class(ft):
+    """What the short path keys a call on (_call_key): seq_k only as 0, 1 or the power
+    of two at or above it (what the checks and the kernel's choice read of it), so a
+    KV cache growing a key a call keeps one key per class; everything else as is."""
+    for layout, axis in (("bhsd", 2), ("bshd", 1)):
+        q = qkv(sq=1, layout=layout)[0]
+        cache = torch.zeros((2, 6000, 4, 64) if layout == "bshd" else (2, 4, 6000, 64))
+
+        def key(n, v_n=None):
+            view = [slice(None)] * 4
+            view[axis] = slice(0, n)
+            k = cache[tuple(view)]
+            view[axis] = slice(0, n if v_n is None else v_n)
+            return ft._call_key(q, k, cache[tuple(view)], False, layout)
+
+        assert key(4090) == key(4095) == key(4096) != key(4097) == key(5999)
+        assert len({key(0), key(1), key(2), key(3), key(64), key(65)}) == 6
+        # v's length is not in the key: the short path compares v's shape with k's.
+        assert key(4095) == key(4095, v_n=4096)
+        assert key(5) != ft._call_key(q, cache[:, :5] if axis == 1 else cache[:, :, :5],
+                                      cache[:, :5] if axis == 1 else cache[:, :, :5], True,
+                                      layout)
+    q, k, v = qkv()
+    assert ft._call_key(q, k, v, False, "bhsd") != ft._call_key(q, k.unsqueeze(-1), v, False,
+                                                                "bhsd")
+
+
 def test_the_custom_op_passes_opcheck(ft):
     q, k, v = qkv(h=4, hk=2)
     for return_lse in (False, True):

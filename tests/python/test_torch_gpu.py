@@ -222,6 +222,45 @@ def test_a_repeated_call_skips_the_checks_but_not_the_data_or_its_alignment(ft):
     check_close(case, out, ref, sdpa_error(q, k, v, case.causal, case.layout, ref))
 
 
+def test_calls_whose_keys_grow_take_the_short_path_and_stay_right(ft, monkeypatch):
+    """Views of one KV buffer, one length per call: a decode loop (across the 4096
+    bucket and a key tile) and a chunked prefill (across 512; the Hopper family on
+    sm_90a) run the checks and the kernel's choice once per power-of-two class of
+    seq_k, each call launched with its own seq_k and right; a v one key longer than
+    k is still refused. Eleven calls, all of resolved buckets (gpu_cases)."""
+    g = torch.Generator(device="cuda").manual_seed(14)
+
+    def cache(*shape):
+        return torch.randn(shape, generator=g, device="cuda").half()
+
+    full_path = []
+    impl = ft._attention_impl
+    monkeypatch.setattr(ft, "_attention_impl",
+                        lambda *args: full_path.append(args[1].shape) or impl(*args))
+    decode = gpu_cases.DECODE_OVERHEAD_CASES[0]
+    q = cache(1, decode.heads, 1, 128)
+    ck, cv = cache(1, decode.kv_heads, 6000, 128), cache(1, decode.kv_heads, 6000, 128)
+    prefill = gpu_cases.GROWING_PREFILL_CASES[0]
+    pq = cache(1, prefill.heads, prefill.seq_q, 64)
+    pk, pv = cache(1, prefill.heads, 1024, 64), cache(1, prefill.heads, 1024, 64)
+    for q_, k_, v_, lengths, case in ((q, ck, cv, (4090, 4095, 4096, 4097, 4160, 5999), decode),
+                                      (pq, pk, pv, (500, 510, 512, 513, 700), prefill)):
+        del full_path[:]
+        for n in lengths:
+            k, v = k_[:, :, :n], v_[:, :, :n]
+            _poison_allocator(q_.numel() * q_.element_size())
+            out = ft.attention(q_, k, v, strict=True)
+            ref, _ = reference(q_, k, v, False, "bhsd")
+            check_close(case, out, ref, sdpa_error(q_, k, v, False, "bhsd", ref))
+        # Two classes (4096 and 8192, or 512 and 1024): at most one full call each
+        # (none where an earlier test kept one), then one kept call per class.
+        assert len(full_path) <= 2, full_path
+        keys = {ft._call_key(q_, k_[:, :, :n], v_[:, :, :n], False, "bhsd") for n in lengths}
+        assert len(keys) == 2 and all(key in ft._state().calls for key in keys)
+    with pytest.raises(ValueError, match="k and v differ"):
+        ft.attention(q, ck[:, :, :4097], cv[:, :, :4098], strict=True)
+
+
 # -- the decode family ---------------------------------------------------------
 
 

@@ -112,20 +112,35 @@ class ParamsLayout:
         fmt += "x" * (size - position)
         self.size = size
         self._struct = struct.Struct(fmt)
-        # pack() takes values in FIELDS order (then, for ABI 2, the four maps
-        # in TMA_OPERANDS order); the struct wants offset order.
-        self._order = tuple(expected.index(plain(field.name)) for field in order)
-        self._in_order = self._order == tuple(range(len(expected)))
+        # The struct takes its arguments in offset order; pack() gets the four maps
+        # of ABI 2 (TMA_OPERANDS order) and then the values in FIELDS order, which
+        # is the header's own order for all three structs (AttentionTmaParams has
+        # its maps first), so no reordering per call.
+        arguments = ((tuple("tma." + o for o in TMA_OPERANDS) if self.tma else ())
+                     + (DECODE_FIELDS if self.decode else FIELDS))
+        self._order = tuple(arguments.index(plain(field.name)) for field in order)
+        self._in_order = self._order == tuple(range(len(arguments)))
+        # Struct.pack_into(buffer, offset, *maps, *values) where the order is the
+        # header's (None where a field moved): the launch path packs into its
+        # buffer with it.
+        self.pack_into_in_order = self._struct.pack_into if self._in_order else None
         self.tensor_maps = list(abi.tensor_maps) if self.tma else []
+
+    def _arguments(self, values: Sequence, maps: Sequence[bytes]) -> Sequence:
+        if self.tma:
+            values = (*maps, *values)
+        if self._in_order:
+            return values
+        return [values[i] for i in self._order]
 
     def pack(self, values: Sequence, maps: Sequence[bytes] = ()) -> bytes:
         """The struct's bytes for ``values`` given in FIELDS order and, for ABI 2,
         the encoded q, k, v, o tensor maps."""
-        if self.tma:
-            values = tuple(values) + tuple(maps)
-        if self._in_order:  # the header's own order: no reordering per call
-            return self._struct.pack(*values)
-        return self._struct.pack(*[values[i] for i in self._order])
+        return self._struct.pack(*self._arguments(values, maps))
+
+    def pack_into(self, buffer, values: Sequence, maps: Sequence[bytes] = ()) -> None:
+        """pack() written at the start of ``buffer`` (writable, at least size bytes)."""
+        self._struct.pack_into(buffer, 0, *self._arguments(values, maps))
 
 
 def tensor_map_arguments(recipe, named: Dict[str, int]):

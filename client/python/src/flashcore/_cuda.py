@@ -6,8 +6,9 @@ cuFuncSetAttribute, cuLaunchKernel, the primary-context calls), ctypes is in
 the standard library, and libcuda.so.1 comes with the driver, so the client
 needs no CUDA toolkit, no compiler and no package tied to one CUDA major
 version (cuda-bindings wheels are per CUDA major and must match the driver).
-A ctypes call costs about a microsecond, well inside the per-call budget.
-Nothing here needs PyTorch; the torch layer passes raw pointers and streams.
+A ctypes call costs about a microsecond with argtypes, a third of that without
+(see Driver.launch_kernel). Nothing here needs PyTorch; the torch layer passes
+raw pointers and streams.
 """
 
 import ctypes
@@ -67,6 +68,15 @@ class Driver:
             function.argtypes = argtypes
             function.restype = ctypes.c_int
             setattr(self, name, function)
+        # cuLaunchKernel once more, without argtypes, for the launch path: converting
+        # eleven arguments through argtypes cost about 1.1 us of the 1.5 us a call took
+        # (x86-64, a no-op C function of the same signature). Its callers pass
+        # c_void_p for the function and the stream, a ctypes array for kernelParams,
+        # None for extra, and Python ints for the unsigned ints (grid, block, shared
+        # memory): ctypes passes their low 32 bits as a C int, what argtypes' c_uint
+        # passed.
+        self.launch_kernel = lib["cuLaunchKernel"]
+        self.launch_kernel.restype = ctypes.c_int
         self.check(self.cuInit(0), "cuInit")
         self._lock = threading.Lock()
         self._contexts: Dict[int, int] = {}
@@ -93,8 +103,13 @@ class Driver:
 
     def make_current(self, context: int) -> None:
         """Makes ``context`` current on this thread unless it already is."""
-        current = ctypes.c_void_p()
-        self.check(self.cuCtxGetCurrent(ctypes.byref(current)), "cuCtxGetCurrent")
+        try:
+            current = _thread.current
+        except AttributeError:  # this thread's first launch: its own output slot
+            current = _thread.current = ctypes.c_void_p()
+        result = self.cuCtxGetCurrent(current)  # argtypes pass it by reference
+        if result:
+            self.check(result, "cuCtxGetCurrent")
         if current.value != context:
             self.check(self.cuCtxSetCurrent(context), "cuCtxSetCurrent")
 
@@ -174,8 +189,9 @@ class LoadedKernel:
                                          int(dynamic_smem_bytes)),
                   "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
         self._module = module  # kept: the function lives as long as its module
-        # (function, block, dynamic smem) per kernel of the handle, the first its own.
-        self._steps = [(function, tuple(int(b) or 1 for b in block), int(dynamic_smem_bytes))]
+        # (function, block x, y, z, dynamic smem) per kernel of the handle, the first
+        # its own: launch_kernel's arguments (Driver.launch_kernel says their types).
+        self._steps = [_step(function, block, dynamic_smem_bytes)]
         self._api = api
 
     @property
@@ -196,31 +212,60 @@ class LoadedKernel:
                                              CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                              int(dynamic_smem_bytes)),
                       "cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)")
-        self._steps.append((function, tuple(int(b) or 1 for b in block), int(dynamic_smem_bytes)))
+        self._steps.append(_step(function, block, dynamic_smem_bytes))
         return len(self._steps) - 1
 
     def launch(self, grid: tuple, params: bytes, stream: int, step: int = 0) -> None:
         """cuLaunchKernel with the struct as the single (__grid_constant__) argument:
         the driver copies its bytes from the address in kernelParams[0]."""
-        api = self._api
-        api.make_current(self.context)
-        buffer, args = _launch_buffers(len(params))
+        buffer, args = params_buffer(len(params))
         ctypes.memmove(buffer, params, len(params))
-        function, (bx, by, bz), smem = self._steps[step]
-        api.check(api.cuLaunchKernel(function, grid[0], grid[1], grid[2], bx, by, bz,
-                                     smem, stream, args, None),
-                  "cuLaunchKernel")
+        self.launch_args(grid, args, stream, step)
+
+    def launch_args(self, grid: tuple, args, stream: int, step: int = 0) -> None:
+        """launch() with the params already in place: ``args`` is a kernelParams
+        array whose entry points at the struct's bytes (params_buffer's, or one the
+        caller keeps with its bytes)."""
+        api = self._api
+        try:  # make_current(self.context), inline: it runs on every launch
+            current = _thread.current
+        except AttributeError:
+            current = _thread.current = ctypes.c_void_p()
+        if api.cuCtxGetCurrent(current) or current.value != self.context:
+            api.make_current(self.context)
+        function, bx, by, bz, smem = self._steps[step]
+        result = api.launch_kernel(function, grid[0], grid[1], grid[2], bx, by, bz, smem,
+                                   ctypes.c_void_p(stream), args, None)
+        if result:
+            api.check(result, "cuLaunchKernel")
+
+
+def _step(function: ctypes.c_void_p, block: tuple, dynamic_smem_bytes: int) -> tuple:
+    bx, by, bz = (int(b) or 1 for b in block)
+    return function, bx, by, bz, int(dynamic_smem_bytes)
 
 
 _thread = threading.local()
 
 
-def _launch_buffers(size: int):
-    """This thread's params buffer and its one-entry kernelParams array. Reusing them is
-    safe: cuLaunchKernel copies the argument bytes before it returns."""
+def params_buffer(size: int):
+    """This thread's params buffer (at least ``size`` bytes) and its one-entry
+    kernelParams array. Reusing them is safe: cuLaunchKernel copies the argument
+    bytes before it returns."""
     buffers = getattr(_thread, "buffers", None)
-    if buffers is None or len(buffers[0]) < size:
-        buffer = ctypes.create_string_buffer(max(size, 256))
-        array = (ctypes.c_void_p * 1)(ctypes.addressof(buffer))
-        buffers = _thread.buffers = (buffer, ctypes.cast(array, _c_void_pp), array)
+    if buffers is None or buffers[2] < size:
+        buffer = ctypes.create_string_buffer(max(size, 1024))
+        buffers = _thread.buffers = (buffer, kernel_params(buffer), len(buffer))
     return buffers[0], buffers[1]
+
+
+def own_params(params: bytes) -> tuple:
+    """A kernelParams array over a buffer of its own holding ``params``, for params a
+    caller keeps and launches many times (launch_args): (array, buffer)."""
+    buffer = ctypes.create_string_buffer(params, len(params))
+    return kernel_params(buffer), buffer
+
+
+def kernel_params(buffer) -> ctypes.Array:
+    """A one-entry kernelParams array pointing at ``buffer`` (keep both alive)."""
+    return (ctypes.c_void_p * 1)(ctypes.addressof(buffer))
