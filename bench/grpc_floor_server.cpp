@@ -1,12 +1,14 @@
 // The floor under any gRPC daemon's cache hit: a minimal server whose
 // GetKernel answers every request with the same KernelHandle (a cubin of
-// --bytes bytes, nothing looked up), through gRPC's callback API (as
-// flashcored serves) or its completion-queue API with one polling thread
-// per queue answering where the request was read. hit_latency_bench
+// --bytes bytes, nothing looked up), through gRPC's callback API, its
+// completion-queue API with one polling thread per queue answering where the
+// request was read (as flashcored serves Compile and GetKernel), or that with
+// an unused callback service beside it (as flashcored's other methods are:
+// async+callback). hit_latency_bench
 // --floor NAME=ADDRESS times it beside the daemon and Redis
 // (bench/RESULTS.md §4); run_hit_latency_bench.sh with FLOOR=1 starts them.
 //
-//   grpc_floor_server --api callback|async --bytes 50184 --port-file FILE
+//   grpc_floor_server --api callback|async|async+callback --bytes 50184 --port-file FILE
 #include <grpcpp/grpcpp.h>
 
 #include <CLI/CLI.hpp>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "flashcore/v1/flashcore.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace v1 = flashcore::v1;
 
@@ -69,7 +72,7 @@ int main(int argc, char** argv) {
   size_t bytes = 50184;
   int queues = 1;
   app.add_option("--api", api, "gRPC server API")
-      ->check(CLI::IsMember({"callback", "async"}))
+      ->check(CLI::IsMember({"callback", "async", "async+callback"}))
       ->capture_default_str();
   app.add_option("--bytes", bytes, "cubin bytes in every answer")->capture_default_str();
   app.add_option("--queues", queues, "async: completion queues, one polling thread each")
@@ -88,10 +91,15 @@ int main(int argc, char** argv) {
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
   CallbackFloor callback(bytes);
   v1::FlashCore::AsyncService async;
+  // async+callback: GetKernel as with async, plus a callback service that no
+  // call uses (as flashcored's other methods are): registering any callback
+  // method starts gRPC 1.51's callback threads, which poll the connections too.
+  grpc::health::v1::Health::CallbackService unused_callback_service;
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
   if (api == "callback") {
     builder.RegisterService(&callback);
   } else {
+    if (api == "async+callback") builder.RegisterService(&unused_callback_service);
     builder.RegisterService(&async);
     for (int i = 0; i < queues; ++i) cqs.push_back(builder.AddCompletionQueue());
   }

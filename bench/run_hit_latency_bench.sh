@@ -5,8 +5,9 @@
 # a free port, runs the bench against both and stops them. Extra arguments go
 # to the bench (--clients 8 --requests 2000 --warmup 200 --head-dim 128
 # --arch sm_90a). FLASHCORED=path measures another flashcored binary. FLOOR=1
-# also starts grpc_floor_server four times (callback and completion-queue
-# API, 0 and 50184 bytes) and times them as "gRPC floor" rows. On a machine
+# also starts grpc_floor_server five times (callback and completion-queue
+# API, 0 and 50184 bytes; the completion-queue API beside an unused callback
+# service, 50184 bytes) and times them as "gRPC floor" rows. On a machine
 # without the build (the GPU box: bench/device/hit_round.sh), NO_BUILD=1 with
 # BENCH_BIN (hit_latency_bench and grpc_floor_server), REDIS_BIN (redis-server,
 # redis-cli) and FLASHCORED.
@@ -30,8 +31,9 @@ pids=("$redis_pid" "$daemon_pid")
 trap 'kill "${pids[@]}" 2>/dev/null; wait "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
 floors=()
 if [[ -n "${FLOOR:-}" ]]; then
-  for api in callback async; do
+  for api in callback async async+callback; do
     for bytes in 0 50184; do
+      [[ $api == async+callback && $bytes == 0 ]] && continue
       "$bench_bin/grpc_floor_server" --api "$api" --bytes "$bytes" --port-file "$work/floor_${api}_$bytes" &
       pids+=($!)
       for _ in $(seq 100); do [ -s "$work/floor_${api}_$bytes" ] && break; sleep 0.05; done
