@@ -157,6 +157,9 @@ def test_params_are_packed_at_the_offsets_the_handle_gives(client, parts):
         [2, 16, 4, 1000, 999, 0.125, 0.125 * 1.4426950408889634]
     data = layout.pack(values)
     assert len(data) == 168
+    launched = bytearray(168)  # what the launch path writes into its buffer
+    layout.pack_into_args(launched, 0, *values)
+    assert bytes(launched) == data
     codes = {"ptr": "<Q", "i64": "<q", "i32": "<i", "f32": "<f"}
     by_name = dict(zip(abi_module.FIELDS, values))
     for field in handle.abi.fields:
@@ -174,10 +177,14 @@ def test_params_follow_a_field_that_moves(flashcore, client, parts):
     by_name = {f.name: f for f in moved.fields}
     by_name["seq_q"].offset, by_name["seq_k"].offset = by_name["seq_k"].offset, \
         by_name["seq_q"].offset
-    data = abi_module.ParamsLayout(moved).pack(
-        [0] * 5 + [0] * 12 + [1, 1, 1, 111, 222, 1.0, 1.0])
+    layout = abi_module.ParamsLayout(moved)
+    values = [0] * 5 + [0] * 12 + [1, 1, 1, 111, 222, 1.0, 1.0]
+    data = layout.pack(values)
     assert struct.unpack_from("<i", data, by_name["seq_q"].offset)[0] == 111
     assert struct.unpack_from("<i", data, by_name["seq_k"].offset)[0] == 222
+    launched = bytearray(layout.size)  # the launch path's packer reorders the same way
+    layout.pack_into_args(launched, 0, *values)
+    assert bytes(launched) == data
 
 
 @pytest.mark.parametrize("tamper, message", [

@@ -362,7 +362,7 @@ def test_the_two_kernel_decode_variant_matches_fp64(ft, flashcore):
     q, k, v = make_inputs(case, seed=12)
     scale = 1.0 / math.sqrt(case.head_dim)
     _poison_allocator(q.numel() * q.element_size())
-    out, _ = ft._launch(kernel, q, k, v, False, scale, "bhsd", False,
+    out, _ = ft._launch(kernel, q, k, v, scale, "bhsd", False,
                         (case.batch, case.heads, 1, case.head_dim), case.kv_heads, case.seq_k)
     ref, _ = reference(q, k, v, False, "bhsd")
     check_close(case, out, ref, sdpa_error(q, k, v, False, "bhsd", ref))

@@ -120,27 +120,24 @@ class ParamsLayout:
                      + (DECODE_FIELDS if self.decode else FIELDS))
         self._order = tuple(arguments.index(plain(field.name)) for field in order)
         self._in_order = self._order == tuple(range(len(arguments)))
-        # Struct.pack_into(buffer, offset, *maps, *values) where the order is the
-        # header's (None where a field moved): the launch path packs into its
-        # buffer with it.
-        self.pack_into_in_order = self._struct.pack_into if self._in_order else None
-        self.tensor_maps = list(abi.tensor_maps) if self.tma else []
-
-    def _arguments(self, values: Sequence, maps: Sequence[bytes]) -> Sequence:
-        if self.tma:
-            values = (*maps, *values)
+        # Struct.pack_into(buffer, offset, *maps, *values), the arguments in the
+        # header's order (the maps first for ABI 2), for the launch path to pack into
+        # its buffer; the bound method itself where the offsets follow that order.
         if self._in_order:
-            return values
-        return [values[i] for i in self._order]
+            self.pack_into_args = self._struct.pack_into
+        else:
+            reorder, pack_into = self._order, self._struct.pack_into
+            self.pack_into_args = lambda buffer, offset, *arguments: pack_into(
+                buffer, offset, *[arguments[i] for i in reorder])
+        self.tensor_maps = list(abi.tensor_maps) if self.tma else []
 
     def pack(self, values: Sequence, maps: Sequence[bytes] = ()) -> bytes:
         """The struct's bytes for ``values`` given in FIELDS order and, for ABI 2,
         the encoded q, k, v, o tensor maps."""
-        return self._struct.pack(*self._arguments(values, maps))
-
-    def pack_into(self, buffer, values: Sequence, maps: Sequence[bytes] = ()) -> None:
-        """pack() written at the start of ``buffer`` (writable, at least size bytes)."""
-        self._struct.pack_into(buffer, 0, *self._arguments(values, maps))
+        arguments = (*maps, *values) if self.tma else values
+        if not self._in_order:
+            arguments = [arguments[i] for i in self._order]
+        return self._struct.pack(*arguments)
 
 
 def tensor_map_arguments(recipe, named: Dict[str, int]):

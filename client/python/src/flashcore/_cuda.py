@@ -103,10 +103,7 @@ class Driver:
 
     def make_current(self, context: int) -> None:
         """Makes ``context`` current on this thread unless it already is."""
-        try:
-            current = _thread.current
-        except AttributeError:  # this thread's first launch: its own output slot
-            current = _thread.current = ctypes.c_void_p()
+        current = _thread.current
         result = self.cuCtxGetCurrent(current)  # argtypes pass it by reference
         if result:
             self.check(result, "cuCtxGetCurrent")
@@ -215,22 +212,13 @@ class LoadedKernel:
         self._steps.append(_step(function, block, dynamic_smem_bytes))
         return len(self._steps) - 1
 
-    def launch(self, grid: tuple, params: bytes, stream: int, step: int = 0) -> None:
-        """cuLaunchKernel with the struct as the single (__grid_constant__) argument:
-        the driver copies its bytes from the address in kernelParams[0]."""
-        buffer, args = params_buffer(len(params))
-        ctypes.memmove(buffer, params, len(params))
-        self.launch_args(grid, args, stream, step)
-
     def launch_args(self, grid: tuple, args, stream: int, step: int = 0) -> None:
-        """launch() with the params already in place: ``args`` is a kernelParams
-        array whose entry points at the struct's bytes (params_buffer's, or one the
-        caller keeps with its bytes)."""
+        """cuLaunchKernel with the params struct as the single (__grid_constant__)
+        argument: ``args`` is a kernelParams array whose entry points at the struct's
+        bytes (params_buffer's, or one the caller keeps with its bytes, own_params);
+        the driver copies them before it returns."""
         api = self._api
-        try:  # make_current(self.context), inline: it runs on every launch
-            current = _thread.current
-        except AttributeError:
-            current = _thread.current = ctypes.c_void_p()
+        current = _thread.current  # make_current(self.context), inline: every launch
         if api.cuCtxGetCurrent(current) or current.value != self.context:
             api.make_current(self.context)
         function, bx, by, bz, smem = self._steps[step]
@@ -245,14 +233,22 @@ def _step(function: ctypes.c_void_p, block: tuple, dynamic_smem_bytes: int) -> t
     return function, bx, by, bz, int(dynamic_smem_bytes)
 
 
-_thread = threading.local()
+class _ThreadSlots(threading.local):
+    """Per thread: the current-context output slot, and the params buffers."""
+
+    def __init__(self):
+        self.current = ctypes.c_void_p()
+        self.buffers = None  # (buffer, kernelParams array, bytes): params_buffer
+
+
+_thread = _ThreadSlots()
 
 
 def params_buffer(size: int):
     """This thread's params buffer (at least ``size`` bytes) and its one-entry
     kernelParams array. Reusing them is safe: cuLaunchKernel copies the argument
     bytes before it returns."""
-    buffers = getattr(_thread, "buffers", None)
+    buffers = _thread.buffers
     if buffers is None or buffers[2] < size:
         buffer = ctypes.create_string_buffer(max(size, 1024))
         buffers = _thread.buffers = (buffer, kernel_params(buffer), len(buffer))

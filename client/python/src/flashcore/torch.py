@@ -199,12 +199,8 @@ class _Call:
             kernel.loaded.launch_args(self.grid, packed[0], stream)
         else:
             buffer, args = _cuda.params_buffer(kernel.params.size)
-            pack = kernel.params.pack_into_in_order
-            if pack is not None:
-                pack(buffer, 0, qp, kp, vp, op, lp, *self.fixed, seq_k, scale, scale * _LOG2E)
-            else:
-                kernel.params.pack_into(buffer, (qp, kp, vp, op, lp, *self.fixed, seq_k, scale,
-                                                 scale * _LOG2E))
+            kernel.params.pack_into_args(buffer, 0, qp, kp, vp, op, lp, *self.fixed, seq_k, scale,
+                                         scale * _LOG2E)
             kernel.loaded.launch_args(self.grid, args, stream)
         return out, lse
 
@@ -564,13 +560,10 @@ def _all_strides(q, k, v, layout: str) -> tuple:
     return _strides(q, layout) + _strides(k, layout) + _strides(v, layout) + out
 
 
-def _launch(kernel: _Kernel, q, k, v, causal, scale, layout, return_lse, dims, kv_heads, seq_k,
-            strides=None, pointers=None):
+def _launch(kernel: _Kernel, q, k, v, scale, layout, return_lse, dims, kv_heads, seq_k):
     """A launch of ``kernel`` for these inputs without a kept call: (out, lse or None)."""
-    call = _Call(kernel, q, dims, kv_heads,
-                 _all_strides(q, k, v, layout) if strides is None else strides, layout)
-    qp, kp, vp = pointers if pointers is not None else (q.data_ptr(), k.data_ptr(), v.data_ptr())
-    return call.launch(q, qp, kp, vp, seq_k, scale, return_lse)
+    call = _Call(kernel, q, dims, kv_heads, _all_strides(q, k, v, layout), layout)
+    return call.launch(q, q.data_ptr(), k.data_ptr(), v.data_ptr(), seq_k, scale, return_lse)
 
 
 def _pack_tma(kernel: _Kernel, call: _Call, pointers: tuple, seq_k: int, scale: float) -> tuple:
@@ -662,13 +655,8 @@ def _launch_decode(kernel: _Kernel, call: _Call, stream: int, qp: int, kp: int, 
             o_partial = keep.data_ptr()
         lse_partial = o_partial + launch.o_partial_bytes
     buffer, args = _cuda.params_buffer(kernel.params.size)
-    values = (qp, kp, vp, op, lp, o_partial, lse_partial, counters, *call.fixed, seq_k,
-              launch.num_splits, scale, scale * _LOG2E)
-    pack = kernel.params.pack_into_in_order
-    if pack is not None:
-        pack(buffer, 0, *values)
-    else:
-        kernel.params.pack_into(buffer, values)
+    kernel.params.pack_into_args(buffer, 0, qp, kp, vp, op, lp, o_partial, lse_partial, counters,
+                                 *call.fixed, seq_k, launch.num_splits, scale, scale * _LOG2E)
     kernel.loaded.launch_args(launch.split_grid, args, stream)
     if launch.combine_grid is not None:  # the same params, still in the buffer
         if kernel.combine_step is None:
