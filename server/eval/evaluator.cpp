@@ -1099,10 +1099,10 @@ Result<v1::TimingResult> Evaluation::time(const LoadedKernel& kernel) {
   return timing_result(std::move(samples.value()), *launches, rig.sets);
 }
 
-// Round r times kernels 0, 1, ..., n-1 in turn, each for a block of
-// repetitions samples: what drifts over the call (clocks, temperature, a
-// neighbour's load) drifts under every kernel alike, which separate calls
-// minutes apart cannot promise.
+// Round r times every kernel in turn, starting at kernel r mod n, each for a
+// block of repetitions samples: what drifts over the call (clocks,
+// temperature, a neighbour's load) drifts under every kernel alike, which
+// separate calls minutes apart cannot promise.
 Result<std::vector<v1::KernelTiming>> Evaluation::time_interleaved(
     const std::vector<const LoadedKernel*>& kernels) {
   const TimingPlan plan = timing_plan();
@@ -1124,8 +1124,13 @@ Result<std::vector<v1::KernelTiming>> Evaluation::time_interleaved(
   }
   std::vector<std::vector<double>> pooled(n);
   std::vector<v1::KernelTiming> timings(n);
+  // The order rotates by one each round, so every kernel is timed at every
+  // place in a round equally often: in a fixed order the first kernel of a
+  // round ran measurably faster than the same kernel later in it (7% at
+  // S 8192 on an H100, bench/RESULTS.md §0), which favoured kernels[0].
   for (int round = 0; round < rounds; ++round)
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t step = 0; step < n; ++step) {
+      const size_t i = (step + static_cast<size_t>(round)) % n;
       const v1::EvalKernel& meta = request_.kernels(static_cast<int>(i));
       // The kernel before left its code in the caches: a few untimed
       // launches, ordered before the start event on the same stream.
