@@ -1124,8 +1124,8 @@ Result<std::vector<v1::KernelTiming>> Evaluation::time_interleaved(
   }
   std::vector<std::vector<double>> pooled(n);
   std::vector<v1::KernelTiming> timings(n);
-  // The order rotates by one each round, so every kernel is timed at every
-  // place in a round equally often: in a fixed order the first kernel of a
+  // The order rotates by one each round, so no kernel is always first (over n
+  // rounds each takes every place once): in a fixed order the first kernel of a
   // round ran measurably faster than the same kernel later in it (7% at
   // S 8192 on an H100, bench/RESULTS.md §0), which favoured kernels[0].
   for (int round = 0; round < rounds; ++round)
