@@ -208,6 +208,10 @@ double attention_flops(const v1::Problem& p) {
   return p.causal() ? flops * 0.5 : flops;
 }
 
+size_t interleaved_kernel(int round, size_t step, size_t n) {
+  return (step + static_cast<size_t>(round)) % n;
+}
+
 double percentile(const std::vector<double>& sorted, double fraction) {
   if (sorted.empty()) return 0;
   fraction = std::clamp(fraction, 0.0, 1.0);
@@ -1130,7 +1134,7 @@ Result<std::vector<v1::KernelTiming>> Evaluation::time_interleaved(
   // S 8192 on an H100, bench/RESULTS.md §0), which favoured kernels[0].
   for (int round = 0; round < rounds; ++round)
     for (size_t step = 0; step < n; ++step) {
-      const size_t i = (step + static_cast<size_t>(round)) % n;
+      const size_t i = interleaved_kernel(round, step, n);
       const v1::EvalKernel& meta = request_.kernels(static_cast<int>(i));
       // The kernel before left its code in the caches: a few untimed
       // launches, ordered before the start event on the same stream.

@@ -74,6 +74,11 @@ double attention_flops(const v1::Problem& problem);
 // empty, `fraction` in [0, 1] (0.5 = median).
 double percentile(const std::vector<double>& sorted, double fraction);
 
+// The kernel timed at place `step` of round `round` when n kernels are timed
+// in interleaved rounds: the order rotates by one each round, so no kernel is
+// always first, and over n rounds each takes every place once.
+size_t interleaved_kernel(int round, size_t step, size_t n);
+
 // median/min/max/p10/p90 of per-launch times in microseconds, plus tflops
 // for `problem` at the median. `samples_us` need not be sorted.
 v1::TimingResult summarize_timing(std::vector<double> samples_us, const v1::Problem& problem);

@@ -195,6 +195,29 @@ TEST(InputSets, TogetherExceedTwiceL2AndNoMoreThanNeeded) {
   EXPECT_EQ(input_sets_for(int64_t{1} << 30, l2, 1 << 20), 1);
 }
 
+TEST(InterleavedOrder, RoundZeroInOrderThenRotatedSoEveryKernelTakesEveryPlace) {
+  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(eval::interleaved_kernel(0, i, 4), i);
+  EXPECT_EQ(eval::interleaved_kernel(1, 0, 4), 1u);  // round 1 starts one kernel later
+  EXPECT_EQ(eval::interleaved_kernel(3, 0, 4), 3u);
+  for (size_t n : {1u, 2u, 3u, 5u}) {
+    // Every round times each kernel once; over n rounds each kernel is at
+    // each place once.
+    std::vector<std::vector<int>> at(n, std::vector<int>(n, 0));
+    for (int round = 0; round < static_cast<int>(n); ++round) {
+      std::vector<int> seen(n, 0);
+      for (size_t step = 0; step < n; ++step) {
+        const size_t k = eval::interleaved_kernel(round, step, n);
+        ASSERT_LT(k, n);
+        ++seen[k];
+        ++at[k][step];
+      }
+      for (int c : seen) EXPECT_EQ(c, 1) << "n " << n << " round " << round;
+    }
+    for (const auto& places : at)
+      for (int c : places) EXPECT_EQ(c, 1) << "n " << n;
+  }
+}
+
 TEST(OutputDigest, IsSha256OfTheBytes) {
   // FIPS 180-2 test vector.
   EXPECT_EQ(output_digest("abc"),
