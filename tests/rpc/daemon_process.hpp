@@ -34,8 +34,9 @@ class DaemonProcess {
     int nofile = 0;                            // > 0: run under prlimit --nofile=N:N
   };
 
-  // Starts flashcored with `--port-file <dir>/port` and `--cache-dir
-  // <dir>/cache` unless the args name their own.
+  // Starts flashcored with `--port-file <dir>/port`, `--cache-dir
+  // <dir>/cache` unless the args name their own, and XDG_STATE_HOME=<dir>/state
+  // unless the env names its own.
   DaemonProcess(const std::filesystem::path& dir, Options options) : dir_(dir) {
     log_ = dir / ("daemon-" + std::to_string(counter()++) + ".log");
     port_file_ = dir / "port";
@@ -57,9 +58,18 @@ class DaemonProcess {
     argv.insert(argv.end(), {"--port-file", port_file_.string()});
     argv.insert(argv.end(), options.args.begin(), options.args.end());
 
+    // The daemon's state (tuning and candidate databases) goes under <dir>
+    // too, never the user's ~/.local/state: a database there from another
+    // build (a newer schema) would stop every test daemon from starting.
     std::vector<std::string> env_strings;
-    for (char** e = environ; *e != nullptr; ++e)
-      if (std::string(*e).rfind("FLASHCORE_", 0) != 0) env_strings.emplace_back(*e);
+    for (char** e = environ; *e != nullptr; ++e) {
+      const std::string entry(*e);
+      if (entry.rfind("FLASHCORE_", 0) != 0 && entry.rfind("XDG_STATE_HOME=", 0) != 0)
+        env_strings.push_back(entry);
+    }
+    bool has_state = false;
+    for (const auto& e : options.env) has_state |= e.rfind("XDG_STATE_HOME=", 0) == 0;
+    if (!has_state) env_strings.push_back("XDG_STATE_HOME=" + (dir / "state").string());
     env_strings.insert(env_strings.end(), options.env.begin(), options.env.end());
     std::vector<char*> envp;
     for (auto& e : env_strings) envp.push_back(e.data());
