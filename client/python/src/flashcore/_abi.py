@@ -118,15 +118,14 @@ class ParamsLayout:
         # its maps first), so no reordering per call.
         arguments = ((tuple("tma." + o for o in TMA_OPERANDS) if self.tma else ())
                      + (DECODE_FIELDS if self.decode else FIELDS))
-        self._order = tuple(arguments.index(plain(field.name)) for field in order)
-        self._in_order = self._order == tuple(range(len(arguments)))
+        reorder = tuple(arguments.index(plain(field.name)) for field in order)
         # Struct.pack_into(buffer, offset, *maps, *values), the arguments in the
         # header's order (the maps first for ABI 2), for the launch path to pack into
         # its buffer; the bound method itself where the offsets follow that order.
-        if self._in_order:
+        if reorder == tuple(range(len(arguments))):
             self.pack_into_args = self._struct.pack_into
         else:
-            reorder, pack_into = self._order, self._struct.pack_into
+            pack_into = self._struct.pack_into
             self.pack_into_args = lambda buffer, offset, *arguments: pack_into(
                 buffer, offset, *[arguments[i] for i in reorder])
         self.tensor_maps = list(abi.tensor_maps) if self.tma else []
@@ -134,10 +133,9 @@ class ParamsLayout:
     def pack(self, values: Sequence, maps: Sequence[bytes] = ()) -> bytes:
         """The struct's bytes for ``values`` given in FIELDS order and, for ABI 2,
         the encoded q, k, v, o tensor maps."""
-        arguments = (*maps, *values) if self.tma else values
-        if not self._in_order:
-            arguments = [arguments[i] for i in self._order]
-        return self._struct.pack(*arguments)
+        buffer = bytearray(self.size)
+        self.pack_into_args(buffer, 0, *((*maps, *values) if self.tma else values))
+        return bytes(buffer)
 
 
 def tensor_map_arguments(recipe, named: Dict[str, int]):
